@@ -1,0 +1,95 @@
+// Inference over a Model: whole-sequence scoring (perplexity) and incremental decoding with a
+// KV cache, under any RoPE scaling. Changing the scaling never touches the weights.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "longrope/model.h"
+#include "longrope/rope.h"
+
+namespace longrope {
+
+// What decode does when the RoPE tables change with the sequence length (dynamic NTK, LongRoPE
+// length buckets, a new scaling set with set_scaling):
+//  - kRecompute: re-run the cached tokens with the new tables (a prefill of the cache). Exact:
+//    the logits equal a fresh run of the whole sequence with the new tables. The keys and values
+//    of every layer above the first depend on the rotation used in the layers below, so nothing
+//    cheaper than a prefill is exact.
+//  - kRerotate: rotate the cached keys from the old to the new angles in place (cost
+//    proportional to the cache, about a millisecond per thousand positions on SmolLM2). Exact for
+//    the first layer only; deeper layers keep values computed under the old tables. A cheap
+//    approximation whose error is measured in docs/rope-switching.md.
+//  - kKeep: keep the tables chosen at the first decode (what llama.cpp does).
+enum class SwitchPolicy { kRecompute, kRerotate, kKeep };
+
+struct ContextParams {
+  int64_t n_ctx = 0;  // KV cache capacity in tokens; 0 = the model's trained context
+  int n_threads = 0;  // 0 = all cores
+  SwitchPolicy switch_policy = SwitchPolicy::kRecompute;
+};
+
+// What the RoPE switches of a context cost so far.
+struct SwitchStats {
+  int64_t switches = 0;
+  int64_t positions = 0;  // cached positions recomputed or re-rotated
+  double seconds = 0.0;
+};
+
+class Context {
+ public:
+  Context(std::shared_ptr<const Model> model, ContextParams params, RopeScaling scaling = {});
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  // Changes the RoPE scaling. Only rotary tables change, never the weights; the next decode
+  // brings the cache in line according to the switch policy.
+  void set_scaling(const RopeScaling& scaling);
+  const RopeScaling& scaling() const { return scaling_; }
+
+  // Appends tokens at positions n_past .. n_past+n-1 and returns the logits of the last one
+  // (n_vocab values). The RoPE tables follow the current sequence length (n_past + n): when they
+  // change (dynamic NTK, LongRoPE length buckets), cached keys are re-rotated first.
+  std::vector<float> decode(std::span<const int32_t> tokens);
+  // Logits of every appended token (n x n_vocab); for tests on short inputs.
+  std::vector<float> decode_all_logits(std::span<const int32_t> tokens);
+  void reset();
+  int64_t n_past() const { return n_past_; }
+  int64_t n_ctx() const { return n_ctx_; }
+  const SwitchStats& switch_stats() const { return switch_stats_; }
+  const Model& model() const { return *model_; }
+
+ private:
+  void advance(std::span<const int32_t> tokens);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<const Model> model_;
+  RopeScaling scaling_;
+  SwitchPolicy policy_ = SwitchPolicy::kRecompute;
+  std::vector<int32_t> history_;  // tokens in the cache (for kRecompute)
+  int64_t n_ctx_ = 0;
+  int64_t n_past_ = 0;
+  SwitchStats switch_stats_;
+};
+
+// Scores one window: runs tokens[0..n) from position 0 and returns, for i = 0..n-2, the negative
+// log-likelihood of tokens[i+1] given tokens[0..i]. Keeps only one layer's keys/values (the
+// sequence goes through the model layer by layer) and computes the LM head in row chunks:
+// memory is linear in n, with no n x n or n x vocab buffer.
+struct ScoreOptions {
+  int n_threads = 0;
+  int64_t lm_head_chunk = 64;  // rows of logits alive at once
+};
+std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
+                                 const RopeScaling& scaling, const ScoreOptions& opts = {});
+
+// Per-phase timing and FLOP counts of the most recent score_window call on this thread.
+struct PhaseStats {
+  double matmul_seconds = 0, attention_seconds = 0, lm_head_seconds = 0, other_seconds = 0;
+  double matmul_flops = 0, attention_flops = 0, lm_head_flops = 0;
+};
+const PhaseStats& last_phase_stats();
+
+}  // namespace longrope

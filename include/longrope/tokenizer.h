@@ -1,0 +1,41 @@
+// Tokenizers: SentencePiece-style BPE with scores and byte fallback (GGUF "llama", llama2.c)
+// and GPT-2 byte-level BPE with merges and a named pre-tokenizer (GGUF "gpt2").
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "longrope/model_file.h"
+
+namespace longrope {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // Text to token ids, without BOS/EOS. With parse_special, control tokens written in the text
+  // (e.g. "<|im_start|>") become their ids; otherwise they are encoded as plain text.
+  virtual std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const = 0;
+  // Bytes of one token as it appears in decoded text (control tokens give "").
+  virtual std::string token_to_piece(int32_t id) const = 0;
+  // Ids to text; decode(encode(x)) == x for any UTF-8 text x.
+  virtual std::string decode(std::span<const int32_t> ids) const = 0;
+
+  int32_t bos() const { return spec_.bos; }
+  int32_t eos() const { return spec_.eos; }
+  // End-of-turn token if the vocabulary has one, else eos.
+  int32_t eot() const { return spec_.eot >= 0 ? spec_.eot : spec_.eos; }
+  bool add_bos() const { return spec_.add_bos; }
+  int32_t n_vocab() const { return static_cast<int32_t>(spec_.tokens.size()); }
+  const VocabSpec& spec() const { return spec_; }
+
+  static std::unique_ptr<Tokenizer> create(const VocabSpec& spec);
+
+ protected:
+  explicit Tokenizer(VocabSpec spec) : spec_(std::move(spec)) {}
+  VocabSpec spec_;
+};
+
+}  // namespace longrope

@@ -1,0 +1,148 @@
+// longrope generate: text generation with a KV cache under any RoPE scaling.
+#include <fmt/core.h>
+#include <omp.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/rope_flags.h"
+#include "longrope/context.h"
+#include "longrope/error.h"
+#include "longrope/sampling.h"
+
+namespace longrope::cli {
+
+namespace {
+struct GenerateArgs {
+  std::string model, tokenizer, prompt, system;
+  int64_t n_predict = 128;
+  int64_t ctx = 0;
+  float temp = 0.8f;
+  int top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 42;
+  int threads = 0;
+  bool chat = false;
+  bool ignore_eos = false;
+  SwitchPolicy policy = SwitchPolicy::kRecompute;
+  RopeFlags rope;
+};
+
+// ChatML (SmolLM2, Qwen, ...): the system prompt defaults to the one the template itself writes.
+std::string chatml(const std::string& tmpl, const std::string& system, const std::string& user) {
+  std::string sys = system;
+  if (sys.empty()) {
+    const std::string open = "<|im_start|>system\\n";
+    const size_t a = tmpl.find(open);
+    if (a != std::string::npos) {
+      const size_t b = tmpl.find("<|im_end|>", a);
+      if (b != std::string::npos) sys = tmpl.substr(a + open.size(), b - a - open.size());
+    }
+  }
+  std::string s;
+  if (!sys.empty()) s += "<|im_start|>system\n" + sys + "<|im_end|>\n";
+  s += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+  return s;
+}
+}  // namespace
+
+Runner register_generate(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt");
+  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  cmd->add_option("-p,--prompt", args->prompt, "prompt text (default: empty, start from BOS)");
+  cmd->add_option("-n,--n-predict", args->n_predict, "tokens to generate")->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_option("-c,--ctx", args->ctx, "context size (default: the model's trained context)");
+  cmd->add_option("--temp", args->temp, "temperature; 0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", args->top_k, "top-k sampling (0 = off)")->capture_default_str();
+  cmd->add_option("--top-p", args->top_p, "top-p sampling (1 = off)")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
+  cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
+  cmd->add_flag("--chat", args->chat, "wrap the prompt in the model's chat format (ChatML)");
+  cmd->add_option("--system", args->system, "system prompt for --chat");
+  cmd->add_flag("--ignore-eos", args->ignore_eos, "keep generating after end-of-sequence");
+  cmd->add_option("--switch", args->policy,
+                  "when the RoPE tables change with the length (dynamic, LongRoPE sets): "
+                  "recompute (exact), rerotate (cheap, approximate) or keep")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, SwitchPolicy>{{"recompute", SwitchPolicy::kRecompute},
+                                              {"rerotate", SwitchPolicy::kRerotate},
+                                              {"keep", SwitchPolicy::kKeep}},
+          CLI::ignore_case));
+  add_rope_flags(cmd, args->rope);
+  return [args]() {
+    auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
+    const Tokenizer& tok = model->tokenizer();
+    std::vector<int32_t> ids;
+    if (tok.add_bos() && tok.bos() >= 0) ids.push_back(tok.bos());
+    if (args->chat) {
+      const std::string& tmpl = tok.spec().chat_template;
+      if (tmpl.find("<|im_start|>") == std::string::npos)
+        throw Error(args->model + ": --chat supports ChatML models (<|im_start|>), and this "
+                    "model's chat template is not ChatML");
+      const auto p = tok.encode(chatml(tmpl, args->system, args->prompt), true);
+      ids.insert(ids.end(), p.begin(), p.end());
+    } else {
+      const auto p = tok.encode(args->prompt);
+      ids.insert(ids.end(), p.begin(), p.end());
+    }
+    if (ids.empty()) ids.push_back(tok.bos() >= 0 ? tok.bos() : 0);
+    ContextParams cp;
+    cp.n_ctx = args->ctx > 0 ? args->ctx : model->hp().n_ctx_train;
+    cp.n_threads = args->threads;
+    cp.switch_policy = args->policy;
+    if (int64_t(ids.size()) + args->n_predict > cp.n_ctx)
+      throw Error("prompt (" + std::to_string(ids.size()) + " tokens) + " +
+                  std::to_string(args->n_predict) + " new tokens exceed the context size " +
+                  std::to_string(cp.n_ctx) + " (raise -c)");
+    const RopeScaling scaling = resolve_rope_for_length(args->rope, *model, cp.n_ctx);
+    Context ctx(model, cp, scaling);
+    SamplerParams sp;
+    sp.temperature = args->temp;
+    sp.top_k = args->top_k;
+    sp.top_p = args->top_p;
+    sp.seed = args->seed;
+    Sampler sampler(sp);
+
+    if (!args->chat) fmt::print("{}", args->prompt);
+    std::fflush(stdout);
+    const double t0 = omp_get_wtime();
+    std::vector<float> logits = ctx.decode(ids);
+    const double t_prompt = omp_get_wtime() - t0;
+    int64_t generated = 0;
+    const double t1 = omp_get_wtime();
+    // Printed text = decode(prompt + generated) minus decode(prompt): the tokenizer handles
+    // leading spaces and pieces that split a UTF-8 character; only new bytes are written.
+    std::vector<int32_t> all(ids.begin() + ((tok.add_bos() && tok.bos() >= 0) ? 1 : 0), ids.end());
+    const size_t base = tok.decode(all).size();
+    size_t printed = base;
+    for (; generated < args->n_predict; ++generated) {
+      const int32_t next = sampler.sample(logits);
+      if (!args->ignore_eos && (next == tok.eos() || next == tok.eot())) break;
+      all.push_back(next);
+      const std::string text = tok.decode(all);
+      if (text.size() > printed) {
+        std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
+        printed = text.size();
+        std::fflush(stdout);
+      }
+      if (generated + 1 < args->n_predict) logits = ctx.decode(std::span<const int32_t>(&next, 1));
+    }
+    const double t_gen = omp_get_wtime() - t1;
+    fmt::print("\n");
+    fmt::print(stderr, "prompt: {} tokens in {:.2f}s ({:.1f} tok/s); generated {} tokens in {:.2f}s ({:.1f} tok/s); rope {}\n",
+               ids.size(), t_prompt, double(ids.size()) / t_prompt, generated, t_gen,
+               generated > 0 ? double(generated) / t_gen : 0.0, scaling.describe());
+    if (ctx.switch_stats().switches > 0)
+      fmt::print(stderr, "rope switches: {} ({} cached positions {} in {:.4f}s)\n",
+                 ctx.switch_stats().switches, ctx.switch_stats().positions,
+                 cp.switch_policy == SwitchPolicy::kRerotate ? "re-rotated" : "recomputed",
+                 ctx.switch_stats().seconds);
+    return 0;
+  };
+}
+
+}  // namespace longrope::cli

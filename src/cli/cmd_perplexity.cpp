@@ -1,0 +1,78 @@
+// longrope perplexity: windowed long-document perplexity of a model under any RoPE scaling.
+#include <fmt/core.h>
+#include <omp.h>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/rope_flags.h"
+#include "longrope/error.h"
+#include "longrope/perplexity.h"
+
+namespace longrope::cli {
+
+namespace {
+struct PerplexityArgs {
+  std::string model, tokenizer, text;
+  int64_t ctx = 0;
+  int64_t docs = 1;
+  int threads = 0;
+  bool json = false;
+  bool progress = true;
+  RopeFlags rope;
+};
+}  // namespace
+
+Runner register_perplexity(CLI::App& app) {
+  auto args = std::make_shared<PerplexityArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "perplexity",
+      "Perplexity on long text: window k = BOS + text tokens [k*(CTX-1), (k+1)*(CTX-1)), all CTX-1 "
+      "text tokens scored, ppl = exp(mean NLL)");
+  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  cmd->add_option("-f,--file", args->text, "text file (UTF-8)")->required();
+  cmd->add_option("-c,--ctx", args->ctx, "window length in tokens, BOS included")->required()
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 24));
+  cmd->add_option("--docs", args->docs, "number of windows K")->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
+  cmd->add_flag("--json", args->json, "print one JSON object instead of text");
+  cmd->add_flag("!--no-progress", args->progress, "no progress bar");
+  add_rope_flags(cmd, args->rope);
+  return [args]() {
+    auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
+    const RopeScaling scaling = resolve_rope_for_length(args->rope, *model, args->ctx);
+    const std::string text = normalize_newlines(read_text_file(args->text));
+    const double t0 = omp_get_wtime();
+    const std::vector<int32_t> tokens = model->tokenizer().encode(text);
+    fmt::print(stderr, "tokenized {} bytes into {} tokens in {:.2f}s; rope: {}\n", text.size(),
+               tokens.size(), omp_get_wtime() - t0, scaling.describe());
+    Progress bar("perplexity", args->docs, args->progress);
+    const PerplexityResult r = perplexity(
+        *model, tokens, args->ctx, args->docs, scaling, args->threads,
+        [&](int64_t done, int64_t, double ppl) { bar.update(done, fmt::format("ppl {:.4f}", ppl)); });
+    bar.finish();
+    if (args->json) {
+      nlohmann::json j = {{"ppl", r.ppl},
+                          {"mean_nll", r.mean_nll},
+                          {"tokens", r.tokens},
+                          {"seconds", r.seconds},
+                          {"tokens_per_second", r.tokens_per_second},
+                          {"ctx", r.ctx},
+                          {"docs", r.docs},
+                          {"window_ppl", r.window_ppl},
+                          {"model", args->model},
+                          {"text", args->text},
+                          {"rope", scaling.describe()}};
+      fmt::print("{}\n", j.dump());
+    } else {
+      fmt::print("ppl = {:.4f}  ({} tokens scored in {} window(s) of {}, {:.2f}s, {:.1f} tok/s, rope {})\n",
+                 r.ppl, r.tokens, r.docs, r.ctx, r.seconds, r.tokens_per_second, scaling.describe());
+    }
+    return 0;
+  };
+}
+
+}  // namespace longrope::cli

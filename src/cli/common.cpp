@@ -1,0 +1,61 @@
+#include "cli/common.h"
+
+#include <fmt/core.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "longrope/error.h"
+
+namespace longrope::cli {
+
+std::shared_ptr<const Model> load_model_verbose(const std::string& path,
+                                                const std::string& tokenizer_path, int threads) {
+  const double t0 = omp_get_wtime();
+  LoadOptions opts;
+  opts.tokenizer_path = tokenizer_path;
+  opts.n_threads = threads;
+  auto model = Model::load(path, opts);
+  const HParams& hp = model->hp();
+  fmt::print(stderr,
+             "loaded {} ({}, {} layers, dim {}, {} heads / {} kv, vocab {}, trained ctx {}, rope "
+             "base {:g}, {:.1f}M params) in {:.2f}s\n",
+             path, model->file().format, hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv,
+             hp.n_vocab, hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6,
+             omp_get_wtime() - t0);
+  return model;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open text file (expected a readable UTF-8 text file)");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  if (s.empty()) throw Error(path + ": text file is empty (expected text to tokenize)");
+  return s;
+}
+
+Progress::Progress(std::string label, int64_t total, bool enabled)
+    : label_(std::move(label)), total_(total), enabled_(enabled && isatty(2)), start_(omp_get_wtime()) {}
+
+void Progress::update(int64_t done, const std::string& extra) {
+  if (!enabled_) return;
+  const int width = 30;
+  const int fill = total_ > 0 ? int(width * done / total_) : 0;
+  const double el = omp_get_wtime() - start_;
+  const double eta = done > 0 ? el * double(total_ - done) / double(done) : 0.0;
+  fmt::print(stderr, "\r{} [{}{}] {}/{} {} ETA {:.0f}s   ", label_, std::string(fill, '#'),
+             std::string(width - fill, '.'), done, total_, extra, eta);
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (!enabled_) return;
+  fmt::print(stderr, "\n");
+}
+
+}  // namespace longrope::cli

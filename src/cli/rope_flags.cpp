@@ -1,0 +1,87 @@
+#include "cli/rope_flags.h"
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "longrope/error.h"
+#include "longrope/model.h"
+
+namespace longrope::cli {
+
+void add_rope_flags(CLI::App* cmd, RopeFlags& f) {
+  const std::string group = "RoPE scaling";
+  CLI::Validator method_check(
+      [](std::string& s) -> std::string {
+        try {
+          parse_rope_method(s);
+          return {};
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "");
+  cmd->add_option_function<std::string>(
+         "--rope", [&f](const std::string& v) { f.method = v; },
+         "Scaling method: none, linear (pi), ntk, dynamic, yarn, llama3, longrope "
+         "(default: the model's own)")
+      ->type_name("METHOD")
+      ->check(method_check)
+      ->group(group);
+  cmd->add_option_function<double>(
+         "--rope-factor", [&f](const double& v) { f.factor = v; },
+         "Extension ratio s for linear/ntk/dynamic/yarn/llama3 (target length / original context)")
+      ->type_name("S")
+      ->group(group);
+  cmd->add_option_function<int64_t>(
+         "--orig-ctx", [&f](const int64_t& v) { f.orig_ctx = v; },
+         "Original (trained) context L_orig (default: the model's trained context)")
+      ->type_name("N")
+      ->check(CLI::PositiveNumber)
+      ->group(group);
+  cmd->add_option_function<std::string>(
+         "--factors", [&f](const std::string& v) { f.factors_path = v; },
+         "LongRoPE factors file (docs/factors-format.md); implies --rope longrope")
+      ->type_name("FILE")
+      ->group(group);
+  cmd->add_option_function<double>(
+         "--yarn-beta-fast", [&f](const double& v) { f.beta_fast = v; },
+         "YaRN beta_fast (default 32)")
+      ->type_name("B")
+      ->group(group);
+  cmd->add_option_function<double>(
+         "--yarn-beta-slow", [&f](const double& v) { f.beta_slow = v; },
+         "YaRN beta_slow (default 1)")
+      ->type_name("B")
+      ->group(group);
+  cmd->add_option_function<double>(
+         "--low-freq-factor", [&f](const double& v) { f.low_freq_factor = v; },
+         "llama3 low_freq_factor (default 1)")
+      ->type_name("X")
+      ->group(group);
+  cmd->add_option_function<double>(
+         "--high-freq-factor", [&f](const double& v) { f.high_freq_factor = v; },
+         "llama3 high_freq_factor (default 4)")
+      ->type_name("X")
+      ->group(group);
+  cmd->add_option_function<double>(
+         "--attn-factor", [&f](const double& v) { f.attn_factor = v; },
+         "Attention factor (multiplies cos and sin), overriding the method's")
+      ->type_name("A")
+      ->group(group);
+  cmd->add_option_function<int64_t>(
+         "--n-hat", [&f](const int64_t& v) { f.n_hat = v; },
+         "LongRoPE start tokens kept at the original rotation (overrides the factors file's)")
+      ->type_name("N")
+      ->check(CLI::NonNegativeNumber)
+      ->group(group);
+}
+
+RopeScaling resolve_rope_for_length(const RopeFlags& f, const Model& model, int64_t ctx) {
+  RopeFlags flags = f;
+  default_rope_factor(flags, ctx, model.hp().n_ctx_train);
+  RopeScaling s = resolve_rope(flags, model.default_rope(), model.hp().n_rot);
+  check_scaling_for_ctx(s, ctx);
+  return s;
+}
+
+}  // namespace longrope::cli

@@ -1,0 +1,106 @@
+// Row-wise and element-wise kernels: RMSNorm, SwiGLU, rotary embedding, chunked log-softmax NLL.
+#include <cmath>
+#include <vector>
+
+#include "engine/kernels/vec_math.h"
+#include "longrope/kernels.h"
+
+namespace longrope::kernels {
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t d, float eps) {
+#pragma omp parallel for schedule(static) if (n > 64)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * d;
+    float* yr = y + r * d;
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+}
+
+void rmsnorm_scalar(const float* x, const float* w, float* y, int64_t n, int64_t d, float eps) {
+  for (int64_t r = 0; r < n; ++r) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; ++i) ss += double(x[r * d + i]) * x[r * d + i];
+    const double inv = 1.0 / std::sqrt(ss / double(d) + eps);
+    for (int64_t i = 0; i < d; ++i) y[r * d + i] = static_cast<float>(x[r * d + i] * inv * w[i]);
+  }
+}
+
+void swiglu(float* g, const float* u, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = g[i];
+    g[i] = a / (1.0f + fast_exp(-a)) * u[i];
+  }
+}
+
+void swiglu_scalar(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double a = g[i];
+    g[i] = static_cast<float>(a / (1.0 + std::exp(-a)) * u[i]);
+  }
+}
+
+void rope_apply(float* x, int64_t n, int64_t row_stride, int n_heads, int head_dim, int n_rot,
+                const float* cos_tab, const float* sin_tab) {
+  const int half = n_rot / 2;
+#pragma omp parallel for schedule(static) if (n > 64)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* c = cos_tab + r * half;
+    const float* s = sin_tab + r * half;
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + r * row_stride + int64_t(h) * head_dim;
+#pragma omp simd
+      for (int j = 0; j < half; ++j) {
+        const float a = v[2 * j], b = v[2 * j + 1];
+        v[2 * j] = a * c[j] - b * s[j];
+        v[2 * j + 1] = a * s[j] + b * c[j];
+      }
+    }
+  }
+}
+
+void rope_apply_scalar(float* x, int64_t n, int64_t row_stride, int n_heads, int head_dim,
+                       int n_rot, const float* cos_tab, const float* sin_tab) {
+  const int half = n_rot / 2;
+  for (int64_t r = 0; r < n; ++r)
+    for (int h = 0; h < n_heads; ++h)
+      for (int j = 0; j < half; ++j) {
+        float* v = x + r * row_stride + int64_t(h) * head_dim + 2 * j;
+        const double a = v[0], b = v[1], c = cos_tab[r * half + j], s = sin_tab[r * half + j];
+        v[0] = static_cast<float>(a * c - b * s);
+        v[1] = static_cast<float>(a * s + b * c);
+      }
+}
+
+void nll_rows(const float* logits, int64_t n, int64_t vocab, const int32_t* target, double* nll) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = logits + r * vocab;
+    float mx = row[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < vocab; ++i) mx = row[i] > mx ? row[i] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < vocab; ++i) sum += fast_exp(row[i] - mx);
+    nll[r] = double(mx) + std::log(double(sum)) - double(row[target[r]]);
+  }
+}
+
+void nll_rows_scalar(const float* logits, int64_t n, int64_t vocab, const int32_t* target,
+                     double* nll) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = logits + r * vocab;
+    double mx = row[0];
+    for (int64_t i = 1; i < vocab; ++i) mx = std::max(mx, double(row[i]));
+    double sum = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(row[i]) - mx);
+    nll[r] = mx + std::log(sum) - double(row[target[r]]);
+  }
+}
+
+}  // namespace longrope::kernels

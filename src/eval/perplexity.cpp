@@ -1,0 +1,79 @@
+#include "longrope/perplexity.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <string>
+
+#include "longrope/context.h"
+#include "longrope/error.h"
+
+namespace longrope {
+
+std::string normalize_newlines(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '\r') {
+      out.push_back('\n');
+      if (i + 1 < text.size() && text[i + 1] == '\n') ++i;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<int32_t>> make_windows(std::span<const int32_t> text_tokens, int32_t bos,
+                                               int64_t ctx, int64_t docs) {
+  if (ctx < 2) throw Error("context size " + std::to_string(ctx) + " is too small (expected >= 2)");
+  if (docs < 1) throw Error("--docs must be >= 1, got " + std::to_string(docs));
+  if (bos < 0) throw Error("the model's vocabulary has no BOS token (needed to start each window)");
+  const int64_t need = docs * (ctx - 1);
+  const int64_t have = static_cast<int64_t>(text_tokens.size());
+  if (have < need)
+    throw Error("text has " + std::to_string(have) + " tokens but " + std::to_string(docs) +
+                " windows of ctx " + std::to_string(ctx) + " need " + std::to_string(need) +
+                " (expected a longer text, fewer --docs or a smaller ctx)");
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(docs));
+  for (int64_t k = 0; k < docs; ++k) {
+    auto& w = out[k];
+    w.reserve(static_cast<size_t>(ctx));
+    w.push_back(bos);
+    w.insert(w.end(), text_tokens.begin() + k * (ctx - 1), text_tokens.begin() + (k + 1) * (ctx - 1));
+  }
+  return out;
+}
+
+PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_tokens, int64_t ctx,
+                            int64_t docs, const RopeScaling& scaling, int n_threads,
+                            const ProgressFn& progress) {
+  scaling.validate(model.hp().n_rot);
+  if (scaling.n_hat >= ctx && scaling.method == RopeMethod::kLongrope)
+    throw Error("n_hat " + std::to_string(scaling.n_hat) + " must be smaller than the context " +
+                std::to_string(ctx));
+  const auto windows = make_windows(text_tokens, model.tokenizer().bos(), ctx, docs);
+  PerplexityResult r;
+  r.ctx = ctx;
+  r.docs = docs;
+  const double t0 = omp_get_wtime();
+  double total = 0.0;
+  ScoreOptions so;
+  so.n_threads = n_threads;
+  for (size_t k = 0; k < windows.size(); ++k) {
+    const std::vector<double> nll = score_window(model, windows[k], scaling, so);
+    double s = 0.0;
+    for (double x : nll) s += x;
+    total += s;
+    r.tokens += static_cast<int64_t>(nll.size());
+    r.window_ppl.push_back(std::exp(s / double(nll.size())));
+    if (progress) progress(int64_t(k + 1), docs, std::exp(total / double(r.tokens)));
+  }
+  r.seconds = omp_get_wtime() - t0;
+  r.mean_nll = total / double(r.tokens);
+  r.ppl = std::exp(r.mean_nll);
+  r.tokens_per_second = double(r.tokens + docs) / r.seconds;
+  return r;
+}
+
+}  // namespace longrope

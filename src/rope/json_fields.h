@@ -1,0 +1,42 @@
+// Typed access to JSON fields with one-line errors naming the source and the field
+// (internal to src/rope).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "longrope/rope.h"
+
+namespace longrope::rope_detail {
+
+using nlohmann::json;
+
+// "<source>: <field>: <what>"
+[[noreturn]] void field_error(const std::string& source, const std::string& field,
+                              const std::string& what);
+const char* json_type_name(const json& v);
+
+// Optional fields of an object: nullopt when the key is absent or null; Error on a wrong type.
+std::optional<double> opt_number(const json& obj, const std::string& key, const std::string& source,
+                                 const std::string& prefix);
+std::optional<int64_t> opt_int(const json& obj, const std::string& key, const std::string& source,
+                               const std::string& prefix);
+std::optional<bool> opt_bool(const json& obj, const std::string& key, const std::string& source,
+                             const std::string& prefix);
+std::optional<std::string> opt_string(const json& obj, const std::string& key,
+                                      const std::string& source, const std::string& prefix);
+// An array of numbers (field names the array in errors, e.g. "rope_scaling.long_factor").
+std::vector<double> number_array(const json& v, const std::string& source,
+                                 const std::string& field);
+
+// A longrope rope_scaling object (HF's, or the factors-file superset) -> RopeScaling, not yet
+// validated. top: the enclosing HF config for top-level fallbacks
+// (original_max_position_embeddings, max_position_embeddings), or null. prefix: how fields of `rs`
+// are named in errors
+// ("rope_scaling." or "").
+RopeScaling parse_longrope_object(const json& rs, const json* top, const std::string& source,
+                                  const std::string& prefix);
+
+}  // namespace longrope::rope_detail

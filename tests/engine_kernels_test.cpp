@@ -1,0 +1,104 @@
+// Each optimised kernel against its plain scalar reference.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "engine/kernels/vec_math.h"
+#include "longrope/kernels.h"
+
+namespace lk = longrope::kernels;
+
+namespace {
+
+std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+void expect_close(const std::vector<float>& a, const std::vector<float>& b, double rtol,
+                  double atol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    ASSERT_NEAR(a[i], b[i], atol + rtol * std::fabs(b[i])) << "at index " << i;
+}
+
+}  // namespace
+
+TEST(EngineKernels, FastExpMatchesStdExp) {
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double ref = std::exp(double(x));
+    ASSERT_NEAR(lk::fast_exp(x), ref, 3e-7 * ref) << x;
+  }
+  EXPECT_EQ(lk::fast_exp(-INFINITY), lk::fast_exp(-87.0f));
+  EXPECT_LT(lk::fast_exp(-INFINITY), 1e-37f);
+}
+
+TEST(EngineKernels, GemmMatchesScalar) {
+  for (auto [M, N, K] : {std::tuple{1, 37, 19}, {5, 64, 8}, {130, 200, 576}}) {
+    auto A = rnd(size_t(M) * K, 1), B = rnd(size_t(N) * K, 2);
+    std::vector<float> C(size_t(M) * N, 0.5f), R = C;
+    lk::gemm_nt(M, N, K, A.data(), K, B.data(), K, C.data(), N, 1.0f);
+    lk::gemm_nt_scalar(M, N, K, A.data(), K, B.data(), K, R.data(), N, 1.0f);
+    expect_close(C, R, 1e-4, 1e-4);
+  }
+}
+
+TEST(EngineKernels, RmsnormSwigluRopeMatchScalar) {
+  const int n = 7, d = 96;
+  auto x = rnd(n * d, 3), w = rnd(d, 4);
+  std::vector<float> y(n * d), yr(n * d);
+  lk::rmsnorm(x.data(), w.data(), y.data(), n, d, 1e-5f);
+  lk::rmsnorm_scalar(x.data(), w.data(), yr.data(), n, d, 1e-5f);
+  expect_close(y, yr, 1e-5, 1e-6);
+
+  auto g = rnd(1000, 5, 4.0f), u = rnd(1000, 6);
+  auto gr = g;
+  lk::swiglu(g.data(), u.data(), 1000);
+  lk::swiglu_scalar(gr.data(), u.data(), 1000);
+  expect_close(g, gr, 1e-5, 1e-6);
+
+  // 3 rows, 2 heads of dim 8 with 6 rotary dims (partial rotation), row stride 20.
+  auto q = rnd(3 * 20, 7), qr = q;
+  auto c = rnd(3 * 3, 8), s = rnd(3 * 3, 9);
+  lk::rope_apply(q.data(), 3, 20, 2, 8, 6, c.data(), s.data());
+  lk::rope_apply_scalar(qr.data(), 3, 20, 2, 8, 6, c.data(), s.data());
+  expect_close(q, qr, 1e-6, 1e-6);
+  EXPECT_EQ(q[6], qr[6]);  // non-rotary dims untouched
+}
+
+TEST(EngineKernels, NllRowsMatchesScalar) {
+  const int n = 5, V = 3001;
+  auto logits = rnd(n * V, 10, 3.0f);
+  std::vector<int32_t> tgt = {0, 17, 3000, 1500, 42};
+  std::vector<double> a(n), b(n);
+  lk::nll_rows(logits.data(), n, V, tgt.data(), a.data());
+  lk::nll_rows_scalar(logits.data(), n, V, tgt.data(), b.data());
+  for (int i = 0; i < n; ++i) EXPECT_NEAR(a[i], b[i], 1e-5);
+}
+
+// Tiled online-softmax attention against the direct formula, across tile boundaries, with a
+// KV prefix (p0 > 0), grouped-query heads and single-token decoding.
+TEST(EngineKernels, AttentionMatchesScalar) {
+  struct Case {
+    int64_t n, p0;
+    int H, KV, hd;
+  };
+  for (const Case& cs : {Case{1, 0, 2, 1, 8}, Case{70, 0, 4, 2, 8}, Case{300, 0, 9, 3, 64},
+                         Case{1, 600, 9, 3, 64}, Case{65, 257, 6, 2, 16}}) {
+    const int64_t cap = cs.p0 + cs.n + 3;
+    auto q = rnd(cs.n * cs.H * cs.hd, 11), k = rnd(cs.KV * cap * cs.hd, 12),
+         v = rnd(cs.KV * cap * cs.hd, 13);
+    std::vector<float> out(cs.n * cs.H * cs.hd), ref(out.size());
+    lk::AttentionArgs a{q.data(), cs.H * cs.hd, k.data(), v.data(), cap, out.data(),
+                        cs.H * cs.hd, cs.n, cs.p0, cs.H, cs.KV, cs.hd, 1.0f / std::sqrt(float(cs.hd))};
+    lk::attention(a);
+    a.out = ref.data();
+    lk::attention_scalar(a);
+    expect_close(out, ref, 1e-4, 1e-5);
+  }
+}

@@ -1,0 +1,135 @@
+// End-to-end checks of the forward pass on the real stories260K model (GGUF and llama2.c).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "longrope/context.h"
+#include "longrope/error.h"
+#include "longrope/model.h"
+#include "longrope/perplexity.h"
+#include "longrope/sampling.h"
+#include "test_paths.h"
+
+using namespace longrope;
+
+namespace {
+
+const char* kExpected =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
+
+std::string read_all(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string greedy(const std::shared_ptr<const Model>& m, int n) {
+  Context ctx(m, {});
+  std::vector<int32_t> out;
+  int32_t tok = m->tokenizer().bos();
+  for (int i = 0; i < n; ++i) {
+    auto logits = ctx.decode(std::span<const int32_t>(&tok, 1));
+    tok = argmax(logits);
+    if (tok == m->tokenizer().eos()) break;
+    out.push_back(tok);
+  }
+  return m->tokenizer().decode(out);
+}
+
+std::filesystem::path stories_gguf() { return test::shared_dir() / "models" / "stories260K.gguf"; }
+
+}  // namespace
+
+TEST(EngineStories, GreedyFromGgufReproducesReferenceSentence) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  const std::string text = greedy(m, 80);
+  EXPECT_EQ(text.substr(0, std::strlen(kExpected)), kExpected) << text;
+}
+
+TEST(EngineStories, GreedyFromLlama2cReproducesReferenceSentence) {
+  const auto bin = test::shared_dir() / "models" / "stories260K.bin";
+  const auto tok = test::shared_dir() / "models" / "tok512.bin";
+  LONGROPE_REQUIRE_FILE(bin);
+  LONGROPE_REQUIRE_FILE(tok);
+  auto m = Model::load(bin.string(), {.tokenizer_path = tok.string(), .n_threads = 0});
+  const std::string text = greedy(m, 80);
+  EXPECT_EQ(text.substr(0, std::strlen(kExpected)), kExpected) << text;
+}
+
+// Incremental decoding with the KV cache gives the same next-token distribution as scoring the
+// whole window at once.
+TEST(EngineStories, IncrementalDecodeMatchesWholeWindow) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  auto ids = m->tokenizer().encode("Tom and Sue went to the big park to play with a red kite.");
+  ids.insert(ids.begin(), m->tokenizer().bos());
+  const auto nll = score_window(*m, ids, RopeScaling{});
+  Context ctx(m, {});
+  // Feed a prefix in one block, then single tokens.
+  const size_t first = 5;
+  std::vector<float> logits = ctx.decode(std::span<const int32_t>(ids.data(), first));
+  for (size_t i = first; i < ids.size(); ++i) {
+    float mx = -INFINITY;
+    for (float x : logits) mx = std::max(mx, x);
+    double s = 0;
+    for (float x : logits) s += std::exp(double(x) - mx);
+    const double my_nll = mx + std::log(s) - logits[ids[i]];
+    EXPECT_NEAR(my_nll, nll[i - 1], 1e-4) << "token " << i;
+    logits = ctx.decode(std::span<const int32_t>(&ids[i], 1));
+  }
+}
+
+// Golden perplexities from the independent reference (shared/golden/ppl_stories260k.json),
+// every case within 1%.
+TEST(EngineStories, PerplexityMatchesGoldenWithinOnePercent) {
+  const auto golden = test::shared_dir() / "golden" / "ppl_stories260k.json";
+  LONGROPE_REQUIRE_FILE(golden);
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  const auto j = nlohmann::json::parse(read_all(golden));
+  std::map<std::string, std::vector<int32_t>> tokens;
+  for (const auto& c : j["cases"]) {
+    const std::string text = c["text"];
+    if (!tokens.count(text))
+      tokens[text] =
+          m->tokenizer().encode(normalize_newlines(read_all(test::shared_dir() / "data" / text)));
+    const auto& sc = c["scaling"];
+    RopeScaling s;
+    s.method = parse_rope_method(sc["method"]);
+    s.orig_ctx = 512;
+    if (sc.contains("factor")) s.factor = sc["factor"];
+    if (s.method == RopeMethod::kLongrope) {
+      s.sets = {FactorSet{sc["short_factor"].get<std::vector<double>>(), 512},
+                FactorSet{sc["long_factor"].get<std::vector<double>>(), 0}};
+      s.target_ctx = sc["max_position_embeddings"];
+      s.n_hat = sc.value("n_hat", 0);
+    }
+    const auto r = perplexity(*m, tokens[text], c["ctx"], c["docs"], s);
+    const double want = c["ppl"];
+    EXPECT_EQ(r.tokens, c["tokens"].get<int64_t>());
+    EXPECT_NEAR(r.ppl, want, 0.01 * want)
+        << text << " ctx " << c["ctx"] << " " << sc.dump() << ": got " << r.ppl;
+  }
+}
+
+TEST(EngineStories, TooLittleTextIsAnError) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  auto ids = m->tokenizer().encode("A short text.");
+  try {
+    perplexity(*m, ids, 512, 1, RopeScaling{});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("need 511"), std::string::npos) << e.what();
+  }
+}
+
+TEST(EngineStories, NewlinesAreNormalisedLikeATextModeReader) {
+  EXPECT_EQ(normalize_newlines("a\r\nb\rc\n\r\n"), "a\nb\nc\n\n");
+}
