@@ -1,6 +1,7 @@
 // GgufFile / GgufWriter: the stories260K file, a full round trip, every value type, and a
 // catalogue of malformed inputs that must give a clear Error (never a crash).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>

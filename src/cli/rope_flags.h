@@ -6,9 +6,7 @@
 //   ... after parsing, with a loaded model that runs windows of ctx tokens:
 //   RopeScaling scaling = resolve_rope_for_length(rf, *model, ctx);
 //   or, step by step:
-//   default_rope_factor(rf, eval_len, hp.n_ctx_train);   // optional: only callers that know the
-//                                                        // evaluation length may default
-//                                                        --rope-factor
+//   default_rope_factor(rf, eval_len, hp.n_ctx_train);  // optional (see below)
 //   RopeScaling scaling = resolve_rope(rf, model->default_rope(), hp.n_rot);
 //   check_scaling_for_ctx(scaling, ctx);
 //
