@@ -1,6 +1,7 @@
 // Perplexity throughput, per-phase GFLOP/s and peak RSS for one context length.
 // Usage: bench_perplexity MODEL TEXT CTX [THREADS]  -> one JSON line on stdout.
-// bench/run_perplexity_bench.sh runs it once per length (peak RSS is per process) and prints a table.
+// bench/run_perplexity_bench.sh runs it once per length (peak RSS is per process) and prints a
+// table.
 #include <fmt/core.h>
 #include <omp.h>
 #include <sys/resource.h>
@@ -43,22 +44,21 @@ int main(int argc, char** argv) {
     for (double x : nll) sum += x;
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
-    nlohmann::json j = {
-        {"ctx", ctx},
-        {"threads", omp_get_max_threads()},
-        {"load_seconds", load_s},
-        {"ppl", std::exp(sum / double(nll.size()))},
-        {"seconds", secs},
-        {"tokens_per_second", double(ctx) / secs},
-        {"matmul_seconds", st.matmul_seconds},
-        {"matmul_gflops", st.matmul_flops / st.matmul_seconds / 1e9},
-        {"attention_seconds", st.attention_seconds},
-        {"attention_gflops", st.attention_flops / st.attention_seconds / 1e9},
-        {"lm_head_seconds", st.lm_head_seconds},
-        {"lm_head_gflops", st.lm_head_flops / st.lm_head_seconds / 1e9},
-        {"other_seconds", st.other_seconds},
-        {"weights_mb", double(model->owned_bytes()) / 1048576.0},
-        {"peak_rss_mb", double(ru.ru_maxrss) / 1024.0}};
+    nlohmann::json j = {{"ctx", ctx},
+                        {"threads", omp_get_max_threads()},
+                        {"load_seconds", load_s},
+                        {"ppl", std::exp(sum / double(nll.size()))},
+                        {"seconds", secs},
+                        {"tokens_per_second", double(ctx) / secs},
+                        {"matmul_seconds", st.matmul_seconds},
+                        {"matmul_gflops", st.matmul_flops / st.matmul_seconds / 1e9},
+                        {"attention_seconds", st.attention_seconds},
+                        {"attention_gflops", st.attention_flops / st.attention_seconds / 1e9},
+                        {"lm_head_seconds", st.lm_head_seconds},
+                        {"lm_head_gflops", st.lm_head_flops / st.lm_head_seconds / 1e9},
+                        {"other_seconds", st.other_seconds},
+                        {"weights_mb", double(model->owned_bytes()) / 1048576.0},
+                        {"peak_rss_mb", double(ru.ru_maxrss) / 1024.0}};
     fmt::print("{}\n", j.dump());
   } catch (const longrope::Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());

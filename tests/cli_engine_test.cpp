@@ -11,8 +11,12 @@ using longrope::test::run_command;
 using longrope::test::shared_dir;
 
 namespace {
-std::string stories() { return (shared_dir() / "models" / "stories260K.gguf").string(); }
-std::string moby() { return (shared_dir() / "data" / "moby-dick.txt").string(); }
+std::string stories() {
+  return (shared_dir() / "models" / "stories260K.gguf").string();
+}
+std::string moby() {
+  return (shared_dir() / "data" / "moby-dick.txt").string();
+}
 
 // Last line of the output that parses as a JSON object.
 nlohmann::json last_json(const std::string& out) {
@@ -49,10 +53,12 @@ TEST(CliEngine, GenerateGreedyFromLlama2c) {
   LONGROPE_REQUIRE_FILE(bin);
   LONGROPE_REQUIRE_FILE(tok);
   std::string out;
-  const int rc = run_command(
-      cli_path().string() + " generate -m " + bin + " --tokenizer " + tok + " -n 40 --temp 0 2>/dev/null", &out);
+  const int rc = run_command(cli_path().string() + " generate -m " + bin + " --tokenizer " + tok +
+                                 " -n 40 --temp 0 2>/dev/null",
+                             &out);
   ASSERT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("\nOnce upon a time, there was a little girl named Lily."), std::string::npos) << out;
+  EXPECT_NE(out.find("\nOnce upon a time, there was a little girl named Lily."), std::string::npos)
+      << out;
 }
 
 TEST(CliEngine, BadInputsGiveOneClearLineAndNonZeroExit) {
@@ -65,8 +71,10 @@ TEST(CliEngine, BadInputsGiveOneClearLineAndNonZeroExit) {
   for (const Case& c : {
            Case{"perplexity -m /nonexistent.gguf -f " + moby() + " -c 512", "/nonexistent.gguf"},
            Case{"perplexity -m " + moby() + " -f " + moby() + " -c 512", moby()},
-           Case{"perplexity -m " + stories() + " -f /nonexistent.txt -c 512", "cannot open text file"},
-           Case{"perplexity -m " + stories() + " -f " + tiny + " -c 512", "windows of ctx 512 need 511"},
+           Case{"perplexity -m " + stories() + " -f /nonexistent.txt -c 512",
+                "cannot open text file"},
+           Case{"perplexity -m " + stories() + " -f " + tiny + " -c 512",
+                "windows of ctx 512 need 511"},
            Case{"perplexity -m " + stories() + " -f " + moby() + " -c 0", "ctx"},
            Case{"generate -m " + stories() + " -n 600", "exceed the context size 512"},
        }) {

@@ -94,8 +94,19 @@ TEST(EngineKernels, AttentionMatchesScalar) {
     auto q = rnd(cs.n * cs.H * cs.hd, 11), k = rnd(cs.KV * cap * cs.hd, 12),
          v = rnd(cs.KV * cap * cs.hd, 13);
     std::vector<float> out(cs.n * cs.H * cs.hd), ref(out.size());
-    lk::AttentionArgs a{q.data(), cs.H * cs.hd, k.data(), v.data(), cap, out.data(),
-                        cs.H * cs.hd, cs.n, cs.p0, cs.H, cs.KV, cs.hd, 1.0f / std::sqrt(float(cs.hd))};
+    lk::AttentionArgs a{q.data(),
+                        cs.H * cs.hd,
+                        k.data(),
+                        v.data(),
+                        cap,
+                        out.data(),
+                        cs.H * cs.hd,
+                        cs.n,
+                        cs.p0,
+                        cs.H,
+                        cs.KV,
+                        cs.hd,
+                        1.0f / std::sqrt(float(cs.hd))};
     lk::attention(a);
     a.out = ref.data();
     lk::attention_scalar(a);

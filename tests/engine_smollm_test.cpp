@@ -1,4 +1,5 @@
-// The default real model, SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI, installed by scripts/setup.sh).
+// The default real model, SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI, installed by
+// scripts/setup.sh).
 #include <gtest/gtest.h>
 
 #include <fstream>

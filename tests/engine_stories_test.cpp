@@ -41,7 +41,9 @@ std::string greedy(const std::shared_ptr<const Model>& m, int n) {
   return m->tokenizer().decode(out);
 }
 
-std::filesystem::path stories_gguf() { return test::shared_dir() / "models" / "stories260K.gguf"; }
+std::filesystem::path stories_gguf() {
+  return test::shared_dir() / "models" / "stories260K.gguf";
+}
 
 }  // namespace
 

@@ -14,7 +14,9 @@ using namespace longrope;
 
 namespace {
 
-std::filesystem::path stories_gguf() { return test::shared_dir() / "models" / "stories260K.gguf"; }
+std::filesystem::path stories_gguf() {
+  return test::shared_dir() / "models" / "stories260K.gguf";
+}
 
 std::vector<int32_t> novel_tokens(const Model& m, size_t n) {
   std::ifstream f(test::shared_dir() / "data" / "moby-dick.txt", std::ios::binary);
@@ -26,7 +28,9 @@ std::vector<int32_t> novel_tokens(const Model& m, size_t n) {
   return ids;
 }
 
-FactorSet set(std::vector<double> f, int64_t max_len) { return FactorSet{std::move(f), max_len}; }
+FactorSet set(std::vector<double> f, int64_t max_len) {
+  return FactorSet{std::move(f), max_len};
+}
 
 // Feeds `ids` as a prefill of `prefill` tokens then one token at a time; at every step in `check`
 // (sequence lengths) compares the incremental logits with a fresh full recomputation.
@@ -42,7 +46,8 @@ double check_switching(const std::shared_ptr<const Model>& m, const RopeScaling&
     if (std::find(check.begin(), check.end(), len) == check.end()) continue;
     Context full(m, {.n_ctx = int64_t(len), .n_threads = 0}, s);
     const auto ref = full.decode(std::span<const int32_t>(ids.data(), len));
-    for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, double(std::fabs(ref[i] - logits[i])));
+    for (size_t i = 0; i < ref.size(); ++i)
+      worst = std::max(worst, double(std::fabs(ref[i] - logits[i])));
     EXPECT_LT(worst, tol) << "at length " << len;
   }
   EXPECT_EQ(inc.switch_stats().switches, expect_switches);

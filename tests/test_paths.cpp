@@ -16,9 +16,13 @@ std::filesystem::path models_dir() {
   return std::filesystem::path(LONGROPE_SOURCE_DIR) / "models";
 }
 
-std::filesystem::path smollm_path() { return models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"; }
+std::filesystem::path smollm_path() {
+  return models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf";
+}
 
-std::filesystem::path cli_path() { return LONGROPE_CLI_PATH; }
+std::filesystem::path cli_path() {
+  return LONGROPE_CLI_PATH;
+}
 
 int run_command(const std::string& cmd, std::string* output) {
   std::string full = cmd + " 2>&1";

@@ -22,11 +22,11 @@ struct HParams {
   int n_embd = 0;
   int n_head = 0;
   int n_head_kv = 0;
-  int head_dim = 0;    // n_embd / n_head unless the file says otherwise
+  int head_dim = 0;  // n_embd / n_head unless the file says otherwise
   int n_ff = 0;
   int n_vocab = 0;
   int n_ctx_train = 0;
-  int n_rot = 0;       // rotary dimensions per head (<= head_dim)
+  int n_rot = 0;  // rotary dimensions per head (<= head_dim)
   double rope_base = 10000.0;
   float norm_eps = 1e-5f;
 };
@@ -35,27 +35,28 @@ struct VocabSpec {
   enum class Kind { kSpm, kGpt2 };
   Kind kind = Kind::kSpm;
   std::vector<std::string> tokens;
-  std::vector<float> scores;       // SPM merge scores (empty for gpt2)
-  std::vector<int32_t> types;      // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user, 6 byte
-  std::vector<std::string> merges; // gpt2: "a b" per line, in rank order
-  std::string pre = "default";     // gpt2 pre-tokenizer name (tokenizer.ggml.pre)
+  std::vector<float> scores;  // SPM merge scores (empty for gpt2)
+  std::vector<int32_t>
+      types;  // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user, 6 byte
+  std::vector<std::string> merges;  // gpt2: "a b" per line, in rank order
+  std::string pre = "default";      // gpt2 pre-tokenizer name (tokenizer.ggml.pre)
   int32_t bos = -1, eos = -1, unk = -1, pad = -1, eot = -1;
   bool add_bos = true;
   bool add_eos = false;
-  bool add_space_prefix = true;    // SPM: prepend a space before encoding
-  std::string chat_template;       // tokenizer.chat_template, if any
+  bool add_space_prefix = true;  // SPM: prepend a space before encoding
+  std::string chat_template;     // tokenizer.chat_template, if any
 };
 
 // RoPE scaling as declared by a model file (raw; turned into a RopeScaling by src/rope).
 struct RopeScalingMeta {
-  std::string type;                     // "", "none", "linear", "yarn", "longrope", "llama3", ...
+  std::string type;  // "", "none", "linear", "yarn", "longrope", "llama3", ...
   std::optional<double> factor;
   std::optional<int64_t> original_context_length;
   std::optional<double> attn_factor;
   std::optional<double> yarn_beta_fast, yarn_beta_slow, yarn_ext_factor, yarn_log_multiplier;
-  std::vector<float> rope_freqs;        // rope_freqs.weight (divides the frequencies)
-  std::vector<float> factors_long;      // rope_factors_long.weight
-  std::vector<float> factors_short;     // rope_factors_short.weight
+  std::vector<float> rope_freqs;     // rope_freqs.weight (divides the frequencies)
+  std::vector<float> factors_long;   // rope_factors_long.weight
+  std::vector<float> factors_short;  // rope_factors_short.weight
 };
 
 struct TensorRef {

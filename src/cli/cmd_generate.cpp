@@ -50,10 +50,12 @@ std::string chatml(const std::string& tmpl, const std::string& system, const std
 Runner register_generate(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt");
-  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")
+      ->required();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("-p,--prompt", args->prompt, "prompt text (default: empty, start from BOS)");
-  cmd->add_option("-n,--n-predict", args->n_predict, "tokens to generate")->capture_default_str()
+  cmd->add_option("-n,--n-predict", args->n_predict, "tokens to generate")
+      ->capture_default_str()
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-c,--ctx", args->ctx, "context size (default: the model's trained context)");
   cmd->add_option("--temp", args->temp, "temperature; 0 = greedy")->capture_default_str();
@@ -81,7 +83,8 @@ Runner register_generate(CLI::App& app) {
     if (args->chat) {
       const std::string& tmpl = tok.spec().chat_template;
       if (tmpl.find("<|im_start|>") == std::string::npos)
-        throw Error(args->model + ": --chat supports ChatML models (<|im_start|>), and this "
+        throw Error(args->model +
+                    ": --chat supports ChatML models (<|im_start|>), and this "
                     "model's chat template is not ChatML");
       const auto p = tok.encode(chatml(tmpl, args->system, args->prompt), true);
       ids.insert(ids.end(), p.begin(), p.end());
@@ -133,7 +136,9 @@ Runner register_generate(CLI::App& app) {
     }
     const double t_gen = omp_get_wtime() - t1;
     fmt::print("\n");
-    fmt::print(stderr, "prompt: {} tokens in {:.2f}s ({:.1f} tok/s); generated {} tokens in {:.2f}s ({:.1f} tok/s); rope {}\n",
+    fmt::print(stderr,
+               "prompt: {} tokens in {:.2f}s ({:.1f} tok/s); generated {} tokens in {:.2f}s "
+               "({:.1f} tok/s); rope {}\n",
                ids.size(), t_prompt, double(ids.size()) / t_prompt, generated, t_gen,
                generated > 0 ? double(generated) / t_gen : 0.0, scaling.describe());
     if (ctx.switch_stats().switches > 0)

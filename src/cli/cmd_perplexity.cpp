@@ -30,12 +30,15 @@ Runner register_perplexity(CLI::App& app) {
       "perplexity",
       "Perplexity on long text: window k = BOS + text tokens [k*(CTX-1), (k+1)*(CTX-1)), all CTX-1 "
       "text tokens scored, ppl = exp(mean NLL)");
-  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")
+      ->required();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("-f,--file", args->text, "text file (UTF-8)")->required();
-  cmd->add_option("-c,--ctx", args->ctx, "window length in tokens, BOS included")->required()
+  cmd->add_option("-c,--ctx", args->ctx, "window length in tokens, BOS included")
+      ->required()
       ->check(CLI::Range(int64_t(2), int64_t(1) << 24));
-  cmd->add_option("--docs", args->docs, "number of windows K")->capture_default_str()
+  cmd->add_option("--docs", args->docs, "number of windows K")
+      ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
@@ -50,9 +53,10 @@ Runner register_perplexity(CLI::App& app) {
     fmt::print(stderr, "tokenized {} bytes into {} tokens in {:.2f}s; rope: {}\n", text.size(),
                tokens.size(), omp_get_wtime() - t0, scaling.describe());
     Progress bar("perplexity", args->docs, args->progress);
-    const PerplexityResult r = perplexity(
-        *model, tokens, args->ctx, args->docs, scaling, args->threads,
-        [&](int64_t done, int64_t, double ppl) { bar.update(done, fmt::format("ppl {:.4f}", ppl)); });
+    const PerplexityResult r = perplexity(*model, tokens, args->ctx, args->docs, scaling,
+                                          args->threads, [&](int64_t done, int64_t, double ppl) {
+                                            bar.update(done, fmt::format("ppl {:.4f}", ppl));
+                                          });
     bar.finish();
     if (args->json) {
       nlohmann::json j = {{"ppl", r.ppl},
@@ -68,8 +72,10 @@ Runner register_perplexity(CLI::App& app) {
                           {"rope", scaling.describe()}};
       fmt::print("{}\n", j.dump());
     } else {
-      fmt::print("ppl = {:.4f}  ({} tokens scored in {} window(s) of {}, {:.2f}s, {:.1f} tok/s, rope {})\n",
-                 r.ppl, r.tokens, r.docs, r.ctx, r.seconds, r.tokens_per_second, scaling.describe());
+      fmt::print(
+          "ppl = {:.4f}  ({} tokens scored in {} window(s) of {}, {:.2f}s, {:.1f} tok/s, rope "
+          "{})\n",
+          r.ppl, r.tokens, r.docs, r.ctx, r.seconds, r.tokens_per_second, scaling.describe());
     }
     return 0;
   };

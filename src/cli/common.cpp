@@ -23,9 +23,8 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
   fmt::print(stderr,
              "loaded {} ({}, {} layers, dim {}, {} heads / {} kv, vocab {}, trained ctx {}, rope "
              "base {:g}, {:.1f}M params) in {:.2f}s\n",
-             path, model->file().format, hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv,
-             hp.n_vocab, hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6,
-             omp_get_wtime() - t0);
+             path, model->file().format, hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.n_vocab,
+             hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6, omp_get_wtime() - t0);
   return model;
 }
 
@@ -40,7 +39,10 @@ std::string read_text_file(const std::string& path) {
 }
 
 Progress::Progress(std::string label, int64_t total, bool enabled)
-    : label_(std::move(label)), total_(total), enabled_(enabled && isatty(2)), start_(omp_get_wtime()) {}
+    : label_(std::move(label)),
+      total_(total),
+      enabled_(enabled && isatty(2)),
+      start_(omp_get_wtime()) {}
 
 void Progress::update(int64_t done, const std::string& extra) {
   if (!enabled_) return;

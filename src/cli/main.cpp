@@ -1,14 +1,16 @@
 // longrope: extend the context window of RoPE language models.
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 
 #include "cli/commands.h"
 #include "longrope/error.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   CLI::App app{"longrope: run, score and extend the context window of RoPE language models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "longrope 0.1.0");
@@ -26,9 +28,16 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  for (auto& [sub, runner] : cmds)
+    if (sub->parsed()) return runner();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
   try {
-    for (auto& [sub, run] : cmds)
-      if (sub->parsed()) return run();
+    return run(argc, argv);
   } catch (const longrope::Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
@@ -38,6 +47,8 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return 1;
+  } catch (...) {
+    fmt::print(stderr, "error: unknown failure\n");
+    return 1;
   }
-  return 0;
 }

@@ -16,7 +16,9 @@ namespace longrope {
 namespace {
 thread_local PhaseStats g_last_stats;
 
-int64_t model_ctx(const Model& m) { return m.hp().n_ctx_train; }
+int64_t model_ctx(const Model& m) {
+  return m.hp().n_ctx_train;
+}
 
 RopeTables tables_for(const Model& m, const RopeScaling& s, int64_t len) {
   return s.tables(len, m.hp().n_rot, m.hp().rope_base, model_ctx(m));
@@ -27,7 +29,9 @@ void set_threads(int n) {
 }
 }  // namespace
 
-const PhaseStats& last_phase_stats() { return g_last_stats; }
+const PhaseStats& last_phase_stats() {
+  return g_last_stats;
+}
 
 std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
                                  const RopeScaling& scaling, const ScoreOptions& opts) {
@@ -135,8 +139,9 @@ void Context::advance(std::span<const int32_t> tokens) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) throw Error("decode needs at least one token");
   if (n_past_ + n > n_ctx_)
-    throw Error("context full: " + std::to_string(n_past_ + n) + " tokens exceed the context size " +
-                std::to_string(n_ctx_) + " (raise -c/--ctx-size)");
+    throw Error("context full: " + std::to_string(n_past_ + n) +
+                " tokens exceed the context size " + std::to_string(n_ctx_) +
+                " (raise -c/--ctx-size)");
   RopeTables tables = (policy_ == SwitchPolicy::kKeep && impl_->have_tables)
                           ? impl_->tables
                           : tables_for(*model_, scaling_, n_past_ + n);

@@ -105,8 +105,19 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
                     sizeof(float) * hd);
       }
     lap(st.other_seconds);
-    kernels::AttentionArgs args{ws.q.data(), qdim, kc, vc, kv.cap, ws.att.data(), qdim, n, p0,
-                                int(H), int(KV), int(hd), 1.0f / std::sqrt(float(hd))};
+    kernels::AttentionArgs args{ws.q.data(),
+                                qdim,
+                                kc,
+                                vc,
+                                kv.cap,
+                                ws.att.data(),
+                                qdim,
+                                n,
+                                p0,
+                                int(H),
+                                int(KV),
+                                int(hd),
+                                1.0f / std::sqrt(float(hd))};
     kernels::attention(args);
     lap(st.attention_seconds);
     gemm(ws.att.data(), n, L.wo, ws.x.data(), 1.0f);

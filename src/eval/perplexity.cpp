@@ -40,7 +40,8 @@ std::vector<std::vector<int32_t>> make_windows(std::span<const int32_t> text_tok
     auto& w = out[k];
     w.reserve(static_cast<size_t>(ctx));
     w.push_back(bos);
-    w.insert(w.end(), text_tokens.begin() + k * (ctx - 1), text_tokens.begin() + (k + 1) * (ctx - 1));
+    w.insert(w.end(), text_tokens.begin() + k * (ctx - 1),
+             text_tokens.begin() + (k + 1) * (ctx - 1));
   }
   return out;
 }

@@ -75,8 +75,8 @@ void attention(const AttentionArgs& a) {
             for (int d = 0; d < hd; ++d) orow[d] *= corr;
           }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(bq), hd, int(bk), 1.0f,
-                    s.data(), int(bk), V + k0 * hd, hd, 1.0f, o.data(), hd);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(bq), hd, int(bk), 1.0f, s.data(),
+                    int(bk), V + k0 * hd, hd, 1.0f, o.data(), hd);
       }
       for (int64_t r = 0; r < bq; ++r) {
         float* dst = a.out + (i0 + r) * a.out_stride + int64_t(h) * hd;
