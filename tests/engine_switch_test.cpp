@@ -28,6 +28,15 @@ std::vector<int32_t> novel_tokens(const Model& m, size_t n) {
   return ids;
 }
 
+// Dynamic NTK, s = 2 over the trained 512: the tables change with every token past 512.
+RopeScaling dynamic_x2() {
+  RopeScaling s;
+  s.method = RopeMethod::kDynamic;
+  s.factor = 2.0;
+  s.orig_ctx = 512;
+  return s;
+}
+
 FactorSet set(std::vector<double> f, int64_t max_len) {
   return FactorSet{std::move(f), max_len};
 }
@@ -86,24 +95,18 @@ TEST(EngineSwitch, ThreeBucketsAreExact) {
 TEST(EngineSwitch, DynamicNtkFollowsTheLength) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = Model::load(stories_gguf().string());
-  RopeScaling s;
-  s.method = RopeMethod::kDynamic;
-  s.factor = 2.0;
-  s.orig_ctx = 512;
+  const RopeScaling s = dynamic_x2();
   const auto ids = novel_tokens(*m, 530);
   check_switching(m, s, ids, 500, {512, 513, 520, 530}, 18);
 }
 
 // Re-rotating cached keys in place is cheap but exact only for the first layer: deeper keys and
 // values were computed under the old tables. Its error stays small for the gentle changes of
-// dynamic NTK (measured: max |logit diff| about 0.1 here; see docs/rope-switching.md).
+// dynamic NTK (measured: max |logit diff| about 0.1 here; see docs/rope-methods.md).
 TEST(EngineSwitch, RerotateIsACheapApproximation) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = Model::load(stories_gguf().string());
-  RopeScaling s;
-  s.method = RopeMethod::kDynamic;
-  s.factor = 2.0;
-  s.orig_ctx = 512;
+  const RopeScaling s = dynamic_x2();
   const auto ids = novel_tokens(*m, 530);
   const double err = check_switching(m, s, ids, 500, {513, 530}, 18, SwitchPolicy::kRerotate, 0.5);
   EXPECT_GT(err, 1e-4);  // not exact: the docs must not claim it is
@@ -113,10 +116,7 @@ TEST(EngineSwitch, RerotateIsACheapApproximation) {
 TEST(EngineSwitch, KeepNeverSwitches) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = Model::load(stories_gguf().string());
-  RopeScaling s;
-  s.method = RopeMethod::kDynamic;
-  s.factor = 2.0;
-  s.orig_ctx = 512;
+  const RopeScaling s = dynamic_x2();
   const auto ids = novel_tokens(*m, 520);
   Context c(m, {.n_ctx = 520, .n_threads = 0, .switch_policy = SwitchPolicy::kKeep}, s);
   c.decode(std::span<const int32_t>(ids.data(), 500));

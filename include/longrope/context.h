@@ -20,7 +20,7 @@ namespace longrope {
 //  - kRerotate: rotate the cached keys from the old to the new angles in place (cost
 //    proportional to the cache, about a millisecond per thousand positions on SmolLM2). Exact for
 //    the first layer only; deeper layers keep values computed under the old tables. A cheap
-//    approximation whose error is measured in docs/rope-switching.md.
+//    approximation whose error is measured in docs/rope-methods.md.
 //  - kKeep: keep the tables chosen at the first decode (what llama.cpp does).
 enum class SwitchPolicy { kRecompute, kRerotate, kKeep };
 

@@ -57,6 +57,9 @@ struct RopeScalingMeta {
   std::vector<float> rope_freqs;     // rope_freqs.weight (divides the frequencies)
   std::vector<float> factors_long;   // rope_factors_long.weight
   std::vector<float> factors_short;  // rope_factors_short.weight
+  // longrope's own keys (written by `longrope export`; llama.cpp ignores them):
+  std::optional<int64_t> n_hat;          // longrope.n_hat: start tokens keeping the original rotation
+  std::optional<int64_t> short_max_len;  // longrope.short_max_len: longest length of the short set
 };
 
 struct TensorRef {

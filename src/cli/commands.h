@@ -11,5 +11,9 @@ using Runner = std::function<int()>;
 Runner register_perplexity(CLI::App& app);
 Runner register_generate(CLI::App& app);
 Runner register_rope(CLI::App& app);
+Runner register_search(CLI::App& app);
+Runner register_export(CLI::App& app);
+Runner register_eval(CLI::App& app);
+Runner register_passkey(CLI::App& app);
 
 }  // namespace longrope::cli

@@ -23,6 +23,10 @@ int run(int argc, char** argv) {
   add(&longrope::cli::register_perplexity);
   add(&longrope::cli::register_generate);
   add(&longrope::cli::register_rope);
+  add(&longrope::cli::register_search);
+  add(&longrope::cli::register_export);
+  add(&longrope::cli::register_eval);
+  add(&longrope::cli::register_passkey);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

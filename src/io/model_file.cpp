@@ -357,6 +357,8 @@ ModelFile load_gguf(std::shared_ptr<const GgufFile> g) {
   r.rope_freqs = rope_tensor(m, "rope_freqs.weight", hp.n_rot);
   r.factors_long = rope_tensor(m, "rope_factors_long.weight", hp.n_rot);
   r.factors_short = rope_tensor(m, "rope_factors_short.weight", hp.n_rot);
+  r.n_hat = g->get_int_opt("longrope.n_hat");
+  r.short_max_len = g->get_int_opt("longrope.short_max_len");
   return m;
 }
 

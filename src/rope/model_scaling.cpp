@@ -48,6 +48,20 @@ RopeScaling rope_from_meta(const RopeScalingMeta& meta, int n_rot, int64_t model
   const std::string& type = meta.type;
   const bool has_long = !meta.factors_long.empty();
   const bool has_short = !meta.factors_short.empty();
+  // A single searched set exported with start tokens: rope_freqs.weight plus longrope.n_hat.
+  const bool single_set_longrope = !has_long && !has_short && !meta.rope_freqs.empty() &&
+                                   (type.empty() || type == "none") && meta.n_hat.value_or(0) > 0;
+  if (single_set_longrope) {
+    check_tensor_len(meta.rope_freqs, "rope_freqs.weight", n_rot);
+    s.method = RopeMethod::kLongrope;
+    s.orig_ctx = meta.original_context_length.value_or(model_ctx);
+    s.target_ctx = model_ctx > 0 ? model_ctx : 0;
+    s.sets.push_back(FactorSet{to_double(meta.rope_freqs), 0});
+    s.n_hat = *meta.n_hat;
+    s.attn_factor = meta.attn_factor;
+    s.validate(n_rot);
+    return s;
+  }
   if (has_long || has_short || type == "longrope") {
     if (!type.empty() && type != "none" && type != "longrope") {
       throw Error(
@@ -73,7 +87,9 @@ RopeScaling rope_from_meta(const RopeScalingMeta& meta, int n_rot, int64_t model
     }
     s.orig_ctx = L;
     s.target_ctx = model_ctx > 0 ? model_ctx : 0;
-    if (has_short) s.sets.push_back(FactorSet{to_double(meta.factors_short), L});
+    if (has_short)
+      s.sets.push_back(FactorSet{to_double(meta.factors_short), meta.short_max_len.value_or(L)});
+    s.n_hat = meta.n_hat.value_or(0);
     s.sets.push_back(FactorSet{to_double(meta.factors_long), 0});
     s.attn_factor = meta.attn_factor;  // ggml: ext_factor 0, the key is the factor as it is
   } else if (type.empty() || type == "none") {

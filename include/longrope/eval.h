@@ -1,0 +1,134 @@
+// Evaluation sweeps: perplexity of several RoPE methods over several lengths, with results kept
+// in a JSON file that is rewritten (atomically) after every finished cell so that an interrupted
+// run can be resumed, plus Markdown/CSV tables and plots. The passkey sweep (passkey.h) shares
+// the method specs, the memory check and the results store.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "longrope/model.h"
+#include "longrope/rope.h"
+
+namespace longrope {
+
+// One entry of --methods: "[LABEL=]METHOD" or "[LABEL=]longrope=FILE" or "LABEL=FILE" (a LongRoPE
+// factors file). METHOD is none, linear/pi, ntk, dynamic, yarn or llama3.
+//   "yarn" -> label yarn; "longrope=f.json" -> label longrope; "searched=f.json" -> label
+//   searched; "pi8=linear" -> label pi8, method linear.
+struct EvalMethod {
+  std::string spec;   // as given
+  std::string label;  // shown in tables and plots
+  RopeMethod method = RopeMethod::kNone;
+  std::string factors_path;  // longrope only
+  RopeScaling factors;       // longrope only: the file's scaling (read by parse_eval_methods)
+};
+
+// Parses a comma-separated list (or single specs); reads and validates factors files against the
+// model's rotary dims. Throws Error (one line) on an unknown method, an unreadable or invalid
+// factors file, or two methods with the same label.
+std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs,
+                                           const Model& model);
+
+// How rule-based methods pick their scale.
+struct ScaleOptions {
+  std::optional<double> rope_factor;  // fixed s; unset: s = max(1, length / orig)
+  std::optional<int64_t> orig_ctx;    // L_orig; unset: the model's trained context
+};
+
+// The scaling a method uses for sequences of `length` tokens (validated; n_hat < length).
+RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length,
+                         const ScaleOptions& so);
+
+// Bytes needed to run one sequence of `length` tokens: the largest of windowed scoring
+// (activations of one layer, K/V of one layer, attention rows) and KV-cache decoding (K/V of all
+// layers), plus a fixed margin. Deliberately generous.
+int64_t estimate_run_bytes(const HParams& hp, int64_t length, int n_threads);
+// MemAvailable from /proc/meminfo in bytes (0 when unknown).
+int64_t available_memory_bytes();
+// Throws Error when estimate_run_bytes exceeds the available memory (skipped when unknown).
+void check_memory_for_length(const HParams& hp, int64_t length, int n_threads);
+
+// Parses "512,1k,2K,4096" (k = 1024); throws Error on a malformed or non-positive length.
+std::vector<int64_t> parse_lengths(const std::string& csv);
+
+// ---------------------------------------------------------------------------------------------
+// Results file: {"kind": ..., "cells": [ {...}, ... ]}. A cell is identified by its "method"
+// (spec), "length" and "key" (an object with the model and the settings that change the result:
+// docs or trials, texts, orig_ctx, rope_factor, ...). Cells with other keys are kept in the file
+// but never reused.
+class ResultsStore {
+ public:
+  // Loads `path` when resume is set and the file exists (a file of another kind is an error);
+  // otherwise starts empty (the file is only written by put()/save()).
+  ResultsStore(std::string path, std::string kind, bool resume);
+  // The finished cell matching method spec + length + key, if any.
+  const nlohmann::json* find(const std::string& method_spec, int64_t length,
+                             const nlohmann::json& key) const;
+  // Adds (or replaces) a cell (which must carry method, length and key) and rewrites the file
+  // atomically (temp file + rename) when a path is set.
+  void put(const nlohmann::json& cell);
+  const nlohmann::json& doc() const { return doc_; }
+  void save() const;
+
+ private:
+  std::string path_;
+  nlohmann::json doc_;
+};
+
+// Writes a text file atomically (temp file in the same directory + rename).
+void write_file_atomically(const std::string& path, const std::string& data);
+
+// A table: one row per method label, one column per length, `field` of each cell formatted with
+// fmt_spec (e.g. "{:.3f}"); missing cells are "-".
+struct ResultTable {
+  std::vector<std::string> methods;  // labels, in order
+  std::vector<int64_t> lengths;
+  std::vector<std::vector<std::optional<double>>> values;  // [method][length]
+};
+ResultTable make_table(const nlohmann::json& cells, const std::vector<EvalMethod>& methods,
+                       const std::vector<int64_t>& lengths, const std::string& field);
+std::string table_markdown(const ResultTable& t, const std::string& corner, int decimals);
+std::string table_csv(const ResultTable& t, int decimals);
+
+// ---------------------------------------------------------------------------------------------
+// Perplexity sweep.
+struct EvalConfig {
+  std::string model_path;               // recorded in the results (and used to match on resume)
+  std::vector<std::string> text_paths;  // read, newline-normalized, tokenized
+  std::vector<int64_t> lengths;
+  std::vector<std::string> methods;  // specs
+  int64_t docs = 1;                  // windows per text
+  ScaleOptions scale;
+  int n_threads = 0;
+  std::string out_dir;  // "" = write nothing
+  bool resume = false;
+};
+
+// Cell fields: method (spec), label, length, docs, texts, ppl, mean_nll, tokens, seconds, rope
+// (describe()), factor, orig_ctx. With several texts, ppl = exp(total NLL / total scored tokens)
+// over the K windows of every text.
+struct EvalRun {
+  std::vector<EvalMethod> methods;
+  std::vector<int64_t> lengths;
+  nlohmann::json cells;  // every finished cell (loaded or computed), in order
+  int64_t computed = 0;  // cells computed by this run (others came from --resume)
+};
+
+// Called with (cells done, cells total, token work done, token work total, message).
+using SweepProgress = std::function<void(int64_t, int64_t, int64_t, int64_t, const std::string&)>;
+
+// Validates everything (methods, factors files, lengths vs memory, enough text for every
+// length) before any scoring, then runs each (method, length) cell, writing results.json after
+// each when out_dir is set, and finally results.md, results.csv, ppl.svg and ppl.png (PNG only
+// when PLplot support is built in).
+EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress& progress = {});
+
+// Writes the tables and the plot of a perplexity sweep into dir; returns the Markdown table.
+std::string write_eval_outputs(const EvalRun& run, const Model& model, const EvalConfig& cfg);
+
+}  // namespace longrope

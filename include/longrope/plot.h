@@ -1,0 +1,38 @@
+// Line plots for evaluation results: one line per series over a log2 x axis (sequence lengths)
+// and a linear or log10 y axis, with a legend, axis labels and an optional vertical marker (the
+// model's original context). SVG is written directly as XML (one <polyline> per series); PNG is
+// drawn with PLplot's pngcairo driver when the library is built with LONGROPE_HAVE_PLPLOT.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace longrope {
+
+struct PlotSeries {
+  std::string label;
+  std::vector<double> x;  // > 0 (log2 axis)
+  std::vector<double> y;  // NaN or, on a log y axis, <= 0: a gap (the point is skipped)
+};
+
+struct PlotSpec {
+  std::string title;
+  std::string xlabel = "sequence length (tokens)";
+  std::string ylabel;
+  bool log_y = false;
+  std::optional<double> y_min, y_max;  // default: the data's range
+  std::optional<double> vline_x;       // vertical dashed line (e.g. the original context)
+  std::string vline_label;
+  std::vector<PlotSeries> series;
+  int width = 900, height = 600;  // pixels
+};
+
+// Writes an SVG document (root <svg>, one <polyline> per series that has at least one point).
+// Throws Error when the file cannot be written or no series has a point.
+void write_plot_svg(const PlotSpec& spec, const std::string& path);
+// Writes a PNG with PLplot. Throws Error when PNG support is not built in or drawing fails.
+void write_plot_png(const PlotSpec& spec, const std::string& path);
+// Whether write_plot_png is available in this build.
+bool plot_png_supported();
+
+}  // namespace longrope

@@ -1,0 +1,180 @@
+// The LongRoPE evolutionary search (docs/search.md): per-pair rescale factors lambda (non-
+// decreasing, on a 0.01 grid, within [1, lambda_max]), the start-token count n_hat and the
+// attention factor, found by minimising perplexity. The search only sees an Evaluator: it knows
+// nothing of models, threads or kernels.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "longrope/model.h"
+#include "longrope/rope.h"
+
+namespace longrope {
+
+// ---- the evaluator seam ---------------------------------------------------------------------
+struct EvalResult {
+  // Complete evaluation: the fitness (perplexity, lower is better). Rejected: the perplexity of
+  // the first stage only, kept for the log; it is NOT the candidate's fitness.
+  double ppl = 0;
+  bool rejected = false;  // stopped early: the candidate is known only to be worse than the bound
+  int64_t tokens = 0;     // tokens scored
+};
+
+class Evaluator {
+ public:
+  virtual ~Evaluator() = default;
+  // Fitness of the scaling. When reject_above is finite the evaluator may stop after a first
+  // stage whose perplexity exceeds reject_above and return rejected = true.
+  virtual EvalResult evaluate(const RopeScaling& scaling, double reject_above) = 0;
+};
+
+// Perplexity over pre-tokenized windows (each starting with BOS), the LongRoPE fitness. The model
+// is loaded once; only the rotary tables change per candidate. Early reject (successive-halving
+// style): the first stage scores window 0 (or its first first_stage_tokens tokens when > 0; with
+// one window the default is half of it); the candidate is rejected when the first stage's
+// perplexity exceeds reject_above, otherwise every window is scored.
+class PerplexityEvaluator : public Evaluator {
+ public:
+  PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
+                      int n_threads, int64_t first_stage_tokens = 0);
+  EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
+  const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
+
+ private:
+  std::shared_ptr<const Model> model_;
+  std::vector<std::vector<int32_t>> windows_;
+  int n_threads_;
+  int64_t first_stage_;
+};
+
+// ---- the search space -------------------------------------------------------------------------
+// lambda in hundredths (lambda_j = grid[j] / 100).
+struct Individual {
+  std::vector<int> lambda;
+  int n_hat_idx = 0;  // index into SearchSpace::n_hat_candidates
+  int attn_idx = 0;   // index into SearchSpace::attn_candidates
+  std::string key() const;
+  bool operator==(const Individual&) const = default;
+};
+
+struct SearchSpace {
+  int n_pairs = 0;
+  int n_rot = 0;
+  double rope_base = 10000.0;
+  int64_t orig_ctx = 0;                   // L_orig
+  int64_t target_ctx = 0;                 // L (fitness length)
+  int lambda_max = 0;                     // upper bound, hundredths (>= 100)
+  std::vector<int64_t> n_hat_candidates;  // each < target_ctx
+  std::vector<double> attn_candidates;    // attention factors (one when fixed)
+};
+
+// Defaults of the paper: n_hat in {0,1,2,4,8,12,16,20,24,28,32,64,128,256}, filtered to < L.
+std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx);
+// {1, sqrt(1 + ln s / ln L_orig), 0.1 ln s + 1} (duplicates removed), s = L / L_orig.
+std::vector<double> default_attn_candidates(int64_t orig_ctx, int64_t target_ctx);
+// Checks the space; throws Error with one line (target <= original, lambda_max < 1, n_hat >= L).
+void validate_space(const SearchSpace& space);
+
+// The RoPE scaling an individual stands for.
+RopeScaling to_scaling(const SearchSpace& space, const Individual& ind);
+
+// Seeds: PI, NTK, dynamic NTK at length L and YaRN with s = L / L_orig, lambda_j = w_j / w'_j
+// rounded to the grid, clamped into the bounds, made non-decreasing; n_hat 0; attention factor
+// the candidate nearest to the rule's own. Returned with their names.
+std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& space);
+
+// True if lambda is non-decreasing and within [100, lambda_max].
+bool is_valid(const SearchSpace& space, const Individual& ind);
+
+struct SearchSettings {
+  int population = 64;
+  int iterations = 40;
+  int parents = 32;
+  int mutations = 16;
+  int crossovers = 16;
+  double mutation_prob = 0.3;
+  double crossover_prob = 0.15;
+  uint64_t seed = 0;
+  bool early_reject = true;
+  nlohmann::json to_json() const;  // without iterations
+};
+
+struct Fitness {
+  double ppl = std::numeric_limits<double>::infinity();  // fitness when complete
+  bool rejected = false;                                 // worse than `bound`
+  double bound = 0;    // rejected: the parents' worst fitness it could not reach
+  double partial = 0;  // rejected: first-stage perplexity (for the log only)
+  // Ordering key: rejected candidates rank after every complete one.
+  bool better_than(const Fitness& o) const;
+};
+
+struct IterationLog {
+  int iteration = 0;  // 0 = initial population
+  double best_ppl = 0;
+  double median_ppl = 0;                      // of the population's complete evaluations
+  int64_t full_evals = 0, partial_evals = 0;  // cumulative
+  double elapsed_seconds = 0;                 // cumulative evaluation time
+};
+
+// One search (one factor set). Deterministic for a given seed and evaluator.
+class EvolutionSearch {
+ public:
+  EvolutionSearch(SearchSpace space, SearchSettings settings);
+
+  // Runs the next iteration (iteration 0 evaluates the initial population).
+  void step(Evaluator& ev);
+  // Iterations done (initial population included); finished when > settings.iterations.
+  int iterations_done() const { return done_; }
+  bool finished(int iterations) const { return done_ > iterations; }
+
+  const Individual& best() const { return best_; }
+  double best_ppl() const { return best_fit_.ppl; }
+  const std::vector<IterationLog>& log() const { return log_; }
+  const SearchSpace& space() const { return space_; }
+  const SearchSettings& settings() const { return settings_; }
+  int64_t full_evals() const { return full_evals_; }
+  int64_t partial_evals() const { return partial_evals_; }
+  double eval_seconds() const { return eval_seconds_; }
+  const std::map<std::string, Fitness>& memo() const { return memo_; }
+  const std::vector<Individual>& population() const { return population_; }
+
+  // Operators (public for tests). They return a valid individual never seen before (and mark it
+  // seen), or nullopt when none was found.
+  std::optional<Individual> mutate(const Individual& parent);
+  std::optional<Individual> crossover(const Individual& a, const Individual& b);
+
+  // Checkpoint state (population, memo, best, RNG, log, counters).
+  nlohmann::json to_json() const;
+  void restore(const nlohmann::json& j);  // throws Error on a malformed state
+
+  // Called after each evaluation (for progress).
+  std::function<void()> on_eval;
+
+ private:
+  Fitness evaluate(Evaluator& ev, const Individual& ind, double bound);
+  void sort_population();
+  SearchSpace space_;
+  SearchSettings settings_;
+  std::mt19937_64 rng_;
+  std::set<std::string> seen_;
+  std::map<std::string, Fitness> memo_;
+  std::vector<Individual> population_;
+  Individual best_;
+  Fitness best_fit_;
+  std::vector<IterationLog> log_;
+  int done_ = 0;
+  int64_t full_evals_ = 0, partial_evals_ = 0;
+  double eval_seconds_ = 0;
+};
+
+}  // namespace longrope

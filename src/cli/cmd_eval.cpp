@@ -1,0 +1,102 @@
+// longrope eval: perplexity of several RoPE methods over several lengths, as tables and a plot.
+#include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "longrope/error.h"
+#include "longrope/eval.h"
+
+namespace longrope::cli {
+
+namespace {
+struct EvalArgs {
+  std::string model, tokenizer, texts, lengths, out;
+  std::vector<std::string> methods;
+  int64_t docs = 1;
+  int64_t orig_ctx = 0;
+  double rope_factor = 0;
+  int threads = 0;
+  bool json = false, resume = false, progress = true;
+};
+
+std::vector<std::string> split_paths(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string p;
+  while (std::getline(ss, p, ','))
+    if (!p.empty()) out.push_back(p);
+  return out;
+}
+}  // namespace
+
+Runner register_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "eval",
+      "Perplexity of several RoPE methods at several lengths (K windows per text; with several "
+      "texts ppl = exp(mean NLL over all scored tokens)); writes results.{md,csv,json} and "
+      "ppl.{png,svg} to -o DIR");
+  cmd->add_option("-m,--model", a->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  cmd->add_option("-f,--file", a->texts, "text file(s), comma-separated")->required();
+  cmd->add_option("--lengths", a->lengths, "window lengths, e.g. 512,1024,2k,4k")->required();
+  cmd->add_option("--methods", a->methods,
+                  "comma-separated: none, linear, ntk, dynamic, yarn, llama3, "
+                  "longrope=FACTORS.json, LABEL=FACTORS.json, LABEL=METHOD")
+      ->default_str("none,linear,ntk,dynamic,yarn")
+      ->delimiter('\0');
+  cmd->add_option("--docs", a->docs, "windows per text (K)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--orig-ctx", a->orig_ctx,
+                  "original context L_orig for rule-based methods (default: the model's)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  cmd->add_option("--rope-factor", a->rope_factor,
+                  "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
+      ->check(CLI::Range(1.0, 1e6));
+  cmd->add_option("-o,--out", a->out, "output directory (results.*, ppl.png, ppl.svg)");
+  cmd->add_option("-t,--threads", a->threads, "threads (default: all cores)");
+  cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
+  cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
+  cmd->add_flag("!--no-progress", a->progress, "no progress bar");
+  return [a]() {
+    if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
+    EvalConfig cfg;
+    cfg.model_path = a->model;
+    cfg.text_paths = split_paths(a->texts);
+    cfg.lengths = parse_lengths(a->lengths);
+    cfg.methods =
+        a->methods.empty() ? std::vector<std::string>{"none,linear,ntk,dynamic,yarn"} : a->methods;
+    cfg.docs = a->docs;
+    if (a->orig_ctx > 0) cfg.scale.orig_ctx = a->orig_ctx;
+    if (a->rope_factor > 0) cfg.scale.rope_factor = a->rope_factor;
+    cfg.n_threads = a->threads;
+    cfg.out_dir = a->out;
+    cfg.resume = a->resume;
+    auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
+    Progress bar("eval", 1000, a->progress);
+    const EvalRun run = run_eval(
+        *model, cfg,
+        [&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
+          bar.update(total > 0 ? work * 1000 / total : 1000,
+                     fmt::format("cells {}/{} {}", cells, n_cells, msg));
+        });
+    bar.finish();
+    const std::string md = write_eval_outputs(run, *model, cfg);
+    fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", run.computed,
+               int64_t(run.cells.size()) - run.computed,
+               a->out.empty() ? "" : fmt::format("; results in {}/", a->out));
+    if (a->json) {
+      nlohmann::json j = {{"model", a->model}, {"docs", a->docs}, {"cells", run.cells}};
+      fmt::print("{}\n", j.dump(2));
+    } else {
+      fmt::print("{}", md);
+    }
+    return 0;
+  };
+}
+
+}  // namespace longrope::cli

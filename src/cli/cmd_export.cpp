@@ -1,0 +1,68 @@
+// longrope export: searched LongRoPE factors into a GGUF model or an HF config.json.
+#include <fmt/core.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "longrope/error.h"
+#include "longrope/export.h"
+
+namespace longrope::cli {
+
+namespace {
+struct ExportArgs {
+  std::string model, factors, hf_config, output;
+};
+}  // namespace
+
+Runner register_export(CLI::App& app) {
+  auto a = std::make_shared<ExportArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "export",
+      "Write LongRoPE factors into a GGUF model (-m) or a Hugging Face config.json (--hf-config)");
+  cmd->add_option("-m,--model", a->model, "GGUF model to copy with the factors");
+  cmd->add_option("--hf-config", a->hf_config, "HF config.json to rewrite with the factors");
+  cmd->add_option("--factors", a->factors, "factors file (longrope search output)")->required();
+  cmd->add_option("-o,--output", a->output, "output GGUF or JSON")->required();
+  return [a]() {
+    if (a->model.empty() == a->hf_config.empty())
+      throw Error("export: give exactly one of -m MODEL.gguf or --hf-config CONFIG.json");
+    const RopeScaling f = read_factors_file(a->factors);
+    if (f.n_hat > 0)
+      fmt::print(stderr,
+                 "warning: n_hat {} cannot be represented in {} (llama.cpp and transformers have "
+                 "no start-token rule){}\n",
+                 f.n_hat, a->model.empty() ? "an HF config" : "llama.cpp's GGUF keys",
+                 a->model.empty() ? ""
+                                   : "; stored in the key longrope.n_hat, which longrope reads back");
+    if (f.sets.size() == 2 && f.orig_ctx > 0 && f.sets[0].max_len != f.orig_ctx)
+      fmt::print(stderr,
+                 "warning: the short set serves lengths <= {} but llama.cpp and transformers "
+                 "switch at the original context {} (longrope reads longrope.short_max_len)\n",
+                 f.sets[0].max_len, f.orig_ctx);
+    if (!a->model.empty()) {
+      export_gguf(a->model, f, a->output);
+      fmt::print("wrote {} ({} factor set(s), context {})\n", a->output, f.sets.size(),
+                 f.target_ctx);
+    } else {
+      nlohmann::json cfg;
+      try {
+        std::ifstream in(a->hf_config);
+        if (!in) throw Error(fmt::format("{}: cannot open", a->hf_config));
+        cfg = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(fmt::format("{}: not valid JSON ({})", a->hf_config, e.what()));
+      }
+      const nlohmann::json out = export_hf_config(cfg, f);
+      std::ofstream o(a->output, std::ios::binary | std::ios::trunc);
+      o << out.dump(2) << '\n';
+      if (!o) throw Error(fmt::format("{}: write failed", a->output));
+      fmt::print("wrote {} (max_position_embeddings {})\n", a->output, f.target_ctx);
+    }
+    return 0;
+  };
+}
+
+}  // namespace longrope::cli

@@ -1,0 +1,123 @@
+// longrope passkey: passkey retrieval accuracy of several RoPE methods at several lengths.
+#include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "longrope/error.h"
+#include "longrope/passkey.h"
+
+namespace longrope::cli {
+
+namespace {
+struct PasskeyArgs {
+  std::string model, tokenizer, lengths, out, depths;
+  std::vector<std::string> methods;
+  int64_t trials = 10;
+  uint64_t seed = 1234;
+  int64_t orig_ctx = 0;
+  double rope_factor = 0;
+  int threads = 0;
+  int max_new = 10;
+  bool chat = false, json = false, resume = false, progress = true;
+};
+
+std::vector<double> parse_depths(const std::string& s) {
+  std::vector<double> out;
+  std::stringstream ss(s);
+  std::string p;
+  while (std::getline(ss, p, ',')) {
+    if (p.empty()) continue;
+    size_t used = 0;
+    double d = -1;
+    try {
+      d = std::stod(p, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != p.size() || !(d >= 0 && d <= 1))
+      throw Error(fmt::format("bad depth '{}' in --depths (expected numbers in [0, 1])", p));
+    out.push_back(d);
+  }
+  return out;
+}
+}  // namespace
+
+Runner register_passkey(CLI::App& app) {
+  auto a = std::make_shared<PasskeyArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "passkey",
+      "Passkey retrieval: a random number (1..50000) hidden at a random depth of filler text, "
+      "greedy decoding of up to 10 tokens after the question; accuracy per method and length; "
+      "writes results.{md,csv,json} and accuracy.{png,svg} to -o DIR");
+  cmd->add_option("-m,--model", a->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  cmd->add_option("--lengths", a->lengths, "prompt lengths in tokens, e.g. 1k,2k,4k")->required();
+  cmd->add_option("--methods", a->methods,
+                  "comma-separated: none, linear, ntk, dynamic, yarn, llama3, "
+                  "longrope=FACTORS.json, LABEL=FACTORS.json, LABEL=METHOD")
+      ->default_str("none")
+      ->delimiter('\0');
+  cmd->add_option("--trials", a->trials, "trials per method and length")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--seed", a->seed, "seed of keys and depths")->capture_default_str();
+  cmd->add_option("--depths", a->depths,
+                  "comma-separated depths in [0,1], used in turn (default: random per trial)");
+  cmd->add_flag("--chat", a->chat, "wrap the prompt in the ChatML template");
+  cmd->add_option("--max-new", a->max_new, "new tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--orig-ctx", a->orig_ctx,
+                  "original context L_orig for rule-based methods (default: the model's)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  cmd->add_option("--rope-factor", a->rope_factor,
+                  "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
+      ->check(CLI::Range(1.0, 1e6));
+  cmd->add_option("-o,--out", a->out, "output directory");
+  cmd->add_option("-t,--threads", a->threads, "threads (default: all cores)");
+  cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
+  cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
+  cmd->add_flag("!--no-progress", a->progress, "no progress bar");
+  return [a]() {
+    if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
+    PasskeyConfig cfg;
+    cfg.model_path = a->model;
+    cfg.lengths = parse_lengths(a->lengths);
+    cfg.methods = a->methods.empty() ? std::vector<std::string>{"none"} : a->methods;
+    cfg.trials = a->trials;
+    cfg.seed = a->seed;
+    cfg.depths = parse_depths(a->depths);
+    cfg.chat = a->chat;
+    cfg.max_new = a->max_new;
+    if (a->orig_ctx > 0) cfg.scale.orig_ctx = a->orig_ctx;
+    if (a->rope_factor > 0) cfg.scale.rope_factor = a->rope_factor;
+    cfg.n_threads = a->threads;
+    cfg.out_dir = a->out;
+    cfg.resume = a->resume;
+    auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
+    Progress bar("passkey", 1000, a->progress);
+    const EvalRun run = run_passkey(
+        *model, cfg,
+        [&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
+          bar.update(total > 0 ? work * 1000 / total : 1000,
+                     fmt::format("cells {}/{} {}", cells, n_cells, msg));
+        });
+    bar.finish();
+    const std::string md = write_passkey_outputs(run, *model, cfg);
+    fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", run.computed,
+               int64_t(run.cells.size()) - run.computed,
+               a->out.empty() ? "" : fmt::format("; results in {}/", a->out));
+    if (a->json) {
+      nlohmann::json j = {{"model", a->model}, {"trials", a->trials}, {"cells", run.cells}};
+      fmt::print("{}\n", j.dump(2));
+    } else {
+      fmt::print("{}", md);
+    }
+    return 0;
+  };
+}
+
+}  // namespace longrope::cli

@@ -1,0 +1,305 @@
+// Shared pieces of the evaluation sweeps: method specs, scalings per length, the memory check,
+// the results store and tables.
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "longrope/error.h"
+#include "longrope/eval.h"
+
+namespace longrope {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+std::vector<std::string> split_commas(const std::vector<std::string>& items) {
+  std::vector<std::string> out;
+  for (const std::string& it : items) {
+    std::stringstream ss(it);
+    std::string part;
+    while (std::getline(ss, part, ',')) {
+      part = trim(part);
+      if (!part.empty()) out.push_back(part);
+    }
+  }
+  return out;
+}
+
+bool is_method_name(const std::string& s) {
+  try {
+    parse_rope_method(s);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs,
+                                           const Model& model) {
+  std::vector<EvalMethod> out;
+  std::set<std::string> labels;
+  for (const std::string& spec : split_commas(specs)) {
+    EvalMethod m;
+    m.spec = spec;
+    std::string label, rest = spec;
+    if (const size_t eq = spec.find('='); eq != std::string::npos) {
+      label = trim(spec.substr(0, eq));
+      rest = trim(spec.substr(eq + 1));
+      if (label.empty() || rest.empty())
+        throw Error(
+            fmt::format("bad method '{}': expected [LABEL=]METHOD or LABEL=FACTORS.json", spec));
+    }
+    std::string file;
+    if (label == "longrope") {
+      file = rest;  // longrope=FILE
+    } else if (const size_t eq2 = rest.find('='); eq2 != std::string::npos) {
+      // LABEL=longrope=FILE
+      if (trim(rest.substr(0, eq2)) != "longrope")
+        throw Error(fmt::format("bad method '{}': expected LABEL=longrope=FACTORS.json", spec));
+      file = trim(rest.substr(eq2 + 1));
+    } else if (is_method_name(rest)) {
+      m.method = parse_rope_method(rest);
+      if (m.method == RopeMethod::kLongrope)
+        throw Error(fmt::format("method '{}' needs a factors file: longrope=FACTORS.json", spec));
+      if (label.empty()) label = rope_method_name(m.method);
+    } else if (!label.empty()) {
+      file = rest;  // LABEL=FILE
+    } else {
+      throw Error(
+          fmt::format("unknown method '{}' (expected none, linear, ntk, dynamic, yarn, llama3, "
+                      "longrope=FACTORS.json or LABEL=FACTORS.json)",
+                      spec));
+    }
+    if (!file.empty()) {
+      m.method = RopeMethod::kLongrope;
+      m.factors_path = file;
+      if (label.empty()) label = "longrope";
+      if (!std::filesystem::is_regular_file(file))
+        throw Error(fmt::format("method '{}': cannot read factors file {}", spec, file));
+      m.factors = read_factors_file(file);
+      m.factors.validate(model.hp().n_rot);
+    }
+    m.label = label;
+    if (!labels.insert(m.label).second)
+      throw Error(fmt::format("method label '{}' is used twice in --methods", m.label));
+    out.push_back(std::move(m));
+  }
+  if (out.empty()) throw Error("no method given (--methods none,linear,...)");
+  return out;
+}
+
+RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length,
+                         const ScaleOptions& so) {
+  RopeOptions opts;
+  if (m.method == RopeMethod::kLongrope) {
+    opts.factors_path = m.factors_path;
+    RopeScaling s = m.factors;
+    s.validate(model.hp().n_rot);
+    check_scaling_for_ctx(s, length);
+    return s;
+  }
+  opts.method = rope_method_name(m.method);
+  if (m.method != RopeMethod::kNone) {
+    opts.orig_ctx = so.orig_ctx;
+    opts.factor = so.rope_factor;
+    default_rope_factor(opts, length, model.hp().n_ctx_train);
+  }
+  RopeScaling s = resolve_rope(opts, model.default_rope(), model.hp().n_rot);
+  check_scaling_for_ctx(s, length);
+  return s;
+}
+
+int64_t estimate_run_bytes(const HParams& hp, int64_t length, int n_threads) {
+  const int64_t hd = hp.head_dim > 0 ? hp.head_dim : (hp.n_head > 0 ? hp.n_embd / hp.n_head : 0);
+  const int64_t q_dim = int64_t(hp.n_head) * hd;
+  const int64_t kv_dim = int64_t(hp.n_head_kv > 0 ? hp.n_head_kv : hp.n_head) * hd;
+  // Activations of one layer for the whole sequence (residual, normed input, q, k, v, attention
+  // output, gate/up/down of the FFN), as FP32.
+  const int64_t act = 4 * (4 * int64_t(hp.n_embd) + 2 * q_dim + 2 * kv_dim + 3 * int64_t(hp.n_ff));
+  // KV cache of every layer (decoding).
+  const int64_t kv_all = 4 * 2 * int64_t(hp.n_layer) * kv_dim;
+  const int64_t threads = std::max(1, n_threads > 0 ? n_threads : 16);
+  // Attention score rows (one per thread and head) and LM head chunk (64 rows of logits).
+  const int64_t fixed = 4 * threads * int64_t(std::max(1, hp.n_head)) * length +
+                        4 * 64 * int64_t(hp.n_vocab) + (int64_t(64) << 20);
+  return length * (act + kv_all) + fixed;
+}
+
+int64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t value = 0;
+  std::string unit;
+  while (in >> key >> value) {
+    std::getline(in, unit);
+    if (key == "MemAvailable:") return value * 1024;
+  }
+  return 0;
+}
+
+void check_memory_for_length(const HParams& hp, int64_t length, int n_threads) {
+  const int64_t avail = available_memory_bytes();
+  if (avail <= 0) return;
+  const int64_t need = estimate_run_bytes(hp, length, n_threads);
+  if (need > avail)
+    throw Error(fmt::format(
+        "length {} needs about {:.1f} GiB (activations and KV cache) but only {:.1f} GiB is "
+        "available (MemAvailable); use shorter lengths",
+        length, double(need) / (1 << 30), double(avail) / (1 << 30)));
+}
+
+std::vector<int64_t> parse_lengths(const std::string& csv) {
+  std::vector<int64_t> out;
+  for (const std::string& part : split_commas({csv})) {
+    std::string p = part;
+    int64_t mult = 1;
+    if (!p.empty() && (p.back() == 'k' || p.back() == 'K')) {
+      mult = 1024;
+      p.pop_back();
+    }
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(p, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != p.size() || p.empty() || v <= 0 || v > (int64_t(1) << 40) / mult)
+      throw Error(fmt::format("bad length '{}' in --lengths (expected e.g. 512,1k,2048)", part));
+    if (v * mult < 2) throw Error(fmt::format("length {} is too short (at least 2)", part));
+    out.push_back(v * mult);
+  }
+  if (out.empty()) throw Error("no length given (--lengths 512,1024,...)");
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void write_file_atomically(const std::string& path, const std::string& data) {
+  const std::filesystem::path p(path);
+  const std::string tmp = (p.parent_path() / ("." + p.filename().string() + ".tmp")).string();
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(fmt::format("cannot write {}", tmp));
+    out << data;
+    out.flush();
+    if (!out) throw Error(fmt::format("cannot write {}", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+}
+
+ResultsStore::ResultsStore(std::string path, std::string kind, bool resume)
+    : path_(std::move(path)) {
+  doc_ = {{"kind", kind}, {"version", 1}, {"cells", nlohmann::json::array()}};
+  if (!resume || path_.empty() || !std::filesystem::exists(path_)) return;
+  std::ifstream in(path_);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("--resume: cannot parse {}: {}", path_, e.what()));
+  }
+  if (!j.is_object() || j.value("kind", "") != kind || !j.contains("cells") ||
+      !j["cells"].is_array())
+    throw Error(fmt::format("--resume: {} is not a {} results file", path_, kind));
+  doc_["cells"] = j["cells"];
+  if (j.contains("runs")) doc_["runs"] = j["runs"];
+}
+
+const nlohmann::json* ResultsStore::find(const std::string& method_spec, int64_t length,
+                                         const nlohmann::json& key) const {
+  for (const nlohmann::json& c : doc_["cells"])
+    if (c.value("method", "") == method_spec && c.value("length", int64_t(0)) == length &&
+        c.contains("key") && c["key"] == key)
+      return &c;
+  return nullptr;
+}
+
+void ResultsStore::put(const nlohmann::json& cell) {
+  nlohmann::json& cells = doc_["cells"];
+  bool replaced = false;
+  for (nlohmann::json& c : cells)
+    if (c.value("method", "") == cell.value("method", "") &&
+        c.value("length", int64_t(0)) == cell.value("length", int64_t(0)) && c.contains("key") &&
+        c["key"] == cell["key"]) {
+      c = cell;
+      replaced = true;
+    }
+  if (!replaced) cells.push_back(cell);
+  save();
+}
+
+void ResultsStore::save() const {
+  if (path_.empty()) return;
+  write_file_atomically(path_, doc_.dump(2) + "\n");
+}
+
+ResultTable make_table(const nlohmann::json& cells, const std::vector<EvalMethod>& methods,
+                       const std::vector<int64_t>& lengths, const std::string& field) {
+  ResultTable t;
+  t.lengths = lengths;
+  for (const EvalMethod& m : methods) {
+    t.methods.push_back(m.label);
+    std::vector<std::optional<double>> row(lengths.size());
+    for (size_t i = 0; i < lengths.size(); ++i)
+      for (const nlohmann::json& c : cells)
+        if (c.value("method", "") == m.spec && c.value("length", int64_t(0)) == lengths[i] &&
+            c.contains(field) && c[field].is_number())
+          row[i] = c[field].get<double>();
+    t.values.push_back(std::move(row));
+  }
+  return t;
+}
+
+std::string table_markdown(const ResultTable& t, const std::string& corner, int decimals) {
+  std::string o = "| " + corner + " |";
+  std::string rule = "|---|";
+  for (int64_t len : t.lengths) {
+    o += fmt::format(" {} |", len);
+    rule += "---:|";
+  }
+  o += "\n" + rule + "\n";
+  for (size_t m = 0; m < t.methods.size(); ++m) {
+    o += "| " + t.methods[m] + " |";
+    for (const auto& v : t.values[m])
+      o += v ? fmt::format(" {:.{}f} |", *v, decimals) : std::string(" - |");
+    o += "\n";
+  }
+  return o;
+}
+
+std::string table_csv(const ResultTable& t, int decimals) {
+  auto quote = [](const std::string& s) {
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return q + "\"";
+  };
+  std::string o = "method";
+  for (int64_t len : t.lengths) o += fmt::format(",{}", len);
+  o += "\n";
+  for (size_t m = 0; m < t.methods.size(); ++m) {
+    o += quote(t.methods[m]);
+    for (const auto& v : t.values[m]) o += v ? fmt::format(",{:.{}f}", *v, decimals) : ",";
+    o += "\n";
+  }
+  return o;
+}
+
+}  // namespace longrope

@@ -1,0 +1,291 @@
+// Passkey retrieval: prompt construction, one trial, and the methods x lengths sweep.
+#include "longrope/passkey.h"
+
+#include <fmt/core.h>
+#include <omp.h>
+
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "longrope/context.h"
+#include "longrope/error.h"
+#include "longrope/plot.h"
+#include "longrope/sampling.h"
+
+namespace longrope {
+
+namespace {
+
+constexpr const char* kIntro =
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important info there.";
+constexpr const char* kFiller[] = {"The grass is green.", "The sky is blue.", "The sun is yellow.",
+                                   "Here we go.", "There and back again."};
+constexpr const char* kQuestion = "What is the pass key? The pass key is";
+constexpr const char* kChatQuestion = "What is the pass key?";
+constexpr const char* kChatUser = "<|im_start|>user\n";
+constexpr const char* kChatAssistant = "<|im_end|>\n<|im_start|>assistant\nThe pass key is";
+
+// Pieces after the first one are joined with a space: SPM tokenizers that add a space prefix
+// already start every piece with one, GPT-2 style ones need it written.
+std::string piece(const Tokenizer& tok, const std::string& text) {
+  const VocabSpec& v = tok.spec();
+  const bool prefixed = v.kind == VocabSpec::Kind::kSpm && v.add_space_prefix;
+  return prefixed ? text : " " + text;
+}
+
+void append(std::vector<int32_t>& out, const std::vector<int32_t>& in) {
+  out.insert(out.end(), in.begin(), in.end());
+}
+
+std::string file_name(const std::string& p) {
+  return std::filesystem::path(p).filename().string();
+}
+
+bool contains_key(const std::string& text, int64_t key) {
+  const std::string k = std::to_string(key);
+  for (size_t pos = text.find(k); pos != std::string::npos; pos = text.find(k, pos + 1)) {
+    const bool digit_before = pos > 0 && std::isdigit(static_cast<unsigned char>(text[pos - 1]));
+    const size_t end = pos + k.size();
+    const bool digit_after =
+        end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]));
+    if (!digit_before && !digit_after) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+PasskeyPrompt make_passkey_prompt(const Model& model, int64_t length, int64_t key, double depth,
+                                  bool chat) {
+  const Tokenizer& tok = model.tokenizer();
+  if (!(depth >= 0 && depth <= 1))
+    throw Error(fmt::format("passkey depth {} is not in [0, 1]", depth));
+  std::vector<int32_t> head, tail;
+  if (tok.add_bos() && tok.bos() >= 0) head.push_back(tok.bos());
+  if (chat) append(head, tok.encode(kChatUser, true));
+  append(head, tok.encode(kIntro));
+  const std::string k = std::to_string(key);
+  const std::vector<int32_t> needle = tok.encode(
+      piece(tok, fmt::format("The pass key is {0}. Remember it. {0} is the pass key.", k)));
+  if (chat) {
+    append(tail, tok.encode(piece(tok, kChatQuestion)));
+    append(tail, tok.encode(kChatAssistant, true));
+  } else {
+    append(tail, tok.encode(piece(tok, kQuestion)));
+  }
+  std::vector<std::vector<int32_t>> units;
+  for (const char* s : kFiller) units.push_back(tok.encode(piece(tok, s)));
+  const int64_t fixed = int64_t(head.size() + needle.size() + tail.size());
+  if (fixed + int64_t(units[0].size()) > length)
+    throw Error(
+        fmt::format("passkey length {} is too short: the prompt without filler takes {} tokens",
+                    length, fixed));
+  // As many filler sentences as fit.
+  std::vector<size_t> sentences;
+  int64_t filler = 0;
+  for (size_t i = 0;; ++i) {
+    const int64_t n = int64_t(units[i % units.size()].size());
+    if (fixed + filler + n > length) break;
+    filler += n;
+    sentences.push_back(i % units.size());
+  }
+  const size_t at = size_t(std::lround(depth * double(sentences.size())));
+  PasskeyPrompt p;
+  p.key = key;
+  p.depth = depth;
+  p.tokens = head;
+  for (size_t i = 0; i < sentences.size(); ++i) {
+    if (i == at) {
+      p.needle_token = int64_t(p.tokens.size());
+      append(p.tokens, needle);
+    }
+    append(p.tokens, units[sentences[i]]);
+  }
+  if (at >= sentences.size()) {
+    p.needle_token = int64_t(p.tokens.size());
+    append(p.tokens, needle);
+  }
+  p.needle_length = int64_t(needle.size());
+  append(p.tokens, tail);
+  return p;
+}
+
+PasskeyTrialSpec passkey_trial_spec(uint64_t seed, int64_t length, int64_t trial,
+                                    const std::vector<double>& depths) {
+  // Explicit arithmetic on mt19937_64 output (not std::uniform_*_distribution, whose results
+  // differ between standard libraries): same seed, same keys everywhere.
+  std::seed_seq seq{uint32_t(seed),         uint32_t(seed >> 32), uint32_t(length),
+                    uint32_t(length >> 32), uint32_t(trial),      0x70617373u};
+  std::mt19937_64 rng(seq);
+  PasskeyTrialSpec t;
+  t.key = 1 + int64_t(rng() % 50000);
+  const uint64_t r = rng();
+  t.depth = depths.empty() ? double(r % 1001) / 1000.0 : depths[size_t(trial) % depths.size()];
+  return t;
+}
+
+PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
+                                const RopeScaling& scaling, int n_threads, int max_new) {
+  const double t0 = omp_get_wtime();
+  // Non-owning handle: the caller keeps the model alive for the whole call.
+  std::shared_ptr<const Model> handle(std::shared_ptr<const Model>{}, &model);
+  ContextParams cp;
+  cp.n_ctx = int64_t(prompt.tokens.size()) + max_new + 1;
+  cp.n_threads = n_threads;
+  cp.switch_policy = SwitchPolicy::kKeep;
+  Context ctx(handle, cp, scaling);
+  std::vector<float> logits = ctx.decode(prompt.tokens);
+  std::vector<int32_t> out;
+  const int32_t eos = model.tokenizer().eos(), eot = model.tokenizer().eot();
+  for (int i = 0; i < max_new; ++i) {
+    const int32_t t = argmax(logits);
+    if (t == eos || t == eot) break;
+    out.push_back(t);
+    if (i + 1 < max_new) {
+      const int32_t one[1] = {t};
+      logits = ctx.decode(one);
+    }
+  }
+  PasskeyAnswer a;
+  a.output = model.tokenizer().decode(out);
+  a.correct = contains_key(a.output, prompt.key);
+  a.seconds = omp_get_wtime() - t0;
+  return a;
+}
+
+EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepProgress& progress) {
+  if (cfg.trials < 1) throw Error("--trials must be at least 1");
+  if (cfg.lengths.empty()) throw Error("no length given (--lengths 1k,2k,...)");
+  if (cfg.max_new < 1) throw Error("at least one new token must be generated");
+  for (double d : cfg.depths)
+    if (!(d >= 0 && d <= 1)) throw Error(fmt::format("depth {} is not in [0, 1]", d));
+  EvalRun run;
+  run.methods = parse_eval_methods(cfg.methods, model);
+  run.lengths = cfg.lengths;
+  for (int64_t len : cfg.lengths) check_memory_for_length(model.hp(), len, cfg.n_threads);
+  std::vector<std::vector<RopeScaling>> scalings;
+  for (const EvalMethod& m : run.methods) {
+    std::vector<RopeScaling> row;
+    for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
+    scalings.push_back(std::move(row));
+  }
+  // Every prompt is built up front (also checks that every length is long enough).
+  std::vector<std::vector<PasskeyPrompt>> prompts;  // [length][trial]
+  for (int64_t len : cfg.lengths) {
+    std::vector<PasskeyPrompt> row;
+    for (int64_t t = 0; t < cfg.trials; ++t) {
+      const PasskeyTrialSpec ts = passkey_trial_spec(cfg.seed, len, t, cfg.depths);
+      row.push_back(make_passkey_prompt(model, len, ts.key, ts.depth, cfg.chat));
+    }
+    prompts.push_back(std::move(row));
+  }
+  if (!cfg.out_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.out_dir, ec);
+    if (ec || !std::filesystem::is_directory(cfg.out_dir))
+      throw Error(fmt::format("cannot create output directory {}", cfg.out_dir));
+  }
+  ResultsStore store(cfg.out_dir.empty() ? "" : cfg.out_dir + "/results.json", "passkey",
+                     cfg.resume);
+  const nlohmann::json key = {
+      {"model", file_name(cfg.model_path)},
+      {"trials", cfg.trials},
+      {"seed", cfg.seed},
+      {"depths", cfg.depths},
+      {"chat", cfg.chat},
+      {"max_new", cfg.max_new},
+      {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
+      {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+  const int64_t n_cells = int64_t(run.methods.size() * cfg.lengths.size());
+  auto work_of = [&](int64_t len) { return int64_t(double(len) * (1.0 + double(len) / 8192.0)); };
+  int64_t total_work = 0, done_work = 0, done_cells = 0;
+  for (const EvalMethod& m : run.methods)
+    for (int64_t len : cfg.lengths)
+      if (!(cfg.resume && store.find(m.spec, len, key))) total_work += cfg.trials * work_of(len);
+  run.cells = nlohmann::json::array();
+  // Length-major: a run stopped midway has every method at the shorter lengths.
+  for (size_t li = 0; li < cfg.lengths.size(); ++li) {
+    const int64_t len = cfg.lengths[li];
+    for (size_t mi = 0; mi < run.methods.size(); ++mi) {
+      const EvalMethod& m = run.methods[mi];
+      if (cfg.resume)
+        if (const nlohmann::json* c = store.find(m.spec, len, key)) {
+          run.cells.push_back(*c);
+          ++done_cells;
+          if (progress) progress(done_cells, n_cells, done_work, total_work, "resumed");
+          continue;
+        }
+      nlohmann::json trials = nlohmann::json::array();
+      int64_t correct = 0;
+      double seconds = 0;
+      for (int64_t t = 0; t < cfg.trials; ++t) {
+        if (progress)
+          progress(done_cells, n_cells, done_work, total_work,
+                   fmt::format("{} @ {} trial {}/{}", m.label, len, t + 1, cfg.trials));
+        const PasskeyPrompt& p = prompts[li][size_t(t)];
+        const PasskeyAnswer a =
+            run_passkey_trial(model, p, scalings[mi][li], cfg.n_threads, cfg.max_new);
+        correct += a.correct ? 1 : 0;
+        seconds += a.seconds;
+        trials.push_back({{"key", p.key},
+                          {"depth", p.depth},
+                          {"prompt_tokens", p.tokens.size()},
+                          {"output", a.output},
+                          {"correct", a.correct},
+                          {"seconds", a.seconds}});
+        done_work += work_of(len);
+      }
+      nlohmann::json cell = {{"method", m.spec},
+                             {"label", m.label},
+                             {"length", len},
+                             {"key", key},
+                             {"trials", cfg.trials},
+                             {"correct", correct},
+                             {"accuracy", double(correct) / double(cfg.trials)},
+                             {"seconds", seconds},
+                             {"rope", scalings[mi][li].describe()},
+                             {"results", trials}};
+      store.put(cell);
+      run.cells.push_back(cell);
+      ++run.computed;
+      ++done_cells;
+      if (progress) progress(done_cells, n_cells, done_work, total_work, m.label);
+    }
+  }
+  return run;
+}
+
+std::string write_passkey_outputs(const EvalRun& run, const Model& model,
+                                  const PasskeyConfig& cfg) {
+  const ResultTable t = make_table(run.cells, run.methods, run.lengths, "accuracy");
+  const std::string md = table_markdown(t, "method \\ length", 2);
+  if (cfg.out_dir.empty()) return md;
+  write_file_atomically(cfg.out_dir + "/results.md", md);
+  write_file_atomically(cfg.out_dir + "/results.csv", table_csv(t, 4));
+  PlotSpec spec;
+  const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
+  spec.title = fmt::format("Passkey retrieval: {}, {} trial(s) per cell", file_name(cfg.model_path),
+                           cfg.trials);
+  spec.ylabel = "accuracy";
+  spec.y_min = -0.05;
+  spec.y_max = 1.05;
+  spec.vline_x = double(orig);
+  spec.vline_label = fmt::format("original context {}", orig);
+  for (size_t m = 0; m < t.methods.size(); ++m) {
+    PlotSeries se;
+    se.label = t.methods[m];
+    for (size_t i = 0; i < t.lengths.size(); ++i) {
+      se.x.push_back(double(t.lengths[i]));
+      se.y.push_back(t.values[m][i] ? *t.values[m][i] : std::nan(""));
+    }
+    spec.series.push_back(std::move(se));
+  }
+  write_plot_svg(spec, cfg.out_dir + "/accuracy.svg");
+  if (plot_png_supported()) write_plot_png(spec, cfg.out_dir + "/accuracy.png");
+  return md;
+}
+
+}  // namespace longrope

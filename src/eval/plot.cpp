@@ -1,0 +1,405 @@
+// Line plots: SVG written as XML by hand, PNG drawn with PLplot (pngcairo driver).
+#include "longrope/plot.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <mutex>
+
+#include "longrope/error.h"
+
+#ifdef LONGROPE_HAVE_PLPLOT
+#include <plplot.h>
+#endif
+
+namespace longrope {
+
+namespace {
+
+constexpr std::array<std::array<int, 3>, 10> kPalette = {{{31, 119, 180},
+                                                          {214, 39, 40},
+                                                          {44, 160, 44},
+                                                          {255, 127, 14},
+                                                          {148, 103, 189},
+                                                          {140, 86, 75},
+                                                          {227, 119, 194},
+                                                          {127, 127, 127},
+                                                          {188, 189, 34},
+                                                          {23, 190, 207}}};
+
+bool usable(double y, bool log_y) {
+  return std::isfinite(y) && (!log_y || y > 0);
+}
+
+// The plot in axis coordinates: x = log2(length), y = value or log10(value).
+struct Frame {
+  double x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+  std::vector<double> xticks;                          // axis coords
+  std::vector<std::pair<double, std::string>> yticks;  // axis coords, label
+};
+
+std::string fmt_num(double v) {
+  if (v != 0 && (std::fabs(v) >= 1e6 || std::fabs(v) < 1e-3)) return fmt::format("{:.0e}", v);
+  return fmt::format("{:g}", v);
+}
+
+Frame make_frame(const PlotSpec& s) {
+  double xmin = std::numeric_limits<double>::infinity(), xmax = -xmin;
+  double ymin = xmin, ymax = -xmin;
+  size_t points = 0;
+  for (const PlotSeries& se : s.series) {
+    if (se.x.size() != se.y.size())
+      throw Error(fmt::format("plot: series '{}' has {} x and {} y values", se.label, se.x.size(),
+                              se.y.size()));
+    for (size_t i = 0; i < se.x.size(); ++i) {
+      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
+      ++points;
+      xmin = std::min(xmin, se.x[i]);
+      xmax = std::max(xmax, se.x[i]);
+      const double y = s.log_y ? std::log10(se.y[i]) : se.y[i];
+      ymin = std::min(ymin, y);
+      ymax = std::max(ymax, y);
+    }
+  }
+  if (points == 0) throw Error("plot: no data point to draw");
+  if (s.vline_x && *s.vline_x > 0) {
+    xmin = std::min(xmin, *s.vline_x);
+    xmax = std::max(xmax, *s.vline_x);
+  }
+  if (s.y_min) ymin = s.log_y ? std::log10(*s.y_min) : *s.y_min;
+  if (s.y_max) ymax = s.log_y ? std::log10(*s.y_max) : *s.y_max;
+  Frame f;
+  f.x0 = std::log2(xmin) - 0.3;
+  f.x1 = std::log2(xmax) + 0.3;
+  if (ymax - ymin < 1e-9) {
+    const double pad = s.log_y ? 0.1 : std::max(0.5, std::fabs(ymin) * 0.1);
+    ymin -= pad;
+    ymax += pad;
+  }
+  const double ypad = (s.y_min && s.y_max) ? 0.0 : 0.05 * (ymax - ymin);
+  f.y0 = s.y_min ? ymin : ymin - ypad;
+  f.y1 = s.y_max ? ymax : ymax + ypad;
+  for (int k = int(std::ceil(f.x0)); k <= int(std::floor(f.x1)); ++k) f.xticks.push_back(k);
+  if (s.log_y) {
+    // Decades, then 1-2-5, then 1..9 per decade, whichever first gives at least 3 ticks.
+    const std::vector<std::vector<int>> steps = {{1}, {1, 2, 5}, {1, 2, 3, 4, 5, 6, 7, 8, 9}};
+    for (const auto& mult : steps) {
+      f.yticks.clear();
+      for (int e = int(std::floor(f.y0)) - 1; e <= int(std::ceil(f.y1)); ++e)
+        for (int m : mult) {
+          const double v = m * std::pow(10.0, e);
+          const double a = std::log10(v);
+          if (a >= f.y0 - 1e-12 && a <= f.y1 + 1e-12) f.yticks.emplace_back(a, fmt_num(v));
+        }
+      if (f.yticks.size() >= 3) break;
+    }
+    if (f.yticks.size() < 3) {  // less than a decade: nice linear values at log positions
+      const double lo = std::pow(10.0, f.y0), hi = std::pow(10.0, f.y1);
+      const double raw = (hi - lo) / 5;
+      const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+      double step = mag;
+      for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+        if (m * mag >= raw) {
+          step = m * mag;
+          break;
+        }
+      f.yticks.clear();
+      for (double v = std::ceil(lo / step) * step; v <= hi * (1 + 1e-12); v += step)
+        if (v > 0) f.yticks.emplace_back(std::log10(v), fmt_num(v));
+    }
+    if (f.yticks.size() > 12) {  // too dense: keep every other one
+      std::vector<std::pair<double, std::string>> thin;
+      for (size_t i = 0; i < f.yticks.size(); i += 2) thin.push_back(f.yticks[i]);
+      f.yticks = thin;
+    }
+  } else {
+    const double range = f.y1 - f.y0;
+    const double raw = range / 6;
+    const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+    double step = mag;
+    for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+      if (m * mag >= raw) {
+        step = m * mag;
+        break;
+      }
+    for (double v = std::ceil(f.y0 / step) * step; v <= f.y1 + step * 1e-9; v += step)
+      f.yticks.emplace_back(v, fmt_num(std::fabs(v) < step * 1e-9 ? 0.0 : v));
+  }
+  return f;
+}
+
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+std::string length_label(double lg) {
+  const double v = std::pow(2.0, lg);
+  if (v >= 1024 && std::fmod(v, 1024.0) == 0) return fmt::format("{:g}k", v / 1024);
+  return fmt::format("{:g}", v);
+}
+
+void write_atomically(const std::string& path, const std::string& data) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(fmt::format("cannot write {}", tmp));
+    out << data;
+    if (!out.flush()) throw Error(fmt::format("cannot write {}", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
+}
+
+}  // namespace
+
+void write_plot_svg(const PlotSpec& s, const std::string& path) {
+  const Frame f = make_frame(s);
+  const double W = s.width, H = s.height;
+  const double left = 80, right = 210, top = 45, bottom = 65;
+  const double pw = W - left - right, ph = H - top - bottom;
+  auto px = [&](double ax) { return left + (ax - f.x0) / (f.x1 - f.x0) * pw; };
+  auto py = [&](double ay) { return top + (1 - (ay - f.y0) / (f.y1 - f.y0)) * ph; };
+  std::string o;
+  o += fmt::format(
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
+      "width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" font-family=\"sans-serif\" "
+      "font-size=\"13\">\n",
+      W, H);
+  o += fmt::format("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"white\"/>\n", W, H);
+  o +=
+      fmt::format("<text x=\"{:.1f}\" y=\"25\" text-anchor=\"middle\" font-size=\"16\">{}</text>\n",
+                  left + pw / 2, xml_escape(s.title));
+  // Grid, ticks and tick labels.
+  o += "<g class=\"grid\" stroke=\"#dddddd\" stroke-width=\"1\">\n";
+  for (double t : f.xticks)
+    o += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\"/>\n", px(t),
+                     top, top + ph);
+  for (const auto& [t, lab] : f.yticks)
+    o += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\"/>\n", left,
+                     py(t), left + pw);
+  o += "</g>\n<g class=\"ticks\">\n";
+  for (double t : f.xticks)
+    o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n", px(t),
+                     top + ph + 18, length_label(t));
+  for (const auto& [t, lab] : f.yticks)
+    o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", left - 6,
+                     py(t) + 4, xml_escape(lab));
+  o += "</g>\n";
+  o += fmt::format(
+      "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n", left,
+      top, pw, ph);
+  o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n",
+                   left + pw / 2, H - 20, xml_escape(s.xlabel + " (log2 scale)"));
+  o += fmt::format(
+      "<text x=\"18\" y=\"{0:.1f}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {0:.1f})\">"
+      "{1}</text>\n",
+      top + ph / 2, xml_escape(s.ylabel + (s.log_y ? " (log scale)" : "")));
+  if (s.vline_x && *s.vline_x > 0) {
+    const double x = px(std::log2(*s.vline_x));
+    o += fmt::format(
+        "<line class=\"vline\" x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" "
+        "stroke=\"black\" stroke-dasharray=\"6,4\"/>\n",
+        x, top, top + ph);
+    const bool right_half = x > left + pw / 2;
+    if (!s.vline_label.empty())
+      o += fmt::format(
+          "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"{}\">{}</text>\n",
+          right_half ? x - 4 : x + 4, top + 14, right_half ? "end" : "start",
+          xml_escape(s.vline_label));
+  }
+  // One polyline per series (points outside the y range are clipped to the frame).
+  o += fmt::format(
+      "<defs><clipPath id=\"plotarea\"><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>"
+      "</clipPath></defs>\n",
+      left, top, pw, ph);
+  size_t k = 0, legend_row = 0;
+  for (const PlotSeries& se : s.series) {
+    const auto& c = kPalette[k++ % kPalette.size()];
+    const std::string color = fmt::format("rgb({},{},{})", c[0], c[1], c[2]);
+    std::string pts, marks;
+    for (size_t i = 0; i < se.x.size(); ++i) {
+      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
+      const double x = px(std::log2(se.x[i]));
+      const double y = py(s.log_y ? std::log10(se.y[i]) : se.y[i]);
+      pts += fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", x, y);
+      marks +=
+          fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", x, y, color);
+    }
+    if (pts.empty()) continue;
+    o += fmt::format(
+        "<g clip-path=\"url(#plotarea)\"><polyline class=\"series\" data-label=\"{}\" "
+        "points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>{}</g>\n",
+        xml_escape(se.label), pts, color, marks);
+    const double ly = top + 10 + 22 * double(legend_row++);
+    const double lx = left + pw + 15;
+    o += fmt::format(
+        "<g class=\"legend\"><line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" "
+        "stroke=\"{3}\" stroke-width=\"2\"/><circle cx=\"{4:.1f}\" cy=\"{1:.1f}\" r=\"3.5\" "
+        "fill=\"{3}\"/><text x=\"{5:.1f}\" y=\"{6:.1f}\">{7}</text></g>\n",
+        lx, ly, lx + 28, color, lx + 14, lx + 36, ly + 4, xml_escape(se.label));
+  }
+  o += "</svg>\n";
+  write_atomically(path, o);
+}
+
+#ifdef LONGROPE_HAVE_PLPLOT
+
+namespace {
+// PLplot keeps global state: one plot at a time.
+std::mutex& plplot_mutex() {
+  static std::mutex m;
+  return m;
+}
+// PLplot treats '#' as an escape character in text.
+std::string pl_text(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    out += c;
+    if (c == '#') out += '#';
+  }
+  return out;
+}
+}  // namespace
+
+bool plot_png_supported() {
+  return true;
+}
+
+void write_plot_png(const PlotSpec& s, const std::string& path) {
+  const Frame f = make_frame(s);
+  {  // Fail with a clear message before PLplot (which exits on errors) touches the file.
+    std::ofstream probe(path, std::ios::binary | std::ios::trunc);
+    if (!probe) throw Error(fmt::format("cannot write {}", path));
+  }
+  std::lock_guard<std::mutex> lock(plplot_mutex());
+  plsstrm(0);
+  plsdev("pngcairo");
+  plsfnam(path.c_str());
+  plspage(0, 0, s.width, s.height, 0, 0);
+  plscolbg(255, 255, 255);
+  plscol0(15, 0, 0, 0);        // black
+  plscol0(14, 221, 221, 221);  // grid grey
+  for (size_t i = 0; i < kPalette.size(); ++i)
+    plscol0(PLINT(i + 1), kPalette[i][0], kPalette[i][1], kPalette[i][2]);
+  plinit();
+  pladv(0);
+  plschr(0, 0.85);
+  const double vx0 = 0.10, vx1 = 0.74, vy0 = 0.12, vy1 = 0.90;
+  plvpor(vx0, vx1, vy0, vy1);
+  plwind(f.x0, f.x1, f.y0, f.y1);
+  // Grid.
+  plcol0(14);
+  plwidth(1);
+  for (double t : f.xticks) pljoin(t, f.y0, t, f.y1);
+  for (const auto& [t, lab] : f.yticks) pljoin(f.x0, t, f.x1, t);
+  // Frame, ticks, labels.
+  plcol0(15);
+  plbox("bc", 0, 0, "bc", 0, 0);
+  const double tx = (f.x1 - f.x0) * 0.012, ty = (f.y1 - f.y0) * 0.018;
+  for (double t : f.xticks) {
+    pljoin(t, f.y0, t, f.y0 + ty);
+    plmtex("b", 1.6, (t - f.x0) / (f.x1 - f.x0), 0.5, length_label(t).c_str());
+  }
+  for (const auto& [t, lab] : f.yticks) {
+    pljoin(f.x0, t, f.x0 + tx, t);
+    plmtex("lv", 0.8, (t - f.y0) / (f.y1 - f.y0), 1.0, pl_text(lab).c_str());
+  }
+  plmtex("b", 3.4, 0.5, 0.5, pl_text(s.xlabel + " (log2 scale)").c_str());
+  plmtex("l", 5.0, 0.5, 0.5, pl_text(s.ylabel + (s.log_y ? " (log scale)" : "")).c_str());
+  plschr(0, 0.9);
+  plmtex("t", 1.5, 0.5, 0.5, pl_text(s.title).c_str());
+  plschr(0, 0.85);
+  if (s.vline_x && *s.vline_x > 0) {
+    const double x = std::log2(*s.vline_x);
+    pllsty(2);
+    pljoin(x, f.y0, x, f.y1);
+    pllsty(1);
+    if (!s.vline_label.empty()) {
+      plschr(0, 0.7);
+      const bool right_half = x > (f.x0 + f.x1) / 2;
+      plptex(x + (f.x1 - f.x0) * (right_half ? -0.01 : 0.01), f.y1 - (f.y1 - f.y0) * 0.04, 1, 0,
+             right_half ? 1.0 : 0.0, pl_text(s.vline_label).c_str());
+      plschr(0, 0.85);
+    }
+  }
+  // Series, clipped to the frame by PLplot's window.
+  std::vector<std::string> labels;
+  std::vector<PLINT> colors;
+  PLINT k = 0;
+  for (const PlotSeries& se : s.series) {
+    const PLINT color = PLINT(k++ % PLINT(kPalette.size())) + 1;
+    std::vector<PLFLT> xs, ys;
+    for (size_t i = 0; i < se.x.size(); ++i) {
+      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
+      xs.push_back(std::log2(se.x[i]));
+      ys.push_back(s.log_y ? std::log10(se.y[i]) : se.y[i]);
+    }
+    if (xs.empty()) continue;
+    plcol0(color);
+    plwidth(2.5);
+    plline(PLINT(xs.size()), xs.data(), ys.data());
+    plstring(PLINT(xs.size()), xs.data(), ys.data(), "#(728)");
+    labels.push_back(pl_text(se.label));
+    colors.push_back(color);
+  }
+  plwidth(1);
+  // Legend outside the frame, on the right.
+  const PLINT n = PLINT(labels.size());
+  std::vector<PLINT> opt(n, PL_LEGEND_LINE | PL_LEGEND_SYMBOL), styles(n, 1), sym_numbers(n, 1),
+      box_colors(n, 0), box_patterns(n, 0);
+  std::vector<PLFLT> widths(n, 2.5), sym_scales(n, 1.0), box_scales(n, 0), box_widths(n, 0);
+  std::vector<const char*> texts(n), symbols(n, "#(728)");
+  for (PLINT i = 0; i < n; ++i) texts[i] = labels[i].c_str();
+  PLFLT lw = 0, lh = 0;
+  pllegend(&lw, &lh, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
+           PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.02, 0.0, 0.06, 0, 15, 1, 0, 0, n, opt.data(),
+           1.0, 0.9, 2.0, 0.0, colors.data(), texts.data(), box_colors.data(), box_patterns.data(),
+           box_scales.data(), box_widths.data(), colors.data(), styles.data(), widths.data(),
+           colors.data(), sym_scales.data(), sym_numbers.data(), symbols.data());
+  plend();
+  std::error_code ec;
+  if (std::filesystem::file_size(path, ec) == 0 || ec)
+    throw Error(fmt::format("PLplot wrote no image to {}", path));
+}
+
+#else
+
+bool plot_png_supported() {
+  return false;
+}
+
+void write_plot_png(const PlotSpec&, const std::string& path) {
+  throw Error(
+      fmt::format("cannot write {}: this build has no PNG support (configure with PLplot, see "
+                  "docs/evaluation.md)",
+                  path));
+}
+
+#endif
+
+}  // namespace longrope

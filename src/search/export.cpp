@@ -1,0 +1,102 @@
+// Exporting LongRoPE factors into GGUF files and HF configs (include/longrope/export.h).
+#include "longrope/export.h"
+
+#include <fmt/core.h>
+
+#include <cstring>
+
+#include "longrope/error.h"
+#include "longrope/gguf.h"
+#include "longrope/model_file.h"
+
+namespace longrope {
+
+namespace {
+
+void check_factors(const RopeScaling& f, int n_rot) {
+  if (f.method != RopeMethod::kLongrope || f.sets.empty())
+    throw Error("export: the factors are not a longrope scaling (expected a factors file)");
+  if (f.sets.size() > 2)
+    throw Error(
+        fmt::format("export: {} factor sets; GGUF and HF configs hold at most two "
+                    "(short and long)",
+                    f.sets.size()));
+  if (f.orig_ctx <= 0 || f.target_ctx <= 0)
+    throw Error(
+        "export: the factors file lacks original_max_position_embeddings or "
+        "max_position_embeddings (expected both)");
+  if (n_rot > 0) f.validate(n_rot);
+}
+
+double resolved_attn(const RopeScaling& f) {
+  const int n_rot = static_cast<int>(2 * f.sets.back().factors.size());
+  return f.tables(f.target_ctx, n_rot, 10000.0, f.orig_ctx).attn_factor;
+}
+
+std::vector<uint8_t> f32_bytes(const std::vector<double>& v) {
+  std::vector<uint8_t> out(v.size() * 4);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const float x = static_cast<float>(v[i]);
+    std::memcpy(out.data() + 4 * i, &x, 4);
+  }
+  return out;
+}
+
+}  // namespace
+
+void export_gguf(const std::string& model_path, const RopeScaling& factors,
+                 const std::string& out_path) {
+  const ModelFile mf = load_model_file(model_path);
+  if (!mf.gguf)
+    throw Error(
+        fmt::format("export: {} is a {} model; expected a GGUF file", model_path, mf.format));
+  check_factors(factors, mf.hp.n_rot);
+  const std::string a = mf.hp.arch + ".";
+  GgufWriter w;
+  w.copy_from(mf.gguf);
+  for (const char* t :
+       {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
+    w.remove_tensor(t);
+  for (const char* k : {"rope.scaling.type", "rope.scaling.factor", "rope.scale_linear",
+                        "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow",
+                        "rope.scaling.yarn_ext_factor", "rope.scaling.yarn_log_multiplier"})
+    w.remove(a + k);
+  w.remove("longrope.n_hat");
+  w.remove("longrope.short_max_len");
+  const int64_t half = mf.hp.n_rot / 2;
+  constexpr uint32_t kF32 = 0;
+  if (factors.sets.size() == 1) {
+    w.add_tensor("rope_freqs.weight", kF32, {half}, f32_bytes(factors.sets[0].factors));
+  } else {
+    w.add_tensor("rope_factors_long.weight", kF32, {half}, f32_bytes(factors.sets[1].factors));
+    w.add_tensor("rope_factors_short.weight", kF32, {half}, f32_bytes(factors.sets[0].factors));
+  }
+  w.set_u32(a + "context_length", static_cast<uint32_t>(factors.target_ctx));
+  w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(factors.orig_ctx));
+  w.set_f32(a + "rope.scaling.attn_factor", static_cast<float>(resolved_attn(factors)));
+  if (factors.n_hat > 0) w.set_u32("longrope.n_hat", static_cast<uint32_t>(factors.n_hat));
+  if (factors.sets.size() == 2 && factors.sets[0].max_len != factors.orig_ctx)
+    w.set_u32("longrope.short_max_len", static_cast<uint32_t>(factors.sets[0].max_len));
+  w.write(out_path);
+}
+
+nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors) {
+  if (!config.is_object()) throw Error("export: the HF config is not a JSON object");
+  check_factors(factors, 0);
+  nlohmann::json out = config;
+  const auto& lng = factors.sets.back().factors;
+  const auto& shrt = factors.sets.front().factors;
+  out["rope_scaling"] = {
+      {"rope_type", "longrope"},
+      {"short_factor", shrt},
+      {"long_factor", lng},
+      {"original_max_position_embeddings", factors.orig_ctx},
+      {"factor", static_cast<double>(factors.target_ctx) / static_cast<double>(factors.orig_ctx)},
+      {"attention_factor", resolved_attn(factors)}};
+  out["max_position_embeddings"] = factors.target_ctx;
+  if (out.contains("original_max_position_embeddings"))
+    out["original_max_position_embeddings"] = factors.orig_ctx;
+  return out;
+}
+
+}  // namespace longrope

@@ -1,0 +1,489 @@
+// The LongRoPE evolutionary search (include/longrope/search.h, docs/search.md).
+#include "longrope/search.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "longrope/context.h"
+#include "longrope/error.h"
+
+namespace longrope {
+
+// ---- PerplexityEvaluator ------------------------------------------------------------------------
+
+PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
+                                         std::vector<std::vector<int32_t>> windows, int n_threads,
+                                         int64_t first_stage_tokens)
+    : model_(std::move(model)),
+      windows_(std::move(windows)),
+      n_threads_(n_threads),
+      first_stage_(first_stage_tokens) {
+  if (windows_.empty()) throw Error("perplexity evaluator: no windows (expected at least one)");
+  for (const auto& w : windows_) {
+    if (w.size() < 2) throw Error("perplexity evaluator: a window has fewer than 2 tokens");
+  }
+}
+
+EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reject_above) {
+  ScoreOptions opts;
+  opts.n_threads = n_threads_;
+  EvalResult r;
+  std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
+  if (std::isfinite(reject_above)) {
+    const auto& w0 = windows_[0];
+    int64_t n = static_cast<int64_t>(w0.size());
+    int64_t fs = first_stage_ > 0 ? std::min<int64_t>(first_stage_, n)
+                                  : (windows_.size() > 1 ? n : std::max<int64_t>(2, n / 2));
+    std::vector<double> nll = score_window(
+        *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, opts);
+    r.tokens += static_cast<int64_t>(nll.size());
+    double sum = 0;
+    for (double x : nll) sum += x;
+    const double ppl = std::exp(sum / static_cast<double>(nll.size()));
+    if (!(ppl <= reject_above)) {
+      r.ppl = ppl;
+      r.rejected = true;
+      return r;
+    }
+    if (fs == n) first = std::move(nll);
+  }
+  double sum = 0;
+  int64_t count = 0;
+  for (size_t k = 0; k < windows_.size(); ++k) {
+    std::vector<double> nll;
+    if (k == 0 && !first.empty()) {
+      nll = std::move(first);
+    } else {
+      nll = score_window(*model_, windows_[k], scaling, opts);
+      r.tokens += static_cast<int64_t>(nll.size());
+    }
+    for (double x : nll) sum += x;
+    count += static_cast<int64_t>(nll.size());
+  }
+  r.ppl = std::exp(sum / static_cast<double>(count));
+  return r;
+}
+
+// ---- the search space
+// -----------------------------------------------------------------------------
+
+std::string Individual::key() const {
+  std::string k;
+  for (int v : lambda) {
+    k += std::to_string(v);
+    k += ',';
+  }
+  k += fmt::format("n{}a{}", n_hat_idx, attn_idx);
+  return k;
+}
+
+std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx) {
+  std::vector<int64_t> out;
+  for (int64_t n : {0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256})
+    if (n < target_ctx) out.push_back(n);
+  return out;
+}
+
+std::vector<double> default_attn_candidates(int64_t orig_ctx, int64_t target_ctx) {
+  const double s = static_cast<double>(target_ctx) / static_cast<double>(orig_ctx);
+  std::vector<double> out{1.0};
+  if (s > 1.0) {
+    for (double a : {std::sqrt(1.0 + std::log(s) / std::log(static_cast<double>(orig_ctx))),
+                     0.1 * std::log(s) + 1.0}) {
+      if (std::find(out.begin(), out.end(), a) == out.end()) out.push_back(a);
+    }
+  }
+  return out;
+}
+
+void validate_space(const SearchSpace& sp) {
+  if (sp.n_pairs <= 0 || sp.n_rot != 2 * sp.n_pairs)
+    throw Error(fmt::format("search: {} rotary pairs for n_rot {} (expected n_rot/2 >= 1)",
+                            sp.n_pairs, sp.n_rot));
+  if (sp.orig_ctx <= 0)
+    throw Error(fmt::format("search: original context {} (expected > 0)", sp.orig_ctx));
+  if (sp.target_ctx < 2)
+    throw Error(fmt::format("search: fitness length {} (expected >= 2)", sp.target_ctx));
+  if (sp.lambda_max < 100)
+    throw Error(fmt::format(
+        "search: lambda-max {:.2f} < 1 admits no factor vector (factors must lie in [1, "
+        "lambda-max]; expected lambda-max >= 1)",
+        sp.lambda_max / 100.0));
+  if (sp.n_hat_candidates.empty())
+    throw Error("search: no n_hat candidate (expected at least one value < the target length)");
+  for (int64_t n : sp.n_hat_candidates) {
+    if (n < 0 || n >= sp.target_ctx)
+      throw Error(
+          fmt::format("search: n_hat candidate {} is not in [0, {}) (expected n_hat < "
+                      "the target length {})",
+                      n, sp.target_ctx, sp.target_ctx));
+  }
+  if (sp.attn_candidates.empty())
+    throw Error("search: no attention factor candidate (expected at least one)");
+  for (double a : sp.attn_candidates) {
+    if (!(std::isfinite(a) && a > 0))
+      throw Error(fmt::format("search: attention factor {} (expected a finite number > 0)", a));
+  }
+}
+
+RopeScaling to_scaling(const SearchSpace& sp, const Individual& ind) {
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  FactorSet set;
+  set.factors.reserve(ind.lambda.size());
+  for (int v : ind.lambda) set.factors.push_back(v / 100.0);
+  set.max_len = 0;
+  s.sets.push_back(std::move(set));
+  s.n_hat = sp.n_hat_candidates.at(static_cast<size_t>(ind.n_hat_idx));
+  s.attn_factor = sp.attn_candidates.at(static_cast<size_t>(ind.attn_idx));
+  s.orig_ctx = sp.orig_ctx;
+  s.target_ctx = sp.target_ctx;
+  return s;
+}
+
+bool is_valid(const SearchSpace& sp, const Individual& ind) {
+  if (static_cast<int>(ind.lambda.size()) != sp.n_pairs) return false;
+  int prev = 100;
+  for (int v : ind.lambda) {
+    if (v < prev || v > sp.lambda_max) return false;
+    prev = v;
+  }
+  return ind.n_hat_idx >= 0 && ind.n_hat_idx < static_cast<int>(sp.n_hat_candidates.size()) &&
+         ind.attn_idx >= 0 && ind.attn_idx < static_cast<int>(sp.attn_candidates.size());
+}
+
+std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& sp) {
+  const double s =
+      std::max(1.0, static_cast<double>(sp.target_ctx) / static_cast<double>(sp.orig_ctx));
+  const std::vector<double> w = default_inv_freq(sp.n_rot, sp.rope_base);
+  std::vector<std::pair<std::string, Individual>> out;
+  for (RopeMethod m :
+       {RopeMethod::kLinear, RopeMethod::kNtk, RopeMethod::kDynamic, RopeMethod::kYarn}) {
+    RopeScaling r;
+    r.method = m;
+    r.factor = s;
+    r.orig_ctx = sp.orig_ctx;
+    const RopeTables t = r.tables(sp.target_ctx, sp.n_rot, sp.rope_base, sp.orig_ctx);
+    Individual ind;
+    int prev = 100;
+    for (int j = 0; j < sp.n_pairs; ++j) {
+      const double lam = w[j] / t.inv_freq[j];
+      int v = static_cast<int>(std::lround(lam * 100.0));
+      v = std::clamp(v, prev, sp.lambda_max);
+      ind.lambda.push_back(v);
+      prev = v;
+    }
+    ind.n_hat_idx = 0;
+    for (size_t k = 0; k < sp.n_hat_candidates.size(); ++k)
+      if (sp.n_hat_candidates[k] == 0) ind.n_hat_idx = static_cast<int>(k);
+    size_t best = 0;
+    for (size_t k = 1; k < sp.attn_candidates.size(); ++k)
+      if (std::abs(sp.attn_candidates[k] - t.attn_factor) <
+          std::abs(sp.attn_candidates[best] - t.attn_factor))
+        best = k;
+    ind.attn_idx = static_cast<int>(best);
+    out.emplace_back(rope_method_name(m), std::move(ind));
+  }
+  return out;
+}
+
+nlohmann::json SearchSettings::to_json() const {
+  return {{"population", population},
+          {"parents", parents},
+          {"mutations", mutations},
+          {"crossovers", crossovers},
+          {"mutation_prob", mutation_prob},
+          {"crossover_prob", crossover_prob},
+          {"seed", seed},
+          {"early_reject", early_reject}};
+}
+
+bool Fitness::better_than(const Fitness& o) const {
+  if (rejected != o.rejected) return !rejected;
+  if (rejected) return false;
+  return ppl < o.ppl;
+}
+
+// ---- EvolutionSearch
+// ------------------------------------------------------------------------------
+
+EvolutionSearch::EvolutionSearch(SearchSpace space, SearchSettings settings)
+    : space_(std::move(space)), settings_(settings), rng_(settings.seed) {
+  validate_space(space_);
+  if (settings_.population < 1 || settings_.parents < 1 || settings_.mutations < 0 ||
+      settings_.crossovers < 0 || settings_.iterations < 0)
+    throw Error(
+        fmt::format("search: population {}, parents {}, mutations {}, crossovers {}, iterations {} "
+                    "(expected population, parents >= 1 and the others >= 0)",
+                    settings_.population, settings_.parents, settings_.mutations,
+                    settings_.crossovers, settings_.iterations));
+  if (!(settings_.mutation_prob > 0 && settings_.mutation_prob <= 1) ||
+      !(settings_.crossover_prob >= 0 && settings_.crossover_prob <= 1))
+    throw Error(
+        fmt::format("search: mutation probability {} / crossover probability {} (expected in "
+                    "(0, 1] and [0, 1])",
+                    settings_.mutation_prob, settings_.crossover_prob));
+}
+
+std::optional<Individual> EvolutionSearch::mutate(const Individual& parent) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const int n = space_.n_pairs;
+  const int n_nhat = static_cast<int>(space_.n_hat_candidates.size());
+  const int n_attn = static_cast<int>(space_.attn_candidates.size());
+  for (int tries = 0; tries < 100; ++tries) {
+    Individual c = parent;
+    for (int j = 0; j < n; ++j) {
+      if (u(rng_) >= settings_.mutation_prob) continue;
+      const int lo = j == 0 ? 100 : c.lambda[j - 1];
+      const int hi = j == n - 1 ? space_.lambda_max : c.lambda[j + 1];
+      if (hi <= lo) {
+        c.lambda[j] = lo;
+        continue;
+      }
+      c.lambda[j] = std::uniform_int_distribution<int>(lo, hi)(rng_);
+    }
+    if (n_nhat > 1 && u(rng_) < settings_.mutation_prob)
+      c.n_hat_idx = std::uniform_int_distribution<int>(0, n_nhat - 1)(rng_);
+    if (n_attn > 1 && u(rng_) < settings_.mutation_prob)
+      c.attn_idx = std::uniform_int_distribution<int>(0, n_attn - 1)(rng_);
+    if (!is_valid(space_, c)) continue;
+    if (seen_.insert(c.key()).second) return c;
+  }
+  return std::nullopt;
+}
+
+std::optional<Individual> EvolutionSearch::crossover(const Individual& a, const Individual& b) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (int tries = 0; tries < 20; ++tries) {
+    Individual c = a;
+    for (size_t j = 0; j < c.lambda.size(); ++j)
+      if (u(rng_) < settings_.crossover_prob) c.lambda[j] = b.lambda[j];
+    if (u(rng_) < 0.5) c.n_hat_idx = b.n_hat_idx;
+    if (u(rng_) < 0.5) c.attn_idx = b.attn_idx;
+    if (!is_valid(space_, c)) continue;
+    if (seen_.insert(c.key()).second) return c;
+  }
+  return mutate(a);
+}
+
+Fitness EvolutionSearch::evaluate(Evaluator& ev, const Individual& ind, double bound) {
+  const std::string k = ind.key();
+  if (auto it = memo_.find(k); it != memo_.end()) return it->second;
+  const auto t0 = std::chrono::steady_clock::now();
+  const EvalResult r = ev.evaluate(to_scaling(space_, ind), bound);
+  eval_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  Fitness f;
+  if (r.rejected) {
+    f.rejected = true;
+    f.bound = bound;
+    f.partial = r.ppl;
+    ++partial_evals_;
+  } else {
+    f.ppl = r.ppl;
+    ++full_evals_;
+    if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
+      best_ = ind;
+      best_fit_ = f;
+    }
+  }
+  memo_.emplace(k, f);
+  seen_.insert(k);
+  if (on_eval) on_eval();
+  return f;
+}
+
+void EvolutionSearch::sort_population() {
+  std::vector<std::pair<Fitness, Individual>> v;
+  for (auto& ind : population_) v.emplace_back(memo_.at(ind.key()), std::move(ind));
+  std::stable_sort(v.begin(), v.end(), [](const auto& x, const auto& y) {
+    if (x.first.better_than(y.first)) return true;
+    if (y.first.better_than(x.first)) return false;
+    return x.second.key() < y.second.key();
+  });
+  population_.clear();
+  for (auto& p : v) population_.push_back(std::move(p.second));
+}
+
+void EvolutionSearch::step(Evaluator& ev) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  std::vector<Individual> children;
+  double bound = kInf;
+  if (done_ == 0) {
+    const auto seeds = rule_seeds(space_);
+    std::vector<Individual> base;
+    for (const auto& [name, ind] : seeds) {
+      if (static_cast<int>(children.size()) >= settings_.population) break;
+      if (seen_.insert(ind.key()).second) {
+        children.push_back(ind);
+        base.push_back(ind);
+      }
+    }
+    int failures = 0;
+    while (static_cast<int>(children.size()) < settings_.population && failures < 100) {
+      const auto& p = base[std::uniform_int_distribution<size_t>(0, base.size() - 1)(rng_)];
+      if (auto c = mutate(p)) {
+        children.push_back(std::move(*c));
+      } else {
+        ++failures;
+      }
+    }
+  } else {
+    std::vector<Individual> parents;
+    for (const auto& ind : population_) {
+      if (static_cast<int>(parents.size()) >= settings_.parents) break;
+      if (!memo_.at(ind.key()).rejected) parents.push_back(ind);
+    }
+    if (parents.empty()) throw Error("search: no complete individual to breed from");
+    if (settings_.early_reject) bound = memo_.at(parents.back().key()).ppl;
+    const size_t np = parents.size();
+    for (int i = 0; i < settings_.mutations; ++i) {
+      const auto& p = parents[std::uniform_int_distribution<size_t>(0, np - 1)(rng_)];
+      if (auto c = mutate(p)) children.push_back(std::move(*c));
+    }
+    for (int i = 0; i < settings_.crossovers; ++i) {
+      std::optional<Individual> c;
+      if (np >= 2) {
+        const size_t a = std::uniform_int_distribution<size_t>(0, np - 1)(rng_);
+        size_t b = std::uniform_int_distribution<size_t>(0, np - 2)(rng_);
+        if (b >= a) ++b;
+        c = crossover(parents[a], parents[b]);
+      } else {
+        c = mutate(parents[0]);
+      }
+      if (c) children.push_back(std::move(*c));
+    }
+    population_ = std::move(parents);
+  }
+  for (const auto& c : children) {
+    evaluate(ev, c, bound);
+    population_.push_back(c);
+  }
+  sort_population();
+  IterationLog L;
+  L.iteration = done_;
+  L.best_ppl = best_fit_.ppl;
+  std::vector<double> ppl;
+  for (const auto& ind : population_) {
+    const Fitness& f = memo_.at(ind.key());
+    if (!f.rejected) ppl.push_back(f.ppl);
+  }
+  if (!ppl.empty()) {
+    std::sort(ppl.begin(), ppl.end());
+    const size_t m = ppl.size() / 2;
+    L.median_ppl = ppl.size() % 2 ? ppl[m] : 0.5 * (ppl[m - 1] + ppl[m]);
+  }
+  L.full_evals = full_evals_;
+  L.partial_evals = partial_evals_;
+  L.elapsed_seconds = eval_seconds_;
+  log_.push_back(L);
+  ++done_;
+}
+
+// ---- checkpoint state
+// -----------------------------------------------------------------------------
+
+namespace {
+
+nlohmann::json ind_json(const Individual& i) {
+  return {{"l", i.lambda}, {"n", i.n_hat_idx}, {"a", i.attn_idx}};
+}
+Individual ind_from(const nlohmann::json& j) {
+  Individual i;
+  i.lambda = j.at("l").get<std::vector<int>>();
+  i.n_hat_idx = j.at("n").get<int>();
+  i.attn_idx = j.at("a").get<int>();
+  return i;
+}
+nlohmann::json num(double x) {
+  return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json();
+}
+double num_from(const nlohmann::json& j) {
+  return j.is_null() ? std::numeric_limits<double>::infinity() : j.get<double>();
+}
+
+}  // namespace
+
+nlohmann::json EvolutionSearch::to_json() const {
+  std::ostringstream rs;
+  rs << rng_;
+  nlohmann::json memo = nlohmann::json::object();
+  for (const auto& [k, f] : memo_)
+    memo[k] = {{"ppl", num(f.ppl)},
+               {"rejected", f.rejected},
+               {"bound", num(f.bound)},
+               {"partial", num(f.partial)}};
+  nlohmann::json pop = nlohmann::json::array();
+  for (const auto& i : population_) pop.push_back(ind_json(i));
+  nlohmann::json log = nlohmann::json::array();
+  for (const auto& L : log_)
+    log.push_back({{"iteration", L.iteration},
+                   {"best_ppl", num(L.best_ppl)},
+                   {"median_ppl", num(L.median_ppl)},
+                   {"full_evals", L.full_evals},
+                   {"partial_evals", L.partial_evals},
+                   {"elapsed_seconds", L.elapsed_seconds}});
+  return {{"iterations_done", done_},
+          {"rng", rs.str()},
+          {"population", pop},
+          {"memo", memo},
+          {"best", best_.lambda.empty() ? nlohmann::json() : ind_json(best_)},
+          {"best_ppl", num(best_fit_.ppl)},
+          {"full_evals", full_evals_},
+          {"partial_evals", partial_evals_},
+          {"eval_seconds", eval_seconds_},
+          {"log", log}};
+}
+
+void EvolutionSearch::restore(const nlohmann::json& j) {
+  try {
+    done_ = j.at("iterations_done").get<int>();
+    std::istringstream rs(j.at("rng").get<std::string>());
+    rs >> rng_;
+    if (rs.fail()) throw Error("bad RNG state");
+    population_.clear();
+    for (const auto& p : j.at("population")) population_.push_back(ind_from(p));
+    memo_.clear();
+    seen_.clear();
+    for (const auto& [k, f] : j.at("memo").items()) {
+      Fitness x;
+      x.ppl = num_from(f.at("ppl"));
+      x.rejected = f.at("rejected").get<bool>();
+      x.bound = num_from(f.at("bound"));
+      x.partial = num_from(f.at("partial"));
+      memo_.emplace(k, x);
+      seen_.insert(k);
+    }
+    best_ = j.at("best").is_null() ? Individual{} : ind_from(j.at("best"));
+    best_fit_ = Fitness{};
+    best_fit_.ppl = num_from(j.at("best_ppl"));
+    full_evals_ = j.at("full_evals").get<int64_t>();
+    partial_evals_ = j.at("partial_evals").get<int64_t>();
+    eval_seconds_ = j.at("eval_seconds").get<double>();
+    log_.clear();
+    for (const auto& L : j.at("log")) {
+      IterationLog x;
+      x.iteration = L.at("iteration").get<int>();
+      x.best_ppl = num_from(L.at("best_ppl"));
+      x.median_ppl = num_from(L.at("median_ppl"));
+      x.full_evals = L.at("full_evals").get<int64_t>();
+      x.partial_evals = L.at("partial_evals").get<int64_t>();
+      x.elapsed_seconds = L.at("elapsed_seconds").get<double>();
+      log_.push_back(x);
+    }
+    for (const auto& p : population_) {
+      if (!is_valid(space_, p) || !memo_.count(p.key()))
+        throw Error("population holds an individual outside the search space or not evaluated");
+    }
+    if (!best_.lambda.empty() && !is_valid(space_, best_))
+      throw Error("best individual outside the search space");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("search state: {} (expected a checkpoint written by longrope search)",
+                            e.what()));
+  }
+}
+
+}  // namespace longrope

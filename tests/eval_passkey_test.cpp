@@ -1,0 +1,130 @@
+// longrope passkey: prompt construction, seeding and a tiny end-to-end run (stories260K).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "longrope/error.h"
+#include "longrope/passkey.h"
+#include "test_paths.h"
+
+namespace {
+
+using longrope::test::cli_path;
+using longrope::test::run_command;
+using longrope::test::shared_dir;
+namespace fs = std::filesystem;
+
+std::string stories() {
+  return (shared_dir() / "models" / "stories260K.gguf").string();
+}
+
+size_t count(const std::string& s, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = s.find(needle); p != std::string::npos; p = s.find(needle, p + 1)) ++n;
+  return n;
+}
+
+TEST(EvalPasskey, PromptHasKeyOnceAtDepthAndExactLength) {
+  LONGROPE_REQUIRE_FILE(stories());
+  auto model = longrope::Model::load(stories());
+  for (int64_t len : {256, 512, 1000}) {
+    for (double depth : {0.0, 0.25, 0.5, 0.9, 1.0}) {
+      const auto p = longrope::make_passkey_prompt(*model, len, 31337, depth, false);
+      EXPECT_LE(int64_t(p.tokens.size()), len);
+      EXPECT_GE(int64_t(p.tokens.size()), len - 12) << "length " << len;
+      const std::string text = model->tokenizer().decode(p.tokens);
+      EXPECT_EQ(count(text, "31337"), 2u);  // "The pass key is N. ... N is the pass key."
+      EXPECT_EQ(count(text, "The pass key is 31337."), 1u);
+      EXPECT_NE(text.find("What is the pass key? The pass key is"), std::string::npos);
+      // The needle sits at the requested fraction of the prompt (within one filler sentence
+      // plus the fixed intro/question).
+      const double pos = double(p.needle_token) / double(p.tokens.size());
+      EXPECT_NEAR(pos, depth, len >= 1000 ? 0.2 : 0.35) << "length " << len << " depth " << depth;
+      const std::string needle = model->tokenizer().decode(std::vector<int32_t>(
+          p.tokens.begin() + p.needle_token, p.tokens.begin() + p.needle_token + p.needle_length));
+      EXPECT_NE(needle.find("The pass key is 31337"), std::string::npos) << needle;
+    }
+  }
+  // Deeper needles come later.
+  const auto a = longrope::make_passkey_prompt(*model, 512, 7, 0.2, false);
+  const auto b = longrope::make_passkey_prompt(*model, 512, 7, 0.8, false);
+  EXPECT_LT(a.needle_token, b.needle_token);
+  EXPECT_THROW(longrope::make_passkey_prompt(*model, 20, 7, 0.5, false), longrope::Error);
+}
+
+TEST(EvalPasskey, ChatPromptUsesChatMl) {
+  const auto path = longrope::test::smollm_path();
+  LONGROPE_REQUIRE_FILE(path);
+  auto model = longrope::Model::load(path.string());
+  const auto p = longrope::make_passkey_prompt(*model, 1024, 4242, 0.5, true);
+  EXPECT_LE(p.tokens.size(), 1024u);
+  EXPECT_GE(p.tokens.size(), 1024u - 12);
+  const auto start = model->tokenizer().encode("<|im_start|>", true);
+  ASSERT_EQ(start.size(), 1u);
+  EXPECT_EQ(std::count(p.tokens.begin(), p.tokens.end(), start[0]), 2);
+  const std::string text = model->tokenizer().decode(p.tokens);
+  EXPECT_EQ(count(text, "The pass key is 4242."), 1u);
+  // Control tokens decode to nothing.
+  const std::string tail = "What is the pass key?\nassistant\nThe pass key is";
+  ASSERT_GE(text.size(), tail.size());
+  EXPECT_EQ(text.substr(text.size() - tail.size()), tail);
+}
+
+TEST(EvalPasskey, SeedDeterminesKeysAndDepths) {
+  const auto a = longrope::passkey_trial_spec(42, 1024, 3, {});
+  const auto b = longrope::passkey_trial_spec(42, 1024, 3, {});
+  EXPECT_EQ(a.key, b.key);
+  EXPECT_EQ(a.depth, b.depth);
+  int differ = 0;
+  for (int t = 0; t < 20; ++t) {
+    const auto x = longrope::passkey_trial_spec(42, 1024, t, {});
+    const auto y = longrope::passkey_trial_spec(43, 1024, t, {});
+    EXPECT_GE(x.key, 1);
+    EXPECT_LE(x.key, 50000);
+    EXPECT_GE(x.depth, 0.0);
+    EXPECT_LE(x.depth, 1.0);
+    differ += x.key != y.key;
+  }
+  EXPECT_GT(differ, 15);
+  EXPECT_EQ(longrope::passkey_trial_spec(1, 512, 5, {0.1, 0.5}).depth, 0.5);
+}
+
+TEST(EvalPasskey, TinyRunProducesTable) {
+  LONGROPE_REQUIRE_FILE(stories());
+  const fs::path dir =
+      fs::temp_directory_path() / ("longrope_passkey_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const std::string cmd = cli_path().string() + " passkey -m " + stories() +
+                          " --lengths 256,512 --methods none,yarn --trials 2 --seed 7 -t 1 -o " +
+                          dir.string();
+  std::string out;
+  ASSERT_EQ(run_command(cmd, &out), 0) << out;
+  EXPECT_NE(out.find("| yarn |"), std::string::npos) << out;
+  std::ifstream in(dir / "results.json");
+  const auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["kind"], "passkey");
+  ASSERT_EQ(j["cells"].size(), 4u);
+  for (const auto& c : j["cells"]) {
+    EXPECT_GE(c["accuracy"].get<double>(), 0.0);
+    EXPECT_LE(c["accuracy"].get<double>(), 1.0);
+    EXPECT_EQ(c["results"].size(), 2u);
+  }
+  // Same seed, same keys: the first cell's keys equal the ones passkey_trial_spec gives.
+  const auto& first = j["cells"][0]["results"];
+  for (int t = 0; t < 2; ++t)
+    EXPECT_EQ(first[t]["key"].get<int64_t>(),
+              longrope::passkey_trial_spec(7, j["cells"][0]["length"], t, {}).key);
+  for (const char* f : {"results.md", "results.csv", "accuracy.svg"})
+    EXPECT_TRUE(fs::exists(dir / f)) << f;
+  ASSERT_EQ(run_command(cmd + " --resume", &out), 0) << out;
+  EXPECT_NE(out.find("0 cell(s) computed, 4 reused"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
+}  // namespace

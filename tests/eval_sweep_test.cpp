@@ -1,0 +1,251 @@
+// longrope eval: tables, results file, resume and plots on a tiny run (stories260K).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "longrope/error.h"
+#include "longrope/eval.h"
+#include "longrope/perplexity.h"
+#include "longrope/plot.h"
+#include "test_paths.h"
+
+namespace {
+
+using longrope::test::cli_path;
+using longrope::test::run_command;
+using longrope::test::shared_dir;
+namespace fs = std::filesystem;
+
+std::string stories() {
+  return (shared_dir() / "models" / "stories260K.gguf").string();
+}
+std::string pride() {
+  return (shared_dir() / "data" / "pride_and_prejudice.txt").string();
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path d =
+      fs::temp_directory_path() / ("longrope_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  return d;
+}
+
+// PNG signature and an IHDR chunk with non-zero width and height.
+void expect_png(const fs::path& p) {
+  const std::string s = slurp(p);
+  ASSERT_GE(s.size(), 24u) << p;
+  EXPECT_EQ(s.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_EQ(s.substr(12, 4), "IHDR");
+  auto be32 = [&](size_t o) {
+    return (uint32_t(uint8_t(s[o])) << 24) | (uint32_t(uint8_t(s[o + 1])) << 16) |
+           (uint32_t(uint8_t(s[o + 2])) << 8) | uint32_t(uint8_t(s[o + 3]));
+  };
+  EXPECT_GT(be32(16), 0u);
+  EXPECT_GT(be32(20), 0u);
+}
+
+// A minimal well-formedness check: tags balance, the root is <svg>. Returns the number of
+// <polyline elements.
+int check_svg(const std::string& s) {
+  std::vector<std::string> stack;
+  std::string root;
+  int polylines = 0;
+  for (size_t i = s.find('<'); i != std::string::npos; i = s.find('<', i + 1)) {
+    if (s.compare(i, 5, "<?xml") == 0) continue;
+    const size_t end = s.find('>', i);
+    EXPECT_NE(end, std::string::npos);
+    if (end == std::string::npos) return -1;
+    std::string tag = s.substr(i + 1, end - i - 1);
+    if (tag[0] == '/') {
+      const std::string name = tag.substr(1);
+      EXPECT_FALSE(stack.empty());
+      if (stack.empty()) return -1;
+      EXPECT_EQ(stack.back(), name);
+      stack.pop_back();
+      continue;
+    }
+    const std::string name = tag.substr(0, tag.find_first_of(" \n/"));
+    if (root.empty()) root = name;
+    if (name == "polyline") ++polylines;
+    if (tag.back() != '/') stack.push_back(name);
+  }
+  EXPECT_TRUE(stack.empty());
+  EXPECT_EQ(root, "svg");
+  return polylines;
+}
+
+TEST(EvalSweep, TableMatchesPerplexityAndResumeSkips) {
+  LONGROPE_REQUIRE_FILE(stories());
+  LONGROPE_REQUIRE_FILE(pride());
+  auto model = longrope::Model::load(stories());
+  const fs::path dir = fresh_dir("eval_sweep");
+  longrope::EvalConfig cfg;
+  cfg.model_path = stories();
+  cfg.text_paths = {pride()};
+  cfg.lengths = {256, 512};
+  cfg.methods = {"none,yarn", "pi=linear"};
+  cfg.docs = 1;
+  cfg.n_threads = 1;
+  cfg.out_dir = dir.string();
+  const longrope::EvalRun run = longrope::run_eval(*model, cfg);
+  EXPECT_EQ(run.computed, 6);
+  ASSERT_EQ(run.cells.size(), 6u);
+  ASSERT_EQ(run.methods.size(), 3u);
+  EXPECT_EQ(run.methods[2].label, "pi");
+  EXPECT_EQ(run.methods[2].method, longrope::RopeMethod::kLinear);
+
+  // Values equal perplexity() with the same settings.
+  std::ifstream in(pride(), std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto tokens = model->tokenizer().encode(longrope::normalize_newlines(ss.str()));
+  for (const auto& c : run.cells) {
+    const auto& m = run.methods[c["method"] == "none" ? 0 : c["method"] == "yarn" ? 1 : 2];
+    const int64_t len = c["length"];
+    const auto scaling = longrope::eval_scaling(m, *model, len, {});
+    const auto r = longrope::perplexity(*model, tokens, len, 1, scaling, 1);
+    EXPECT_NEAR(c["ppl"].get<double>(), r.ppl, 1e-9 * r.ppl) << c.dump();
+    EXPECT_EQ(c["tokens"].get<int64_t>(), r.tokens);
+  }
+  // yarn at 512 (= trained context) has s = 1; at 256 too.
+  const std::string md = longrope::write_eval_outputs(run, *model, cfg);
+  EXPECT_NE(md.find("| none |"), std::string::npos);
+  EXPECT_NE(md.find("| pi |"), std::string::npos);
+  EXPECT_EQ(slurp(dir / "results.md"), md);
+
+  // CSV: a header and one row per method, each with one number per length.
+  std::istringstream csv(slurp(dir / "results.csv"));
+  std::string line;
+  std::getline(csv, line);
+  EXPECT_EQ(line, "method,256,512");
+  int rows = 0;
+  while (std::getline(csv, line)) {
+    std::istringstream fields(line);
+    std::string f;
+    std::getline(fields, f, ',');
+    int numbers = 0;
+    while (std::getline(fields, f, ',')) {
+      EXPECT_GT(std::stod(f), 1.0);
+      ++numbers;
+    }
+    EXPECT_EQ(numbers, 2) << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3);
+
+  // results.json holds every cell.
+  const auto j = nlohmann::json::parse(slurp(dir / "results.json"));
+  EXPECT_EQ(j["kind"], "perplexity");
+  EXPECT_EQ(j["cells"].size(), 6u);
+
+  // Plots.
+  EXPECT_EQ(check_svg(slurp(dir / "ppl.svg")), 3);
+  if (longrope::plot_png_supported()) expect_png(dir / "ppl.png");
+
+  // Resume: nothing recomputed; a new length computes only its cells.
+  cfg.resume = true;
+  const longrope::EvalRun again = longrope::run_eval(*model, cfg);
+  EXPECT_EQ(again.computed, 0);
+  EXPECT_EQ(again.cells, run.cells);
+  cfg.lengths = {256, 512, 384};
+  const longrope::EvalRun more = longrope::run_eval(*model, cfg);
+  EXPECT_EQ(more.computed, 3);
+  // Other docs: a different key, so everything is computed again.
+  cfg.lengths = {256};
+  cfg.docs = 2;
+  const longrope::EvalRun docs2 = longrope::run_eval(*model, cfg);
+  EXPECT_EQ(docs2.computed, 3);
+  fs::remove_all(dir);
+}
+
+TEST(EvalSweep, CliWritesEverythingAndResumes) {
+  LONGROPE_REQUIRE_FILE(stories());
+  LONGROPE_REQUIRE_FILE(pride());
+  const fs::path dir = fresh_dir("eval_cli");
+  const std::string cmd = cli_path().string() + " eval -m " + stories() + " -f " + pride() +
+                          " --lengths 256,512 --methods none,ntk,dynamic --docs 1 -t 1 -o " +
+                          dir.string();
+  std::string out;
+  ASSERT_EQ(run_command(cmd, &out), 0) << out;
+  EXPECT_NE(out.find("| dynamic |"), std::string::npos) << out;
+  EXPECT_NE(out.find("6 cell(s) computed, 0 reused"), std::string::npos) << out;
+  for (const char* f : {"results.md", "results.csv", "results.json", "ppl.svg"})
+    EXPECT_TRUE(fs::exists(dir / f)) << f;
+  EXPECT_EQ(check_svg(slurp(dir / "ppl.svg")), 3);
+  if (longrope::plot_png_supported()) expect_png(dir / "ppl.png");
+  ASSERT_EQ(run_command(cmd + " --resume --json", &out), 0) << out;
+  EXPECT_NE(out.find("0 cell(s) computed, 6 reused"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"cells\""), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
+TEST(EvalSweep, MethodSpecs) {
+  LONGROPE_REQUIRE_FILE(stories());
+  auto model = longrope::Model::load(stories());
+  const auto ms = longrope::parse_eval_methods({"none, pi", "y2=yarn"}, *model);
+  ASSERT_EQ(ms.size(), 3u);
+  EXPECT_EQ(ms[1].label, "linear");
+  EXPECT_EQ(ms[2].label, "y2");
+  EXPECT_EQ(ms[2].method, longrope::RopeMethod::kYarn);
+  // s = length / orig, at least 1; --rope-factor fixes it.
+  EXPECT_DOUBLE_EQ(longrope::eval_scaling(ms[1], *model, 2048, {}).factor, 4.0);
+  EXPECT_DOUBLE_EQ(longrope::eval_scaling(ms[1], *model, 256, {}).factor, 1.0);
+  longrope::ScaleOptions so;
+  so.rope_factor = 3.0;
+  EXPECT_DOUBLE_EQ(longrope::eval_scaling(ms[1], *model, 2048, so).factor, 3.0);
+  so = {};
+  so.orig_ctx = 256;
+  EXPECT_DOUBLE_EQ(longrope::eval_scaling(ms[1], *model, 2048, so).factor, 8.0);
+  EXPECT_EQ(longrope::parse_lengths("512, 1k,2K"), (std::vector<int64_t>{512, 1024, 2048}));
+
+  // Factors files: longrope=FILE, LABEL=FILE, LABEL=longrope=FILE use the file's scaling as is.
+  const fs::path f = fresh_dir("factors").string() + ".json";
+  std::ofstream(f) << R"({"rope_type": "longrope", "original_max_position_embeddings": 512,
+    "max_position_embeddings": 4096, "n_hat": 4,
+    "sets": [{"max_len": 512, "factors": [1.0, 1.0, 1.05, 1.2]},
+             {"max_len": 0, "factors": [1.0, 1.5, 4.0, 8.5]}]})";
+  const auto lr = longrope::parse_eval_methods(
+      {"longrope=" + f.string(), "searched=" + f.string(), "s2=longrope=" + f.string()}, *model);
+  ASSERT_EQ(lr.size(), 3u);
+  EXPECT_EQ(lr[0].label, "longrope");
+  EXPECT_EQ(lr[1].label, "searched");
+  EXPECT_EQ(lr[2].label, "s2");
+  const auto file_scaling = longrope::read_factors_file(f.string());
+  for (const auto& m : lr) {
+    EXPECT_EQ(m.method, longrope::RopeMethod::kLongrope);
+    EXPECT_EQ(longrope::eval_scaling(m, *model, 1024, {}), file_scaling);
+  }
+  fs::remove(f);
+}
+
+TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
+  longrope::PlotSpec s;
+  s.ylabel = "ppl";
+  s.log_y = true;
+  s.vline_x = 512;
+  s.series = {{"a", {256, 512, 1024}, {10, 20, 1e4}}, {"b<&>", {256, 1024}, {12, std::nan("")}}};
+  const fs::path p = fs::temp_directory_path() / ("longrope_plot_" + std::to_string(::getpid()));
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  EXPECT_EQ(check_svg(slurp(p.string() + ".svg")), 2);
+  if (longrope::plot_png_supported()) {
+    longrope::write_plot_png(s, p.string() + ".png");
+    expect_png(p.string() + ".png");
+  }
+  s.series = {{"empty", {256}, {std::nan("")}}};
+  EXPECT_THROW(longrope::write_plot_svg(s, p.string() + ".svg"), longrope::Error);
+  fs::remove(p.string() + ".svg");
+  fs::remove(p.string() + ".png");
+}
+
+}  // namespace

@@ -1,0 +1,161 @@
+// `longrope export`: GGUF round trip (same perplexity as --factors) and HF config output.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "longrope/error.h"
+#include "longrope/export.h"
+#include "longrope/gguf.h"
+#include "longrope/model.h"
+#include "longrope/perplexity.h"
+#include "longrope/rope.h"
+#include "test_paths.h"
+
+namespace longrope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string model_path() {
+  return (test::shared_dir() / "models" / "stories260K.gguf").string();
+}
+std::string text_path() {
+  return (test::shared_dir() / "data" / "moby-dick.txt").string();
+}
+
+fs::path temp_dir(const std::string& tag) {
+  fs::path d =
+      fs::temp_directory_path() / ("longrope_export_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string read_all(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// Factors exactly representable in F32 (GGUF stores F32), so the round trip is bit-exact.
+RopeScaling test_factors(bool two_sets, int64_t n_hat = 0, int64_t short_max_len = 512) {
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.orig_ctx = 512;
+  s.target_ctx = 2048;
+  s.attn_factor = 1.125;
+  s.n_hat = n_hat;
+  if (two_sets) s.sets.push_back(FactorSet{{1.0, 1.0, 1.25, 1.5}, short_max_len});
+  s.sets.push_back(FactorSet{{1.0, 1.5, 2.25, 3.5}, 0});
+  return s;
+}
+
+TEST(ExportGguf, RoundTripGivesIdenticalPerplexity) {
+  LONGROPE_REQUIRE_FILE(model_path());
+  LONGROPE_REQUIRE_FILE(text_path());
+  const fs::path d = temp_dir("gguf");
+  const auto src = Model::load(model_path());
+  const std::vector<int32_t> tokens =
+      src->tokenizer().encode(normalize_newlines(read_all(text_path())));
+  // One set, two sets, and both with start tokens (n_hat) and a short set that ends before
+  // L_orig: those two travel in longrope's own keys (longrope.n_hat, longrope.short_max_len).
+  struct Case {
+    bool two;
+    int64_t n_hat, short_max;
+  };
+  for (const Case& c : {Case{false, 0, 512}, Case{true, 0, 512}, Case{false, 4, 512},
+                        Case{true, 8, 300}}) {
+    const bool two = c.two;
+    const std::string tag = std::to_string(two) + "_" + std::to_string(c.n_hat);
+    const std::string fpath = (d / ("f" + tag + ".json")).string();
+    const std::string out = (d / ("m" + tag + ".gguf")).string();
+    write_factors_file(fpath, test_factors(two, c.n_hat, c.short_max));
+    const std::string cmd = "'" + test::cli_path().string() + "' export -m '" + model_path() +
+                            "' --factors '" + fpath + "' -o '" + out + "'";
+    std::string log;
+    ASSERT_EQ(test::run_command(cmd, &log), 0) << log;
+
+    const auto g = GgufFile::open(out);
+    EXPECT_EQ(g->get_int("llama.context_length"), 2048);
+    EXPECT_EQ(g->get_int("llama.rope.scaling.original_context_length"), 512);
+    EXPECT_EQ(g->get_number("llama.rope.scaling.attn_factor"), 1.125);
+    EXPECT_EQ(g->find_tensor("rope_freqs.weight") != nullptr, !two);
+    EXPECT_EQ(g->find_tensor("rope_factors_long.weight") != nullptr, two);
+    EXPECT_EQ(g->tensors().size(),
+              GgufFile::open(model_path())->tensors().size() + (two ? 2u : 1u));
+
+    const auto dst = Model::load(out);
+    const RopeScaling factors = read_factors_file(fpath);
+    EXPECT_EQ(dst->default_rope().n_hat, c.n_hat);
+    for (int64_t ctx : {int64_t(2048), int64_t(512), int64_t(400)}) {
+      const auto a = perplexity(*src, tokens, ctx, 1, factors, 1);
+      const auto b = perplexity(*dst, tokens, ctx, 1, dst->default_rope(), 1);
+      EXPECT_EQ(a.ppl, b.ppl) << tag << " ctx " << ctx;
+    }
+  }
+  fs::remove_all(d);
+}
+
+TEST(ExportGguf, RefusesNonLongropeFactors) {
+  LONGROPE_REQUIRE_FILE(model_path());
+  RopeScaling s;
+  s.method = RopeMethod::kLinear;
+  s.factor = 2;
+  EXPECT_THROW(export_gguf(model_path(), s, "/nonexistent/x.gguf"), Error);
+}
+
+TEST(ExportHf, ConfigHasLongropeScalingAndReadsBack) {
+  const nlohmann::json cfg = {{"model_type", "llama"},
+                              {"hidden_size", 64},
+                              {"num_attention_heads", 8},
+                              {"max_position_embeddings", 512},
+                              {"rope_theta", 10000.0}};
+  for (bool two : {false, true}) {
+    const RopeScaling f = test_factors(two);
+    const nlohmann::json out = export_hf_config(cfg, f);
+    EXPECT_EQ(out["model_type"], "llama");
+    EXPECT_EQ(out["max_position_embeddings"], 2048);
+    const auto& rs = out["rope_scaling"];
+    EXPECT_EQ(rs["rope_type"], "longrope");
+    EXPECT_EQ(rs["original_max_position_embeddings"], 512);
+    EXPECT_EQ(rs["factor"], 4.0);
+    EXPECT_EQ(rs["attention_factor"], 1.125);
+    EXPECT_EQ(rs["long_factor"].get<std::vector<double>>(), f.sets.back().factors);
+    EXPECT_EQ(rs["short_factor"].get<std::vector<double>>(), f.sets.front().factors);
+    const RopeScaling back = rope_from_hf_config(nlohmann::json::parse(out.dump()));
+    EXPECT_EQ(back.method, RopeMethod::kLongrope);
+    EXPECT_EQ(back.orig_ctx, 512);
+    ASSERT_FALSE(back.sets.empty());
+    EXPECT_EQ(back.sets.back().factors, f.sets.back().factors);
+    EXPECT_EQ(back.sets.front().factors, f.sets.front().factors);
+    EXPECT_EQ(back.attn_factor.value_or(0), 1.125);
+  }
+}
+
+TEST(ExportHf, CliWritesConfig) {
+  const fs::path d = temp_dir("hf");
+  const std::string fpath = (d / "f.json").string();
+  write_factors_file(fpath, test_factors(false));
+  std::ofstream((d / "config.json").string())
+      << R"({"hidden_size": 64, "num_attention_heads": 8, "max_position_embeddings": 512})";
+  std::string log;
+  const std::string cli = "'" + test::cli_path().string() + "' export --factors '" + fpath + "' ";
+  ASSERT_EQ(test::run_command(cli + "--hf-config '" + (d / "config.json").string() + "' -o '" +
+                                  (d / "out.json").string() + "'",
+                              &log),
+            0)
+      << log;
+  const auto out = nlohmann::json::parse(read_all((d / "out.json").string()));
+  EXPECT_EQ(out["max_position_embeddings"], 2048);
+  EXPECT_EQ(out["rope_scaling"]["rope_type"], "longrope");
+  // Neither or both of -m / --hf-config: one clear error.
+  EXPECT_NE(test::run_command(cli + "-o '" + (d / "x").string() + "'", &log), 0);
+  EXPECT_NE(log.find("exactly one of"), std::string::npos) << log;
+  fs::remove_all(d);
+}
+
+}  // namespace
+}  // namespace longrope

@@ -1,0 +1,121 @@
+// `longrope search` on stories260K with tiny budgets: determinism, resume, errors.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "longrope/rope.h"
+#include "test_paths.h"
+
+namespace longrope {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string model_path() {
+  return (test::shared_dir() / "models" / "stories260K.gguf").string();
+}
+std::string text_path() {
+  return (test::shared_dir() / "data" / "pride_and_prejudice.txt").string();
+}
+
+fs::path temp_dir(const std::string& tag) {
+  fs::path d =
+      fs::temp_directory_path() / ("longrope_search_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+int search(const std::string& args, std::string* out) {
+  const std::string cmd = "SOURCE_DATE_EPOCH=0 '" + test::cli_path().string() + "' search -m '" +
+                          model_path() + "' --no-progress -t 1 " + args;
+  return test::run_command(cmd, out);
+}
+
+const char* kTiny =
+    "--target-ctx 1024 --docs 1 --population 8 --parents 4 --mutations 2 --crossovers 2 "
+    "--seed 5 ";
+
+TEST(SearchCli, SameSeedSameFileAndResumeMatches) {
+  LONGROPE_REQUIRE_FILE(model_path());
+  LONGROPE_REQUIRE_FILE(text_path());
+  const fs::path d = temp_dir("det");
+  const std::string base = std::string(kTiny) + "-f '" + text_path() + "' --short-ctx 512 ";
+  std::string out;
+  ASSERT_EQ(search(base + "--iterations 3 -o '" + (d / "a.json").string() + "'", &out), 0) << out;
+  ASSERT_EQ(search(base + "--iterations 3 -o '" + (d / "b.json").string() + "'", &out), 0) << out;
+  const std::string a = slurp(d / "a.json");
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a, slurp(d / "b.json"));
+
+  // A run stopped after 1 iteration, then resumed to 3, reaches the same file.
+  ASSERT_EQ(search(base + "--iterations 1 -o '" + (d / "c.json").string() + "'", &out), 0) << out;
+  ASSERT_EQ(search(base + "--iterations 3 --resume -o '" + (d / "c.json").string() + "'", &out), 0)
+      << out;
+  EXPECT_EQ(a, slurp(d / "c.json"));
+
+  // The factors file: two sets, monotone, within bounds; the log has every iteration.
+  nlohmann::json prov;
+  const RopeScaling s = read_factors_file((d / "a.json").string(), &prov);
+  ASSERT_EQ(s.sets.size(), 2u);
+  EXPECT_EQ(s.sets[0].max_len, 512);
+  EXPECT_EQ(s.sets[1].max_len, 0);
+  EXPECT_EQ(s.target_ctx, 1024);
+  EXPECT_EQ(s.orig_ctx, 512);
+  for (const auto& set : s.sets) {
+    double prev = 1.0;
+    for (double x : set.factors) {
+      EXPECT_GE(x, prev);
+      EXPECT_LE(x, 2.5);  // 1.25 * s
+      prev = x;
+    }
+  }
+  EXPECT_EQ(prov["seed"], 5);
+  EXPECT_EQ(prov["date"], "1970-01-01T00:00:00Z");
+  const auto log = nlohmann::json::parse(slurp(d / "a.json.log.json"));
+  ASSERT_EQ(log["phases"].size(), 2u);
+  EXPECT_EQ(log["phases"][0]["iterations"].size(), 4u);
+  fs::remove_all(d);
+}
+
+TEST(SearchCli, ClearErrors) {
+  LONGROPE_REQUIRE_FILE(model_path());
+  LONGROPE_REQUIRE_FILE(text_path());
+  const fs::path d = temp_dir("err");
+  const std::string f = "-f '" + text_path() + "' -o '" + (d / "x.json").string() + "' ";
+  auto expect_error = [&](const std::string& args, const std::string& needle) {
+    std::string out;
+    EXPECT_NE(search(args, &out), 0) << args;
+    EXPECT_NE(out.find(needle), std::string::npos) << args << "\n" << out;
+    EXPECT_NE(out.find("error:"), std::string::npos) << out;
+  };
+  expect_error(f + "--target-ctx 512", "not above the original context");
+  expect_error(f + "--target-ctx 1024 --docs 100000", "too little text");
+  expect_error(f + "--target-ctx 1024 --n-hat 0,1024", "n_hat");
+  expect_error(f + "--target-ctx 1024 --lambda-max 0.5", "lambda-max");
+  expect_error(f + "--target-ctx 1024 --resume", "no checkpoint");
+  { std::ofstream(d / "x.json.ckpt.json") << "{ not json"; }
+  expect_error(f + "--target-ctx 1024 --resume", "corrupt checkpoint");
+  // A checkpoint for another target is refused.
+  std::string out;
+  ASSERT_EQ(search(std::string(kTiny) + f + "--iterations 0", &out), 0) << out;
+  expect_error(f + "--target-ctx 2048 --docs 1 --population 8 --parents 4 --mutations 2 "
+                   "--crossovers 2 --seed 5 --resume",
+               "checkpoint is for another target_ctx");
+  fs::remove_all(d);
+}
+
+}  // namespace
+}  // namespace longrope

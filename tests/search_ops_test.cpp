@@ -1,0 +1,207 @@
+// The evolutionary search against a fake evaluator: operators, memo, early reject, state.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include "longrope/error.h"
+#include "longrope/search.h"
+
+namespace longrope {
+namespace {
+
+SearchSpace test_space(int pairs = 8) {
+  SearchSpace sp;
+  sp.n_pairs = pairs;
+  sp.n_rot = 2 * pairs;
+  sp.rope_base = 10000.0;
+  sp.orig_ctx = 512;
+  sp.target_ctx = 2048;
+  sp.lambda_max = 500;
+  sp.n_hat_candidates = default_n_hat_candidates(sp.target_ctx);
+  sp.attn_candidates = default_attn_candidates(sp.orig_ctx, sp.target_ctx);
+  return sp;
+}
+
+std::string scaling_key(const RopeScaling& s) {
+  std::string k;
+  for (double x : s.sets.at(0).factors) k += std::to_string(x) + ",";
+  k += std::to_string(s.n_hat) + "," + std::to_string(*s.attn_factor);
+  return k;
+}
+
+// Smooth bowl around a target vector; the first stage reports the same value as the whole
+// evaluation (a "consistent" evaluator), so early reject cannot change the winner.
+class FakeEvaluator : public Evaluator {
+ public:
+  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+    ++calls;
+    keys.push_back(scaling_key(s));
+    double v = 1.0;
+    const auto& f = s.sets.at(0).factors;
+    for (size_t j = 0; j < f.size(); ++j) {
+      const double t = 1.0 + 0.45 * static_cast<double>(j);
+      v += (f[j] - t) * (f[j] - t);
+    }
+    v += 0.001 * static_cast<double>(s.n_hat) + std::abs(*s.attn_factor - 1.1);
+    EvalResult r;
+    r.ppl = v;
+    if (std::isfinite(reject_above) && v > reject_above) {
+      r.rejected = true;
+      ++rejected;
+    }
+    return r;
+  }
+  int calls = 0, rejected = 0;
+  std::vector<std::string> keys;
+};
+
+void expect_valid(const SearchSpace& sp, const Individual& c) {
+  ASSERT_EQ(static_cast<int>(c.lambda.size()), sp.n_pairs);
+  int prev = 100;
+  for (int v : c.lambda) {
+    EXPECT_GE(v, prev);
+    EXPECT_LE(v, sp.lambda_max);
+    prev = v;
+  }
+  EXPECT_TRUE(is_valid(sp, c));
+}
+
+TEST(SearchOps, SeedsAreValidAndMatchRules) {
+  const SearchSpace sp = test_space();
+  const auto seeds = rule_seeds(sp);
+  ASSERT_EQ(seeds.size(), 4u);
+  for (const auto& [name, ind] : seeds) expect_valid(sp, ind);
+  EXPECT_EQ(seeds[0].first, "linear");
+  for (int v : seeds[0].second.lambda) EXPECT_EQ(v, 400);  // PI: lambda = s
+  EXPECT_EQ(seeds[1].first, "ntk");
+  EXPECT_EQ(seeds[1].second.lambda[0], 100);  // NTK keeps the fastest pair
+}
+
+TEST(SearchOps, MutationAndCrossoverKeepMonotoneAndBounds) {
+  const SearchSpace sp = test_space();
+  SearchSettings st;
+  st.seed = 3;
+  EvolutionSearch s(sp, st);
+  std::vector<Individual> pool;
+  for (const auto& [n, ind] : rule_seeds(sp)) pool.push_back(ind);
+  std::mt19937_64 rng(5);
+  std::set<std::string> keys;
+  for (int i = 0; i < 3000; ++i) {
+    const auto& a = pool[rng() % pool.size()];
+    const auto& b = pool[rng() % pool.size()];
+    std::optional<Individual> c = (i % 2) ? s.mutate(a) : s.crossover(a, b);
+    ASSERT_TRUE(c.has_value());
+    expect_valid(sp, *c);
+    EXPECT_TRUE(keys.insert(c->key()).second) << "operator returned a seen individual";
+    pool.push_back(*c);
+  }
+}
+
+TEST(SearchOps, TightBoundsStayInside) {
+  SearchSpace sp = test_space(4);
+  sp.lambda_max = 102;  // three grid values
+  sp.n_hat_candidates = {0};
+  sp.attn_candidates = {1.0};
+  EvolutionSearch s(sp, SearchSettings{});
+  Individual a;
+  a.lambda = {100, 100, 101, 102};
+  int produced = 0;
+  while (auto c = s.mutate(a)) {
+    expect_valid(sp, *c);
+    ++produced;
+    ASSERT_LT(produced, 100);
+  }
+  EXPECT_GT(produced, 0);
+  EXPECT_LE(produced, 15);  // at most the 15 monotone vectors on {100,101,102}^4
+}
+
+TEST(SearchOps, InvalidSpaceErrors) {
+  SearchSpace sp = test_space();
+  sp.lambda_max = 99;
+  try {
+    validate_space(sp);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lambda-max"), std::string::npos) << e.what();
+  }
+  sp = test_space();
+  sp.n_hat_candidates = {0, 2048};
+  EXPECT_THROW(validate_space(sp), Error);
+}
+
+SearchSettings small_settings(bool early) {
+  SearchSettings st;
+  st.population = 12;
+  st.parents = 6;
+  st.mutations = 4;
+  st.crossovers = 4;
+  st.seed = 11;
+  st.early_reject = early;
+  return st;
+}
+
+TEST(SearchRun, MemoNeverEvaluatesTwice) {
+  FakeEvaluator ev;
+  EvolutionSearch s(test_space(), small_settings(false));
+  while (!s.finished(8)) s.step(ev);
+  std::set<std::string> unique(ev.keys.begin(), ev.keys.end());
+  EXPECT_EQ(unique.size(), ev.keys.size());
+  EXPECT_EQ(ev.calls, s.full_evals() + s.partial_evals());
+  EXPECT_EQ(static_cast<size_t>(ev.calls), s.memo().size());
+  EXPECT_EQ(s.log().size(), 9u);
+  for (size_t i = 1; i < s.log().size(); ++i)
+    EXPECT_LE(s.log()[i].best_ppl, s.log()[i - 1].best_ppl);
+  for (const auto& ind : s.population()) expect_valid(s.space(), ind);
+}
+
+TEST(SearchRun, EarlyRejectKeepsTheWinner) {
+  FakeEvaluator on_ev, off_ev;
+  EvolutionSearch on(test_space(), small_settings(true));
+  EvolutionSearch off(test_space(), small_settings(false));
+  while (!on.finished(10)) on.step(on_ev);
+  while (!off.finished(10)) off.step(off_ev);
+  EXPECT_EQ(on.best(), off.best());
+  EXPECT_EQ(on.best_ppl(), off.best_ppl());
+  EXPECT_GT(on.partial_evals(), 0);
+  EXPECT_EQ(on.full_evals() + on.partial_evals(), off.full_evals());
+  // Rejected candidates carry no fitness and rank after every complete one.
+  for (const auto& [k, f] : on.memo()) {
+    if (!f.rejected) continue;
+    EXPECT_TRUE(std::isinf(f.ppl));
+    EXPECT_GT(f.partial, f.bound);
+    Fitness good;
+    good.ppl = 1e9;
+    EXPECT_TRUE(good.better_than(f));
+    EXPECT_FALSE(f.better_than(good));
+  }
+}
+
+TEST(SearchRun, StateRoundTripContinuesIdentically) {
+  FakeEvaluator ev1, ev2;
+  EvolutionSearch full(test_space(), small_settings(true));
+  while (!full.finished(6)) full.step(ev1);
+
+  EvolutionSearch part(test_space(), small_settings(true));
+  while (!part.finished(2)) part.step(ev2);
+  const std::string state = part.to_json().dump();
+  EvolutionSearch resumed(test_space(), small_settings(true));
+  resumed.restore(nlohmann::json::parse(state));
+  while (!resumed.finished(6)) resumed.step(ev2);
+  EXPECT_EQ(resumed.best(), full.best());
+  EXPECT_EQ(resumed.best_ppl(), full.best_ppl());
+  EXPECT_EQ(resumed.population(), full.population());
+  EXPECT_EQ(resumed.memo().size(), full.memo().size());
+  EXPECT_EQ(ev2.calls, ev1.calls);
+}
+
+TEST(SearchRun, CorruptStateIsRefused) {
+  EvolutionSearch s(test_space(), small_settings(true));
+  EXPECT_THROW(s.restore(nlohmann::json::parse(R"({"iterations_done": 1})")), Error);
+  EXPECT_THROW(s.restore(nlohmann::json::array()), Error);
+}
+
+}  // namespace
+}  // namespace longrope
