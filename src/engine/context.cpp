@@ -125,6 +125,8 @@ void rerotate(const HParams& hp, const engine::KvView& kv, int64_t n, const Rope
       s[p * half + j] = static_cast<float>(std::sin(ang) * at / af);
     }
   }
+  // One parallel region over (layer, kv head); rope_apply's own region then runs serially.
+#pragma omp parallel for collapse(2) schedule(static)
   for (int l = 0; l < hp.n_layer; ++l)
     for (int h = 0; h < hp.n_head_kv; ++h) {
       float* base = kv.k + l * kv.layer_stride + int64_t(h) * kv.cap * hd;
