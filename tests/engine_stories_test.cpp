@@ -17,16 +17,12 @@ using namespace longrope;
 
 namespace {
 
+using test::slurp;
+using test::stories_gguf;
+
 const char* kExpected =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
     "One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
-
-std::string read_all(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 std::string greedy(const std::shared_ptr<const Model>& m, int n) {
   Context ctx(m, {});
@@ -39,10 +35,6 @@ std::string greedy(const std::shared_ptr<const Model>& m, int n) {
     out.push_back(tok);
   }
   return m->tokenizer().decode(out);
-}
-
-std::filesystem::path stories_gguf() {
-  return test::shared_dir() / "models" / "stories260K.gguf";
 }
 
 }  // namespace
@@ -94,13 +86,13 @@ TEST(EngineStories, PerplexityMatchesGoldenWithinOnePercent) {
   LONGROPE_REQUIRE_FILE(golden);
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = Model::load(stories_gguf().string());
-  const auto j = nlohmann::json::parse(read_all(golden));
+  const auto j = nlohmann::json::parse(slurp(golden));
   std::map<std::string, std::vector<int32_t>> tokens;
   for (const auto& c : j["cases"]) {
     const std::string text = c["text"];
     if (!tokens.count(text))
       tokens[text] =
-          m->tokenizer().encode(normalize_newlines(read_all(test::shared_dir() / "data" / text)));
+          m->tokenizer().encode(normalize_newlines(slurp(test::shared_dir() / "data" / text)));
     const auto& sc = c["scaling"];
     RopeScaling s;
     s.method = parse_rope_method(sc["method"]);

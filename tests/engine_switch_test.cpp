@@ -14,9 +14,7 @@ using namespace longrope;
 
 namespace {
 
-std::filesystem::path stories_gguf() {
-  return test::shared_dir() / "models" / "stories260K.gguf";
-}
+using test::stories_gguf;
 
 std::vector<int32_t> novel_tokens(const Model& m, size_t n) {
   std::ifstream f(test::shared_dir() / "data" / "moby-dick.txt", std::ios::binary);

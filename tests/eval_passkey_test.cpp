@@ -120,7 +120,7 @@ TEST(EvalPasskey, TinyRunProducesTable) {
   for (int t = 0; t < 2; ++t)
     EXPECT_EQ(first[t]["key"].get<int64_t>(),
               longrope::passkey_trial_spec(7, j["cells"][0]["length"], t, {}).key);
-  for (const char* f : {"results.md", "results.csv", "accuracy.svg"})
+  for (const char* f : {"results.md", "results.csv", "accuracy.svg", "accuracy.png"})
     EXPECT_TRUE(fs::exists(dir / f)) << f;
   ASSERT_EQ(run_command(cmd + " --resume", &out), 0) << out;
   EXPECT_NE(out.find("0 cell(s) computed, 4 reused"), std::string::npos) << out;

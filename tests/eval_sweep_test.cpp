@@ -19,19 +19,13 @@ using longrope::test::cli_path;
 using longrope::test::run_command;
 using longrope::test::shared_dir;
 namespace fs = std::filesystem;
+using longrope::test::slurp;
 
 std::string stories() {
   return (shared_dir() / "models" / "stories260K.gguf").string();
 }
 std::string pride() {
   return (shared_dir() / "data" / "pride_and_prejudice.txt").string();
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 fs::path fresh_dir(const std::string& name) {
@@ -41,7 +35,7 @@ fs::path fresh_dir(const std::string& name) {
   return d;
 }
 
-// PNG signature and an IHDR chunk with non-zero width and height.
+// PNG signature, an IHDR chunk with non-zero width and height, and the closing IEND chunk.
 void expect_png(const fs::path& p) {
   const std::string s = slurp(p);
   ASSERT_GE(s.size(), 24u) << p;
@@ -53,6 +47,7 @@ void expect_png(const fs::path& p) {
   };
   EXPECT_GT(be32(16), 0u);
   EXPECT_GT(be32(20), 0u);
+  EXPECT_EQ(s.substr(s.size() - 8, 4), "IEND") << "truncated PNG " << p;
 }
 
 // A minimal well-formedness check: tags balance, the root is <svg>. Returns the number of
@@ -151,7 +146,8 @@ TEST(EvalSweep, TableMatchesPerplexityAndResumeSkips) {
 
   // Plots.
   EXPECT_EQ(check_svg(slurp(dir / "ppl.svg")), 3);
-  if (longrope::plot_png_supported()) expect_png(dir / "ppl.png");
+  ASSERT_TRUE(longrope::plot_png_supported()) << "built without PLplot (CMake requires it)";
+  expect_png(dir / "ppl.png");
 
   // Resume: nothing recomputed; a new length computes only its cells.
   cfg.resume = true;
@@ -183,7 +179,8 @@ TEST(EvalSweep, CliWritesEverythingAndResumes) {
   for (const char* f : {"results.md", "results.csv", "results.json", "ppl.svg"})
     EXPECT_TRUE(fs::exists(dir / f)) << f;
   EXPECT_EQ(check_svg(slurp(dir / "ppl.svg")), 3);
-  if (longrope::plot_png_supported()) expect_png(dir / "ppl.png");
+  ASSERT_TRUE(longrope::plot_png_supported()) << "built without PLplot (CMake requires it)";
+  expect_png(dir / "ppl.png");
   ASSERT_EQ(run_command(cmd + " --resume --json", &out), 0) << out;
   EXPECT_NE(out.find("0 cell(s) computed, 6 reused"), std::string::npos) << out;
   EXPECT_NE(out.find("\"cells\""), std::string::npos) << out;
@@ -238,7 +235,8 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   const fs::path p = fs::temp_directory_path() / ("longrope_plot_" + std::to_string(::getpid()));
   longrope::write_plot_svg(s, p.string() + ".svg");
   EXPECT_EQ(check_svg(slurp(p.string() + ".svg")), 2);
-  if (longrope::plot_png_supported()) {
+  ASSERT_TRUE(longrope::plot_png_supported()) << "built without PLplot (CMake requires it)";
+  {
     longrope::write_plot_png(s, p.string() + ".png");
     expect_png(p.string() + ".png");
   }

@@ -19,25 +19,17 @@ namespace longrope {
 namespace {
 
 namespace fs = std::filesystem;
+using test::slurp;
+
+fs::path temp_dir(const std::string& tag) {
+  return test::fresh_temp_dir("export_" + tag);
+}
 
 std::string model_path() {
   return (test::shared_dir() / "models" / "stories260K.gguf").string();
 }
 std::string text_path() {
   return (test::shared_dir() / "data" / "moby-dick.txt").string();
-}
-
-fs::path temp_dir(const std::string& tag) {
-  fs::path d =
-      fs::temp_directory_path() / ("longrope_export_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_all(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
 // Factors exactly representable in F32 (GGUF stores F32), so the round trip is bit-exact.
@@ -59,15 +51,15 @@ TEST(ExportGguf, RoundTripGivesIdenticalPerplexity) {
   const fs::path d = temp_dir("gguf");
   const auto src = Model::load(model_path());
   const std::vector<int32_t> tokens =
-      src->tokenizer().encode(normalize_newlines(read_all(text_path())));
+      src->tokenizer().encode(normalize_newlines(slurp(text_path())));
   // One set, two sets, and both with start tokens (n_hat) and a short set that ends before
   // L_orig: those two travel in longrope's own keys (longrope.n_hat, longrope.short_max_len).
   struct Case {
     bool two;
     int64_t n_hat, short_max;
   };
-  for (const Case& c : {Case{false, 0, 512}, Case{true, 0, 512}, Case{false, 4, 512},
-                        Case{true, 8, 300}}) {
+  for (const Case& c :
+       {Case{false, 0, 512}, Case{true, 0, 512}, Case{false, 4, 512}, Case{true, 8, 300}}) {
     const bool two = c.two;
     const std::string tag = std::to_string(two) + "_" + std::to_string(c.n_hat);
     const std::string fpath = (d / ("f" + tag + ".json")).string();
@@ -148,7 +140,7 @@ TEST(ExportHf, CliWritesConfig) {
                               &log),
             0)
       << log;
-  const auto out = nlohmann::json::parse(read_all((d / "out.json").string()));
+  const auto out = nlohmann::json::parse(slurp((d / "out.json").string()));
   EXPECT_EQ(out["max_position_embeddings"], 2048);
   EXPECT_EQ(out["rope_scaling"]["rope_type"], "longrope");
   // Neither or both of -m / --hf-config: one clear error.

@@ -18,15 +18,9 @@ namespace longrope {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path stories_gguf() {
-  return test::shared_dir() / "models" / "stories260K.gguf";
-}
-
-std::vector<uint8_t> read_all(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
-}
+using test::expect_error;
+using test::read_bytes;
+using test::stories_gguf;
 
 // Little-endian byte builder for hand-made GGUF images.
 struct Bytes {
@@ -54,18 +48,6 @@ struct Bytes {
 };
 
 // Runs f, expects an Error whose message contains want.
-template <class F>
-void expect_error(F&& f, const std::string& want) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one containing: " << want;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
-        << "message: " << e.what() << "\nexpected to contain: " << want;
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "multi-line: " << e.what();
-  }
-}
-
 void expect_bad(const std::vector<uint8_t>& bytes, const std::string& want) {
   expect_error([&] { GgufFile::from_memory(bytes, "bad.gguf"); }, want);
 }
@@ -165,7 +147,7 @@ TEST(IoGguf, StoriesRoundTripIsIdentical) {
     EXPECT_EQ(std::memcmp(a.data, b.data, a.nbytes), 0) << a.name;
   }
   // The writer lays the file out the way ggml does: byte-identical to the original.
-  EXPECT_EQ(bytes, read_all(stories_gguf()));
+  EXPECT_EQ(bytes, read_bytes(stories_gguf()));
 
   // Through a file, with a changed key and a replaced tensor.
   const fs::path dir =
@@ -322,7 +304,7 @@ TEST(IoGguf, EveryTruncationIsAnError) {
 
 TEST(IoGguf, StoriesTruncatedAtSeveralPoints) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
-  const auto full = read_all(stories_gguf());
+  const auto full = read_bytes(stories_gguf());
   const struct {
     size_t n;
     const char* want;

@@ -19,25 +19,11 @@ namespace longrope {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_error;
+using test::read_bytes;
 
 fs::path models() {
   return test::shared_dir() / "models";
-}
-
-std::vector<uint8_t> read_all(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
-}
-
-template <class F>
-void expect_error(F&& f, const std::string& want) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one containing: " << want;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
-        << "message: " << e.what() << "\nexpected to contain: " << want;
-  }
 }
 
 void expect_same_hparams(const HParams& a, const HParams& b) {
@@ -160,7 +146,7 @@ TEST_F(IoLlama2c, Tok512VocabMatchesGguf) {
 
 TEST_F(IoLlama2c, NewerExporterByteTokensAreRestored) {
   // A newer tokenizer.py writes byte tokens as the characters themselves (chr(b) in UTF-8).
-  const auto orig = read_all(tok());
+  const auto orig = read_bytes(tok());
   std::vector<uint8_t> out(orig.begin(), orig.begin() + 4);
   size_t pos = 4;
   for (int id = 0; id < 512; ++id) {
@@ -299,7 +285,7 @@ TEST_F(IoLlama2c, Version2GroupQuantized) {
 }
 
 TEST_F(IoLlama2c, LegacySeparateClassifier) {
-  std::vector<uint8_t> img = read_all(models() / "stories260K.bin");
+  std::vector<uint8_t> img = read_bytes(models() / "stories260K.bin");
   const int32_t neg = -512;
   std::memcpy(img.data() + 20, &neg, 4);
   std::vector<float> wcls(64 * 512);
@@ -312,7 +298,7 @@ TEST_F(IoLlama2c, LegacySeparateClassifier) {
 }
 
 TEST_F(IoLlama2c, BadCheckpoints) {
-  const std::vector<uint8_t> legacy = read_all(models() / "stories260K.bin");
+  const std::vector<uint8_t> legacy = read_bytes(models() / "stories260K.bin");
   // One byte too many / too few: not a legacy file any more, and the error says why.
   std::vector<uint8_t> longer = legacy;
   longer.push_back(0);
@@ -363,7 +349,7 @@ TEST_F(IoLlama2c, BadTokenizers) {
   expect_error([&] { load_model_file(bin); }, "llama2.c checkpoint needs a tokenizer");
   expect_error([&] { load_model_file(bin, (dir_ / "missing.bin").string()); },
                "missing.bin: cannot open: No such file or directory");
-  const auto t = read_all(tok());
+  const auto t = read_bytes(tok());
   std::vector<uint8_t> cut(t.begin(), t.end() - 3);
   expect_error([&] { load_model_file(bin, write("cut.bin", cut)); },
                "token 511 claims 3 bytes at offset 6224 (expected a length within the 0 remaining");

@@ -21,27 +21,9 @@ namespace longrope {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path stories_gguf() {
-  return test::shared_dir() / "models" / "stories260K.gguf";
-}
-
-std::vector<uint8_t> read_all(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
-}
-
-template <class F>
-void expect_error(F&& f, const std::string& want) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one containing: " << want;
-  } catch (const Error& e) {
-    const std::string m = e.what();
-    EXPECT_NE(m.find(want), std::string::npos) << "message: " << m << "\nexpected: " << want;
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "multi-line: " << m;
-  }
-}
+using test::expect_error;
+using test::read_bytes;
+using test::stories_gguf;
 
 class IoModelFile : public ::testing::Test {
  protected:
@@ -219,7 +201,7 @@ TEST_F(IoModelFile, MissingEmptyGarbageAndDirectory) {
 
 TEST_F(IoModelFile, TruncatedAndOversizedGguf) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
-  const auto full = read_all(stories_gguf());
+  const auto full = read_bytes(stories_gguf());
   const struct {
     size_t n;
     const char* want;
@@ -425,11 +407,11 @@ TEST_F(IoModelFile, RopeScalingMetadataAndFactorTensors) {
 TEST_F(IoModelFile, DetectsFormatByContentNotName) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   // A GGUF named .bin and a llama2.c checkpoint named .gguf.
-  const std::string g = write("model.bin", read_all(stories_gguf()));
+  const std::string g = write("model.bin", read_bytes(stories_gguf()));
   EXPECT_EQ(load_model_file(g).format, "gguf");
   const fs::path bin = test::shared_dir() / "models" / "stories260K.bin";
   LONGROPE_REQUIRE_FILE(bin);
-  const std::string b = write("model.gguf", read_all(bin));
+  const std::string b = write("model.gguf", read_bytes(bin));
   EXPECT_EQ(load_model_file(b, (test::shared_dir() / "models" / "tok512.bin").string()).format,
             "llama2c");
 }

@@ -9,24 +9,14 @@
 #include "longrope/error.h"
 #include "longrope/model_file.h"
 #include "longrope/rope.h"
+#include "test_paths.h"
 
 namespace longrope {
 namespace {
 
-using nlohmann::json;
+using test::expect_error;
 
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<const char*> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error containing '" << *parts.begin() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
-    for (const char* p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-  }
-}
+using nlohmann::json;
 
 std::vector<double> ramp(size_t n, double step) {
   std::vector<double> v(n);

@@ -11,42 +11,24 @@
 
 #include "longrope/error.h"
 #include "longrope/rope.h"
+#include "test_paths.h"
 
 namespace longrope {
 namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using test::expect_error;
+using test::slurp;
 
 fs::path temp_path(const std::string& tag) {
   return fs::temp_directory_path() /
          ("longrope_rope_factors_" + std::to_string(::getpid()) + "_" + tag + ".json");
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void spit(const fs::path& p, const std::string& text) {
   std::ofstream out(p);
   out << text;
-}
-
-template <typename Fn>
-void expect_error(Fn&& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error containing '" << parts.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
-    for (const std::string& p : parts) {
-      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    }
-  }
 }
 
 RopeScaling three_sets() {

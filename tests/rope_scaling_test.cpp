@@ -11,26 +11,15 @@
 
 #include "longrope/error.h"
 #include "longrope/rope.h"
+#include "test_paths.h"
 
 namespace longrope {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_error;
 
 // Expects fn to throw longrope::Error whose one-line message contains every substring.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<const char*> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an Error containing '" << *parts.begin() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
-    for (const char* p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-  }
-}
-
 std::vector<double> filled(size_t n, double v) {
   return std::vector<double>(n, v);
 }

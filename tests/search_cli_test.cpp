@@ -15,27 +15,17 @@ namespace longrope {
 namespace {
 
 namespace fs = std::filesystem;
+using test::slurp;
+
+fs::path temp_dir(const std::string& tag) {
+  return test::fresh_temp_dir("search_" + tag);
+}
 
 std::string model_path() {
   return (test::shared_dir() / "models" / "stories260K.gguf").string();
 }
 std::string text_path() {
   return (test::shared_dir() / "data" / "pride_and_prejudice.txt").string();
-}
-
-fs::path temp_dir(const std::string& tag) {
-  fs::path d =
-      fs::temp_directory_path() / ("longrope_search_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 int search(const std::string& args, std::string* out) {

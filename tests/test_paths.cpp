@@ -1,8 +1,12 @@
 #include "test_paths.h"
 
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 namespace longrope::test {
 
@@ -35,6 +39,46 @@ int run_command(const std::string& cmd, std::string* output) {
   int st = pclose(p);
   if (output) *output = out;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+std::filesystem::path stories_gguf() {
+  return shared_dir() / "models" / "stories260K.gguf";
+}
+
+std::filesystem::path shared_text(const std::string& name) {
+  return shared_dir() / "data" / name;
+}
+
+std::vector<uint8_t> read_bytes(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::filesystem::path fresh_temp_dir(const std::string& tag) {
+  const auto d = std::filesystem::temp_directory_path() /
+                 ("longrope_" + tag + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+void expect_error_parts(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected an Error containing '" << parts.front() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
+    for (const std::string& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
+  }
 }
 
 }  // namespace longrope::test

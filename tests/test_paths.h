@@ -1,9 +1,16 @@
-// Locations of shared test material and helpers to skip (loudly) when it is absent.
+// Locations of shared test material, helpers to skip (loudly) when it is absent, and the small
+// file and error-checking helpers the tests share.
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <initializer_list>
 #include <string>
+#include <vector>
+
+#include "longrope/error.h"
 
 namespace longrope::test {
 
@@ -16,6 +23,30 @@ std::filesystem::path smollm_path();
 std::filesystem::path cli_path();
 // Runs a shell command; returns exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
+
+// shared/models/stories260K.gguf and shared/data/NAME (e.g. "moby-dick.txt").
+std::filesystem::path stories_gguf();
+std::filesystem::path shared_text(const std::string& name);
+// Whole file as bytes / as a string (empty when unreadable: the test's checks then fail).
+std::vector<uint8_t> read_bytes(const std::filesystem::path& p);
+std::string slurp(const std::filesystem::path& p);
+// An empty directory <tmp>/longrope_TAG_<pid>, created afresh.
+std::filesystem::path fresh_temp_dir(const std::string& tag);
+
+// Runs f, which must throw a one-line longrope::Error whose message contains every part.
+void expect_error_parts(const std::function<void()>& f, const std::vector<std::string>& parts);
+template <class F>
+void expect_error(F&& f, const std::string& want) {
+  expect_error_parts(std::forward<F>(f), {want});
+}
+template <class F>
+void expect_error(F&& f, std::initializer_list<const char*> parts) {
+  expect_error_parts(std::forward<F>(f), std::vector<std::string>(parts.begin(), parts.end()));
+}
+template <class F>
+void expect_error(F&& f, const std::vector<std::string>& parts) {
+  expect_error_parts(std::forward<F>(f), parts);
+}
 
 }  // namespace longrope::test
 

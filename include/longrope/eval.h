@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "longrope/model.h"
+#include "longrope/plot.h"
 #include "longrope/rope.h"
 
 namespace longrope {
@@ -118,6 +119,19 @@ struct EvalRun {
   nlohmann::json cells;  // every finished cell (loaded or computed), in order
   int64_t computed = 0;  // cells computed by this run (others came from --resume)
 };
+
+// Writes the outputs of a sweep into out_dir: results.md, results.csv, STEM.svg and STEM.png (PNG
+// only when PLplot support is built in). The table shows `field` of each cell with `decimals`
+// digits; `plot` carries the title and axes, one series per method is added, and the original
+// context is marked. Returns the Markdown table (nothing is written when out_dir is empty).
+struct SweepOutputs {
+  std::string field;  // cell field shown ("ppl", "accuracy")
+  int decimals = 3;   // in the Markdown table (the CSV gets 3 more)
+  std::string stem;   // plot file name without extension
+  PlotSpec plot;      // title, axis labels and ranges; series are filled in
+};
+std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
+                                SweepOutputs out);
 
 // Called with (cells done, cells total, token work done, token work total, message).
 using SweepProgress = std::function<void(int64_t, int64_t, int64_t, int64_t, const std::string&)>;

@@ -77,25 +77,15 @@ Runner register_eval(CLI::App& app) {
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
     auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
-    Progress bar("eval", 1000, a->progress);
-    const EvalRun run = run_eval(
-        *model, cfg,
-        [&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
-          bar.update(total > 0 ? work * 1000 / total : 1000,
-                     fmt::format("cells {}/{} {}", cells, n_cells, msg));
-        });
-    bar.finish();
-    const std::string md = write_eval_outputs(run, *model, cfg);
-    fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", run.computed,
-               int64_t(run.cells.size()) - run.computed,
-               a->out.empty() ? "" : fmt::format("; results in {}/", a->out));
-    if (a->json) {
-      nlohmann::json j = {{"model", a->model}, {"docs", a->docs}, {"cells", run.cells}};
-      fmt::print("{}\n", j.dump(2));
-    } else {
-      fmt::print("{}", md);
-    }
-    return 0;
+    SweepCommand c;
+    c.label = "eval";
+    c.progress = a->progress;
+    c.json = a->json;
+    c.out_dir = a->out;
+    c.json_head = {{"model", a->model}, {"docs", a->docs}};
+    return run_sweep_command(
+        c, [&](const SweepProgress& p) { return run_eval(*model, cfg, p); },
+        [&](const EvalRun& r) { return write_eval_outputs(r, *model, cfg); });
   };
 }
 

@@ -60,4 +60,28 @@ void Progress::finish() {
   fmt::print(stderr, "\n");
 }
 
+int run_sweep_command(const SweepCommand& c,
+                      const std::function<EvalRun(const SweepProgress&)>& run,
+                      const std::function<std::string(const EvalRun&)>& write) {
+  Progress bar(c.label, 1000, c.progress);
+  const EvalRun r =
+      run([&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
+        bar.update(total > 0 ? work * 1000 / total : 1000,
+                   fmt::format("cells {}/{} {}", cells, n_cells, msg));
+      });
+  bar.finish();
+  const std::string md = write(r);
+  fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", r.computed,
+             int64_t(r.cells.size()) - r.computed,
+             c.out_dir.empty() ? "" : fmt::format("; results in {}/", c.out_dir));
+  if (c.json) {
+    nlohmann::json j = c.json_head;
+    j["cells"] = r.cells;
+    fmt::print("{}\n", j.dump(2));
+  } else {
+    fmt::print("{}", md);
+  }
+  return 0;
+}
+
 }  // namespace longrope::cli

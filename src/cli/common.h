@@ -1,9 +1,12 @@
 // Helpers shared by the subcommands: model loading with a status line, text files, progress.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
+#include "longrope/eval.h"
 #include "longrope/model.h"
 
 namespace longrope::cli {
@@ -28,5 +31,19 @@ class Progress {
   bool enabled_;
   double start_;
 };
+
+// The part of `eval` and `passkey` after the flags: runs the sweep under a progress bar, writes
+// its outputs (write returns the Markdown table), reports on stderr and prints the table, or with
+// --json the object json_head plus the cells. Returns the exit code.
+struct SweepCommand {
+  std::string label;         // progress bar label
+  bool progress = true;      // show the bar
+  bool json = false;         // print JSON instead of the table
+  std::string out_dir;       // "" = nothing written
+  nlohmann::json json_head;  // fields printed before "cells" with --json
+};
+int run_sweep_command(const SweepCommand& c,
+                      const std::function<EvalRun(const SweepProgress&)>& run,
+                      const std::function<std::string(const EvalRun&)>& write);
 
 }  // namespace longrope::cli

@@ -302,4 +302,28 @@ std::string table_csv(const ResultTable& t, int decimals) {
   return o;
 }
 
+std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
+                                SweepOutputs out) {
+  const ResultTable t = make_table(run.cells, run.methods, run.lengths, out.field);
+  const std::string md = table_markdown(t, "method \\ length", out.decimals);
+  if (out_dir.empty()) return md;
+  write_file_atomically(out_dir + "/results.md", md);
+  write_file_atomically(out_dir + "/results.csv", table_csv(t, out.decimals + 3));
+  PlotSpec& spec = out.plot;
+  spec.vline_x = double(orig_ctx);
+  spec.vline_label = fmt::format("original context {}", orig_ctx);
+  for (size_t m = 0; m < t.methods.size(); ++m) {
+    PlotSeries se;
+    se.label = t.methods[m];
+    for (size_t i = 0; i < t.lengths.size(); ++i) {
+      se.x.push_back(double(t.lengths[i]));
+      se.y.push_back(t.values[m][i] ? *t.values[m][i] : std::nan(""));
+    }
+    spec.series.push_back(std::move(se));
+  }
+  write_plot_svg(spec, out_dir + "/" + out.stem + ".svg");
+  if (plot_png_supported()) write_plot_png(spec, out_dir + "/" + out.stem + ".png");
+  return md;
+}
+
 }  // namespace longrope

@@ -137,31 +137,16 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
 }
 
 std::string write_eval_outputs(const EvalRun& run, const Model& model, const EvalConfig& cfg) {
-  const ResultTable t = make_table(run.cells, run.methods, run.lengths, "ppl");
-  const std::string md = table_markdown(t, "method \\ length", 3);
-  if (cfg.out_dir.empty()) return md;
-  write_file_atomically(cfg.out_dir + "/results.md", md);
-  write_file_atomically(cfg.out_dir + "/results.csv", table_csv(t, 6));
-  PlotSpec spec;
+  SweepOutputs out;
+  out.field = "ppl";
+  out.decimals = 3;
+  out.stem = "ppl";
+  out.plot.title = fmt::format("Perplexity vs length: {}, {} window(s) per text",
+                               std::filesystem::path(cfg.model_path).filename().string(), cfg.docs);
+  out.plot.ylabel = "perplexity";
+  out.plot.log_y = true;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
-  spec.title = fmt::format("Perplexity vs length: {}, {} window(s) per text",
-                           std::filesystem::path(cfg.model_path).filename().string(), cfg.docs);
-  spec.ylabel = "perplexity";
-  spec.log_y = true;
-  spec.vline_x = double(orig);
-  spec.vline_label = fmt::format("original context {}", orig);
-  for (size_t m = 0; m < t.methods.size(); ++m) {
-    PlotSeries se;
-    se.label = t.methods[m];
-    for (size_t i = 0; i < t.lengths.size(); ++i) {
-      se.x.push_back(double(t.lengths[i]));
-      se.y.push_back(t.values[m][i] ? *t.values[m][i] : std::nan(""));
-    }
-    spec.series.push_back(std::move(se));
-  }
-  write_plot_svg(spec, cfg.out_dir + "/ppl.svg");
-  if (plot_png_supported()) write_plot_png(spec, cfg.out_dir + "/ppl.png");
-  return md;
+  return write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
 }
 
 }  // namespace longrope

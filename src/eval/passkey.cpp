@@ -260,32 +260,17 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
 
 std::string write_passkey_outputs(const EvalRun& run, const Model& model,
                                   const PasskeyConfig& cfg) {
-  const ResultTable t = make_table(run.cells, run.methods, run.lengths, "accuracy");
-  const std::string md = table_markdown(t, "method \\ length", 2);
-  if (cfg.out_dir.empty()) return md;
-  write_file_atomically(cfg.out_dir + "/results.md", md);
-  write_file_atomically(cfg.out_dir + "/results.csv", table_csv(t, 4));
-  PlotSpec spec;
+  SweepOutputs out;
+  out.field = "accuracy";
+  out.decimals = 2;
+  out.stem = "accuracy";
+  out.plot.title = fmt::format("Passkey retrieval: {}, {} trial(s) per cell",
+                               file_name(cfg.model_path), cfg.trials);
+  out.plot.ylabel = "accuracy";
+  out.plot.y_min = -0.05;
+  out.plot.y_max = 1.05;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
-  spec.title = fmt::format("Passkey retrieval: {}, {} trial(s) per cell", file_name(cfg.model_path),
-                           cfg.trials);
-  spec.ylabel = "accuracy";
-  spec.y_min = -0.05;
-  spec.y_max = 1.05;
-  spec.vline_x = double(orig);
-  spec.vline_label = fmt::format("original context {}", orig);
-  for (size_t m = 0; m < t.methods.size(); ++m) {
-    PlotSeries se;
-    se.label = t.methods[m];
-    for (size_t i = 0; i < t.lengths.size(); ++i) {
-      se.x.push_back(double(t.lengths[i]));
-      se.y.push_back(t.values[m][i] ? *t.values[m][i] : std::nan(""));
-    }
-    spec.series.push_back(std::move(se));
-  }
-  write_plot_svg(spec, cfg.out_dir + "/accuracy.svg");
-  if (plot_png_supported()) write_plot_png(spec, cfg.out_dir + "/accuracy.png");
-  return md;
+  return write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
 }
 
 }  // namespace longrope
