@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -41,23 +42,34 @@ std::string read_text_file(const std::string& path) {
 Progress::Progress(std::string label, int64_t total, bool enabled)
     : label_(std::move(label)),
       total_(total),
-      enabled_(enabled && isatty(2)),
-      start_(omp_get_wtime()) {}
+      enabled_(enabled),
+      tty_(isatty(2) != 0),
+      start_(omp_get_wtime()),
+      last_line_(start_) {}
 
 void Progress::update(int64_t done, const std::string& extra) {
   if (!enabled_) return;
+  const double now = omp_get_wtime();
+  // Redirected stderr (a log file): a plain line at most every kLogInterval seconds.
+  if (!tty_ && now - last_line_ < kLogInterval) return;
   const int width = 30;
-  const int fill = total_ > 0 ? int(width * done / total_) : 0;
-  const double el = omp_get_wtime() - start_;
+  const int fill = total_ > 0 ? int(width * std::clamp<int64_t>(done, 0, total_) / total_) : 0;
+  const double el = now - start_;
   const double eta = done > 0 ? el * double(total_ - done) / double(done) : 0.0;
-  fmt::print(stderr, "\r{} [{}{}] {}/{} {} ETA {:.0f}s   ", label_, std::string(fill, '#'),
-             std::string(width - fill, '.'), done, total_, extra, eta);
+  const std::string bar =
+      fmt::format("{} [{}{}] {}/{} {} ETA {:.0f}s", label_, std::string(fill, '#'),
+                  std::string(width - fill, '.'), done, total_, extra, eta);
+  if (tty_) {
+    fmt::print(stderr, "\r{}   ", bar);
+  } else {
+    fmt::print(stderr, "{} (elapsed {:.0f}s)\n", bar, el);
+    last_line_ = now;
+  }
   std::fflush(stderr);
 }
 
 void Progress::finish() {
-  if (!enabled_) return;
-  fmt::print(stderr, "\n");
+  if (enabled_ && tty_) fmt::print(stderr, "\n");
 }
 
 int run_sweep_command(const SweepCommand& c,

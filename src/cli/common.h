@@ -17,8 +17,9 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
 // Whole file as bytes; throws Error naming the file when it cannot be read or is empty.
 std::string read_text_file(const std::string& path);
 
-// A one-line progress bar on stderr (only when stderr is a terminal or `force` is set):
-// "label [#####.....] done/total  extra  ETA 12s".
+// A progress bar on stderr: "label [#####.....] done/total  extra  ETA 12s", redrawn in place
+// when stderr is a terminal; when it is redirected (a log file), the same text as a plain line at
+// most every 30 s, so that short runs print nothing and long ones leave a readable trail.
 class Progress {
  public:
   Progress(std::string label, int64_t total, bool enabled);
@@ -28,8 +29,11 @@ class Progress {
  private:
   std::string label_;
   int64_t total_;
+  static constexpr double kLogInterval = 30.0;  // seconds between lines when not a terminal
   bool enabled_;
+  bool tty_;
   double start_;
+  double last_line_;
 };
 
 // The part of `eval` and `passkey` after the flags: runs the sweep under a progress bar, writes
