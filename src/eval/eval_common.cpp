@@ -64,8 +64,8 @@ std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs
             fmt::format("bad method '{}': expected [LABEL=]METHOD or LABEL=FACTORS.json", spec));
     }
     std::string file;
-    if (label == "longrope") {
-      file = rest;  // longrope=FILE
+    if (label == "longrope") {  // NOLINT(bugprone-branch-clone): order of the checks matters
+      file = rest;              // longrope=FILE
     } else if (const size_t eq2 = rest.find('='); eq2 != std::string::npos) {
       // LABEL=longrope=FILE
       if (trim(rest.substr(0, eq2)) != "longrope")
@@ -305,7 +305,7 @@ std::string table_csv(const ResultTable& t, int decimals) {
 std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
                                 SweepOutputs out) {
   const ResultTable t = make_table(run.cells, run.methods, run.lengths, out.field);
-  const std::string md = table_markdown(t, "method \\ length", out.decimals);
+  std::string md = table_markdown(t, "method \\ length", out.decimals);
   if (out_dir.empty()) return md;
   write_file_atomically(out_dir + "/results.md", md);
   write_file_atomically(out_dir + "/results.csv", table_csv(t, out.decimals + 3));
