@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -177,6 +178,54 @@ TEST(SearchRun, EarlyRejectKeepsTheWinner) {
     EXPECT_TRUE(good.better_than(f));
     EXPECT_FALSE(f.better_than(good));
   }
+}
+
+// An evaluator whose first stage reports half the final perplexity (as the first half of a long
+// window, inside the trained context, scores lower than the whole window).
+class StagedEvaluator : public FakeEvaluator {
+ public:
+  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+    EvalResult r = FakeEvaluator::evaluate(s, std::numeric_limits<double>::infinity());
+    r.stage_ppl = r.ppl / 2;
+    bounds.push_back(reject_above);
+    if (std::isfinite(reject_above) && r.stage_ppl > reject_above) {
+      r.rejected = true;
+      r.ppl = r.stage_ppl;
+      ++rejected;
+    }
+    return r;
+  }
+  std::vector<double> bounds;
+};
+
+TEST(SearchRun, EarlyRejectComparesStagesWithStages) {
+  StagedEvaluator on_ev;
+  FakeEvaluator off_ev;
+  EvolutionSearch on(test_space(), small_settings(true));
+  EvolutionSearch off(test_space(), small_settings(false));
+  while (!on.finished(10)) on.step(on_ev);
+  while (!off.finished(10)) off.step(off_ev);
+  // Bounds are parents' stage perplexities (half their fitness), so the cuts are the same as
+  // with a consistent evaluator: same winner, and candidates are rejected.
+  EXPECT_EQ(on.best(), off.best());
+  EXPECT_EQ(on.best_ppl(), off.best_ppl());
+  EXPECT_GT(on.partial_evals(), 0);
+  std::set<double> stages;
+  for (const auto& [k, f] : on.memo()) {
+    if (!f.rejected) {
+      EXPECT_DOUBLE_EQ(f.stage, f.ppl / 2);
+      stages.insert(f.stage);
+    }
+  }
+  for (double b : on_ev.bounds) {
+    if (std::isfinite(b)) {
+      EXPECT_TRUE(stages.count(b)) << "bound " << b << " is no parent's stage";
+    }
+  }
+  // The stage scores survive a checkpoint.
+  EvolutionSearch restored(test_space(), small_settings(true));
+  restored.restore(on.to_json());
+  for (const auto& [k, f] : on.memo()) EXPECT_EQ(restored.memo().at(k).stage, f.stage);
 }
 
 TEST(SearchRun, StateRoundTripContinuesIdentically) {

@@ -28,13 +28,18 @@ struct EvalResult {
   double ppl = 0;
   bool rejected = false;  // stopped early: the candidate is known only to be worse than the bound
   int64_t tokens = 0;     // tokens scored
+  // Complete evaluation: the perplexity of the tokens the first stage scores (so that the search
+  // can bound children's first stages by their parents' first stages: like with like). NaN when
+  // the evaluator has no stages.
+  double stage_ppl = std::numeric_limits<double>::quiet_NaN();
 };
 
 class Evaluator {
  public:
   virtual ~Evaluator() = default;
   // Fitness of the scaling. When reject_above is finite the evaluator may stop after a first
-  // stage whose perplexity exceeds reject_above and return rejected = true.
+  // stage whose perplexity exceeds reject_above and return rejected = true. The search passes
+  // the parents' worst stage_ppl when every parent has one, else their worst fitness.
   virtual EvalResult evaluate(const RopeScaling& scaling, double reject_above) = 0;
 };
 
@@ -42,7 +47,8 @@ class Evaluator {
 // is loaded once; only the rotary tables change per candidate. Early reject (successive-halving
 // style): the first stage scores window 0 (or its first first_stage_tokens tokens when > 0; with
 // one window the default is half of it); the candidate is rejected when the first stage's
-// perplexity exceeds reject_above, otherwise every window is scored.
+// perplexity exceeds reject_above, otherwise every window is scored. Every complete evaluation
+// reports its stage_ppl (from window 0's scores when the stage was not run separately).
 class PerplexityEvaluator : public Evaluator {
  public:
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
@@ -114,6 +120,8 @@ struct Fitness {
   bool rejected = false;                                 // worse than `bound`
   double bound = 0;    // rejected: the parents' worst fitness it could not reach
   double partial = 0;  // rejected: first-stage perplexity (for the log only)
+  // Complete: first-stage perplexity (EvalResult::stage_ppl; infinity when unknown).
+  double stage = std::numeric_limits<double>::infinity();
   // Ordering key: rejected candidates rank after every complete one.
   bool better_than(const Fitness& o) const;
 };

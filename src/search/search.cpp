@@ -32,20 +32,24 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   ScoreOptions opts;
   opts.n_threads = n_threads_;
   EvalResult r;
+  const auto& w0 = windows_[0];
+  const int64_t n = static_cast<int64_t>(w0.size());
+  // Tokens of window 0 in the first stage (>= 2: one scored token at least).
+  const int64_t fs = first_stage_ > 0 ? std::clamp<int64_t>(first_stage_, 2, n)
+                                      : (windows_.size() > 1 ? n : std::max<int64_t>(2, n / 2));
+  auto ppl_of = [](const std::vector<double>& nll, size_t count) {
+    double sum = 0;
+    for (size_t i = 0; i < count; ++i) sum += nll[i];
+    return std::exp(sum / static_cast<double>(count));
+  };
   std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
   if (std::isfinite(reject_above)) {
-    const auto& w0 = windows_[0];
-    int64_t n = static_cast<int64_t>(w0.size());
-    int64_t fs = first_stage_ > 0 ? std::min<int64_t>(first_stage_, n)
-                                  : (windows_.size() > 1 ? n : std::max<int64_t>(2, n / 2));
     std::vector<double> nll = score_window(
         *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, opts);
     r.tokens += static_cast<int64_t>(nll.size());
-    double sum = 0;
-    for (double x : nll) sum += x;
-    const double ppl = std::exp(sum / static_cast<double>(nll.size()));
-    if (!(ppl <= reject_above)) {
-      r.ppl = ppl;
+    r.stage_ppl = ppl_of(nll, nll.size());
+    if (!(r.stage_ppl <= reject_above)) {
+      r.ppl = r.stage_ppl;
       r.rejected = true;
       return r;
     }
@@ -61,6 +65,9 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
       nll = score_window(*model_, windows_[k], scaling, opts);
       r.tokens += static_cast<int64_t>(nll.size());
     }
+    // A prefix of fs tokens scores the same fs - 1 tokens as the first fs - 1 scores of the
+    // whole window (causal attention; equal up to rounding).
+    if (k == 0 && std::isnan(r.stage_ppl)) r.stage_ppl = ppl_of(nll, static_cast<size_t>(fs - 1));
     for (double x : nll) sum += x;
     count += static_cast<int64_t>(nll.size());
   }
@@ -284,6 +291,7 @@ Fitness EvolutionSearch::evaluate(Evaluator& ev, const Individual& ind, double b
     ++partial_evals_;
   } else {
     f.ppl = r.ppl;
+    if (std::isfinite(r.stage_ppl)) f.stage = r.stage_ppl;
     ++full_evals_;
     if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
       best_ = ind;
@@ -338,7 +346,14 @@ void EvolutionSearch::step(Evaluator& ev) {
       if (!memo_.at(ind.key()).rejected) parents.push_back(ind);
     }
     if (parents.empty()) throw Error("search: no complete individual to breed from");
-    if (settings_.early_reject) bound = memo_.at(parents.back().key()).ppl;
+    if (settings_.early_reject) {
+      // Children's first stages are compared with the parents' first stages (the loosest of
+      // them): a child is cut only when its first stage is worse than every parent's. Without
+      // stage scores (an evaluator without stages) the bound is the worst parent's fitness.
+      double stage_bound = 0;
+      for (const auto& p : parents) stage_bound = std::max(stage_bound, memo_.at(p.key()).stage);
+      bound = std::isfinite(stage_bound) ? stage_bound : memo_.at(parents.back().key()).ppl;
+    }
     const size_t np = parents.size();
     for (int i = 0; i < settings_.mutations; ++i) {
       const auto& p = parents[std::uniform_int_distribution<size_t>(0, np - 1)(rng_)];
@@ -415,7 +430,8 @@ nlohmann::json EvolutionSearch::to_json() const {
     memo[k] = {{"ppl", num(f.ppl)},
                {"rejected", f.rejected},
                {"bound", num(f.bound)},
-               {"partial", num(f.partial)}};
+               {"partial", num(f.partial)},
+               {"stage", num(f.stage)}};
   nlohmann::json pop = nlohmann::json::array();
   for (const auto& i : population_) pop.push_back(ind_json(i));
   nlohmann::json log = nlohmann::json::array();
@@ -454,6 +470,7 @@ void EvolutionSearch::restore(const nlohmann::json& j) {
       x.rejected = f.at("rejected").get<bool>();
       x.bound = num_from(f.at("bound"));
       x.partial = num_from(f.at("partial"));
+      if (f.contains("stage")) x.stage = num_from(f.at("stage"));
       memo_.emplace(k, x);
       seen_.insert(k);
     }

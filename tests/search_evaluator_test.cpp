@@ -1,0 +1,53 @@
+// PerplexityEvaluator on stories260K: the first stage's perplexity is the same whether it is
+// scored as a prefix (early-reject path) or taken from the whole window, and a cut at that
+// value rejects with exactly the first stage's tokens scored.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "longrope/model.h"
+#include "longrope/perplexity.h"
+#include "longrope/search.h"
+#include "test_paths.h"
+
+namespace longrope {
+namespace {
+
+TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
+  auto model = Model::load(test::stories_gguf().string());
+  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
+  const auto ids = model->tokenizer().encode(text.substr(0, 40000));
+  const int64_t L = 1024;
+  PerplexityEvaluator ev(model, make_windows(ids, model->tokenizer().bos(), L, 1), 1);
+
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.orig_ctx = 512;
+  s.target_ctx = L;
+  s.attn_factor = 1.0;
+  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+
+  const double inf = std::numeric_limits<double>::infinity();
+  const EvalResult whole = ev.evaluate(s, inf);  // no stage run: stage from window 0's scores
+  ASSERT_FALSE(whole.rejected);
+  EXPECT_EQ(whole.tokens, L - 1);
+  ASSERT_TRUE(std::isfinite(whole.stage_ppl));
+  EXPECT_GT(whole.stage_ppl, 1.0);
+
+  const EvalResult staged = ev.evaluate(s, 1e9);  // stage run, passes, then the whole window
+  ASSERT_FALSE(staged.rejected);
+  EXPECT_EQ(staged.tokens, L / 2 - 1 + L - 1);
+  EXPECT_NEAR(staged.stage_ppl, whole.stage_ppl, 1e-4 * whole.stage_ppl);
+  EXPECT_NEAR(staged.ppl, whole.ppl, 1e-6 * whole.ppl);
+
+  const EvalResult cut = ev.evaluate(s, whole.stage_ppl * 0.99);
+  EXPECT_TRUE(cut.rejected);
+  EXPECT_EQ(cut.tokens, L / 2 - 1);
+  EXPECT_NEAR(cut.ppl, whole.stage_ppl, 1e-4 * whole.stage_ppl);
+}
+
+}  // namespace
+}  // namespace longrope
