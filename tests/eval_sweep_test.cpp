@@ -165,6 +165,40 @@ TEST(EvalSweep, TableMatchesPerplexityAndResumeSkips) {
   fs::remove_all(dir);
 }
 
+TEST(EvalSweep, ResumeRecomputesWhenTheFactorsFileChanges) {
+  LONGROPE_REQUIRE_FILE(stories());
+  LONGROPE_REQUIRE_FILE(pride());
+  auto model = longrope::Model::load(stories());
+  const fs::path dir = fresh_dir("eval_factors");
+  fs::create_directories(dir);
+  const std::string file = (dir / "f.json").string();
+  auto write = [&](double lambda) {
+    longrope::RopeScaling s;
+    s.method = longrope::RopeMethod::kLongrope;
+    s.orig_ctx = 512;
+    s.target_ctx = 2048;
+    s.sets.push_back(longrope::FactorSet{{1.0, lambda, lambda, lambda}, 0});
+    longrope::write_factors_file(file, s);
+  };
+  write(1.0);
+  longrope::EvalConfig cfg;
+  cfg.model_path = stories();
+  cfg.text_paths = {pride()};
+  cfg.lengths = {256};
+  cfg.methods = {"f=" + file};
+  cfg.n_threads = 1;
+  cfg.out_dir = dir.string();
+  cfg.resume = true;
+  const auto first = longrope::run_eval(*model, cfg);
+  EXPECT_EQ(first.computed, 1);
+  EXPECT_EQ(longrope::run_eval(*model, cfg).computed, 0);
+  write(2.0);  // same file name, other factors: the old cell must not be reused
+  const auto second = longrope::run_eval(*model, cfg);
+  ASSERT_EQ(second.computed, 1);
+  EXPECT_NE(second.cells[0]["ppl"].get<double>(), first.cells[0]["ppl"].get<double>());
+  fs::remove_all(dir);
+}
+
 TEST(EvalSweep, CliWritesEverythingAndResumes) {
   LONGROPE_REQUIRE_FILE(stories());
   LONGROPE_REQUIRE_FILE(pride());

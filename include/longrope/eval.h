@@ -81,6 +81,11 @@ class ResultsStore {
   nlohmann::json doc_;
 };
 
+// The key a cell of method m is stored under: `key` plus, for a factors file, its content (sets,
+// n_hat, attention factor), so that --resume never reuses a cell computed with other factors
+// that happened to sit in a file of the same name.
+nlohmann::json cell_key(const nlohmann::json& key, const EvalMethod& m);
+
 // Writes a text file atomically (temp file in the same directory + rename).
 void write_file_atomically(const std::string& path, const std::string& data);
 

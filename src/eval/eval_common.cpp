@@ -302,6 +302,18 @@ std::string table_csv(const ResultTable& t, int decimals) {
   return o;
 }
 
+nlohmann::json cell_key(const nlohmann::json& key, const EvalMethod& m) {
+  if (m.method != RopeMethod::kLongrope) return key;
+  nlohmann::json sets = nlohmann::json::array();
+  for (const FactorSet& fs : m.factors.sets)
+    sets.push_back({{"max_len", fs.max_len}, {"factors", fs.factors}});
+  nlohmann::json k = key;
+  k["factors"] = {{"sets", sets},
+                  {"n_hat", m.factors.n_hat},
+                  {"attn_factor", m.factors.attn_factor ? *m.factors.attn_factor : 0.0}};
+  return k;
+}
+
 std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
                                 SweepOutputs out) {
   const ResultTable t = make_table(run.cells, run.methods, run.lengths, out.field);

@@ -84,7 +84,7 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
   int64_t total_work = 0, done_work = 0, done_cells = 0;
   for (size_t mi = 0; mi < run.methods.size(); ++mi)
     for (int64_t len : cfg.lengths)
-      if (!(cfg.resume && store.find(run.methods[mi].spec, len, key)))
+      if (!(cfg.resume && store.find(run.methods[mi].spec, len, cell_key(key, run.methods[mi]))))
         total_work += cell_work(len, cfg.docs * n_texts);
 
   run.cells = nlohmann::json::array();
@@ -93,7 +93,7 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
     for (size_t li = 0; li < cfg.lengths.size(); ++li) {
       const int64_t len = cfg.lengths[li];
       if (cfg.resume)
-        if (const nlohmann::json* c = store.find(m.spec, len, key)) {
+        if (const nlohmann::json* c = store.find(m.spec, len, cell_key(key, m))) {
           run.cells.push_back(*c);
           ++done_cells;
           if (progress) progress(done_cells, n_cells, done_work, total_work, "resumed");
@@ -121,10 +121,10 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
       }
       const double mean_nll = nll_sum / double(tokens);
       nlohmann::json cell = {
-          {"method", m.spec},     {"label", m.label},           {"length", len},
-          {"key", key},           {"docs", cfg.docs},           {"ppl", std::exp(mean_nll)},
-          {"mean_nll", mean_nll}, {"tokens", tokens},           {"text_ppl", text_ppl},
-          {"seconds", seconds},   {"rope", scaling.describe()}, {"factor", scaling.factor}};
+          {"method", m.spec},        {"label", m.label},           {"length", len},
+          {"key", cell_key(key, m)}, {"docs", cfg.docs},           {"ppl", std::exp(mean_nll)},
+          {"mean_nll", mean_nll},    {"tokens", tokens},           {"text_ppl", text_ppl},
+          {"seconds", seconds},      {"rope", scaling.describe()}, {"factor", scaling.factor}};
       store.put(cell);
       run.cells.push_back(cell);
       ++run.computed;

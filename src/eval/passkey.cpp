@@ -204,7 +204,8 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
   int64_t total_work = 0, done_work = 0, done_cells = 0;
   for (const EvalMethod& m : run.methods)
     for (int64_t len : cfg.lengths)
-      if (!(cfg.resume && store.find(m.spec, len, key))) total_work += cfg.trials * work_of(len);
+      if (!(cfg.resume && store.find(m.spec, len, cell_key(key, m))))
+        total_work += cfg.trials * work_of(len);
   run.cells = nlohmann::json::array();
   // Length-major: a run stopped midway has every method at the shorter lengths.
   for (size_t li = 0; li < cfg.lengths.size(); ++li) {
@@ -212,7 +213,7 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
     for (size_t mi = 0; mi < run.methods.size(); ++mi) {
       const EvalMethod& m = run.methods[mi];
       if (cfg.resume)
-        if (const nlohmann::json* c = store.find(m.spec, len, key)) {
+        if (const nlohmann::json* c = store.find(m.spec, len, cell_key(key, m))) {
           run.cells.push_back(*c);
           ++done_cells;
           if (progress) progress(done_cells, n_cells, done_work, total_work, "resumed");
@@ -241,7 +242,7 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
       nlohmann::json cell = {{"method", m.spec},
                              {"label", m.label},
                              {"length", len},
-                             {"key", key},
+                             {"key", cell_key(key, m)},
                              {"trials", cfg.trials},
                              {"correct", correct},
                              {"accuracy", double(correct) / double(cfg.trials)},
