@@ -53,6 +53,12 @@ $bin eval -m "$model" -f "$eval_text" --lengths 16384 --methods none,yarn,search
 
 echo "== 4. export"
 $bin export -m "$model" --factors "$factors" -o "$out/SmolLM2-135M-Instruct-16k.gguf"
-echo '{"max_position_embeddings": 8192, "rope_theta": 100000.0}' > "$out/config.json"
+# SmolLM2-135M's transformers config (the fields that matter for RoPE and shapes).
+cat > "$out/config.json" <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
+ "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+ "num_key_value_heads": 3, "vocab_size": 49152, "rms_norm_eps": 1e-05,
+ "max_position_embeddings": 8192, "rope_theta": 100000.0, "tie_word_embeddings": true}
+JSON
 $bin export --factors "$factors" --hf-config "$out/config.json" -o "$out/config-16k.json"
 $bin perplexity -m "$out/SmolLM2-135M-Instruct-16k.gguf" -f "$eval_text" -c 16384 --docs 1
