@@ -136,6 +136,7 @@ Runner register_generate(CLI::App& app) {
     }
     const double t_gen = omp_get_wtime() - t1;
     fmt::print("\n");
+    std::fflush(stdout);  // the text before the statistics when both go to one file
     fmt::print(stderr,
                "prompt: {} tokens in {:.2f}s ({:.1f} tok/s); generated {} tokens in {:.2f}s "
                "({:.1f} tok/s); rope {}\n",

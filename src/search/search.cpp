@@ -60,7 +60,7 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   for (size_t k = 0; k < windows_.size(); ++k) {
     std::vector<double> nll;
     if (k == 0 && !first.empty()) {
-      nll = std::move(first);
+      nll.swap(first);  // window 0 was scored whole by the first stage
     } else {
       nll = score_window(*model_, windows_[k], scaling, opts);
       r.tokens += static_cast<int64_t>(nll.size());
