@@ -158,8 +158,10 @@ TEST(SearchRun, MemoNeverEvaluatesTwice) {
   for (const auto& ind : s.population()) expect_valid(s.space(), ind);
 }
 
-TEST(SearchRun, EarlyRejectKeepsTheWinner) {
-  FakeEvaluator on_ev, off_ev;
+// Runs 10 iterations with early reject on on_ev and without it on a consistent evaluator;
+// expects the same winner, the same candidates and some cuts. Returns the early-reject search.
+EvolutionSearch run_on_and_off(Evaluator& on_ev) {
+  FakeEvaluator off_ev;
   EvolutionSearch on(test_space(), small_settings(true));
   EvolutionSearch off(test_space(), small_settings(false));
   while (!on.finished(10)) on.step(on_ev);
@@ -168,6 +170,12 @@ TEST(SearchRun, EarlyRejectKeepsTheWinner) {
   EXPECT_EQ(on.best_ppl(), off.best_ppl());
   EXPECT_GT(on.partial_evals(), 0);
   EXPECT_EQ(on.full_evals() + on.partial_evals(), off.full_evals());
+  return on;
+}
+
+TEST(SearchRun, EarlyRejectKeepsTheWinner) {
+  FakeEvaluator on_ev;
+  const EvolutionSearch on = run_on_and_off(on_ev);
   // Rejected candidates carry no fitness and rank after every complete one.
   for (const auto& [k, f] : on.memo()) {
     if (!f.rejected) continue;
@@ -199,17 +207,10 @@ class StagedEvaluator : public FakeEvaluator {
 };
 
 TEST(SearchRun, EarlyRejectComparesStagesWithStages) {
-  StagedEvaluator on_ev;
-  FakeEvaluator off_ev;
-  EvolutionSearch on(test_space(), small_settings(true));
-  EvolutionSearch off(test_space(), small_settings(false));
-  while (!on.finished(10)) on.step(on_ev);
-  while (!off.finished(10)) off.step(off_ev);
   // Bounds are parents' stage perplexities (half their fitness), so the cuts are the same as
   // with a consistent evaluator: same winner, and candidates are rejected.
-  EXPECT_EQ(on.best(), off.best());
-  EXPECT_EQ(on.best_ppl(), off.best_ppl());
-  EXPECT_GT(on.partial_evals(), 0);
+  StagedEvaluator on_ev;
+  const EvolutionSearch on = run_on_and_off(on_ev);
   std::set<double> stages;
   for (const auto& [k, f] : on.memo()) {
     if (!f.rejected) {

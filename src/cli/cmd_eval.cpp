@@ -77,12 +77,11 @@ Runner register_eval(CLI::App& app) {
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
     auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
-    SweepCommand c;
-    c.label = "eval";
-    c.progress = a->progress;
-    c.json = a->json;
-    c.out_dir = a->out;
-    c.json_head = {{"model", a->model}, {"docs", a->docs}};
+    const SweepCommand c{.label = "eval",
+                         .progress = a->progress,
+                         .json = a->json,
+                         .out_dir = a->out,
+                         .json_head = {{"model", a->model}, {"docs", a->docs}}};
     return run_sweep_command(
         c, [&](const SweepProgress& p) { return run_eval(*model, cfg, p); },
         [&](const EvalRun& r) { return write_eval_outputs(r, *model, cfg); });

@@ -98,12 +98,11 @@ Runner register_passkey(CLI::App& app) {
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
     auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
-    SweepCommand c;
-    c.label = "passkey";
-    c.progress = a->progress;
-    c.json = a->json;
-    c.out_dir = a->out;
-    c.json_head = {{"model", a->model}, {"trials", a->trials}};
+    const SweepCommand c{.label = "passkey",
+                         .progress = a->progress,
+                         .json = a->json,
+                         .out_dir = a->out,
+                         .json_head = {{"model", a->model}, {"trials", a->trials}}};
     return run_sweep_command(
         c, [&](const SweepProgress& p) { return run_passkey(*model, cfg, p); },
         [&](const EvalRun& r) { return write_passkey_outputs(r, *model, cfg); });
