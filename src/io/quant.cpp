@@ -351,6 +351,18 @@ inline void k4_scale_min(int j, const uint8_t* q, int* sc, int* m) {
   }
 }
 
+// Scales and mins of the two 32-value sub-blocks 2j and 2j + 1 of a Q4_K/Q5_K super-block.
+struct SubScales {
+  float d1, m1, d2, m2;
+};
+SubScales k4_sub_scales(int j, float d, float dmin, const uint8_t* scales) {
+  int sc1, m1, sc2, m2;
+  k4_scale_min(2 * j, scales, &sc1, &m1);
+  k4_scale_min(2 * j + 1, scales, &sc2, &m2);
+  return {d * static_cast<float>(sc1), dmin * static_cast<float>(m1), d * static_cast<float>(sc2),
+          dmin * static_cast<float>(m2)};
+}
+
 void deq_q4_k(const uint8_t* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, b += 144) {
     const float d = rdh(b);
@@ -358,11 +370,7 @@ void deq_q4_k(const uint8_t* b, float* y, int64_t nb) {
     const uint8_t* scales = b + 4;
     const uint8_t* q = b + 16;
     for (int j = 0; j < 4; ++j, q += 32, y += 64) {
-      int sc, m;
-      k4_scale_min(2 * j, scales, &sc, &m);
-      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
-      k4_scale_min(2 * j + 1, scales, &sc, &m);
-      const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
+      const auto [d1, m1, d2, m2] = k4_sub_scales(j, d, dmin, scales);
       for (int l = 0; l < 32; ++l) y[l] = d1 * static_cast<float>(q[l] & 0x0f) - m1;
       for (int l = 0; l < 32; ++l) y[l + 32] = d2 * static_cast<float>(q[l] >> 4) - m2;
     }
@@ -377,11 +385,7 @@ void deq_q5_k(const uint8_t* b, float* y, int64_t nb) {
     const uint8_t* qh = b + 16;
     const uint8_t* q = b + 48;
     for (int j = 0; j < 4; ++j, q += 32, y += 64) {
-      int sc, m;
-      k4_scale_min(2 * j, scales, &sc, &m);
-      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
-      k4_scale_min(2 * j + 1, scales, &sc, &m);
-      const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
+      const auto [d1, m1, d2, m2] = k4_sub_scales(j, d, dmin, scales);
       const int b1 = 2 * j, b2 = 2 * j + 1;
       for (int l = 0; l < 32; ++l) {
         y[l] = d1 * static_cast<float>((q[l] & 0x0f) | (((qh[l] >> b1) & 1) << 4)) - m1;

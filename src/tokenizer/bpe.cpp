@@ -46,12 +46,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool parse_special) const override {
     std::vector<int32_t> out;
     if (text.empty()) return out;
-    std::vector<Fragment> fragments;
-    if (parse_special && !specials_.empty()) {
-      fragments = specials_.split(text);
-    } else {
-      fragments.push_back({text, -1});
-    }
+    const std::vector<Fragment> fragments = specials_.fragments(text, parse_special);
     Work work;
     for (const Fragment& f : fragments) {
       if (f.special >= 0) {

@@ -50,12 +50,7 @@ class SpmTokenizer final : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool parse_special) const override {
     std::vector<int32_t> out;
     if (text.empty()) return out;
-    std::vector<Fragment> fragments;
-    if (parse_special && !specials_.empty()) {
-      fragments = specials_.split(text);
-    } else {
-      fragments.push_back({text, -1});
-    }
+    const std::vector<Fragment> fragments = specials_.fragments(text, parse_special);
     // Like llama.cpp: the space prefix goes before the text at the start and after a special.
     bool prev_special = true;
     for (const Fragment& f : fragments) {

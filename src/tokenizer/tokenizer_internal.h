@@ -59,6 +59,11 @@ class SpecialSplitter {
  public:
   explicit SpecialSplitter(const VocabSpec& spec);
   std::vector<Fragment> split(std::string_view text) const;
+  // What an encoder works through: split(text) when specials are parsed, else the whole text.
+  std::vector<Fragment> fragments(std::string_view text, bool parse_special) const {
+    if (parse_special && !specials_.empty()) return split(text);
+    return {Fragment{text, -1}};
+  }
   bool empty() const { return specials_.empty(); }
 
  private:
