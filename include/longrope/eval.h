@@ -86,6 +86,10 @@ class ResultsStore {
 // that happened to sit in a file of the same name.
 nlohmann::json cell_key(const nlohmann::json& key, const EvalMethod& m);
 
+// Creates the output directory of a sweep (nothing when dir is empty); throws Error naming it when
+// it cannot be created.
+void make_output_dir(const std::string& dir);
+
 // Writes a text file atomically (temp file in the same directory + rename).
 void write_file_atomically(const std::string& path, const std::string& data);
 

@@ -302,6 +302,14 @@ std::string table_csv(const ResultTable& t, int decimals) {
   return o;
 }
 
+void make_output_dir(const std::string& dir) {
+  if (dir.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
+    throw Error(fmt::format("cannot create output directory {}", dir));
+}
+
 nlohmann::json cell_key(const nlohmann::json& key, const EvalMethod& m) {
   if (m.method != RopeMethod::kLongrope) return key;
   nlohmann::json sets = nlohmann::json::array();

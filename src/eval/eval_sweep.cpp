@@ -62,12 +62,7 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
             "--docs or shorter --lengths",
             p, texts.back().size(), cfg.docs, len, cfg.docs * (len - 1)));
   }
-  if (!cfg.out_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(cfg.out_dir, ec);
-    if (ec || !std::filesystem::is_directory(cfg.out_dir))
-      throw Error(fmt::format("cannot create output directory {}", cfg.out_dir));
-  }
+  make_output_dir(cfg.out_dir);
   ResultsStore store(cfg.out_dir.empty() ? "" : cfg.out_dir + "/results.json", "perplexity",
                      cfg.resume);
 

@@ -182,12 +182,7 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
     }
     prompts.push_back(std::move(row));
   }
-  if (!cfg.out_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(cfg.out_dir, ec);
-    if (ec || !std::filesystem::is_directory(cfg.out_dir))
-      throw Error(fmt::format("cannot create output directory {}", cfg.out_dir));
-  }
+  make_output_dir(cfg.out_dir);
   ResultsStore store(cfg.out_dir.empty() ? "" : cfg.out_dir + "/results.json", "passkey",
                      cfg.resume);
   const nlohmann::json key = {
