@@ -169,8 +169,7 @@ TEST(EvalSweep, ResumeRecomputesWhenTheFactorsFileChanges) {
   LONGROPE_REQUIRE_FILE(stories());
   LONGROPE_REQUIRE_FILE(pride());
   auto model = longrope::Model::load(stories());
-  const fs::path dir = fresh_dir("eval_factors");
-  fs::create_directories(dir);
+  const fs::path dir = longrope::test::fresh_temp_dir("eval_factors");
   const std::string file = (dir / "f.json").string();
   auto write = [&](double lambda) {
     longrope::RopeScaling s;

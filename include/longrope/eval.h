@@ -81,10 +81,11 @@ class ResultsStore {
   nlohmann::json doc_;
 };
 
-// The key a cell of method m is stored under: `key` plus, for a factors file, its content (sets,
-// n_hat, attention factor), so that --resume never reuses a cell computed with other factors
-// that happened to sit in a file of the same name.
-nlohmann::json cell_key(const nlohmann::json& key, const EvalMethod& m);
+// The keys the cells of each method are stored under: `key` plus, for a factors file, its
+// content (sets, n_hat, attention factor), so that --resume never reuses a cell computed with
+// other factors that happened to sit in a file of the same name. One key per method, in order.
+std::vector<nlohmann::json> cell_keys(const nlohmann::json& key,
+                                      const std::vector<EvalMethod>& methods);
 
 // Creates the output directory of a sweep (nothing when dir is empty); throws Error naming it when
 // it cannot be created.

@@ -118,7 +118,7 @@ struct SearchSettings {
 struct Fitness {
   double ppl = std::numeric_limits<double>::infinity();  // fitness when complete
   bool rejected = false;                                 // worse than `bound`
-  double bound = 0;    // rejected: the parents' worst fitness it could not reach
+  double bound = 0;    // rejected: the bound its first stage exceeded (see Evaluator)
   double partial = 0;  // rejected: first-stage perplexity (for the log only)
   // Complete: first-stage perplexity (EvalResult::stage_ppl; infinity when unknown).
   double stage = std::numeric_limits<double>::infinity();

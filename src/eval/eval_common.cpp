@@ -310,16 +310,22 @@ void make_output_dir(const std::string& dir) {
     throw Error(fmt::format("cannot create output directory {}", dir));
 }
 
-nlohmann::json cell_key(const nlohmann::json& key, const EvalMethod& m) {
-  if (m.method != RopeMethod::kLongrope) return key;
-  nlohmann::json sets = nlohmann::json::array();
-  for (const FactorSet& fs : m.factors.sets)
-    sets.push_back({{"max_len", fs.max_len}, {"factors", fs.factors}});
-  nlohmann::json k = key;
-  k["factors"] = {{"sets", sets},
-                  {"n_hat", m.factors.n_hat},
-                  {"attn_factor", m.factors.attn_factor ? *m.factors.attn_factor : 0.0}};
-  return k;
+std::vector<nlohmann::json> cell_keys(const nlohmann::json& key,
+                                      const std::vector<EvalMethod>& methods) {
+  std::vector<nlohmann::json> keys;
+  for (const EvalMethod& m : methods) {
+    nlohmann::json k = key;
+    if (m.method == RopeMethod::kLongrope) {
+      nlohmann::json sets = nlohmann::json::array();
+      for (const FactorSet& fs : m.factors.sets)
+        sets.push_back({{"max_len", fs.max_len}, {"factors", fs.factors}});
+      k["factors"] = {{"sets", sets},
+                      {"n_hat", m.factors.n_hat},
+                      {"attn_factor", m.factors.attn_factor ? *m.factors.attn_factor : 0.0}};
+    }
+    keys.push_back(std::move(k));
+  }
+  return keys;
 }
 
 std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,

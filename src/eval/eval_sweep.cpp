@@ -73,13 +73,14 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
                         {"docs", cfg.docs},
                         {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
                         {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+  const std::vector<nlohmann::json> keys = cell_keys(key, run.methods);
 
   const int64_t n_cells = int64_t(run.methods.size() * cfg.lengths.size());
   const int64_t n_texts = int64_t(texts.size());
   int64_t total_work = 0, done_work = 0, done_cells = 0;
   for (size_t mi = 0; mi < run.methods.size(); ++mi)
     for (int64_t len : cfg.lengths)
-      if (!(cfg.resume && store.find(run.methods[mi].spec, len, cell_key(key, run.methods[mi]))))
+      if (!(cfg.resume && store.find(run.methods[mi].spec, len, keys[mi])))
         total_work += cell_work(len, cfg.docs * n_texts);
 
   run.cells = nlohmann::json::array();
@@ -88,7 +89,7 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
     for (size_t li = 0; li < cfg.lengths.size(); ++li) {
       const int64_t len = cfg.lengths[li];
       if (cfg.resume)
-        if (const nlohmann::json* c = store.find(m.spec, len, cell_key(key, m))) {
+        if (const nlohmann::json* c = store.find(m.spec, len, keys[mi])) {
           run.cells.push_back(*c);
           ++done_cells;
           if (progress) progress(done_cells, n_cells, done_work, total_work, "resumed");
@@ -116,10 +117,10 @@ EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress&
       }
       const double mean_nll = nll_sum / double(tokens);
       nlohmann::json cell = {
-          {"method", m.spec},        {"label", m.label},           {"length", len},
-          {"key", cell_key(key, m)}, {"docs", cfg.docs},           {"ppl", std::exp(mean_nll)},
-          {"mean_nll", mean_nll},    {"tokens", tokens},           {"text_ppl", text_ppl},
-          {"seconds", seconds},      {"rope", scaling.describe()}, {"factor", scaling.factor}};
+          {"method", m.spec},     {"label", m.label},           {"length", len},
+          {"key", keys[mi]},      {"docs", cfg.docs},           {"ppl", std::exp(mean_nll)},
+          {"mean_nll", mean_nll}, {"tokens", tokens},           {"text_ppl", text_ppl},
+          {"seconds", seconds},   {"rope", scaling.describe()}, {"factor", scaling.factor}};
       store.put(cell);
       run.cells.push_back(cell);
       ++run.computed;

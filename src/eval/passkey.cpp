@@ -194,12 +194,13 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
       {"max_new", cfg.max_new},
       {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
       {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+  const std::vector<nlohmann::json> keys = cell_keys(key, run.methods);
   const int64_t n_cells = int64_t(run.methods.size() * cfg.lengths.size());
   auto work_of = [&](int64_t len) { return int64_t(double(len) * (1.0 + double(len) / 8192.0)); };
   int64_t total_work = 0, done_work = 0, done_cells = 0;
-  for (const EvalMethod& m : run.methods)
+  for (size_t mi = 0; mi < run.methods.size(); ++mi)
     for (int64_t len : cfg.lengths)
-      if (!(cfg.resume && store.find(m.spec, len, cell_key(key, m))))
+      if (!(cfg.resume && store.find(run.methods[mi].spec, len, keys[mi])))
         total_work += cfg.trials * work_of(len);
   run.cells = nlohmann::json::array();
   // Length-major: a run stopped midway has every method at the shorter lengths.
@@ -208,7 +209,7 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
     for (size_t mi = 0; mi < run.methods.size(); ++mi) {
       const EvalMethod& m = run.methods[mi];
       if (cfg.resume)
-        if (const nlohmann::json* c = store.find(m.spec, len, cell_key(key, m))) {
+        if (const nlohmann::json* c = store.find(m.spec, len, keys[mi])) {
           run.cells.push_back(*c);
           ++done_cells;
           if (progress) progress(done_cells, n_cells, done_work, total_work, "resumed");
@@ -237,7 +238,7 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
       nlohmann::json cell = {{"method", m.spec},
                              {"label", m.label},
                              {"length", len},
-                             {"key", cell_key(key, m)},
+                             {"key", keys[mi]},
                              {"trials", cfg.trials},
                              {"correct", correct},
                              {"accuracy", double(correct) / double(cfg.trials)},
