@@ -3,9 +3,66 @@
 // Each optimised kernel has a plain scalar reference (`*_scalar`) that tests compare it against.
 // All matrices are row-major FP32.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
+#include "longrope/quant.h"
+
 namespace longrope::kernels {
+
+// ---- CPU features (run-time detection; the AVX-512 kernels are compiled with function target
+// attributes, so a portable build runs everywhere and picks them only where the CPU has them).
+bool cpu_has_avx512();       // AVX512F + BW + VL + DQ
+bool cpu_has_avx512_vnni();  // + AVX512_VNNI
+bool cpu_has_avx512_bf16();  // + AVX512_BF16
+
+// Arithmetic of the prefill GEMMs and attention. kBF16: bf16 inputs, FP32 accumulation
+// (AVX512_BF16). kF32 is the reference path.
+enum class Compute { kF32, kBF16 };
+// kBF16 where the CPU has AVX512_BF16, else kF32.
+Compute default_compute();
+const char* compute_name(Compute c);  // "f32" / "bf16"
+
+// A weight matrix [rows][cols] in its file encoding, never copied: F32, F16, BF16 or GGML blocks
+// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, ...). Row r starts at data + r * row_bytes.
+struct WeightView {
+  GgmlType type = GgmlType::F32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// Rows [r0, r0 + n) of W decoded into dst (row stride ld, in elements). Vectorised per type;
+// the reference is io's dequantize() row by row. Single-threaded (callers parallelise).
+void dequant_rows_f32(const WeightView& W, int64_t r0, int64_t n, float* dst, int64_t ld);
+void dequant_rows_bf16(const WeightView& W, int64_t r0, int64_t n, uint16_t* dst, int64_t ld);
+
+// Decode-sized products straight from the blocks: Y[m][W.rows] = beta*Y + X[m][W.cols] * W^T for
+// small m (1..8), reading each weight block once for all m vectors. Parallel (OpenMP) over rows
+// of W; every output is reduced by one thread in a fixed order, so results do not depend on the
+// thread count.
+void gemv_w(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y, int64_t ldy,
+            float beta);
+void gemv_w_scalar(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y,
+                   int64_t ldy, float beta);
+
+// FP32 -> bf16 (round to nearest even), vectorised.
+void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
+
+// C[M,N] = beta*C + A[M,K] * B[N,K]^T with bf16 A and B and FP32 accumulation (AVX512_BF16;
+// callers check cpu_has_avx512_bf16()). Parallel (OpenMP) over blocks of C; deterministic and
+// independent of the thread count.
+void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
+                  int64_t ldb, float* C, int64_t ldc, float beta);
+void gemm_bf16_nt_scalar(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                         const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
+
+// The projection of the forward pass: C[M, W.rows] = beta*C + A[M, W.cols] * W^T, with W in its
+// file encoding. Small M goes to gemv_w; larger M decodes W in panels of rows (FP32 or bf16 by
+// `compute`) that feed gemm_nt or gemm_bf16_nt, so no whole-matrix copy ever exists.
+void matmul_w(int64_t M, const float* A, int64_t lda, const WeightView& W, float* C, int64_t ldc,
+              float beta, Compute compute);
 
 // C[M,N] = beta*C + A[M,K] * B[N,K]^T  (B is a weight matrix stored [out][in]).
 void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
@@ -52,6 +109,25 @@ struct AttentionArgs {
 };
 void attention(const AttentionArgs& a);
 void attention_scalar(const AttentionArgs& a);
+
+// The same attention with a bf16 key/value cache (same layout: n_head_kv blocks of kv_cap rows x
+// head_dim) and bf16 products with FP32 accumulation and FP32 softmax (AVX512_BF16).
+struct AttentionArgsBf16 {
+  const float* q;
+  int64_t q_stride;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t kv_cap;
+  float* out;
+  int64_t out_stride;
+  int64_t n;
+  int64_t p0;
+  int n_head;
+  int n_head_kv;
+  int head_dim;
+  float scale;
+};
+void attention_bf16(const AttentionArgsBf16& a);
 
 // For each of n rows of logits (length vocab): nll[r] = logsumexp(row) - row[target[r]].
 void nll_rows(const float* logits, int64_t n, int64_t vocab, const int32_t* target, double* nll);
