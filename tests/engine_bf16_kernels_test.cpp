@@ -203,6 +203,7 @@ TEST(EngineBf16Kernels, AttentionMatchesScalar) {
   cases.push_back({40, 2000, 9, 3, 64});
   cases.push_back({20, 1500, 8, 4, 8});
   cases.push_back({70, 11, 2, 2, 15});
+  cases.push_back({20, 50, 4, 2, 128});
   // Decode path (at most 6 (query, head) rows per kv head, head_dim a multiple of 64).
   cases.push_back({2, 37, 9, 3, 64});
   cases.push_back({2, 2500, 9, 3, 64});

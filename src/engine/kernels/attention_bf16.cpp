@@ -558,8 +558,30 @@ LONGROPE_BF16_TARGET void attention_item(const AttnJob& job, int64_t b, int64_t 
     for (int r = 0; r < rows; ++r)
       for (int d = 0; d < hd; ++d) sc.ot[d * kBQ + r] = sc.od[r * hd + d];
   } else if (k_begin < k_end) {
-    for (int r = 0; r < kBQ; ++r)
-      for (int dp = 0; dp < hdp; ++dp) sc.qt[dp * kBQ + r] = q_pair(r, dp);
+    if (hd % 32 == 0) {
+      // 16 rows at a time: the rows' bf16 pairs (32-bit words) transposed 16 x 16.
+      const __m512 vs = _mm512_set1_ps(qscale);
+      for (int r0 = 0; r0 < kBQ; r0 += 16) {
+        for (int t = 0; t < hdp / 16; ++t) {
+          __m512i w[16], o[16];
+          for (int c = 0; c < 16; ++c) {
+            const int r = r0 + c;
+            if (r >= rows) {
+              w[c] = _mm512_setzero_si512();
+              continue;
+            }
+            const float* q = a.q + qi[r] * a.q_stride + int64_t(hh[r]) * hd + 32 * t;
+            w[c] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(q + 16), vs),
+                                                _mm512_mul_ps(_mm512_loadu_ps(q), vs));
+          }
+          bf16_detail::transpose16_epi32(w, o);
+          for (int q = 0; q < 16; ++q) _mm512_store_si512(sc.qt + (16 * t + q) * kBQ + r0, o[q]);
+        }
+      }
+    } else {
+      for (int r = 0; r < kBQ; ++r)
+        for (int dp = 0; dp < hdp; ++dp) sc.qt[dp * kBQ + r] = q_pair(r, dp);
+    }
     switch (nqv) {
       case 1:
         run_tiles<1>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
