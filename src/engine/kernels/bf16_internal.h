@@ -1,0 +1,77 @@
+// Shared pieces of the bf16 kernels (gemm_bf16.cpp, attention_bf16.cpp).
+#pragma once
+// GCC 12 reports the _mm512_undefined_*() inside many AVX-512 intrinsics (max, roundscale, scalef,
+// unpack, shuffle) as maybe-uninitialized once they are inlined. The warning is attributed to the
+// intrinsics header, so it is silenced before that header is first included.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "longrope/error.h"
+#include "longrope/kernels.h"
+
+// Function attribute of every AVX512_BF16 code path. Functions carrying it use intrinsics and plain
+// loops only: an std template instantiated inside one could be emitted with AVX-512 instructions
+// and then picked by the linker for callers on CPUs without them.
+#define LONGROPE_BF16_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+namespace longrope::kernels::bf16_detail {
+
+// Throws longrope::Error naming `fn` when the CPU lacks AVX512_BF16.
+inline void require_avx512_bf16(const char* fn) {
+  if (!cpu_has_avx512_bf16())
+    throw Error(std::string(fn) +
+                ": this CPU lacks AVX512_BF16 (check kernels::cpu_has_avx512_bf16() and use the "
+                "FP32 kernels)");
+}
+
+inline float bf16_to_f32(uint16_t h) {
+  const uint32_t x = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+}
+
+// Round to nearest even, NaN kept quiet: the same as longrope::fp32_to_bf16.
+inline uint16_t f32_to_bf16_rne(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// Transposes 16 x 16 32-bit words: out[q] holds word q of in[0..15] (lane c from in[c]).
+LONGROPE_BF16_TARGET inline void transpose16_epi32(const __m512i* in, __m512i* out) {
+  __m512i u[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    u[2 * i] = _mm512_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
+    u[2 * i + 1] = _mm512_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
+  }
+  // Rows 4G..4G+3: w[4G+e] holds, in 128-bit lane L, word 4L+e of those rows.
+  __m512i w[16];
+#pragma GCC unroll 4
+  for (int G = 0; G < 4; ++G) {
+    w[4 * G + 0] = _mm512_unpacklo_epi64(u[4 * G], u[4 * G + 2]);
+    w[4 * G + 1] = _mm512_unpackhi_epi64(u[4 * G], u[4 * G + 2]);
+    w[4 * G + 2] = _mm512_unpacklo_epi64(u[4 * G + 1], u[4 * G + 3]);
+    w[4 * G + 3] = _mm512_unpackhi_epi64(u[4 * G + 1], u[4 * G + 3]);
+  }
+#pragma GCC unroll 4
+  for (int e = 0; e < 4; ++e) {
+    const __m512i v0 = _mm512_shuffle_i32x4(w[e], w[4 + e], 0x44);
+    const __m512i v1 = _mm512_shuffle_i32x4(w[e], w[4 + e], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(w[8 + e], w[12 + e], 0x44);
+    const __m512i v3 = _mm512_shuffle_i32x4(w[8 + e], w[12 + e], 0xEE);
+    out[e] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    out[4 + e] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    out[8 + e] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    out[12 + e] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
+}  // namespace longrope::kernels::bf16_detail
