@@ -1,5 +1,5 @@
 // Perplexity throughput, per-phase GFLOP/s and peak RSS for one context length.
-// Usage: bench_perplexity MODEL TEXT CTX [THREADS]  -> one JSON line on stdout.
+// Usage: bench_perplexity MODEL TEXT CTX [THREADS] [f32|bf16]  -> one JSON line on stdout.
 // bench/run_perplexity_bench.sh runs it once per length (peak RSS is per process) and prints a
 // table.
 #include <fmt/core.h>
@@ -18,12 +18,18 @@
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    fmt::print(stderr, "usage: {} MODEL TEXT CTX [THREADS]\n", argv[0]);
+    fmt::print(stderr, "usage: {} MODEL TEXT CTX [THREADS] [f32|bf16]\n", argv[0]);
     return 2;
   }
   try {
     const int64_t ctx = std::atoll(argv[3]);
     const int threads = argc > 4 ? std::atoi(argv[4]) : 0;
+    longrope::kernels::Compute compute = longrope::kernels::default_compute();
+    if (argc > 5) {
+      const std::string c = argv[5];
+      if (c != "f32" && c != "bf16") throw longrope::Error("compute must be f32 or bf16, got " + c);
+      compute = c == "bf16" ? longrope::kernels::Compute::kBF16 : longrope::kernels::Compute::kF32;
+    }
     double t0 = omp_get_wtime();
     auto model = longrope::Model::load(argv[1], {.tokenizer_path = "", .n_threads = threads});
     const double load_s = omp_get_wtime() - t0;
@@ -37,7 +43,7 @@ int main(int argc, char** argv) {
     const auto windows = longrope::make_windows(tokens, model->tokenizer().bos(), ctx, 1);
     t0 = omp_get_wtime();
     const auto nll = longrope::score_window(*model, windows[0], longrope::RopeScaling{},
-                                            {.n_threads = threads, .lm_head_chunk = 64});
+                                            {.n_threads = threads, .compute = compute, .positions = {}});
     const double secs = omp_get_wtime() - t0;
     const auto& st = longrope::last_phase_stats();
     double sum = 0;
@@ -46,6 +52,7 @@ int main(int argc, char** argv) {
     getrusage(RUSAGE_SELF, &ru);
     nlohmann::json j = {{"ctx", ctx},
                         {"threads", omp_get_max_threads()},
+                        {"compute", longrope::kernels::compute_name(compute)},
                         {"load_seconds", load_s},
                         {"ppl", std::exp(sum / double(nll.size()))},
                         {"seconds", secs},
@@ -57,7 +64,7 @@ int main(int argc, char** argv) {
                         {"lm_head_seconds", st.lm_head_seconds},
                         {"lm_head_gflops", st.lm_head_flops / st.lm_head_seconds / 1e9},
                         {"other_seconds", st.other_seconds},
-                        {"weights_mb", double(model->owned_bytes()) / 1048576.0},
+                        {"weights_mb", double(model->weight_bytes()) / 1048576.0},
                         {"peak_rss_mb", double(ru.ru_maxrss) / 1024.0}};
     fmt::print("{}\n", j.dump());
   } catch (const longrope::Error& e) {

@@ -18,7 +18,7 @@ for a in "$@"; do
 done
 
 PACKAGES=(build-essential g++ cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev
-  libcli11-dev libfmt-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy
+  libcli11-dev libfmt-dev libpcre2-dev libdnnl-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy
   clang-format clang-tidy libplplot-dev plplot-driver-cairo)
 ((want_fuzz)) && PACKAGES+=(clang-14 libclang-rt-14-dev)
 

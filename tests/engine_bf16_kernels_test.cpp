@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "engine/kernels/bf16_internal.h"
 #include "longrope/kernels.h"
 #include "longrope/quant.h"
 
@@ -59,12 +60,15 @@ struct GemmCase {
 
 // Largest |C - R| / (sum_k |A B| + |beta C0|) over the matrix, after checking that entries
 // outside the M x N window of C are untouched.
-double gemm_rel_error(const GemmCase& c, uint64_t seed) {
+using GemmFn = void (*)(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*,
+                        int64_t, float*, int64_t, float);
+
+double gemm_rel_error(const GemmCase& c, uint64_t seed, GemmFn gemm) {
   const auto A = rnd_bf16(size_t(c.M * c.lda), seed), B = rnd_bf16(size_t(c.N * c.ldb), seed + 1);
   std::vector<float> C0 = rnd(size_t(c.M * c.ldc), seed + 2);
   if (c.beta == 0.0f) C0.assign(C0.size(), std::numeric_limits<float>::quiet_NaN());
   std::vector<float> C = C0, R = C0;
-  lk::gemm_bf16_nt(c.M, c.N, c.K, A.data(), c.lda, B.data(), c.ldb, C.data(), c.ldc, c.beta);
+  gemm(c.M, c.N, c.K, A.data(), c.lda, B.data(), c.ldb, C.data(), c.ldc, c.beta);
   lk::gemm_bf16_nt_scalar(c.M, c.N, c.K, A.data(), c.lda, B.data(), c.ldb, R.data(), c.ldc, c.beta);
   double worst = 0.0;
   for (int64_t i = 0; i < c.M; ++i) {
@@ -110,25 +114,34 @@ TEST(EngineBf16Kernels, GemmMatchesScalar) {
   };
   double worst = 0.0;
   uint64_t seed = 100;
-  for (const auto& c : cases) {
-    const double e = gemm_rel_error(c, seed += 3);
-    worst = std::max(worst, e);
-    // Measured: at most 1.8e-7 (FP32 accumulation of exact bf16 products).
-    EXPECT_LT(e, 5e-7) << c.M << "x" << c.N << "x" << c.K << " beta " << c.beta;
-  }
+  // gemm_bf16_nt (oneDNN when the build has it) and the project's own kernel.
+  for (GemmFn fn : {GemmFn(&lk::gemm_bf16_nt), GemmFn(&lk::gemm_bf16_nt_own)})
+    for (const auto& c : cases) {
+      const double e = gemm_rel_error(c, seed += 3, fn);
+      worst = std::max(worst, e);
+      // Measured: at most 1.8e-7 (FP32 accumulation of exact bf16 products).
+      EXPECT_LT(e, 5e-7) << c.M << "x" << c.N << "x" << c.K << " beta " << c.beta;
+    }
   std::printf("gemm_bf16_nt: largest error / sum|a*b| = %.3g\n", worst);
 }
 
+// The own kernel is bit-identical for any thread count; oneDNN (which may split work
+// differently by thread count) is bit-identical between runs with the same thread count.
 TEST(EngineBf16Kernels, GemmIndependentOfThreadCount) {
   SKIP_WITHOUT_BF16();
   for (auto [M, N, K] : {std::tuple{300, 576, 576}, {64, 2100, 577}, {1000, 192, 1536}}) {
     const auto A = rnd_bf16(size_t(M * K), 7), B = rnd_bf16(size_t(N * K), 8);
-    std::vector<float> C1(size_t(M * N), 1.0f), C2 = C1;
-    with_threads(1,
-                 [&] { lk::gemm_bf16_nt(M, N, K, A.data(), K, B.data(), K, C1.data(), N, 1.0f); });
-    with_threads(2,
-                 [&] { lk::gemm_bf16_nt(M, N, K, A.data(), K, B.data(), K, C2.data(), N, 1.0f); });
+    std::vector<float> C1(size_t(M * N), 1.0f), C2 = C1, D1 = C1, D2 = C1;
+    with_threads(
+        1, [&] { lk::gemm_bf16_nt_own(M, N, K, A.data(), K, B.data(), K, C1.data(), N, 1.0f); });
+    with_threads(
+        2, [&] { lk::gemm_bf16_nt_own(M, N, K, A.data(), K, B.data(), K, C2.data(), N, 1.0f); });
     EXPECT_EQ(0, std::memcmp(C1.data(), C2.data(), C1.size() * sizeof(float))) << M << "x" << N;
+    with_threads(2,
+                 [&] { lk::gemm_bf16_nt(M, N, K, A.data(), K, B.data(), K, D1.data(), N, 1.0f); });
+    with_threads(2,
+                 [&] { lk::gemm_bf16_nt(M, N, K, A.data(), K, B.data(), K, D2.data(), N, 1.0f); });
+    EXPECT_EQ(0, std::memcmp(D1.data(), D2.data(), D1.size() * sizeof(float))) << M << "x" << N;
   }
 }
 

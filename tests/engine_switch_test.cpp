@@ -45,13 +45,18 @@ double check_switching(const std::shared_ptr<const Model>& m, const RopeScaling&
                        const std::vector<int32_t>& ids, size_t prefill, std::vector<size_t> check,
                        int64_t expect_switches, SwitchPolicy policy = SwitchPolicy::kRecompute,
                        double tol = 2e-4) {
-  Context inc(m, {.n_ctx = int64_t(ids.size()), .n_threads = 0, .switch_policy = policy}, s);
+  Context inc(m,
+              {.n_ctx = int64_t(ids.size()),
+               .n_threads = 0,
+               .switch_policy = policy,
+               .compute = kernels::Compute::kF32},
+              s);
   std::vector<float> logits = inc.decode(std::span<const int32_t>(ids.data(), prefill));
   double worst = 0;
   for (size_t len = prefill + 1; len <= ids.size(); ++len) {
     logits = inc.decode(std::span<const int32_t>(&ids[len - 1], 1));
     if (std::find(check.begin(), check.end(), len) == check.end()) continue;
-    Context full(m, {.n_ctx = int64_t(len), .n_threads = 0}, s);
+    Context full(m, {.n_ctx = int64_t(len), .n_threads = 0, .compute = kernels::Compute::kF32}, s);
     const auto ref = full.decode(std::span<const int32_t>(ids.data(), len));
     for (size_t i = 0; i < ref.size(); ++i)
       worst = std::max(worst, double(std::fabs(ref[i] - logits[i])));
@@ -116,7 +121,12 @@ TEST(EngineSwitch, KeepNeverSwitches) {
   auto m = Model::load(stories_gguf().string());
   const RopeScaling s = dynamic_x2();
   const auto ids = novel_tokens(*m, 520);
-  Context c(m, {.n_ctx = 520, .n_threads = 0, .switch_policy = SwitchPolicy::kKeep}, s);
+  Context c(m,
+            {.n_ctx = 520,
+             .n_threads = 0,
+             .switch_policy = SwitchPolicy::kKeep,
+             .compute = kernels::Compute::kF32},
+            s);
   c.decode(std::span<const int32_t>(ids.data(), 500));
   for (size_t i = 500; i < ids.size(); ++i) c.decode(std::span<const int32_t>(&ids[i], 1));
   EXPECT_EQ(c.switch_stats().switches, 0);

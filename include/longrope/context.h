@@ -28,6 +28,9 @@ struct ContextParams {
   int64_t n_ctx = 0;  // KV cache capacity in tokens; 0 = the model's trained context
   int n_threads = 0;  // 0 = all cores
   SwitchPolicy switch_policy = SwitchPolicy::kRecompute;
+  // Arithmetic of prompt processing and attention; with kBF16 the KV cache is bf16 (half the
+  // memory). Token-by-token decoding always reads the weight blocks directly in FP32.
+  kernels::Compute compute = kernels::default_compute();
 };
 
 // What the RoPE switches of a context cost so far.
@@ -76,11 +79,14 @@ class Context {
 
 // Scores one window: runs tokens[0..n) from position 0 and returns, for i = 0..n-2, the negative
 // log-likelihood of tokens[i+1] given tokens[0..i]. Keeps only one layer's keys/values (the
-// sequence goes through the model layer by layer) and computes the LM head in row chunks:
-// memory is linear in n, with no n x n or n x vocab buffer.
+// sequence goes through the model layer by layer) and streams the LM head over vocabulary panels
+// and row chunks: memory is linear in n, with no n x n or n x vocab buffer.
 struct ScoreOptions {
   int n_threads = 0;
-  int64_t lm_head_chunk = 64;  // rows of logits alive at once
+  kernels::Compute compute = kernels::default_compute();
+  // Positions i whose next-token NLL (of tokens[i+1]) is wanted, in any order; empty = all
+  // i = 0..n-2. The LM head runs only at these positions, and the result has one value each.
+  std::vector<int64_t> positions;
 };
 std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
                                  const RopeScaling& scaling, const ScoreOptions& opts = {});

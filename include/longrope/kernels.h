@@ -19,8 +19,11 @@ bool cpu_has_avx512_bf16();  // + AVX512_BF16
 // Arithmetic of the prefill GEMMs and attention. kBF16: bf16 inputs, FP32 accumulation
 // (AVX512_BF16). kF32 is the reference path.
 enum class Compute { kF32, kBF16 };
-// kBF16 where the CPU has AVX512_BF16, else kF32.
+// The process default (what ScoreOptions and ContextParams start with): set_default_compute's
+// value if it was called (the CLI's --compute), else kBF16 where the CPU has AVX512_BF16 and
+// kF32 elsewhere. set_default_compute(kBF16) throws Error on a CPU without AVX512_BF16.
 Compute default_compute();
+void set_default_compute(Compute c);
 const char* compute_name(Compute c);  // "f32" / "bf16"
 
 // A weight matrix [rows][cols] in its file encoding, never copied: F32, F16, BF16 or GGML blocks
@@ -133,5 +136,12 @@ void attention_bf16(const AttentionArgsBf16& a);
 void nll_rows(const float* logits, int64_t n, int64_t vocab, const int32_t* target, double* nll);
 void nll_rows_scalar(const float* logits, int64_t n, int64_t vocab, const int32_t* target,
                      double* nll);
+
+// Streamed log-sum-exp over vocabulary panels: for n rows of logits of vocabulary ids
+// [v0, v0 + width), updates each row's running max m[r], sum s[r] = sum exp(logit - m[r]) and,
+// when target[r] falls in the panel, its logit tl[r]. After the last panel
+// nll[r] = m[r] + log(s[r]) - tl[r]. Start with m = -inf, s = 0.
+void lse_update_rows(const float* logits, int64_t n, int64_t width, int64_t v0,
+                     const int32_t* target, float* m, double* s, float* tl);
 
 }  // namespace longrope::kernels

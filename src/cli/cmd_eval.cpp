@@ -19,6 +19,7 @@ struct EvalArgs {
   int64_t orig_ctx = 0;
   double rope_factor = 0;
   int threads = 0;
+  std::string compute = "auto";
   bool json = false, resume = false, progress = true;
 };
 
@@ -59,6 +60,7 @@ Runner register_eval(CLI::App& app) {
       ->check(CLI::Range(1.0, 1e6));
   cmd->add_option("-o,--out", a->out, "output directory (results.*, ppl.png, ppl.svg)");
   cmd->add_option("-t,--threads", a->threads, "threads (default: all cores)");
+  add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
   cmd->add_flag("!--no-progress", a->progress, "no progress bar");
@@ -76,6 +78,7 @@ Runner register_eval(CLI::App& app) {
     cfg.n_threads = a->threads;
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
+    apply_compute_flag(a->compute);
     auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,

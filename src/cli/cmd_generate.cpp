@@ -23,6 +23,7 @@ struct GenerateArgs {
   float top_p = 0.95f;
   uint64_t seed = 42;
   int threads = 0;
+  std::string compute = "auto";
   bool chat = false;
   bool ignore_eos = false;
   SwitchPolicy policy = SwitchPolicy::kRecompute;
@@ -63,6 +64,7 @@ Runner register_generate(CLI::App& app) {
   cmd->add_option("--top-p", args->top_p, "top-p sampling (1 = off)")->capture_default_str();
   cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
+  add_compute_flag(cmd, args->compute);
   cmd->add_flag("--chat", args->chat, "wrap the prompt in the model's chat format (ChatML)");
   cmd->add_option("--system", args->system, "system prompt for --chat");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "keep generating after end-of-sequence");
@@ -76,6 +78,7 @@ Runner register_generate(CLI::App& app) {
           CLI::ignore_case));
   add_rope_flags(cmd, args->rope);
   return [args]() {
+    apply_compute_flag(args->compute);
     auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
     const Tokenizer& tok = model->tokenizer();
     std::vector<int32_t> ids;

@@ -20,6 +20,7 @@ struct PasskeyArgs {
   int64_t orig_ctx = 0;
   double rope_factor = 0;
   int threads = 0;
+  std::string compute = "auto";
   int max_new = 10;
   bool chat = false, json = false, resume = false, progress = true;
 };
@@ -78,6 +79,7 @@ Runner register_passkey(CLI::App& app) {
       ->check(CLI::Range(1.0, 1e6));
   cmd->add_option("-o,--out", a->out, "output directory");
   cmd->add_option("-t,--threads", a->threads, "threads (default: all cores)");
+  add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
   cmd->add_flag("!--no-progress", a->progress, "no progress bar");
@@ -97,6 +99,7 @@ Runner register_passkey(CLI::App& app) {
     cfg.n_threads = a->threads;
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
+    apply_compute_flag(a->compute);
     auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
     const SweepCommand c{.label = "passkey",
                          .progress = a->progress,

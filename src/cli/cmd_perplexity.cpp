@@ -18,6 +18,7 @@ struct PerplexityArgs {
   int64_t ctx = 0;
   int64_t docs = 1;
   int threads = 0;
+  std::string compute = "auto";
   bool json = false;
   bool progress = true;
   RopeFlags rope;
@@ -41,10 +42,12 @@ Runner register_perplexity(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
+  add_compute_flag(cmd, args->compute);
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
   cmd->add_flag("!--no-progress", args->progress, "no progress bar");
   add_rope_flags(cmd, args->rope);
   return [args]() {
+    apply_compute_flag(args->compute);
     auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
     const RopeScaling scaling = resolve_rope_for_length(args->rope, *model, args->ctx);
     const std::string text = normalize_newlines(read_text_file(args->text));

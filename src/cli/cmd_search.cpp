@@ -38,6 +38,7 @@ struct SearchArgs {
   bool json = false;
   bool progress = true;
   int threads = 0;
+  std::string compute = "auto";
 };
 
 uint64_t fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
@@ -55,9 +56,12 @@ std::string model_fingerprint(const Model& m) {
       fmt::format("{}/{}/{}/{}/{}/{}/{}/{}/{}/{}", hp.arch, hp.n_layer, hp.n_embd, hp.n_head,
                   hp.n_head_kv, hp.n_ff, hp.n_vocab, hp.n_ctx_train, hp.n_rot, hp.rope_base);
   uint64_t h = fnv(s.data(), s.size());
-  const Matrix& e = m.tok_embd();
-  const size_t n = static_cast<size_t>(std::min<int64_t>(e.rows * e.cols, 1 << 16));
-  h = fnv(e.data, n * sizeof(float), h);
+  // The first 64K embedding values as FP32 (decoded, so the fingerprint is that of the values).
+  const WeightView& e = m.tok_embd();
+  const int64_t n = std::min<int64_t>(e.rows * e.cols, 1 << 16);
+  std::vector<float> vals(static_cast<size_t>(n));
+  dequantize(e.type, e.data, vals.data(), n);
+  h = fnv(vals.data(), vals.size() * sizeof(float), h);
   return fmt::format("{:016x}", h);
 }
 
@@ -178,10 +182,12 @@ Runner register_search(CLI::App& app) {
   cmd->add_flag("--json", a->json, "print one JSON summary on stdout");
   cmd->add_flag("!--no-progress", a->progress, "no progress bar");
   cmd->add_option("-t,--threads", a->threads, "threads (default: all cores)");
+  add_compute_flag(cmd, a->compute);
 
   return [a]() {
     const std::string ckpt_path = a->output + ".ckpt.json";
     const std::string log_path = a->output + ".log.json";
+    apply_compute_flag(a->compute);
     auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
     const HParams& hp = model->hp();
     const int64_t L = a->target;
@@ -231,12 +237,15 @@ Runner register_search(CLI::App& app) {
     validate_space(sp);
 
     SearchSettings settings = a->settings;
-    const nlohmann::json fingerprint = {{"model", model_fingerprint(*model)},
-                                        {"text", windows_fingerprint(windows)},
-                                        {"target_ctx", L},
-                                        {"orig_ctx", Lorig},
-                                        {"docs", a->docs},
-                                        {"short_ctx", a->short_ctx ? *a->short_ctx : 0}};
+    const nlohmann::json fingerprint = {
+        {"model", model_fingerprint(*model)},
+        {"text", windows_fingerprint(windows)},
+        {"target_ctx", L},
+        {"orig_ctx", Lorig},
+        {"docs", a->docs},
+        {"short_ctx", a->short_ctx ? *a->short_ctx : 0},
+        // bf16 and FP32 fitness values must not mix in one run.
+        {"compute", kernels::compute_name(kernels::default_compute())}};
     nlohmann::json ck_settings = settings.to_json();
     ck_settings["space"] = space_json(sp);
     ck_settings["short_lambda_max"] = a->short_lambda_max ? *a->short_lambda_max : 0.0;

@@ -23,10 +23,26 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
   const HParams& hp = model->hp();
   fmt::print(stderr,
              "loaded {} ({}, {} layers, dim {}, {} heads / {} kv, vocab {}, trained ctx {}, rope "
-             "base {:g}, {:.1f}M params) in {:.2f}s\n",
+             "base {:g}, {:.1f}M params, {:.0f} MB of weights kept as stored) in {:.2f}s; compute "
+             "{}\n",
              path, model->file().format, hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.n_vocab,
-             hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6, omp_get_wtime() - t0);
+             hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6,
+             double(model->weight_bytes()) / 1048576.0, omp_get_wtime() - t0,
+             kernels::compute_name(kernels::default_compute()));
   return model;
+}
+
+void add_compute_flag(CLI::App* cmd, std::string& value) {
+  cmd->add_option("--compute", value,
+                  "arithmetic of prompt processing and attention: bf16 (bf16 products, FP32 "
+                  "sums; needs AVX512_BF16), f32, or auto = bf16 where the CPU has it")
+      ->default_str("auto")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+}
+
+void apply_compute_flag(const std::string& value) {
+  if (value == "f32") kernels::set_default_compute(kernels::Compute::kF32);
+  if (value == "bf16") kernels::set_default_compute(kernels::Compute::kBF16);
 }
 
 std::string read_text_file(const std::string& path) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -14,6 +15,11 @@ namespace longrope::cli {
 // Loads a model, printing what was loaded (and how long it took) on stderr.
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,
                                                 const std::string& tokenizer_path, int threads);
+// --compute auto|f32|bf16 (the arithmetic of prompt processing, scoring and attention).
+void add_compute_flag(CLI::App* cmd, std::string& value);
+// Sets the process default from the flag's value; throws Error for bf16 on a CPU without it.
+void apply_compute_flag(const std::string& value);
+
 // Whole file as bytes; throws Error naming the file when it cannot be read or is empty.
 std::string read_text_file(const std::string& path);
 

@@ -39,36 +39,42 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   const HParams& hp = model.hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n < 2) throw Error("a window needs at least 2 tokens to score, got " + std::to_string(n));
+  std::vector<int64_t> pos = opts.positions;
+  if (pos.empty()) {
+    pos.resize(static_cast<size_t>(n - 1));
+    for (int64_t i = 0; i < n - 1; ++i) pos[i] = i;
+  }
+  for (int64_t p : pos)
+    if (p < 0 || p >= n - 1)
+      throw Error("scored position " + std::to_string(p) + " out of range [0, " +
+                  std::to_string(n - 1) + ") for a window of " + std::to_string(n) + " tokens");
   const RopeTables tables = tables_for(model, scaling, n);
-  const int64_t kv_elems = int64_t(hp.n_head_kv) * n * hp.head_dim;
-  std::unique_ptr<float[]> kbuf(new float[kv_elems]), vbuf(new float[kv_elems]);
-  engine::KvView kv{kbuf.get(), vbuf.get(), n, 0};
+  engine::KvStorage kv(hp, n, 1, opts.compute);
   engine::Workspace ws;
   PhaseStats st;
-  engine::forward_layers(model, tokens.data(), n, 0, tables, kv, ws, &st);
+  engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st);
 
-  double t0 = omp_get_wtime();
-  const int64_t d = hp.n_embd;
-  kernels::rmsnorm(ws.x.data(), model.output_norm().data, ws.h.data(), n, d, hp.norm_eps);
-  const Matrix& W = model.output();
-  const int64_t chunk = std::max<int64_t>(1, opts.lm_head_chunk);
-  std::vector<float> logits(static_cast<size_t>(std::min(chunk, n) * W.rows));
-  std::vector<double> nll(static_cast<size_t>(n - 1));
-  for (int64_t r0 = 0; r0 < n - 1; r0 += chunk) {
-    const int64_t rows = std::min(chunk, n - 1 - r0);
-    kernels::gemm_nt(rows, W.rows, W.cols, ws.h.data() + r0 * d, d, W.data, W.cols, logits.data(),
-                     W.rows, 0.0f);
-    kernels::nll_rows(logits.data(), rows, W.rows, tokens.data() + r0 + 1, nll.data() + r0);
+  const double t0 = omp_get_wtime();
+  const int64_t d = hp.n_embd, m = static_cast<int64_t>(pos.size());
+  // Final norm only at the scored rows, gathered densely.
+  std::vector<float> h(static_cast<size_t>(m * d));
+  std::vector<int32_t> target(static_cast<size_t>(m));
+#pragma omp parallel for schedule(static) if (m > 64)
+  for (int64_t r = 0; r < m; ++r) {
+    kernels::rmsnorm(ws.x.data() + pos[r] * d, model.output_norm(), h.data() + r * d, 1, d,
+                     hp.norm_eps);
+    target[r] = tokens[pos[r] + 1];
   }
+  std::vector<double> nll(static_cast<size_t>(m));
+  engine::lm_head_nll(model, h.data(), m, target.data(), opts.compute, nll.data());
   st.lm_head_seconds += omp_get_wtime() - t0;
-  st.lm_head_flops += 2.0 * double(n - 1) * double(W.rows) * double(W.cols);
+  st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(d);
   g_last_stats = st;
   return nll;
 }
 
 struct Context::Impl {
-  std::unique_ptr<float[]> k, v;
-  engine::KvView kv;
+  std::unique_ptr<engine::KvStorage> kv;
   engine::Workspace ws;
   RopeTables tables;  // tables the cached keys were rotated with
   bool have_tables = false;
@@ -85,11 +91,9 @@ Context::Context(std::shared_ptr<const Model> model, ContextParams params, RopeS
     throw Error("context of " + std::to_string(n_ctx_) + " tokens is too large (expected <= 2^24)");
   set_threads(params.n_threads);
   scaling_.validate(hp.n_rot);
-  const int64_t per_layer = int64_t(hp.n_head_kv) * n_ctx_ * hp.head_dim;
-  const int64_t total = per_layer * hp.n_layer;
-  impl_->k.reset(new float[total]);
-  impl_->v.reset(new float[total]);
-  impl_->kv = engine::KvView{impl_->k.get(), impl_->v.get(), n_ctx_, per_layer};
+  if (params.compute == kernels::Compute::kBF16 && !kernels::cpu_has_avx512_bf16())
+    throw Error("bf16 compute needs a CPU with AVX512_BF16 (use --compute f32)");
+  impl_->kv = std::make_unique<engine::KvStorage>(hp, n_ctx_, hp.n_layer, params.compute);
 }
 
 Context::~Context() = default;
@@ -129,8 +133,16 @@ void rerotate(const HParams& hp, const engine::KvView& kv, int64_t n, const Rope
 #pragma omp parallel for collapse(2) schedule(static)
   for (int l = 0; l < hp.n_layer; ++l)
     for (int h = 0; h < hp.n_head_kv; ++h) {
-      float* base = kv.k + l * kv.layer_stride + int64_t(h) * kv.cap * hd;
-      kernels::rope_apply(base, n, hd, 1, int(hd), hp.n_rot, c.data(), s.data());
+      const int64_t off = l * kv.layer_stride + int64_t(h) * kv.cap * hd;
+      if (kv.compute == kernels::Compute::kBF16) {
+        // Rotate an FP32 copy and round back to bf16.
+        std::vector<float> tmp(static_cast<size_t>(n * hd));
+        for (int64_t i = 0; i < n * hd; ++i) tmp[i] = bf16_to_fp32(kv.k16[off + i]);
+        kernels::rope_apply(tmp.data(), n, hd, 1, int(hd), hp.n_rot, c.data(), s.data());
+        kernels::f32_to_bf16(tmp.data(), kv.k16 + off, n * hd);
+      } else {
+        kernels::rope_apply(kv.k + off, n, hd, 1, int(hd), hp.n_rot, c.data(), s.data());
+      }
     }
 }
 
@@ -154,7 +166,7 @@ void Context::advance(std::span<const int32_t> tokens) {
     switch_stats_.switches++;
     switch_stats_.positions += n_past_;
     if (policy_ == SwitchPolicy::kRerotate) {
-      rerotate(hp, impl_->kv, n_past_, impl_->tables, tables);
+      rerotate(hp, impl_->kv->view, n_past_, impl_->tables, tables);
       switch_stats_.seconds += omp_get_wtime() - t0;
     } else {
       // Exact: the cached tokens go through the model again, together with the new ones.
@@ -168,8 +180,8 @@ void Context::advance(std::span<const int32_t> tokens) {
   impl_->tables = std::move(tables);
   impl_->have_tables = true;
   const double t0 = omp_get_wtime();
-  engine::forward_layers(*model_, run.data(), int64_t(run.size()), p0, impl_->tables, impl_->kv,
-                         impl_->ws, nullptr);
+  engine::forward_layers(*model_, run.data(), int64_t(run.size()), p0, impl_->tables,
+                         impl_->kv->view, impl_->ws, nullptr);
   if (p0 == 0 && n_past_ > 0) switch_stats_.seconds += omp_get_wtime() - t0;
   // Only the rows of the new tokens matter to the caller: move them to the front.
   if (int64_t(run.size()) != n) {
@@ -185,12 +197,12 @@ std::vector<float> Context::decode_all_logits(std::span<const int32_t> tokens) {
   const HParams& hp = model_->hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = hp.n_embd;
-  kernels::rmsnorm(impl_->ws.x.data(), model_->output_norm().data, impl_->ws.h.data(), n, d,
+  kernels::rmsnorm(impl_->ws.x.data(), model_->output_norm(), impl_->ws.h.data(), n, d,
                    hp.norm_eps);
-  const Matrix& W = model_->output();
+  const WeightView& W = model_->output();
   std::vector<float> logits(static_cast<size_t>(n * W.rows));
-  kernels::gemm_nt(n, W.rows, W.cols, impl_->ws.h.data(), d, W.data, W.cols, logits.data(), W.rows,
-                   0.0f);
+  kernels::matmul_w(n, impl_->ws.h.data(), d, W, logits.data(), W.rows, 0.0f,
+                    impl_->kv->view.compute);
   return logits;
 }
 
@@ -200,11 +212,11 @@ std::vector<float> Context::decode(std::span<const int32_t> tokens) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = hp.n_embd;
   std::vector<float> h(static_cast<size_t>(d));
-  kernels::rmsnorm(impl_->ws.x.data() + (n - 1) * d, model_->output_norm().data, h.data(), 1, d,
+  kernels::rmsnorm(impl_->ws.x.data() + (n - 1) * d, model_->output_norm(), h.data(), 1, d,
                    hp.norm_eps);
-  const Matrix& W = model_->output();
+  const WeightView& W = model_->output();
   std::vector<float> logits(static_cast<size_t>(W.rows));
-  kernels::gemm_nt(1, W.rows, W.cols, h.data(), d, W.data, W.cols, logits.data(), W.rows, 0.0f);
+  kernels::gemv_w(1, h.data(), d, W, logits.data(), W.rows, 0.0f);
   return logits;
 }
 

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
+#include "engine/kernels/panel.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
 
@@ -31,12 +33,34 @@ void build_rope_cache(const RopeTables& t, int64_t p0, int64_t n, std::vector<fl
 
 namespace {
 
-void gemm(const float* A, int64_t n, const Matrix& W, float* C, float beta) {
-  kernels::gemm_nt(n, W.rows, W.cols, A, W.cols, W.data, W.cols, C, W.rows, beta);
+void gemm(const float* A, int64_t n, const WeightView& W, float* C, float beta,
+          kernels::Compute c) {
+  kernels::matmul_w(n, A, W.cols, W, C, W.rows, beta, c);
 }
 
 void resize(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+// Copies the new keys/values (n rows of KV heads) into layer l of the cache at positions p0..,
+// converting to bf16 for a bf16 cache.
+void store_kv(const KvView& kv, int l, int64_t p0, int64_t n, int64_t KV, int64_t hd,
+              const Workspace& ws) {
+  const int64_t kvdim = KV * hd;
+#pragma omp parallel for collapse(2) schedule(static) if (n * kvdim > 65536)
+  for (int64_t h = 0; h < KV; ++h)
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t off = l * kv.layer_stride + (h * kv.cap + p0 + i) * hd;
+      const float* ks = ws.k.data() + i * kvdim + h * hd;
+      const float* vs = ws.v.data() + i * kvdim + h * hd;
+      if (kv.compute == kernels::Compute::kBF16) {
+        kernels::f32_to_bf16(ks, kv.k16 + off, hd);
+        kernels::f32_to_bf16(vs, kv.v16 + off, hd);
+      } else {
+        std::memcpy(kv.k + off, ks, sizeof(float) * hd);
+        std::memcpy(kv.v + off, vs, sizeof(float) * hd);
+      }
+    }
 }
 
 }  // namespace
@@ -60,6 +84,7 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
   resize(ws.att, n * qdim);
   resize(ws.g, n * ff);
   resize(ws.u, n * ff);
+  const kernels::Compute cm = kv.compute;
   PhaseStats local;
   PhaseStats& st = stats ? *stats : local;
   double t0 = omp_get_wtime();
@@ -69,14 +94,7 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
     t0 = t1;
   };
 
-  const Matrix& E = model.tok_embd();
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t tok = tokens[i];
-    if (tok < 0 || tok >= E.rows)
-      throw Error("token id " + std::to_string(tok) + " out of range [0, " +
-                  std::to_string(E.rows) + ")");
-    std::memcpy(ws.x.data() + i * d, E.data + int64_t(tok) * d, sizeof(float) * d);
-  }
+  for (int64_t i = 0; i < n; ++i) model.embed(tokens[i], ws.x.data() + i * d);
   build_rope_cache(tables, p0, n, ws.cos_tab, ws.sin_tab);
   lap(st.other_seconds);
 
@@ -84,56 +102,114 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
   const double att_pairs = static_cast<double>(n) * p0 + 0.5 * double(n) * double(n + 1);
   for (int l = 0; l < hp.n_layer; ++l) {
     const LayerWeights& L = model.layers()[l];
-    float* kc = kv.k + l * kv.layer_stride;
-    float* vc = kv.v + l * kv.layer_stride;
-
-    kernels::rmsnorm(ws.x.data(), L.attn_norm.data, ws.h.data(), n, d, hp.norm_eps);
+    kernels::rmsnorm(ws.x.data(), L.attn_norm, ws.h.data(), n, d, hp.norm_eps);
     lap(st.other_seconds);
-    gemm(ws.h.data(), n, L.wq, ws.q.data(), 0.0f);
-    gemm(ws.h.data(), n, L.wk, ws.k.data(), 0.0f);
-    gemm(ws.h.data(), n, L.wv, ws.v.data(), 0.0f);
+    gemm(ws.h.data(), n, L.wq, ws.q.data(), 0.0f, cm);
+    gemm(ws.h.data(), n, L.wk, ws.k.data(), 0.0f, cm);
+    gemm(ws.h.data(), n, L.wv, ws.v.data(), 0.0f, cm);
     lap(st.matmul_seconds);
     kernels::rope_apply(ws.q.data(), n, qdim, int(H), int(hd), hp.n_rot, ws.cos_tab.data(),
                         ws.sin_tab.data());
     kernels::rope_apply(ws.k.data(), n, kvdim, int(KV), int(hd), hp.n_rot, ws.cos_tab.data(),
                         ws.sin_tab.data());
-    for (int64_t h = 0; h < KV; ++h)
-      for (int64_t i = 0; i < n; ++i) {
-        std::memcpy(kc + (h * kv.cap + p0 + i) * hd, ws.k.data() + i * kvdim + h * hd,
-                    sizeof(float) * hd);
-        std::memcpy(vc + (h * kv.cap + p0 + i) * hd, ws.v.data() + i * kvdim + h * hd,
-                    sizeof(float) * hd);
-      }
+    store_kv(kv, l, p0, n, KV, hd, ws);
     lap(st.other_seconds);
-    kernels::AttentionArgs args{ws.q.data(),
-                                qdim,
-                                kc,
-                                vc,
-                                kv.cap,
-                                ws.att.data(),
-                                qdim,
-                                n,
-                                p0,
-                                int(H),
-                                int(KV),
-                                int(hd),
-                                1.0f / std::sqrt(float(hd))};
-    kernels::attention(args);
+    const float scale = 1.0f / std::sqrt(float(hd));
+    if (cm == kernels::Compute::kBF16) {
+      kernels::AttentionArgsBf16 args{ws.q.data(),
+                                      qdim,
+                                      kv.k16 + l * kv.layer_stride,
+                                      kv.v16 + l * kv.layer_stride,
+                                      kv.cap,
+                                      ws.att.data(),
+                                      qdim,
+                                      n,
+                                      p0,
+                                      int(H),
+                                      int(KV),
+                                      int(hd),
+                                      scale};
+      kernels::attention_bf16(args);
+    } else {
+      kernels::AttentionArgs args{ws.q.data(),
+                                  qdim,
+                                  kv.k + l * kv.layer_stride,
+                                  kv.v + l * kv.layer_stride,
+                                  kv.cap,
+                                  ws.att.data(),
+                                  qdim,
+                                  n,
+                                  p0,
+                                  int(H),
+                                  int(KV),
+                                  int(hd),
+                                  scale};
+      kernels::attention(args);
+    }
     lap(st.attention_seconds);
-    gemm(ws.att.data(), n, L.wo, ws.x.data(), 1.0f);
+    gemm(ws.att.data(), n, L.wo, ws.x.data(), 1.0f, cm);
     lap(st.matmul_seconds);
-    kernels::rmsnorm(ws.x.data(), L.ffn_norm.data, ws.h.data(), n, d, hp.norm_eps);
+    kernels::rmsnorm(ws.x.data(), L.ffn_norm, ws.h.data(), n, d, hp.norm_eps);
     lap(st.other_seconds);
-    gemm(ws.h.data(), n, L.w_gate, ws.g.data(), 0.0f);
-    gemm(ws.h.data(), n, L.w_up, ws.u.data(), 0.0f);
+    gemm(ws.h.data(), n, L.w_gate, ws.g.data(), 0.0f, cm);
+    gemm(ws.h.data(), n, L.w_up, ws.u.data(), 0.0f, cm);
     lap(st.matmul_seconds);
     kernels::swiglu(ws.g.data(), ws.u.data(), n * ff);
     lap(st.other_seconds);
-    gemm(ws.g.data(), n, L.w_down, ws.x.data(), 1.0f);
+    gemm(ws.g.data(), n, L.w_down, ws.x.data(), 1.0f, cm);
     lap(st.matmul_seconds);
     st.matmul_flops += mm_flops_per_tok * double(n);
     st.attention_flops += 4.0 * double(hd) * double(H) * att_pairs;
   }
+}
+
+KvStorage::KvStorage(const HParams& hp, int64_t cap, int layers, kernels::Compute compute) {
+  const int64_t per_layer = int64_t(hp.n_head_kv) * cap * hp.head_dim;
+  const int64_t total = per_layer * layers;
+  if (compute == kernels::Compute::kBF16) {
+    k16.reset(new uint16_t[total]);
+    v16.reset(new uint16_t[total]);
+  } else {
+    k.reset(new float[total]);
+    v.reset(new float[total]);
+  }
+  view = KvView{k.get(), v.get(), k16.get(), v16.get(), cap, layers > 1 ? per_layer : 0, compute};
+}
+
+void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* target,
+                 kernels::Compute compute, double* nll) {
+  const WeightView& W = model.output();
+  const int64_t V = W.rows, d = W.cols;
+  for (int64_t r = 0; r < n; ++r)
+    if (target[r] < 0 || target[r] >= V)
+      throw Error("target token id " + std::to_string(target[r]) + " out of range [0, " +
+                  std::to_string(V) + ")");
+  // Vocabulary panels of 2048 rows (each decoded once per call) and row chunks of 1024: an 8 MB
+  // logits block, large enough for an efficient GEMM, independent of n and of the vocabulary.
+  const int64_t panel = std::min<int64_t>(2048, V);
+  const int64_t chunk = 1024;
+  std::vector<float> m(static_cast<size_t>(n), -std::numeric_limits<float>::infinity());
+  std::vector<double> s(static_cast<size_t>(n), 0.0);
+  std::vector<float> tl(static_cast<size_t>(n), 0.0f);
+  std::vector<float> logits(static_cast<size_t>(std::min(chunk, n) * panel));
+  kernels::PanelBuffer pb;
+  kernels::RowsBf16 a16;
+  if (compute == kernels::Compute::kBF16) kernels::rows_to_bf16(h, n, d, d, a16);
+  for (int64_t v0 = 0; v0 < V; v0 += panel) {
+    const int64_t pv = std::min(panel, V - v0);
+    kernels::decode_panel(W, v0, pv, compute, pb);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+      const int64_t rows = std::min(chunk, n - r0);
+      if (compute == kernels::Compute::kBF16)
+        kernels::gemm_bf16_nt(rows, pv, d, a16.data.data() + r0 * d, d, pb.b16.data(), d,
+                              logits.data(), pv, 0.0f);
+      else
+        kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, logits.data(), pv, 0.0f);
+      kernels::lse_update_rows(logits.data(), rows, pv, v0, target + r0, m.data() + r0,
+                               s.data() + r0, tl.data() + r0);
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) nll[r] = double(m[r]) + std::log(s[r]) - double(tl[r]);
 }
 
 }  // namespace longrope::engine

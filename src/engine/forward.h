@@ -1,6 +1,7 @@
 // The Llama forward pass over a block of tokens, shared by whole-window scoring and decoding.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "longrope/context.h"
@@ -16,20 +17,40 @@ void build_rope_cache(const RopeTables& t, int64_t p0, int64_t n, std::vector<fl
 // Key/value storage: layer l, kv head h, position p, dim d at
 // base + l*layer_stride + (h*cap + p)*head_dim + d. layer_stride 0 shares one layer's storage
 // between all layers (enough when a whole sequence goes through the model layer by layer).
+// With kernels::Compute::kBF16 the cache holds bf16 values in k16/v16 (same layout) and k/v are
+// unused; with kF32 it holds FP32 values in k/v.
 struct KvView {
   float* k = nullptr;
   float* v = nullptr;
+  uint16_t* k16 = nullptr;
+  uint16_t* v16 = nullptr;
   int64_t cap = 0;
   int64_t layer_stride = 0;
+  kernels::Compute compute = kernels::Compute::kF32;
+};
+
+// Owns the storage behind a KvView for `layers` layers of `cap` positions.
+struct KvStorage {
+  std::unique_ptr<float[]> k, v;
+  std::unique_ptr<uint16_t[]> k16, v16;
+  KvView view;
+  KvStorage(const HParams& hp, int64_t cap, int layers, kernels::Compute compute);
 };
 
 struct Workspace {
   std::vector<float> x, h, q, k, v, att, g, u, cos_tab, sin_tab;
 };
 
-// Runs tokens[0..n) at positions p0.. through every layer. On return ws.x holds the final hidden
-// states (before the output norm), n rows of n_embd.
+// Runs tokens[0..n) at positions p0.. through every layer, with kv.compute's arithmetic for the
+// projections and attention. On return ws.x holds the final hidden states (before the output
+// norm), n rows of n_embd.
 void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_t p0,
                     const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats);
+
+// Next-token negative log-likelihoods from final hidden states already through the output norm:
+// nll[r] = logsumexp(h_r W^T) - (h_r W^T)[target[r]] for n rows. Streams the vocabulary in panels
+// (each decoded once) and row chunks with an online log-sum-exp: no n x vocab buffer.
+void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* target,
+                 kernels::Compute compute, double* nll);
 
 }  // namespace longrope::engine

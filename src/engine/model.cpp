@@ -1,4 +1,5 @@
-// Model loading: file -> FP32 weight matrices (views of F32 tensors, dequantized copies otherwise).
+// Model loading: weight matrices stay views of the mapped file in their own encoding; only 1-D
+// norm weights that are not F32 in the file are decoded to an owned FP32 copy.
 #include "longrope/model.h"
 
 #include <omp.h>
@@ -9,28 +10,52 @@
 
 namespace longrope {
 
-Matrix Model::make_matrix(const TensorRef& t) {
-  Matrix m;
-  m.cols = t.ne.empty() ? 1 : t.ne[0];
-  m.rows = m.cols == 0 ? 0 : t.nelements() / m.cols;
+WeightView Model::make_weight(const TensorRef& t) {
+  WeightView w;
+  w.type = t.type;
+  w.data = t.data;
+  w.cols = t.ne.empty() ? 1 : t.ne[0];
+  w.rows = w.cols == 0 ? 0 : t.nelements() / w.cols;
+  w.row_bytes = ggml_row_size(t.type, w.cols);
+  if (static_cast<size_t>(w.rows) * w.row_bytes > t.nbytes)
+    throw Error(file_.path + ": tensor " + t.name + " holds " + std::to_string(t.nbytes) +
+                " bytes, expected " + std::to_string(static_cast<size_t>(w.rows) * w.row_bytes));
   n_params_ += t.nelements();
-  if (t.type == GgmlType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
-    m.data = reinterpret_cast<const float*>(t.data);
-    return m;
-  }
-  auto buf = std::unique_ptr<float[]>(new float[static_cast<size_t>(t.nelements())]);
-  const size_t row_bytes = ggml_row_size(t.type, m.cols);
-  float* dst = buf.get();
-  const int64_t rows = m.rows, cols = m.cols;
-  const uint8_t* src = t.data;
-  const GgmlType type = t.type;
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) dequantize(type, src + r * row_bytes, dst + r * cols, cols);
-  owned_bytes_ += static_cast<size_t>(t.nelements()) * sizeof(float);
-  m.data = buf.get();
-  owned_.push_back(std::move(buf));
-  return m;
+  weight_bytes_ += static_cast<size_t>(w.rows) * w.row_bytes;
+  return w;
 }
+
+const float* Model::make_vector(const TensorRef& t) {
+  n_params_ += t.nelements();
+  if (t.type == GgmlType::F32 && reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0)
+    return reinterpret_cast<const float*>(t.data);
+  auto buf = std::unique_ptr<float[]>(new float[static_cast<size_t>(t.nelements())]);
+  dequantize(t.type, t.data, buf.get(), t.nelements());
+  owned_bytes_ += static_cast<size_t>(t.nelements()) * sizeof(float);
+  const float* p = buf.get();
+  owned_.push_back(std::move(buf));
+  return p;
+}
+
+void Model::embed(int32_t tok, float* dst) const {
+  if (tok < 0 || tok >= tok_embd_.rows)
+    throw Error("token id " + std::to_string(tok) + " out of range [0, " +
+                std::to_string(tok_embd_.rows) + ")");
+  kernels::dequant_rows_f32(tok_embd_, tok, 1, dst, tok_embd_.cols);
+}
+
+namespace {
+
+void expect_shape(const std::string& path, const TensorRef& t, int64_t cols, int64_t rows) {
+  const int64_t c = t.ne.empty() ? 1 : t.ne[0];
+  const int64_t r = c == 0 ? 0 : t.nelements() / c;
+  if (c != cols || r != rows)
+    throw Error(path + ": tensor " + t.name + " is " + std::to_string(r) + " x " +
+                std::to_string(c) + ", expected " + std::to_string(rows) + " x " +
+                std::to_string(cols) + " (rows x columns) for the model's hyper-parameters");
+}
+
+}  // namespace
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& opts) {
   std::shared_ptr<Model> m(new Model());
@@ -39,10 +64,22 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   m->tokenizer_ = Tokenizer::create(m->file_.vocab);
   m->default_rope_ = rope_from_meta(m->file_.rope, m->file_.hp.n_rot, m->file_.hp.n_ctx_train);
   const HParams& hp = m->file_.hp;
-  m->tok_embd_ = m->make_matrix(m->file_.get("token_embd.weight"));
-  m->output_norm_ = m->make_matrix(m->file_.get("output_norm.weight"));
-  if (const TensorRef* out = m->file_.find("output.weight")) {
-    m->output_ = m->make_matrix(*out);
+  const int64_t d = hp.n_embd, qdim = int64_t(hp.n_head) * hp.head_dim,
+                kvdim = int64_t(hp.n_head_kv) * hp.head_dim, ff = hp.n_ff, V = hp.n_vocab;
+  auto weight = [&](const std::string& name, int64_t cols, int64_t rows) {
+    const TensorRef& t = m->file_.get(name);
+    expect_shape(m->file_.path, t, cols, rows);
+    return m->make_weight(t);
+  };
+  auto vec = [&](const std::string& name, int64_t n) {
+    const TensorRef& t = m->file_.get(name);
+    expect_shape(m->file_.path, t, n, 1);
+    return m->make_vector(t);
+  };
+  m->tok_embd_ = weight("token_embd.weight", d, V);
+  m->output_norm_ = vec("output_norm.weight", d);
+  if (m->file_.find("output.weight")) {
+    m->output_ = weight("output.weight", d, V);
   } else {
     m->output_ = m->tok_embd_;  // tied
   }
@@ -50,15 +87,15 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   for (int l = 0; l < hp.n_layer; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     LayerWeights& L = m->layers_[l];
-    L.attn_norm = m->make_matrix(m->file_.get(p + "attn_norm.weight"));
-    L.wq = m->make_matrix(m->file_.get(p + "attn_q.weight"));
-    L.wk = m->make_matrix(m->file_.get(p + "attn_k.weight"));
-    L.wv = m->make_matrix(m->file_.get(p + "attn_v.weight"));
-    L.wo = m->make_matrix(m->file_.get(p + "attn_output.weight"));
-    L.ffn_norm = m->make_matrix(m->file_.get(p + "ffn_norm.weight"));
-    L.w_gate = m->make_matrix(m->file_.get(p + "ffn_gate.weight"));
-    L.w_up = m->make_matrix(m->file_.get(p + "ffn_up.weight"));
-    L.w_down = m->make_matrix(m->file_.get(p + "ffn_down.weight"));
+    L.attn_norm = vec(p + "attn_norm.weight", d);
+    L.wq = weight(p + "attn_q.weight", d, qdim);
+    L.wk = weight(p + "attn_k.weight", d, kvdim);
+    L.wv = weight(p + "attn_v.weight", d, kvdim);
+    L.wo = weight(p + "attn_output.weight", qdim, d);
+    L.ffn_norm = vec(p + "ffn_norm.weight", d);
+    L.w_gate = weight(p + "ffn_gate.weight", d, ff);
+    L.w_up = weight(p + "ffn_up.weight", d, ff);
+    L.w_down = weight(p + "ffn_down.weight", ff, d);
   }
   if (m->tokenizer_->n_vocab() != hp.n_vocab)
     throw Error(path + ": tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) +

@@ -19,7 +19,20 @@
 #define LONGROPE_BF16_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
+namespace longrope::kernels {
+// The project's own AVX512_BF16 GEMM (what gemm_bf16_nt runs when oneDNN is not in the build).
+void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                      const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
+}  // namespace longrope::kernels
+
 namespace longrope::kernels::bf16_detail {
+
+// The same product through oneDNN's matmul (gemm_onednn.cpp). Returns false when the build has no
+// oneDNN or the CPU lacks AVX512_BF16 (the caller then runs its own kernel).
+bool gemm_bf16_onednn(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                      const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
+// Whether gemm_bf16_nt goes through oneDNN, and oneDNN's version ("" without it).
+bool have_onednn();
 
 // Throws longrope::Error naming `fn` when the CPU lacks AVX512_BF16.
 inline void require_avx512_bf16(const char* fn) {

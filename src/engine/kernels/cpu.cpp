@@ -1,4 +1,7 @@
 // Run-time CPU feature detection and the default compute path.
+#include <atomic>
+
+#include "longrope/error.h"
 #include "longrope/kernels.h"
 
 namespace longrope::kernels {
@@ -31,8 +34,21 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
+namespace {
+// -1: not set (detect); else the Compute value.
+std::atomic<int> g_default_compute{-1};
+}  // namespace
+
 Compute default_compute() {
+  const int v = g_default_compute.load(std::memory_order_relaxed);
+  if (v >= 0) return static_cast<Compute>(v);
   return cpu_has_avx512_bf16() ? Compute::kBF16 : Compute::kF32;
+}
+
+void set_default_compute(Compute c) {
+  if (c == Compute::kBF16 && !cpu_has_avx512_bf16())
+    throw Error("bf16 compute needs a CPU with AVX512_BF16, which this one lacks (use f32)");
+  g_default_compute.store(static_cast<int>(c), std::memory_order_relaxed);
 }
 
 const char* compute_name(Compute c) {

@@ -1,5 +1,6 @@
 // Row-wise and element-wise kernels: RMSNorm, SwiGLU, rotary embedding, chunked log-softmax NLL.
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "engine/kernels/vec_math.h"
@@ -88,6 +89,29 @@ void nll_rows(const float* logits, int64_t n, int64_t vocab, const int32_t* targ
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < vocab; ++i) sum += fast_exp(row[i] - mx);
     nll[r] = double(mx) + std::log(double(sum)) - double(row[target[r]]);
+  }
+}
+
+void lse_update_rows(const float* logits, int64_t n, int64_t width, int64_t v0,
+                     const int32_t* target, float* m, double* s, float* tl) {
+#pragma omp parallel for schedule(static) if (n * width > 65536)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = logits + r * width;
+    float mx = row[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < width; ++i) mx = row[i] > mx ? row[i] : mx;
+    if (mx > m[r]) {
+      s[r] = m[r] == -std::numeric_limits<float>::infinity() ? 0.0
+                                                             : s[r] * std::exp(double(m[r]) - mx);
+      m[r] = mx;
+    }
+    const float base = m[r];
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < width; ++i) sum += fast_exp(row[i] - base);
+    s[r] += sum;
+    const int64_t t = int64_t(target[r]) - v0;
+    if (t >= 0 && t < width) tl[r] = row[t];
   }
 }
 

@@ -219,6 +219,14 @@ LONGROPE_BF16_TARGET void gemm_worker(const GemmJob& g) {
 
 void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                   const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta) {
+  // oneDNN where the build has it (it uses AMX tiles on CPUs that have them, 6-11x this kernel
+  // there; the same speed as this kernel on AVX512_BF16 alone: docs/design.md).
+  if (bf16_detail::gemm_bf16_onednn(M, N, K, A, lda, B, ldb, C, ldc, beta)) return;
+  gemm_bf16_nt_own(M, N, K, A, lda, B, ldb, C, ldc, beta);
+}
+
+void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                      const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta) {
   bf16_detail::require_avx512_bf16("gemm_bf16_nt");
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
