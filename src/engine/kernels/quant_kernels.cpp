@@ -26,8 +26,9 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 // GCC 12 reports the self-initialised _mm512_undefined_*() of its own intrinsics headers as
-// maybe-uninitialized once they are inlined (GCC bug 105593).
+// (maybe-)uninitialized once they are inlined (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
