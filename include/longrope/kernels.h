@@ -95,11 +95,13 @@ void rope_apply_scalar(float* x, int64_t n, int64_t row_stride, int n_heads, int
 //   out: n rows, stride out_stride, n_head heads of head_dim
 // Query i attends to positions [0, p0 + i]. Streams keys in tiles with an online softmax:
 // memory is O(tile), never O(n x positions).
-struct AttentionArgs {
+// KV is the cache's element type: float, or uint16_t holding bf16 (attention_bf16).
+template <class KV>
+struct AttentionArgsT {
   const float* q;
   int64_t q_stride;
-  const float* k;
-  const float* v;
+  const KV* k;
+  const KV* v;
   int64_t kv_cap;
   float* out;
   int64_t out_stride;
@@ -110,26 +112,13 @@ struct AttentionArgs {
   int head_dim;
   float scale;  // usually 1/sqrt(head_dim)
 };
+using AttentionArgs = AttentionArgsT<float>;
 void attention(const AttentionArgs& a);
 void attention_scalar(const AttentionArgs& a);
 
 // The same attention with a bf16 key/value cache (same layout: n_head_kv blocks of kv_cap rows x
 // head_dim) and bf16 products with FP32 accumulation and FP32 softmax (AVX512_BF16).
-struct AttentionArgsBf16 {
-  const float* q;
-  int64_t q_stride;
-  const uint16_t* k;
-  const uint16_t* v;
-  int64_t kv_cap;
-  float* out;
-  int64_t out_stride;
-  int64_t n;
-  int64_t p0;
-  int n_head;
-  int n_head_kv;
-  int head_dim;
-  float scale;
-};
+using AttentionArgsBf16 = AttentionArgsT<uint16_t>;
 void attention_bf16(const AttentionArgsBf16& a);
 
 // For each of n rows of logits (length vocab): nll[r] = logsumexp(row) - row[target[r]].

@@ -115,37 +115,16 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
     store_kv(kv, l, p0, n, KV, hd, ws);
     lap(st.other_seconds);
     const float scale = 1.0f / std::sqrt(float(hd));
-    if (cm == kernels::Compute::kBF16) {
-      kernels::AttentionArgsBf16 args{ws.q.data(),
-                                      qdim,
-                                      kv.k16 + l * kv.layer_stride,
-                                      kv.v16 + l * kv.layer_stride,
-                                      kv.cap,
-                                      ws.att.data(),
-                                      qdim,
-                                      n,
-                                      p0,
-                                      int(H),
-                                      int(KV),
-                                      int(hd),
-                                      scale};
-      kernels::attention_bf16(args);
-    } else {
-      kernels::AttentionArgs args{ws.q.data(),
-                                  qdim,
-                                  kv.k + l * kv.layer_stride,
-                                  kv.v + l * kv.layer_stride,
-                                  kv.cap,
-                                  ws.att.data(),
-                                  qdim,
-                                  n,
-                                  p0,
-                                  int(H),
-                                  int(KV),
-                                  int(hd),
-                                  scale};
-      kernels::attention(args);
-    }
+    const int64_t off = l * kv.layer_stride;
+    const auto args = [&]<class T>(const T* kc, const T* vc) {
+      return kernels::AttentionArgsT<T>{ws.q.data(),   qdim,    kc,   vc, kv.cap,
+                                        ws.att.data(), qdim,    n,    p0, int(H),
+                                        int(KV),       int(hd), scale};
+    };
+    if (cm == kernels::Compute::kBF16)
+      kernels::attention_bf16(args(kv.k16 + off, kv.v16 + off));
+    else
+      kernels::attention(args(kv.k + off, kv.v + off));
     lap(st.attention_seconds);
     gemm(ws.att.data(), n, L.wo, ws.x.data(), 1.0f, cm);
     lap(st.matmul_seconds);

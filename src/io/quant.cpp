@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "io/bytes.h"
 #include "io/ggml_types.h"
 #include "longrope/error.h"
 
@@ -190,16 +191,8 @@ uint16_t fp32_to_bf16(float f) {
 
 namespace {
 
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t rd32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+using io::rd16;
+using io::rd32;
 inline float rdh(const uint8_t* p) {
   return fp16_to_fp32(rd16(p));
 }

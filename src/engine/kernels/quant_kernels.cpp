@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "io/bytes.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
 #include "longrope/quant.h"
@@ -252,16 +253,8 @@ constexpr int kChunk = 64;
 // on one SmolLM2 token's matrices).
 constexpr size_t kPrefetchBytes = 4096;
 
-inline uint16_t rd16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t rd32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+using io::rd16;
+using io::rd32;
 
 // Ternary-logic truth table of c ? a : b (operands a, b, c of vpternlogd).
 constexpr int kTernA = 0xf0, kTernB = 0xcc, kTernC = 0xaa;
