@@ -31,8 +31,13 @@ constexpr int64_t kBq = 128;       // queries per work item, at most
 constexpr int64_t kMaxRows = 384;  // rows (query, head) per work item, about
 constexpr int64_t kBk = 256;       // keys per block
 constexpr int64_t kGran = 32;      // key counts are padded to multiples of this
-constexpr int64_t kMinN = 128;     // shorter inputs use attention_bf16's own kernel
-constexpr float kLazy = 8.0f;      // see attention_bf16.cpp (softmax_tile)
+// Inputs of at least kMinN queries, or of kMinShort to kMinN queries with at least kMinPairs
+// (queries x keys) and two kv heads, take this path; other ones attention_bf16's own kernel
+// (measured crossovers, 2 threads, SmolLM2 shape: n 4 at p0 8000; between 16 and 64 at p0 0).
+constexpr int64_t kMinN = 128;
+constexpr int64_t kMinShort = 16;
+constexpr int64_t kMinPairs = 8192;
+constexpr float kLazy = 8.0f;  // see attention_bf16.cpp (softmax_tile)
 constexpr float kNegInf = -__builtin_inff();
 
 dnnl::engine& cpu_engine() {
@@ -258,7 +263,9 @@ void attention_item(const AttentionArgsBf16& a, int kvh, int64_t q0, int64_t bq,
 }  // namespace
 
 bool attention_bf16_onednn(const AttentionArgsBf16& a) {
-  if (a.n < kMinN || a.head_dim % 16 != 0 || a.head_dim < 32 || !cpu_has_amx()) return false;
+  const bool big = a.n >= kMinN || (a.n >= kMinShort && a.n * (a.p0 + a.n) >= kMinPairs &&
+                                    a.n_head_kv >= 2);  // depends on the shape only
+  if (!big || a.head_dim % 16 != 0 || a.head_dim < 32 || !cpu_has_amx()) return false;
   // Queries per item: the heads of a kv head share the item (and its K and V blocks), up to
   // about kMaxRows rows in all.
   const int group = a.n_head / a.n_head_kv;

@@ -36,8 +36,8 @@ bool have_onednn();
 
 // Causal attention with the two products of each tile on oneDNN matmuls (AMX) for long prefill
 // (attention_onednn.cpp). Returns false, computing nothing, when the build has no oneDNN, the CPU
-// has no AMX, or the input is short or has a small head_dim: attention_bf16 then runs its own
-// kernel.
+// has no AMX, or the input is short (see kMinN there) or has a small head_dim: attention_bf16 then
+// runs its own kernel.
 bool attention_bf16_onednn(const AttentionArgsBf16& a);
 
 // Throws longrope::Error naming `fn` when the CPU lacks AVX512_BF16.
