@@ -36,6 +36,9 @@ constexpr float kNegInf = -__builtin_inff();
 constexpr float kLazy = 8.0f;  // see softmax_tile
 constexpr int kDecRows = 6;    // decode path: at most this many rows per key/value head
 
+using bf16_detail::exp2_clamped_ps;
+using bf16_detail::exp2_ps;
+
 inline int64_t imin(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
@@ -106,25 +109,6 @@ inline int64_t carve(float* base, int hd, Scratch* sc) {
     sc->od = piece[9];
   }
   return total;
-}
-
-// 2^x for finite x <= 128 (large negative x give 0).
-LONGROPE_BF16_TARGET inline __m512 exp2_ps(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
-  // 2^f, degree 5 fitted for relative error: below 2e-7 on [-0.5, 0.5] in FP32.
-  __m512 p = _mm512_set1_ps(1.326472731307149e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.671512991189957e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550733581185341e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242426872253e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931470036506653e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// The same for x that may be -inf (gives 2^-127).
-LONGROPE_BF16_TARGET inline __m512 exp2_clamped_ps(__m512 x) {
-  return exp2_ps(_mm512_max_ps(x, _mm512_set1_ps(-127.0f)));
 }
 
 // S^T rows [0, MK) of the tile: S[r][row] for keys K + r*hd (key index key0 + r), NQV vectors of
@@ -652,6 +636,8 @@ void attention_bf16(const AttentionArgsBf16& a) {
   if (a.n <= 0) return;
   if (a.n_head_kv <= 0 || a.n_head % a.n_head_kv != 0)
     throw Error("attention_bf16: n_head must be a multiple of n_head_kv");
+  // Long prefill: both products on oneDNN matmuls (AMX) where the build and the CPU allow.
+  if (bf16_detail::attention_bf16_onednn(a)) return;
   const int group = a.n_head / a.n_head_kv;
   AttnJob job{};
   job.a = &a;

@@ -34,6 +34,12 @@ bool gemm_bf16_onednn(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 // Whether gemm_bf16_nt goes through oneDNN, and oneDNN's version ("" without it).
 bool have_onednn();
 
+// Causal attention with the two products of each tile on oneDNN matmuls (AMX) for long prefill
+// (attention_onednn.cpp). Returns false, computing nothing, when the build has no oneDNN, the CPU
+// has no AMX, or the input is short (see kMinN there) or has a small head_dim: attention_bf16 then
+// runs its own kernel.
+bool attention_bf16_onednn(const AttentionArgsBf16& a);
+
 // Throws longrope::Error naming `fn` when the CPU lacks AVX512_BF16.
 inline void require_avx512_bf16(const char* fn) {
   if (!cpu_has_avx512_bf16())
@@ -85,6 +91,25 @@ LONGROPE_BF16_TARGET inline void transpose16_epi32(const __m512i* in, __m512i* o
     out[8 + e] = _mm512_shuffle_i32x4(v1, v3, 0x88);
     out[12 + e] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
   }
+}
+
+// 2^x for finite x <= 128 (large negative x give 0).
+LONGROPE_BF16_TARGET inline __m512 exp2_ps(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
+  // 2^f, degree 5 fitted for relative error: below 2e-7 on [-0.5, 0.5] in FP32.
+  __m512 p = _mm512_set1_ps(1.326472731307149e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.671512991189957e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550733581185341e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242426872253e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931470036506653e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The same for x that may be -inf (gives 2^-127).
+LONGROPE_BF16_TARGET inline __m512 exp2_clamped_ps(__m512 x) {
+  return exp2_ps(_mm512_max_ps(x, _mm512_set1_ps(-127.0f)));
 }
 
 }  // namespace longrope::kernels::bf16_detail
