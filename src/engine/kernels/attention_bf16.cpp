@@ -38,19 +38,9 @@ constexpr int kDecRows = 6;    // decode path: at most this many rows per key/va
 
 using bf16_detail::exp2_clamped_ps;
 using bf16_detail::exp2_ps;
-
-inline int64_t imin(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
-inline int64_t imax(int64_t a, int64_t b) {
-  return a > b ? a : b;
-}
-
-inline uint32_t load_u32(const uint16_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+using bf16_detail::imax;
+using bf16_detail::imin;
+using bf16_detail::load_u32;
 
 struct AttnJob {
   const AttentionArgsBf16* a;

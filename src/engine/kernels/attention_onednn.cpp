@@ -125,13 +125,6 @@ struct ItemScratch {
   float* l;      // [kBq]
 };
 
-inline int64_t imin(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
-inline int64_t imax(int64_t a, int64_t b) {
-  return a > b ? a : b;
-}
-
 // Online softmax over one block of bk keys (bkp columns of S and P) for the M rows: segments of
 // mp rows (one per head), of which the first `rows` are queries (the others are padding: zero
 // probabilities). vis0: keys of the block visible to query 0; query r sees min(bk, vis0 + r).

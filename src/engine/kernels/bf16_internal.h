@@ -27,6 +27,20 @@ void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 
 namespace longrope::kernels::bf16_detail {
 
+// Plain helpers (no std templates: usable inside target-attributed functions).
+inline int64_t imin(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+inline int64_t imax(int64_t a, int64_t b) {
+  return a > b ? a : b;
+}
+
+inline uint32_t load_u32(const uint16_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 // The same product through oneDNN's matmul (gemm_onednn.cpp). Returns false when the build has no
 // oneDNN or the CPU lacks AVX512_BF16 (the caller then runs its own kernel).
 bool gemm_bf16_onednn(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,

@@ -24,6 +24,10 @@ namespace longrope::kernels {
 
 namespace {
 
+using bf16_detail::imax;
+using bf16_detail::imin;
+using bf16_detail::load_u32;
+
 using bf16_detail::bf16_to_f32;
 
 constexpr int kMR = 6;             // rows of the micro-kernel
@@ -47,19 +51,6 @@ struct GemmJob {
   uint32_t* bp_private;  // M <= kSmallM: one micro-panel per thread
   int64_t private_stride;
 };
-
-inline int64_t imin(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
-inline int64_t imax(int64_t a, int64_t b) {
-  return a > b ? a : b;
-}
-
-inline uint32_t load_u32(const uint16_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // Packs columns [j0, j0 + nc) and K range [k0, k0 + kc) of B into micro-panels of kNR columns:
 // panel p, pair q, column c holds (B[j][k0+2q], B[j][k0+2q+1]) as one 32-bit word, j = j0+p*kNR+c.
