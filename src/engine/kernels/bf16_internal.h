@@ -1,8 +1,10 @@
 // Shared pieces of the bf16 kernels (gemm_bf16.cpp, attention_bf16.cpp).
 #pragma once
 // GCC 12 reports the _mm512_undefined_*() inside many AVX-512 intrinsics (max, roundscale, scalef,
-// unpack, shuffle) as maybe-uninitialized once they are inlined. The warning is attributed to the
-// intrinsics header, so it is silenced before that header is first included.
+// unpack, shuffle) as (maybe-)uninitialized once they are inlined (GCC bug 105593; at -O2 with
+// sanitizers too). The warning is attributed to the intrinsics header, so it is silenced before
+// that header is first included.
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
