@@ -966,9 +966,17 @@ LR_VNNI inline __m512i load_qs4(const uint8_t* blk, int64_t cnt) {
     return _mm512_inserti32x4(
         v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 3 * Stride + Off)), 3);
   }
-  alignas(64) uint8_t tmp[64] = {};
-  for (int64_t j = 0; j < cnt; ++j) std::memcpy(tmp + 16 * j, blk + j * Stride + Off, 16);
-  return _mm512_load_si512(tmp);
+  // Only whole blocks of the row are read (no stack round trip: rows of 18 blocks end here).
+  __m512i v = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Off)));
+  if (cnt > 1) {
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Stride + Off)),
+                           1);
+  }
+  if (cnt > 2) {
+    v = _mm512_inserti32x4(
+        v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 * Stride + Off)), 2);
+  }
+  return v;
 }
 
 // One row of a 4-bit type (Q4_0: Stride 18, Off 2; Q4_1: Stride 20, Off 4).
