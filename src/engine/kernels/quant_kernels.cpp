@@ -2,7 +2,10 @@
 // row decoding for the prefill GEMM panels (dequant_rows_*), decode-sized products straight from
 // the blocks (gemv_w) and FP32 -> bf16 conversion.
 //
-// Two paths:
+// Three paths:
+//  - int8 activations (AVX512_VNNI, gemv_w with one activation row on Q4_0, Q4_1 and Q8_0, the
+//    decode case): x quantized to int8 per block of 32, integer dots with vpdpbusd (see below);
+//    about 1e-3 relative error. quant_internal::gemv_w_f32 is gemv_w without it.
 //  - AVX-512 (functions with a target attribute, picked at run time by cpu_has_avx512()): each
 //    type has a row decoder that turns 32 weights at a time into two __m512 of FP32 values equal
 //    to io's dequantize(); a "sink" consumes them: FMAs against up to 8 activation rows (gemv_w)
