@@ -93,7 +93,11 @@ TEST(CompactWeights, MatmulMatchesReferenceOnEveryPath) {
         const double err = rel_err(C, reference(M, A, W, eff));
         // Measured: <= 7e-7 (f32, panels + sgemm), <= 5e-8 (gemv), <= 4e-7 (bf16 against
         // bf16-rounded inputs).
-        EXPECT_LT(err, 3e-6) << "type " << int(W.type) << " M " << M << " " << compute_name(c);
+        // M == 1 on a quantized type takes int8 activations where the CPU has AVX512_VNNI
+        // (gemv_w): measured 9.5e-3 of the largest output here (random inputs, Q4_1).
+        const bool int8_x = M == 1 && W.type != GgmlType::F32 && kernels::cpu_has_avx512_vnni();
+        EXPECT_LT(err, int8_x ? 3e-2 : 3e-6)
+            << "type " << int(W.type) << " M " << M << " " << compute_name(c);
         // beta = 1 adds to C.
         std::vector<float> C2(C);
         kernels::matmul_w(M, A.data(), W.cols, W, C2.data(), W.rows, 1.0f, c);

@@ -2,7 +2,10 @@
 // row decoding for the prefill GEMM panels (dequant_rows_*), decode-sized products straight from
 // the blocks (gemv_w) and FP32 -> bf16 conversion.
 //
-// Two paths:
+// Three paths:
+//  - int8 activations (AVX512_VNNI, gemv_w with one activation row on Q4_0, Q4_1 and Q8_0, the
+//    decode case): x quantized to int8 per block of 32, integer dots with vpdpbusd (see below);
+//    about 1e-3 relative error. quant_internal::gemv_w_f32 is gemv_w without it.
 //  - AVX-512 (functions with a target attribute, picked at run time by cpu_has_avx512()): each
 //    type has a row decoder that turns 32 weights at a time into two __m512 of FP32 values equal
 //    to io's dequantize(); a "sink" consumes them: FMAs against up to 8 activation rows (gemv_w)
@@ -878,6 +881,223 @@ LR_AVX512 void f32_to_bf16_avx512(const float* x, uint16_t* y, int64_t n) {
 
 }  // namespace
 
+// ---- int8 activations (AVX512_VNNI), gemv_w with m == 1 on Q4_0, Q4_1 and Q8_0 -----------------
+// x is quantized once per call to int8 per block of 32 (round to nearest, d = max|x| / 127) and
+// each weight block is dotted with it in integers (vpdpbusd: unsigned bytes x signed bytes):
+//   Q4_0  d_w * (d_x * sum(q * xq) - 8 * d_x * sum(xq))   (q the unsigned nibble)
+//   Q4_1  d_w * d_x * sum(q * xq) + m_w * sum(x)          (sum(x) the FP32 sum of the block)
+//   Q8_0  d_w * d_x * sum(|q| * (xq * sign(q)))
+// The 4-bit types take four blocks per zmm: their 16 qs bytes in the four 128-bit lanes, the low
+// nibbles dotted with elements 0-15 of each block and the high ones with 16-31, so xq is stored
+// per group of four blocks as [elements 0-15 of blocks 0..3][elements 16-31 of blocks 0..3]. The
+// int32 lanes of a group (four per block) become FP32 and meet their block's d_w * d_x through a
+// permute of the 16 products of a chunk of 16 blocks. Q8_0 takes two blocks per zmm.
+
+#define LR_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+namespace {
+
+// Blocks per chunk of the int8 kernels (one gather of scales, one vector of products).
+constexpr int64_t kQ8Chunk = 16;
+
+// x quantized for one weight type: q (blocks padded to a multiple of 4 with zeros, in the
+// type's order), d the per-block scale and s the per-block offset term (Q4_1: sum(x); Q4_0:
+// -8 * d * sum(xq); Q8_0: unused), both padded to a multiple of kQ8Chunk with zeros.
+struct QuantX {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+};
+
+// A per-thread buffer of n floats, 64-byte aligned.
+float* aligned_scratch(int64_t n) {
+  thread_local std::vector<float> buf;
+  const size_t need = static_cast<size_t>(n) + 16;
+  if (buf.size() < need) buf.resize(need);
+  float* p = buf.data();
+  return p + (16 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 16) % 16;
+}
+
+LR_VNNI QuantX quantize_x(GgmlType t, const float* x, int64_t n) {
+  const int64_t nb = n / 32;
+  const int64_t nq = (nb + 3) / 4 * 4;
+  const int64_t nd = (nb + kQ8Chunk - 1) / kQ8Chunk * kQ8Chunk;
+  // d and s (nd floats each), then the bytes of q.
+  float* d = aligned_scratch(2 * nd + nq * 8);
+  float* s = d + nd;
+  auto* q = reinterpret_cast<int8_t*>(s + nd);
+  const bool grouped = t != GgmlType::Q8_0;
+  // The padding blocks of the last group of 4 (interleaved with real ones for the 4-bit types).
+  if (nq > nb) std::memset(q + nb / 4 * 128, 0, static_cast<size_t>((nq - nb / 4 * 4) * 32));
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float db = amax / 127.0f;
+    const __m512 id = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v0, id),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, id),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    int8_t* lo = grouped ? q + (b / 4) * 128 + (b % 4) * 16 : q + 32 * b;
+    int8_t* hi = grouped ? lo + 64 : lo + 16;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(lo), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(hi), _mm512_cvtepi32_epi8(q1));
+    d[b] = db;
+    if (t == GgmlType::Q4_1) {
+      s[b] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+    } else if (t == GgmlType::Q4_0) {
+      s[b] = -8.0f * db * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    } else {
+      s[b] = 0.0f;
+    }
+  }
+  for (int64_t b = nb; b < nd; ++b) d[b] = s[b] = 0.0f;
+  return QuantX{q, d, s};
+}
+
+// The qs bytes of blocks j < cnt (of 4) at blk + j * stride + off in the 128-bit lanes, zeros
+// beyond cnt.
+template <int Stride, int Off>
+LR_VNNI inline __m512i load_qs4(const uint8_t* blk, int64_t cnt) {
+  if (cnt >= 4) {
+    __m512i v =
+        _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Off)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Stride + Off)),
+                           1);
+    v = _mm512_inserti32x4(
+        v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 * Stride + Off)), 2);
+    return _mm512_inserti32x4(
+        v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 3 * Stride + Off)), 3);
+  }
+  // Only whole blocks of the row are read (no stack round trip: rows of 18 blocks end here).
+  __m512i v = _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Off)));
+  if (cnt > 1) {
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + Stride + Off)),
+                           1);
+  }
+  if (cnt > 2) {
+    v = _mm512_inserti32x4(
+        v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 * Stride + Off)), 2);
+  }
+  return v;
+}
+
+// One row of a 4-bit type (Q4_0: Stride 18, Off 2; Q4_1: Stride 20, Off 4).
+template <int Stride, int Off, bool HasMin>
+LR_VNNI float dot_row_q4(const uint8_t* p, int64_t nb, const QuantX& x) {
+  alignas(64) float dw[kQ8Chunk];
+  alignas(64) float mw[kQ8Chunk];
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  // Lane l of group g (blocks 4g..4g+3 of a chunk) belongs to block 4g + l / 4.
+  const __m512i lane_blk =
+      _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2);
+  __m512 acc = _mm512_setzero_ps(), acc_s = _mm512_setzero_ps();
+  for (int64_t b0 = 0; b0 < nb; b0 += kQ8Chunk) {
+    const int64_t cnt = nb - b0 < kQ8Chunk ? nb - b0 : kQ8Chunk;
+    const uint8_t* blk = p + b0 * Stride;
+    load_scales(blk, Stride, cnt, dw, HasMin ? mw : nullptr);
+    const __m512 dwv = _mm512_load_ps(dw);
+    const __m512 prod = _mm512_mul_ps(dwv, _mm512_load_ps(x.d + b0));
+    acc_s = _mm512_fmadd_ps(HasMin ? _mm512_load_ps(mw) : dwv, _mm512_load_ps(x.s + b0), acc_s);
+    const int8_t* xq = x.q + b0 * 32;
+    for (int64_t g = 0; g < cnt; g += 4, blk += 4 * Stride, xq += 128) {
+      const __m512i v = load_qs4<Stride, Off>(blk, cnt - g);
+      const __m512i lo = _mm512_and_si512(v, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(xq));
+      dot = _mm512_dpbusd_epi32(dot, hi, _mm512_load_si512(xq + 64));
+      const __m512 sc = _mm512_permutexvar_ps(
+          _mm512_add_epi32(lane_blk, _mm512_set1_epi32(static_cast<int>(g))), prod);
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
+    }
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc, acc_s));
+}
+
+// One Q8_0 row {f16 d; i8 qs[32]}, two blocks per zmm.
+LR_VNNI float dot_row_q8_0(const uint8_t* p, int64_t nb, const QuantX& x) {
+  alignas(64) float dw[kQ8Chunk];
+  // Lane l of pair j belongs to block 2j + l / 8.
+  const __m512i lane_blk =
+      _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 3);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t b0 = 0; b0 < nb; b0 += kQ8Chunk) {
+    const int64_t cnt = nb - b0 < kQ8Chunk ? nb - b0 : kQ8Chunk;
+    const uint8_t* blk = p + b0 * 34;
+    load_scales(blk, 34, cnt, dw, nullptr);
+    const __m512 prod = _mm512_mul_ps(_mm512_load_ps(dw), _mm512_load_ps(x.d + b0));
+    const int8_t* xq = x.q + b0 * 32;
+    for (int64_t j = 0; j < cnt; j += 2, blk += 68, xq += 64) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      const __m256i w1 = j + 1 < cnt
+                             ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 36))
+                             : _mm256_setzero_si256();
+      const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+      const __m512i xv = _mm512_load_si512(xq);
+      const __m512i xs =
+          _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs);
+      const __m512 sc = _mm512_permutexvar_ps(
+          _mm512_add_epi32(lane_blk, _mm512_set1_epi32(static_cast<int>(j))), prod);
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc);
+    }
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+template <GgmlType T>
+LR_VNNI float dot_row_q8act(const uint8_t* p, int64_t nb, const QuantX& x) {
+  if constexpr (T == GgmlType::Q4_0) return dot_row_q4<18, 2, false>(p, nb, x);
+  if constexpr (T == GgmlType::Q4_1) return dot_row_q4<20, 4, true>(p, nb, x);
+  return dot_row_q8_0(p, nb, x);
+}
+
+template <GgmlType T>
+LR_VNNI void gemv_tile_q8act(const WeightView& W, const QuantX& x, float* Y, float beta, int64_t r0,
+                             int64_t r1) {
+  const size_t total = static_cast<size_t>(W.rows) * W.row_bytes;
+  const int64_t nb = W.cols / 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    // Prefetch as gemv_tile_avx512.
+    const size_t ahead = static_cast<size_t>(r + 1) * W.row_bytes + kPrefetchBytes;
+    const size_t end = ahead + W.row_bytes < total ? ahead + W.row_bytes : total;
+    for (size_t off = ahead & ~size_t{63}; off < end; off += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(W.data + off), _MM_HINT_T0);
+    }
+    store_out(Y[r], dot_row_q8act<T>(W.data + static_cast<size_t>(r) * W.row_bytes, nb, x), beta);
+  }
+}
+
+template <GgmlType T>
+void gemv_q8act(const WeightView& W, const QuantX& x, float* Y, float beta) {
+  const int64_t rows = W.rows;
+  const int64_t ntiles = (rows + kTileRows - 1) / kTileRows;
+#pragma omp parallel for schedule(static) if (ntiles > 1)
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int64_t r0 = t * kTileRows;
+    gemv_tile_q8act<T>(W, x, Y, beta, r0, r0 + kTileRows < rows ? r0 + kTileRows : rows);
+  }
+}
+
+bool q8act_type(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0;
+}
+
+// gemv_w for one activation row on a q8act_type() matrix (callers check cpu_has_avx512_vnni()).
+void gemv_w_q8act(const float* x, const WeightView& W, float* Y, float beta) {
+  const QuantX xq = quantize_x(W.type, x, W.cols);
+  switch (W.type) {
+    case GgmlType::Q4_0:
+      return gemv_q8act<GgmlType::Q4_0>(W, xq, Y, beta);
+    case GgmlType::Q4_1:
+      return gemv_q8act<GgmlType::Q4_1>(W, xq, Y, beta);
+    default:
+      return gemv_q8act<GgmlType::Q8_0>(W, xq, Y, beta);
+  }
+}
+
+}  // namespace
+
 #endif  // LONGROPE_QK_X86
 
 // ---- public entry points ---------------------------------------------------------------------
@@ -908,8 +1128,10 @@ void dequant_rows_bf16(const WeightView& W, int64_t r0, int64_t n, uint16_t* dst
   quant_internal::dequant_rows_bf16_generic(W, r0, n, dst, ld);
 }
 
-void gemv_w(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y, int64_t ldy,
-            float beta) {
+namespace quant_internal {
+
+void gemv_w_f32(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y, int64_t ldy,
+                float beta) {
 #if LONGROPE_QK_X86
   if (cpu_has_avx512()) {
     check_view("gemv_w", W);
@@ -927,7 +1149,22 @@ void gemv_w(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* 
     return;
   }
 #endif
-  quant_internal::gemv_w_generic(m, X, ldx, W, Y, ldy, beta);
+  gemv_w_generic(m, X, ldx, W, Y, ldy, beta);
+}
+
+}  // namespace quant_internal
+
+void gemv_w(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y, int64_t ldy,
+            float beta) {
+#if LONGROPE_QK_X86
+  if (m == 1 && q8act_type(W.type) && cpu_has_avx512_vnni()) {
+    check_view("gemv_w", W);
+    if (W.rows == 0) return;
+    gemv_w_q8act(X, W, Y, beta);
+    return;
+  }
+#endif
+  quant_internal::gemv_w_f32(m, X, ldx, W, Y, ldy, beta);
 }
 
 void gemv_w_scalar(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y,

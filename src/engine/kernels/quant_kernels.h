@@ -14,6 +14,12 @@ void dequant_rows_bf16_generic(const WeightView& W, int64_t r0, int64_t n, uint1
                                int64_t ld);
 void gemv_w_generic(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y,
                     int64_t ldy, float beta);
+// gemv_w on the FP32 activations for every m: the AVX-512 block decoders where the CPU has
+// AVX-512, else gemv_w_generic. gemv_w itself takes an int8 path for m == 1 on Q4_0, Q4_1 and
+// Q8_0 weights where the CPU has AVX512_VNNI (activations quantized per block of 32, about 1e-3
+// relative error); this is the exact path it uses otherwise.
+void gemv_w_f32(int64_t m, const float* X, int64_t ldx, const WeightView& W, float* Y, int64_t ldy,
+                float beta);
 void f32_to_bf16_generic(const float* x, uint16_t* y, int64_t n);
 
 // True if the AVX-512 path decodes this type in registers (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
