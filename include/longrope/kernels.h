@@ -58,8 +58,8 @@ void f32_to_bf16(const float* x, uint16_t* y, int64_t n);
 // C[M,N] = beta*C + A[M,K] * B[N,K]^T with bf16 A and B and FP32 accumulation (AVX512_BF16;
 // callers check cpu_has_avx512_bf16()). Parallel (OpenMP) over blocks of C; deterministic and
 // independent of the thread count.
-void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
-                  int64_t ldb, float* C, int64_t ldc, float beta);
+void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                  const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
 void gemm_bf16_nt_scalar(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                          const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
 
