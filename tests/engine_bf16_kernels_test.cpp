@@ -12,6 +12,7 @@
 #include "engine/kernels/bf16_internal.h"
 #include "longrope/kernels.h"
 #include "longrope/quant.h"
+#include "test_paths.h"
 
 namespace lk = longrope::kernels;
 
@@ -29,13 +30,7 @@ float bf16_value(uint16_t h) {
   return f;
 }
 
-std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using longrope::test::rnd;
 
 std::vector<uint16_t> rnd_bf16(size_t n, uint64_t seed) {
   const auto f = rnd(n, seed);

@@ -16,13 +16,7 @@ using kernels::Compute;
 
 namespace {
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using test::rnd;
 
 // C = A W^T in double over W's decoded values (and A, W rounded to bf16 for the bf16 path).
 std::vector<double> reference(int64_t M, const std::vector<float>& A, const WeightView& W,
@@ -78,14 +72,14 @@ TEST(CompactWeights, MatmulMatchesReferenceOnEveryPath) {
   auto m = Model::load(test::smollm_path().string());
   const WeightView q41 = m->layers()[0].w_gate;  // 1536 x 576, Q4_1
   ASSERT_EQ(q41.type, GgmlType::Q4_1);
-  const std::vector<float> f32w = random_floats(size_t(77 * 96), 3, 0.1f);
+  const std::vector<float> f32w = rnd(size_t(77 * 96), 3, 0.1f);
   WeightView f32{GgmlType::F32, reinterpret_cast<const uint8_t*>(f32w.data()), 77, 96, 96 * 4};
   std::vector<Compute> computes = {Compute::kF32};
   if (kernels::cpu_has_avx512_bf16()) computes.push_back(Compute::kBF16);
   for (const WeightView& W : {q41, f32})
     for (int64_t M : {1, 3, 8, 9, 70})
       for (Compute c : computes) {
-        const auto A = random_floats(size_t(M * W.cols), uint32_t(M), 1.0f);
+        const auto A = rnd(size_t(M * W.cols), uint32_t(M), 1.0f);
         std::vector<float> C(static_cast<size_t>(M * W.rows), 0.5f);
         kernels::matmul_w(M, A.data(), W.cols, W, C.data(), W.rows, 0.0f, c);
         // Small M reads the blocks in FP32 whatever the compute (decode path).
@@ -109,7 +103,7 @@ TEST(CompactWeights, MatmulMatchesReferenceOnEveryPath) {
 // The LM head streamed over vocabulary panels equals the log-softmax over whole rows.
 TEST(CompactWeights, StreamedLogSumExpMatchesWholeRows) {
   const int64_t n = 7, V = 1000, panel = 96;  // the last panel is partial
-  auto logits = random_floats(size_t(n * V), 11, 4.0f);
+  auto logits = rnd(size_t(n * V), 11, 4.0f);
   std::vector<int32_t> target = {0, 999, 95, 96, 500, 191, 192};
   std::vector<double> want(n);
   kernels::nll_rows_scalar(logits.data(), n, V, target.data(), want.data());

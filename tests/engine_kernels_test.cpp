@@ -7,18 +7,13 @@
 
 #include "engine/kernels/vec_math.h"
 #include "longrope/kernels.h"
+#include "test_paths.h"
 
 namespace lk = longrope::kernels;
 
 namespace {
 
-std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using longrope::test::rnd;
 
 void expect_close(const std::vector<float>& a, const std::vector<float>& b, double rtol,
                   double atol) {

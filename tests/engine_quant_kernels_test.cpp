@@ -16,6 +16,7 @@
 #include "longrope/error.h"
 #include "longrope/kernels.h"
 #include "longrope/quant.h"
+#include "test_paths.h"
 
 namespace lk = longrope::kernels;
 namespace qi = longrope::kernels::quant_internal;
@@ -122,13 +123,7 @@ std::vector<float> io_rows(const lk::WeightView& W) {
   return r;
 }
 
-std::vector<float> rnd(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using longrope::test::rnd;
 
 using DequantF32 = void (*)(const lk::WeightView&, int64_t, int64_t, float*, int64_t);
 using DequantBf16 = void (*)(const lk::WeightView&, int64_t, int64_t, uint16_t*, int64_t);

@@ -30,6 +30,8 @@ std::filesystem::path shared_text(const std::string& name);
 // Whole file as bytes / as a string (empty when unreadable: the test's checks then fail).
 std::vector<uint8_t> read_bytes(const std::filesystem::path& p);
 std::string slurp(const std::filesystem::path& p);
+// n normal(0, scale) values from a seeded generator (kernel tests' inputs).
+std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f);
 // An empty directory <tmp>/longrope_TAG_<pid>, created afresh.
 std::filesystem::path fresh_temp_dir(const std::string& tag);
 
