@@ -25,11 +25,7 @@ int main(int argc, char** argv) {
     const int64_t ctx = std::atoll(argv[3]);
     const int threads = argc > 4 ? std::atoi(argv[4]) : 0;
     longrope::kernels::Compute compute = longrope::kernels::default_compute();
-    if (argc > 5) {
-      const std::string c = argv[5];
-      if (c != "f32" && c != "bf16") throw longrope::Error("compute must be f32 or bf16, got " + c);
-      compute = c == "bf16" ? longrope::kernels::Compute::kBF16 : longrope::kernels::Compute::kF32;
-    }
+    if (argc > 5) compute = longrope::kernels::parse_compute(argv[5]);
     double t0 = omp_get_wtime();
     auto model = longrope::Model::load(argv[1], {.tokenizer_path = "", .n_threads = threads});
     const double load_s = omp_get_wtime() - t0;
@@ -42,8 +38,9 @@ int main(int argc, char** argv) {
         std::string_view(text).substr(0, std::min<size_t>(text.size(), size_t(ctx) * 8)));
     const auto windows = longrope::make_windows(tokens, model->tokenizer().bos(), ctx, 1);
     t0 = omp_get_wtime();
-    const auto nll = longrope::score_window(*model, windows[0], longrope::RopeScaling{},
-                                            {.n_threads = threads, .compute = compute, .positions = {}});
+    const auto nll =
+        longrope::score_window(*model, windows[0], longrope::RopeScaling{},
+                               {.n_threads = threads, .compute = compute, .positions = {}});
     const double secs = omp_get_wtime() - t0;
     const auto& st = longrope::last_phase_stats();
     double sum = 0;

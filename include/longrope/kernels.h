@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "longrope/quant.h"
 
@@ -24,6 +25,10 @@ enum class Compute { kF32, kBF16 };
 // kF32 elsewhere. set_default_compute(kBF16) throws Error on a CPU without AVX512_BF16.
 Compute default_compute();
 void set_default_compute(Compute c);
+// Throws Error when this CPU cannot run `c` (bf16 without AVX512_BF16).
+void require_compute(Compute c);
+// "f32" -> kF32, "bf16" -> kBF16; anything else throws Error.
+Compute parse_compute(const std::string& name);
 const char* compute_name(Compute c);  // "f32" / "bf16"
 
 // A weight matrix [rows][cols] in its file encoding, never copied: F32, F16, BF16 or GGML blocks

@@ -41,8 +41,7 @@ void add_compute_flag(CLI::App* cmd, std::string& value) {
 }
 
 void apply_compute_flag(const std::string& value) {
-  if (value == "f32") kernels::set_default_compute(kernels::Compute::kF32);
-  if (value == "bf16") kernels::set_default_compute(kernels::Compute::kBF16);
+  if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
 }
 
 std::string read_text_file(const std::string& path) {

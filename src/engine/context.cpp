@@ -91,8 +91,6 @@ Context::Context(std::shared_ptr<const Model> model, ContextParams params, RopeS
     throw Error("context of " + std::to_string(n_ctx_) + " tokens is too large (expected <= 2^24)");
   set_threads(params.n_threads);
   scaling_.validate(hp.n_rot);
-  if (params.compute == kernels::Compute::kBF16 && !kernels::cpu_has_avx512_bf16())
-    throw Error("bf16 compute needs a CPU with AVX512_BF16 (use --compute f32)");
   impl_->kv = std::make_unique<engine::KvStorage>(hp, n_ctx_, hp.n_layer, params.compute);
 }
 

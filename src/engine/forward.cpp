@@ -143,6 +143,7 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
 }
 
 KvStorage::KvStorage(const HParams& hp, int64_t cap, int layers, kernels::Compute compute) {
+  kernels::require_compute(compute);
   const int64_t per_layer = int64_t(hp.n_head_kv) * cap * hp.head_dim;
   const int64_t total = per_layer * layers;
   if (compute == kernels::Compute::kBF16) {

@@ -10,12 +10,33 @@
 
 namespace longrope {
 
+namespace {
+
+// A tensor as a matrix: ne[0] values per row.
+int64_t tensor_cols(const TensorRef& t) {
+  return t.ne.empty() ? 1 : t.ne[0];
+}
+int64_t tensor_rows(const TensorRef& t) {
+  const int64_t c = tensor_cols(t);
+  return c == 0 ? 0 : t.nelements() / c;
+}
+
+void expect_shape(const std::string& path, const TensorRef& t, int64_t cols, int64_t rows) {
+  const int64_t c = tensor_cols(t), r = tensor_rows(t);
+  if (c != cols || r != rows)
+    throw Error(path + ": tensor " + t.name + " is " + std::to_string(r) + " x " +
+                std::to_string(c) + ", expected " + std::to_string(rows) + " x " +
+                std::to_string(cols) + " (rows x columns) for the model's hyper-parameters");
+}
+
+}  // namespace
+
 WeightView Model::make_weight(const TensorRef& t) {
   WeightView w;
   w.type = t.type;
   w.data = t.data;
-  w.cols = t.ne.empty() ? 1 : t.ne[0];
-  w.rows = w.cols == 0 ? 0 : t.nelements() / w.cols;
+  w.cols = tensor_cols(t);
+  w.rows = tensor_rows(t);
   w.row_bytes = ggml_row_size(t.type, w.cols);
   if (static_cast<size_t>(w.rows) * w.row_bytes > t.nbytes)
     throw Error(file_.path + ": tensor " + t.name + " holds " + std::to_string(t.nbytes) +
@@ -43,19 +64,6 @@ void Model::embed(int32_t tok, float* dst) const {
                 std::to_string(tok_embd_.rows) + ")");
   kernels::dequant_rows_f32(tok_embd_, tok, 1, dst, tok_embd_.cols);
 }
-
-namespace {
-
-void expect_shape(const std::string& path, const TensorRef& t, int64_t cols, int64_t rows) {
-  const int64_t c = t.ne.empty() ? 1 : t.ne[0];
-  const int64_t r = c == 0 ? 0 : t.nelements() / c;
-  if (c != cols || r != rows)
-    throw Error(path + ": tensor " + t.name + " is " + std::to_string(r) + " x " +
-                std::to_string(c) + ", expected " + std::to_string(rows) + " x " +
-                std::to_string(cols) + " (rows x columns) for the model's hyper-parameters");
-}
-
-}  // namespace
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& opts) {
   std::shared_ptr<Model> m(new Model());

@@ -6,33 +6,31 @@
 
 namespace longrope::kernels {
 
-bool cpu_has_avx512() {
 #if defined(__x86_64__) || defined(__i386__)
+bool cpu_has_avx512() {
   static const bool v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   return v;
-#else
-  return false;
-#endif
 }
-
 bool cpu_has_avx512_vnni() {
-#if defined(__x86_64__) || defined(__i386__)
   static const bool v = cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
   return v;
-#else
-  return false;
-#endif
 }
-
 bool cpu_has_avx512_bf16() {
-#if defined(__x86_64__) || defined(__i386__)
   static const bool v = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
   return v;
-#else
-  return false;
-#endif
 }
+#else
+bool cpu_has_avx512() {
+  return false;
+}
+bool cpu_has_avx512_vnni() {
+  return false;
+}
+bool cpu_has_avx512_bf16() {
+  return false;
+}
+#endif
 
 namespace {
 // -1: not set (detect); else the Compute value.
@@ -45,9 +43,19 @@ Compute default_compute() {
   return cpu_has_avx512_bf16() ? Compute::kBF16 : Compute::kF32;
 }
 
-void set_default_compute(Compute c) {
+void require_compute(Compute c) {
   if (c == Compute::kBF16 && !cpu_has_avx512_bf16())
     throw Error("bf16 compute needs a CPU with AVX512_BF16, which this one lacks (use f32)");
+}
+
+Compute parse_compute(const std::string& name) {
+  if (name == "f32") return Compute::kF32;
+  if (name == "bf16") return Compute::kBF16;
+  throw Error("compute must be f32 or bf16, got '" + name + "'");
+}
+
+void set_default_compute(Compute c) {
+  require_compute(c);
   g_default_compute.store(static_cast<int>(c), std::memory_order_relaxed);
 }
 

@@ -78,20 +78,6 @@ void rope_apply_scalar(float* x, int64_t n, int64_t row_stride, int n_heads, int
       }
 }
 
-void nll_rows(const float* logits, int64_t n, int64_t vocab, const int32_t* target, double* nll) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n; ++r) {
-    const float* row = logits + r * vocab;
-    float mx = row[0];
-#pragma omp simd reduction(max : mx)
-    for (int64_t i = 0; i < vocab; ++i) mx = row[i] > mx ? row[i] : mx;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < vocab; ++i) sum += fast_exp(row[i] - mx);
-    nll[r] = double(mx) + std::log(double(sum)) - double(row[target[r]]);
-  }
-}
-
 void lse_update_rows(const float* logits, int64_t n, int64_t width, int64_t v0,
                      const int32_t* target, float* m, double* s, float* tl) {
 #pragma omp parallel for schedule(static) if (n * width > 65536)
@@ -113,6 +99,15 @@ void lse_update_rows(const float* logits, int64_t n, int64_t width, int64_t v0,
     const int64_t t = int64_t(target[r]) - v0;
     if (t >= 0 && t < width) tl[r] = row[t];
   }
+}
+
+// A whole row is one panel of the streamed log-sum-exp.
+void nll_rows(const float* logits, int64_t n, int64_t vocab, const int32_t* target, double* nll) {
+  std::vector<float> m(static_cast<size_t>(n), -std::numeric_limits<float>::infinity());
+  std::vector<float> tl(static_cast<size_t>(n), 0.0f);
+  std::vector<double> s(static_cast<size_t>(n), 0.0);
+  lse_update_rows(logits, n, vocab, 0, target, m.data(), s.data(), tl.data());
+  for (int64_t r = 0; r < n; ++r) nll[r] = double(m[r]) + std::log(s[r]) - double(tl[r]);
 }
 
 void nll_rows_scalar(const float* logits, int64_t n, int64_t vocab, const int32_t* target,

@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "engine/kernels/panel.h"
-#include "longrope/error.h"
 #include "longrope/kernels.h"
 
 namespace longrope::kernels {
@@ -82,8 +81,7 @@ void matmul_w(int64_t M, const float* A, int64_t lda, const WeightView& W, float
   }
   thread_local RowsBf16 a16;
   if (compute == Compute::kBF16) {
-    if (!cpu_has_avx512_bf16())
-      throw Error("bf16 compute needs a CPU with AVX512_BF16 (use --compute f32)");
+    require_compute(compute);
     rows_to_bf16(A, M, K, lda, a16);
     if (W.type == GgmlType::BF16) {
       gemm_bf16_nt(M, N, K, a16.data.data(), K, reinterpret_cast<const uint16_t*>(W.data),
