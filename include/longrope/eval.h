@@ -146,10 +146,45 @@ std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, 
 // Called with (cells done, cells total, token work done, token work total, message).
 using SweepProgress = std::function<void(int64_t, int64_t, int64_t, int64_t, const std::string&)>;
 
+// A validated sweep, ready to run in this process or spread over MPI ranks: every rank prepares
+// the same plan (plan_eval, plan_passkey); rank 0 executes it (execute_sweep) and hands out
+// cells, the other ranks compute them (serve_sweep).
+struct SweepPlan {
+  std::string kind;  // results file kind: "perplexity" or "passkey"
+  std::vector<EvalMethod> methods;
+  std::vector<int64_t> lengths;
+  std::vector<nlohmann::json> keys;  // the cell key of each method (cell_keys)
+  bool length_major = false;         // order of the cells: all methods at a length, then the next
+  // The cell of methods[mi] at lengths[li] (with method, label, length and key). `progress`, when
+  // set, is called with the fraction of the cell done and a message.
+  std::function<nlohmann::json(size_t mi, size_t li,
+                               const std::function<void(double, const std::string&)>& progress)>
+      compute_cell;
+  std::function<int64_t(int64_t length)> work;  // work units of one cell, for the ETA
+  // What every rank must share before its cells can be mixed: model, tokens, cell keys, compute.
+  nlohmann::json fingerprint;
+};
+
+// A plan's fingerprint: the model (weights_fingerprint), the tokens it scores (texts or prompts),
+// the cell keys and lengths, and the compute mode.
+nlohmann::json sweep_fingerprint(const Model& model,
+                                 const std::vector<std::vector<int32_t>>& tokens,
+                                 const std::vector<nlohmann::json>& keys,
+                                 const std::vector<int64_t>& lengths);
+
+// Runs the cells of the plan that out_dir/results.json (with resume) does not hold yet, spread
+// over the MPI ranks when there are several, rewriting results.json after every finished cell.
+// Cells are returned in plan order, whatever the order they finished in.
+EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
+                      const SweepProgress& progress = {});
+// Ranks other than 0: computes the cells rank 0 sends until it stops.
+void serve_sweep(const SweepPlan& plan);
+
 // Validates everything (methods, factors files, lengths vs memory, enough text for every
-// length) before any scoring, then runs each (method, length) cell, writing results.json after
-// each when out_dir is set, and finally results.md, results.csv, ppl.svg and ppl.png (PNG only
-// when PLplot support is built in).
+// length) and tokenizes the texts: the plan of a perplexity sweep. The model must outlive it.
+SweepPlan plan_eval(const Model& model, const EvalConfig& cfg);
+// plan_eval + execute_sweep: each (method, length) cell, with results.json written after each
+// when out_dir is set.
 EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress& progress = {});
 
 // Writes the tables and the plot of a perplexity sweep into dir; returns the Markdown table.

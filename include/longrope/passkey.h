@@ -74,6 +74,7 @@ struct PasskeyConfig {
 // Cells: method, label, length, key {model, trials, seed, depths, chat, ...}, trials, correct,
 // accuracy, seconds, rope, and the per-trial list (key, depth, output, correct). Everything is
 // validated before the first trial; results.json is rewritten after every cell.
+SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg);  // validates, builds prompts
 EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg,
                     const SweepProgress& progress = {});
 // results.md, results.csv (accuracy), accuracy.svg/.png; returns the Markdown table.

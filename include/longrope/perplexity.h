@@ -9,10 +9,14 @@
 #include <string_view>
 #include <vector>
 
+#include "longrope/context.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
 
 namespace longrope {
+
+// A whole text file as bytes; throws Error naming the file when it cannot be read or is empty.
+std::string read_text_file(const std::string& path);
 
 // Text as a text-mode reader sees it: "\r\n" and lone "\r" become "\n" (the convention of the
 // reference perplexities; a file with Windows line endings scores the same as its Unix copy).
@@ -33,6 +37,21 @@ struct PerplexityResult {
   int64_t docs = 0;
   std::vector<double> window_ppl;
 };
+
+// The window loop shared by perplexity() and the search's evaluator: scores each window (window 0
+// is taken from `first_nll` when that holds its NLLs already) and calls on_window(k, nll) after
+// window k. Returns the NLL sum and the count of scored tokens over all windows, and how many
+// tokens this call scored itself.
+struct WindowLoop {
+  double nll_sum = 0;
+  int64_t tokens = 0;
+  int64_t computed_tokens = 0;
+  double ppl() const;  // exp(nll_sum / tokens)
+};
+WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32_t>>& windows,
+                         const RopeScaling& scaling, const ScoreOptions& opts,
+                         const std::function<void(size_t, const std::vector<double>&)>& on_window,
+                         std::vector<double> first_nll = {});
 
 // Called after each window with (windows done, windows total, running ppl).
 using ProgressFn = std::function<void(int64_t, int64_t, double)>;

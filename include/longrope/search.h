@@ -32,6 +32,7 @@ struct EvalResult {
   // can bound children's first stages by their parents' first stages: like with like). NaN when
   // the evaluator has no stages.
   double stage_ppl = std::numeric_limits<double>::quiet_NaN();
+  double seconds = 0;  // wall time of the evaluation
 };
 
 class Evaluator {
@@ -41,6 +42,12 @@ class Evaluator {
   // stage whose perplexity exceeds reject_above and return rejected = true. The search passes
   // the parents' worst stage_ppl when every parent has one, else their worst fitness.
   virtual EvalResult evaluate(const RopeScaling& scaling, double reject_above) = 0;
+  // The candidates of one generation under one bound, results in batch order; done(i) is called
+  // as candidate i finishes (in any order: for progress only). The default evaluates them one
+  // after another; a distributed evaluator spreads them over ranks (SearchRun, dist.h).
+  virtual std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch,
+                                                 double reject_above,
+                                                 const std::function<void(size_t)>& done);
 };
 
 // Perplexity over pre-tokenized windows (each starting with BOS), the LongRoPE fitness. The model
@@ -48,7 +55,8 @@ class Evaluator {
 // style): the first stage scores window 0 (or its first first_stage_tokens tokens when > 0; with
 // one window the default is half of it); the candidate is rejected when the first stage's
 // perplexity exceeds reject_above, otherwise every window is scored. Every complete evaluation
-// reports its stage_ppl (from window 0's scores when the stage was not run separately).
+// reports its stage_ppl (from window 0's scores when the stage was not run separately). A NaN
+// perplexity (a broken engine or model, never a property of the candidate) throws Error.
 class PerplexityEvaluator : public Evaluator {
  public:
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
@@ -112,7 +120,10 @@ struct SearchSettings {
   double crossover_prob = 0.15;
   uint64_t seed = 0;
   bool early_reject = true;
-  nlohmann::json to_json() const;  // without iterations
+  // Sum the evaluations' wall times into the log and checkpoint; off, they record 0 so that
+  // both are byte-identical across runs (SearchRun turns it off under SOURCE_DATE_EPOCH).
+  bool record_seconds = true;
+  nlohmann::json to_json() const;  // without iterations and record_seconds
 };
 
 struct Fitness {
@@ -165,11 +176,13 @@ class EvolutionSearch {
   nlohmann::json to_json() const;
   void restore(const nlohmann::json& j);  // throws Error on a malformed state
 
-  // Called after each evaluation (for progress).
-  std::function<void()> on_eval;
+  // Called as each evaluation of an iteration finishes, with the number finished so far in this
+  // iteration and the iteration's total (for progress).
+  std::function<void(int, int)> on_eval;
 
  private:
-  Fitness evaluate(Evaluator& ev, const Individual& ind, double bound);
+  // Evaluates the individuals not seen before under one bound and records them in order.
+  void evaluate(Evaluator& ev, const std::vector<Individual>& inds, double bound);
   void sort_population();
   SearchSpace space_;
   SearchSettings settings_;

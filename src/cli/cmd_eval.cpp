@@ -2,6 +2,7 @@
 #include <fmt/core.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -59,7 +60,8 @@ Runner register_eval(CLI::App& app) {
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
       ->check(CLI::Range(1.0, 1e6));
   cmd->add_option("-o,--out", a->out, "output directory (results.*, ppl.png, ppl.svg)");
-  cmd->add_option("-t,--threads", a->threads, "threads (default: all cores)");
+  cmd->add_option("-t,--threads", a->threads,
+                  "threads per rank (default: all cores, shared among the ranks on a host)");
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
@@ -78,16 +80,30 @@ Runner register_eval(CLI::App& app) {
     cfg.n_threads = a->threads;
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
-    apply_compute_flag(a->compute);
-    auto model = load_model_verbose(a->model, a->tokenizer, a->threads);
+    cfg.n_threads = resolve_threads(cfg.n_threads);
+    std::shared_ptr<const Model> model;
+    std::optional<SweepPlan> plan;
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,
                          .json = a->json,
                          .out_dir = a->out,
                          .json_head = {{"model", a->model}, {"docs", a->docs}}};
-    return run_sweep_command(
-        c, [&](const SweepProgress& p) { return run_eval(*model, cfg, p); },
-        [&](const EvalRun& r) { return write_eval_outputs(r, *model, cfg); });
+    return run_distributed(
+        [&] {
+          apply_compute_flag(a->compute);
+          model = load_model_verbose(a->model, a->tokenizer, cfg.n_threads);
+          plan = plan_eval(*model, cfg);
+          return plan->fingerprint;
+        },
+        [&] {
+          return run_sweep_command(
+              c,
+              [&](const SweepProgress& p) {
+                return execute_sweep(*plan, cfg.out_dir, cfg.resume, p);
+              },
+              [&](const EvalRun& r) { return write_eval_outputs(r, *model, cfg); });
+        },
+        [&] { serve_sweep(*plan); });
   };
 }
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "longrope/dist.h"
 #include "longrope/error.h"
 
 namespace longrope::cli {
@@ -20,6 +21,7 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
   opts.tokenizer_path = tokenizer_path;
   opts.n_threads = threads;
   auto model = Model::load(path, opts);
+  if (!dist::is_root()) return model;  // one report per job, from rank 0
   const HParams& hp = model->hp();
   fmt::print(stderr,
              "loaded {} ({}, {} layers, dim {}, {} heads / {} kv, vocab {}, trained ctx {}, rope "
@@ -32,6 +34,42 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
   return model;
 }
 
+int resolve_threads(int threads) {
+  const dist::World& w = dist::world();
+  if (threads <= 0 && w.mpi) threads = dist::default_threads();
+  if (threads > 0 && w.mpi && w.rank == 0 && threads > dist::usable_cores())
+    fmt::print(stderr,
+               "warning: rank 0 runs {} threads on {} core(s); start mpirun with --bind-to none or "
+               "--map-by slot:PE={} (docs/distributed.md)\n",
+               threads, dist::usable_cores(), threads);
+  return threads;
+}
+
+double wall_seconds() {
+  return omp_get_wtime();
+}
+
+int run_distributed(const std::function<nlohmann::json()>& prepare,
+                    const std::function<int()>& lead, const std::function<void()>& serve) {
+  nlohmann::json fingerprint;
+  std::string error;
+  try {
+    fingerprint = prepare();
+  } catch (const std::bad_alloc&) {
+    error = "out of memory while loading";
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  dist::check_same_inputs(fingerprint, error);
+  if (!dist::is_root()) {
+    serve();
+    return 0;
+  }
+  const int rc = lead();
+  dist::stop_workers(rc == 0);
+  return rc;
+}
+
 void add_compute_flag(CLI::App* cmd, std::string& value) {
   cmd->add_option("--compute", value,
                   "arithmetic of prompt processing and attention: bf16 (bf16 products, FP32 "
@@ -42,16 +80,6 @@ void add_compute_flag(CLI::App* cmd, std::string& value) {
 
 void apply_compute_flag(const std::string& value) {
   if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
-}
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path + ": cannot open text file (expected a readable UTF-8 text file)");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  std::string s = ss.str();
-  if (s.empty()) throw Error(path + ": text file is empty (expected text to tokenize)");
-  return s;
 }
 
 Progress::Progress(std::string label, int64_t total, bool enabled)

@@ -1,9 +1,9 @@
 // Helpers shared by the subcommands: model loading with a status line, text files, progress.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -20,8 +20,20 @@ void add_compute_flag(CLI::App* cmd, std::string& value);
 // Sets the process default from the flag's value; throws Error for bf16 on a CPU without it.
 void apply_compute_flag(const std::string& value);
 
-// Whole file as bytes; throws Error naming the file when it cannot be read or is empty.
-std::string read_text_file(const std::string& path);
+// The -t value a rank uses: the given one, or under MPI (when 0) the cores of this process shared
+// among the ranks on its host. Warns on rank 0 when it runs more threads than it has cores (an
+// mpirun that binds each rank to one core).
+int resolve_threads(int threads);
+
+// Seconds on a monotonic clock.
+double wall_seconds();
+
+// A command that spreads its work over MPI ranks (search, eval, passkey). Every rank runs
+// prepare(), which loads and checks everything and returns the fingerprints every rank must
+// share; the ranks are compared before any work (dist::check_same_inputs). Then rank 0 runs
+// lead() and the other ranks serve() until rank 0 is done. Without MPI: prepare() then lead().
+int run_distributed(const std::function<nlohmann::json()>& prepare,
+                    const std::function<int()>& lead, const std::function<void()>& serve);
 
 // A progress bar on stderr: "label [#####.....] done/total  extra  ETA 12s", redrawn in place
 // when stderr is a terminal; when it is redirected (a log file), the same text as a plain line at

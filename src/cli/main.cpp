@@ -4,8 +4,10 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "cli/commands.h"
+#include "longrope/dist.h"
 #include "longrope/error.h"
 
 namespace {
@@ -30,29 +32,64 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (!longrope::dist::is_root()) return e.get_exit_code();  // every rank parsed the same flags
     return app.exit(e);
   }
-  for (auto& [sub, runner] : cmds)
-    if (sub->parsed()) return runner();
+  for (auto& [sub, runner] : cmds) {
+    if (!sub->parsed()) continue;
+    const std::string name = sub->get_name();
+    if (longrope::dist::world().size > 1 && name != "search" && name != "eval" &&
+        name != "passkey") {
+      if (!longrope::dist::is_root()) throw longrope::dist::Stopped();
+      throw longrope::Error(
+          fmt::format("{} runs in one process (only search, eval and passkey spread over MPI "
+                      "ranks); run it without mpirun",
+                      name));
+    }
+    return runner();
+  }
   return 0;
+}
+
+// Runs the command; prints one error line on failure (under MPI: rank 0 reports, and tells the
+// other ranks to stop).
+int run_reporting(int argc, char** argv) {
+  namespace dist = longrope::dist;
+  std::string what;
+  try {
+    return run(argc, argv);
+  } catch (const dist::Stopped&) {
+    return 1;  // rank 0 reports
+  } catch (const longrope::Error& e) {
+    what = e.what();
+  } catch (const std::bad_alloc&) {
+    what = "out of memory (try a smaller context)";
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+    what = "unknown failure";
+  }
+  const dist::World& w = dist::world();
+  if (w.size > 1 && w.rank != 0) {
+    if (!dist::inputs_checked()) return 1;  // the flags failed alike on rank 0, which reports
+    // A failure outside a task (those travel to rank 0): rank 0 may be waiting on this rank.
+    fmt::print(stderr, "error: {}: {}\n", dist::rank_name(w.rank), what);
+    dist::abort(1);
+  } else {
+    fmt::print(stderr, "error: {}\n", what);
+    try {
+      dist::stop_workers(false);
+    } catch (...) {
+    }
+  }
+  return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const longrope::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  } catch (const std::bad_alloc&) {
-    fmt::print(stderr, "error: out of memory (try a smaller context)\n");
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  } catch (...) {
-    fmt::print(stderr, "error: unknown failure\n");
-    return 1;
-  }
+  longrope::dist::init(&argc, &argv);
+  const int rc = run_reporting(argc, argv);
+  longrope::dist::finalize();
+  return rc;
 }

@@ -156,35 +156,36 @@ PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
   return a;
 }
 
-EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepProgress& progress) {
+SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   if (cfg.trials < 1) throw Error("--trials must be at least 1");
   if (cfg.lengths.empty()) throw Error("no length given (--lengths 1k,2k,...)");
   if (cfg.max_new < 1) throw Error("at least one new token must be generated");
   for (double d : cfg.depths)
     if (!(d >= 0 && d <= 1)) throw Error(fmt::format("depth {} is not in [0, 1]", d));
-  EvalRun run;
-  run.methods = parse_eval_methods(cfg.methods, model);
-  run.lengths = cfg.lengths;
+  SweepPlan plan;
+  plan.kind = "passkey";
+  plan.length_major = true;  // a run stopped midway has every method at the shorter lengths
+  plan.methods = parse_eval_methods(cfg.methods, model);
+  plan.lengths = cfg.lengths;
   for (int64_t len : cfg.lengths) check_memory_for_length(model.hp(), len, cfg.n_threads);
-  std::vector<std::vector<RopeScaling>> scalings;
-  for (const EvalMethod& m : run.methods) {
+  auto scalings = std::make_shared<std::vector<std::vector<RopeScaling>>>();
+  for (const EvalMethod& m : plan.methods) {
     std::vector<RopeScaling> row;
     for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
-    scalings.push_back(std::move(row));
+    scalings->push_back(std::move(row));
   }
   // Every prompt is built up front (also checks that every length is long enough).
-  std::vector<std::vector<PasskeyPrompt>> prompts;  // [length][trial]
+  auto prompts = std::make_shared<std::vector<std::vector<PasskeyPrompt>>>();  // [length][trial]
+  std::vector<std::vector<int32_t>> prompt_tokens;
   for (int64_t len : cfg.lengths) {
     std::vector<PasskeyPrompt> row;
     for (int64_t t = 0; t < cfg.trials; ++t) {
       const PasskeyTrialSpec ts = passkey_trial_spec(cfg.seed, len, t, cfg.depths);
       row.push_back(make_passkey_prompt(model, len, ts.key, ts.depth, cfg.chat));
+      prompt_tokens.push_back(row.back().tokens);
     }
-    prompts.push_back(std::move(row));
+    prompts->push_back(std::move(row));
   }
-  make_output_dir(cfg.out_dir);
-  ResultsStore store(cfg.out_dir.empty() ? "" : cfg.out_dir + "/results.json", "passkey",
-                     cfg.resume);
   const nlohmann::json key = {
       {"model", file_name(cfg.model_path)},
       {"trials", cfg.trials},
@@ -194,65 +195,53 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
       {"max_new", cfg.max_new},
       {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
       {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
-  const std::vector<nlohmann::json> keys = cell_keys(key, run.methods);
-  const int64_t n_cells = int64_t(run.methods.size() * cfg.lengths.size());
-  auto work_of = [&](int64_t len) { return int64_t(double(len) * (1.0 + double(len) / 8192.0)); };
-  int64_t total_work = 0, done_work = 0, done_cells = 0;
-  for (size_t mi = 0; mi < run.methods.size(); ++mi)
-    for (int64_t len : cfg.lengths)
-      if (!(cfg.resume && store.find(run.methods[mi].spec, len, keys[mi])))
-        total_work += cfg.trials * work_of(len);
-  run.cells = nlohmann::json::array();
-  // Length-major: a run stopped midway has every method at the shorter lengths.
-  for (size_t li = 0; li < cfg.lengths.size(); ++li) {
-    const int64_t len = cfg.lengths[li];
-    for (size_t mi = 0; mi < run.methods.size(); ++mi) {
-      const EvalMethod& m = run.methods[mi];
-      if (cfg.resume)
-        if (const nlohmann::json* c = store.find(m.spec, len, keys[mi])) {
-          run.cells.push_back(*c);
-          ++done_cells;
-          if (progress) progress(done_cells, n_cells, done_work, total_work, "resumed");
-          continue;
-        }
-      nlohmann::json trials = nlohmann::json::array();
-      int64_t correct = 0;
-      double seconds = 0;
-      for (int64_t t = 0; t < cfg.trials; ++t) {
-        if (progress)
-          progress(done_cells, n_cells, done_work, total_work,
-                   fmt::format("{} @ {} trial {}/{}", m.label, len, t + 1, cfg.trials));
-        const PasskeyPrompt& p = prompts[li][size_t(t)];
-        const PasskeyAnswer a =
-            run_passkey_trial(model, p, scalings[mi][li], cfg.n_threads, cfg.max_new);
-        correct += a.correct ? 1 : 0;
-        seconds += a.seconds;
-        trials.push_back({{"key", p.key},
-                          {"depth", p.depth},
-                          {"prompt_tokens", p.tokens.size()},
-                          {"output", a.output},
-                          {"correct", a.correct},
-                          {"seconds", a.seconds}});
-        done_work += work_of(len);
-      }
-      nlohmann::json cell = {{"method", m.spec},
-                             {"label", m.label},
-                             {"length", len},
-                             {"key", keys[mi]},
-                             {"trials", cfg.trials},
-                             {"correct", correct},
-                             {"accuracy", double(correct) / double(cfg.trials)},
-                             {"seconds", seconds},
-                             {"rope", scalings[mi][li].describe()},
-                             {"results", trials}};
-      store.put(cell);
-      run.cells.push_back(cell);
-      ++run.computed;
-      ++done_cells;
-      if (progress) progress(done_cells, n_cells, done_work, total_work, m.label);
+  plan.keys = cell_keys(key, plan.methods);
+  plan.fingerprint = sweep_fingerprint(model, prompt_tokens, plan.keys, plan.lengths);
+  const int64_t trials = cfg.trials;
+  plan.work = [trials](int64_t len) {
+    return trials * int64_t(double(len) * (1.0 + double(len) / 8192.0));
+  };
+  plan.compute_cell = [&model, scalings, prompts, trials, n_threads = cfg.n_threads,
+                       max_new = cfg.max_new, methods = plan.methods, lengths = plan.lengths,
+                       keys = plan.keys](
+                          size_t mi, size_t li,
+                          const std::function<void(double, const std::string&)>& progress) {
+    const EvalMethod& m = methods[mi];
+    const int64_t len = lengths[li];
+    nlohmann::json results = nlohmann::json::array();
+    int64_t correct = 0;
+    double seconds = 0;
+    for (int64_t t = 0; t < trials; ++t) {
+      if (progress)
+        progress(double(t) / double(trials),
+                 fmt::format("{} @ {} trial {}/{}", m.label, len, t + 1, trials));
+      const PasskeyPrompt& p = (*prompts)[li][size_t(t)];
+      const PasskeyAnswer a = run_passkey_trial(model, p, (*scalings)[mi][li], n_threads, max_new);
+      correct += a.correct ? 1 : 0;
+      seconds += a.seconds;
+      results.push_back({{"key", p.key},
+                         {"depth", p.depth},
+                         {"prompt_tokens", p.tokens.size()},
+                         {"output", a.output},
+                         {"correct", a.correct},
+                         {"seconds", a.seconds}});
     }
-  }
-  return run;
+    return nlohmann::json{{"method", m.spec},
+                          {"label", m.label},
+                          {"length", len},
+                          {"key", keys[mi]},
+                          {"trials", trials},
+                          {"correct", correct},
+                          {"accuracy", double(correct) / double(trials)},
+                          {"seconds", seconds},
+                          {"rope", (*scalings)[mi][li].describe()},
+                          {"results", results}};
+  };
+  return plan;
+}
+
+EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepProgress& progress) {
+  return execute_sweep(plan_passkey(model, cfg), cfg.out_dir, cfg.resume, progress);
 }
 
 std::string write_passkey_outputs(const EvalRun& run, const Model& model,

@@ -3,12 +3,24 @@
 #include <omp.h>
 
 #include <cmath>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "longrope/context.h"
 #include "longrope/error.h"
 
 namespace longrope {
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open text file (expected a readable UTF-8 text file)");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  if (s.empty()) throw Error(path + ": text file is empty (expected text to tokenize)");
+  return s;
+}
 
 std::string normalize_newlines(std::string_view text) {
   std::string out;
@@ -46,6 +58,30 @@ std::vector<std::vector<int32_t>> make_windows(std::span<const int32_t> text_tok
   return out;
 }
 
+double WindowLoop::ppl() const {
+  return std::exp(nll_sum / static_cast<double>(tokens));
+}
+
+WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32_t>>& windows,
+                         const RopeScaling& scaling, const ScoreOptions& opts,
+                         const std::function<void(size_t, const std::vector<double>&)>& on_window,
+                         std::vector<double> first_nll) {
+  WindowLoop r;
+  for (size_t k = 0; k < windows.size(); ++k) {
+    std::vector<double> nll;
+    if (k == 0 && !first_nll.empty()) {
+      nll.swap(first_nll);
+    } else {
+      nll = score_window(model, windows[k], scaling, opts);
+      r.computed_tokens += static_cast<int64_t>(nll.size());
+    }
+    for (double x : nll) r.nll_sum += x;
+    r.tokens += static_cast<int64_t>(nll.size());
+    if (on_window) on_window(k, nll);
+  }
+  return r;
+}
+
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_tokens, int64_t ctx,
                             int64_t docs, const RopeScaling& scaling, int n_threads,
                             const ProgressFn& progress) {
@@ -58,20 +94,22 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
   r.ctx = ctx;
   r.docs = docs;
   const double t0 = omp_get_wtime();
-  double total = 0.0;
   ScoreOptions so;
   so.n_threads = n_threads;
-  for (size_t k = 0; k < windows.size(); ++k) {
-    const std::vector<double> nll = score_window(model, windows[k], scaling, so);
-    double s = 0.0;
-    for (double x : nll) s += x;
-    total += s;
-    r.tokens += static_cast<int64_t>(nll.size());
-    r.window_ppl.push_back(std::exp(s / double(nll.size())));
-    if (progress) progress(int64_t(k + 1), docs, std::exp(total / double(r.tokens)));
-  }
+  double total = 0.0;
+  int64_t tokens = 0;
+  const WindowLoop loop =
+      score_windows(model, windows, scaling, so, [&](size_t k, const std::vector<double>& nll) {
+        double s = 0.0;
+        for (double x : nll) s += x;
+        total += s;
+        tokens += static_cast<int64_t>(nll.size());
+        r.window_ppl.push_back(std::exp(s / double(nll.size())));
+        if (progress) progress(int64_t(k + 1), docs, std::exp(total / double(tokens)));
+      });
   r.seconds = omp_get_wtime() - t0;
-  r.mean_nll = total / double(r.tokens);
+  r.tokens = loop.tokens;
+  r.mean_nll = loop.nll_sum / double(r.tokens);
   r.ppl = std::exp(r.mean_nll);
   r.tokens_per_second = double(r.tokens + docs) / r.seconds;
   return r;

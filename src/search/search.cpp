@@ -10,6 +10,7 @@
 
 #include "longrope/context.h"
 #include "longrope/error.h"
+#include "longrope/perplexity.h"
 
 namespace longrope {
 
@@ -28,7 +29,20 @@ PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
   }
 }
 
+std::vector<EvalResult> Evaluator::evaluate_batch(const std::vector<RopeScaling>& batch,
+                                                  double reject_above,
+                                                  const std::function<void(size_t)>& done) {
+  std::vector<EvalResult> out;
+  out.reserve(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    out.push_back(evaluate(batch[i], reject_above));
+    if (done) done(i);
+  }
+  return out;
+}
+
 EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reject_above) {
+  const auto t0 = std::chrono::steady_clock::now();
   ScoreOptions opts;
   opts.n_threads = n_threads_;
   EvalResult r;
@@ -42,37 +56,42 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
     for (size_t i = 0; i < count; ++i) sum += nll[i];
     return std::exp(sum / static_cast<double>(count));
   };
+  auto finish = [&](EvalResult& res) {
+    if (std::isnan(res.ppl))
+      throw Error(fmt::format("perplexity is NaN after {} scored tokens (a broken model or engine)",
+                              res.tokens));
+    res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return res;
+  };
   std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
   if (std::isfinite(reject_above)) {
     std::vector<double> nll = score_window(
         *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, opts);
     r.tokens += static_cast<int64_t>(nll.size());
     r.stage_ppl = ppl_of(nll, nll.size());
+    if (std::isnan(r.stage_ppl)) {
+      r.ppl = r.stage_ppl;
+      return finish(r);  // throws
+    }
     if (!(r.stage_ppl <= reject_above)) {
       r.ppl = r.stage_ppl;
       r.rejected = true;
-      return r;
+      return finish(r);
     }
     if (fs == n) first = std::move(nll);
   }
-  double sum = 0;
-  int64_t count = 0;
-  for (size_t k = 0; k < windows_.size(); ++k) {
-    std::vector<double> nll;
-    if (k == 0 && !first.empty()) {
-      nll.swap(first);  // window 0 was scored whole by the first stage
-    } else {
-      nll = score_window(*model_, windows_[k], scaling, opts);
-      r.tokens += static_cast<int64_t>(nll.size());
-    }
-    // A prefix of fs tokens scores the same fs - 1 tokens as the first fs - 1 scores of the
-    // whole window (causal attention; equal up to rounding).
-    if (k == 0 && std::isnan(r.stage_ppl)) r.stage_ppl = ppl_of(nll, static_cast<size_t>(fs - 1));
-    for (double x : nll) sum += x;
-    count += static_cast<int64_t>(nll.size());
-  }
-  r.ppl = std::exp(sum / static_cast<double>(count));
-  return r;
+  // A prefix of fs tokens scores the same fs - 1 tokens as the first fs - 1 scores of the whole
+  // window (causal attention; equal up to rounding).
+  const WindowLoop loop = score_windows(
+      *model_, windows_, scaling, opts,
+      [&](size_t k, const std::vector<double>& nll) {
+        if (k == 0 && std::isnan(r.stage_ppl))
+          r.stage_ppl = ppl_of(nll, static_cast<size_t>(fs - 1));
+      },
+      std::move(first));
+  r.tokens += loop.computed_tokens;
+  r.ppl = loop.ppl();
+  return finish(r);
 }
 
 // ---- the search space
@@ -277,31 +296,46 @@ std::optional<Individual> EvolutionSearch::crossover(const Individual& a, const 
   return mutate(a);
 }
 
-Fitness EvolutionSearch::evaluate(Evaluator& ev, const Individual& ind, double bound) {
-  const std::string k = ind.key();
-  if (auto it = memo_.find(k); it != memo_.end()) return it->second;
-  const auto t0 = std::chrono::steady_clock::now();
-  const EvalResult r = ev.evaluate(to_scaling(space_, ind), bound);
-  eval_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  Fitness f;
-  if (r.rejected) {
-    f.rejected = true;
-    f.bound = bound;
-    f.partial = r.ppl;
-    ++partial_evals_;
-  } else {
-    f.ppl = r.ppl;
-    if (std::isfinite(r.stage_ppl)) f.stage = r.stage_ppl;
-    ++full_evals_;
-    if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
-      best_ = ind;
-      best_fit_ = f;
-    }
+void EvolutionSearch::evaluate(Evaluator& ev, const std::vector<Individual>& inds, double bound) {
+  std::vector<const Individual*> todo;
+  std::vector<RopeScaling> batch;
+  for (const auto& ind : inds) {
+    if (memo_.count(ind.key())) continue;
+    todo.push_back(&ind);
+    batch.push_back(to_scaling(space_, ind));
   }
-  memo_.emplace(k, f);
-  seen_.insert(k);
-  if (on_eval) on_eval();
-  return f;
+  int finished = 0;
+  const int total = static_cast<int>(batch.size());
+  const std::vector<EvalResult> results = ev.evaluate_batch(batch, bound, [&](size_t) {
+    ++finished;
+    if (on_eval) on_eval(finished, total);
+  });
+  if (results.size() != batch.size())
+    throw Error(fmt::format("search: the evaluator returned {} results for {} candidates",
+                            results.size(), batch.size()));
+  // Recorded in candidate order, whatever the completion order: the search stays deterministic.
+  for (size_t i = 0; i < todo.size(); ++i) {
+    const Individual& ind = *todo[i];
+    const EvalResult& r = results[i];
+    if (settings_.record_seconds) eval_seconds_ += r.seconds;
+    Fitness f;
+    if (r.rejected) {
+      f.rejected = true;
+      f.bound = bound;
+      f.partial = r.ppl;
+      ++partial_evals_;
+    } else {
+      f.ppl = r.ppl;
+      if (std::isfinite(r.stage_ppl)) f.stage = r.stage_ppl;
+      ++full_evals_;
+      if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
+        best_ = ind;
+        best_fit_ = f;
+      }
+    }
+    memo_.emplace(ind.key(), f);
+    seen_.insert(ind.key());
+  }
 }
 
 void EvolutionSearch::sort_population() {
@@ -373,10 +407,8 @@ void EvolutionSearch::step(Evaluator& ev) {
     }
     population_ = std::move(parents);
   }
-  for (const auto& c : children) {
-    evaluate(ev, c, bound);
-    population_.push_back(c);
-  }
+  evaluate(ev, children, bound);
+  for (const auto& c : children) population_.push_back(c);
   sort_population();
   IterationLog L;
   L.iteration = done_;

@@ -1,0 +1,95 @@
+// A whole LongRoPE search as a library call: fitness windows from texts, the long search at the
+// target length and optionally the short one, a checkpoint after every iteration (resumable),
+// the log, and the factors file with its provenance (docs/search.md). The CLI's `search` is a
+// thin layer over this.
+//
+// Under MPI (dist.h) every rank builds the same SearchRun; rank 0 calls run() and its
+// evaluations are spread over the ranks, which call serve(). The evolution never learns about
+// ranks: it hands each generation to Evaluator::evaluate_batch and records the results in
+// candidate order, so the result is the same for any number of ranks.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "longrope/model.h"
+#include "longrope/rope.h"
+#include "longrope/search.h"
+
+namespace longrope {
+
+struct SearchRunConfig {
+  std::string model_path;           // provenance (its file name) only
+  std::vector<std::string> texts;   // UTF-8 text files, concatenated into one token stream
+  int64_t target_ctx = 0;           // L
+  std::optional<int64_t> orig_ctx;  // default: the model's trained context
+  int64_t docs = 1;                 // fitness windows
+  SearchSettings settings;
+  std::optional<double> lambda_max;   // default 1.25 s
+  std::vector<int64_t> n_hat;         // default: default_n_hat_candidates(L)
+  std::optional<double> attn_factor;  // fixed; default: searched
+  std::optional<int64_t> short_ctx;   // also search the short set, fitness at this length
+  std::optional<double> short_lambda_max;
+  int64_t reject_stage = 0;             // PerplexityEvaluator's first_stage_tokens
+  std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
+  bool resume = false;
+  int n_threads = 0;
+  bool root_computes = true;  // under MPI: rank 0 evaluates candidates too
+};
+
+struct SearchProgress {
+  const char* phase = "search";         // "search" (the long set) or "short"
+  int iteration = 0;                    // the one being evaluated (0 = initial population)
+  int iterations = 0;                   // SearchSettings::iterations
+  int evals_done = 0, evals_total = 0;  // in this iteration
+  int64_t full_evals = 0, partial_evals = 0;
+  double best_ppl = 0;
+};
+
+struct SearchRunResult {
+  RopeScaling scaling;  // as written to the factors file
+  double best_ppl = 0;
+  std::optional<double> short_best_ppl;
+  nlohmann::json seed_ppl;  // {method: ppl} of the rule-based seeds
+  int64_t full_evals = 0, partial_evals = 0;
+  double eval_seconds = 0;  // summed evaluation wall times (0 under SOURCE_DATE_EPOCH)
+  std::string log_path, checkpoint_path;
+};
+
+class SearchRun {
+ public:
+  // Reads and tokenizes the texts, makes the fitness windows (long and short), the search space
+  // and the fingerprint. Throws Error with one line on bad settings or too little text.
+  SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg);
+  ~SearchRun();
+  SearchRun(const SearchRun&) = delete;
+  SearchRun& operator=(const SearchRun&) = delete;
+
+  // What every rank must agree on, and what a checkpoint must match: the model, the token
+  // windows, the lengths, the docs and the compute mode.
+  const nlohmann::json& fingerprint() const;
+  const SearchSpace& space() const;
+  size_t window_count() const;
+
+  // Runs the search to the end (resuming from the checkpoint when cfg.resume), writing the
+  // checkpoint and the log after every iteration and the factors file at the end. Under MPI:
+  // rank 0 only, while the other ranks serve().
+  SearchRunResult run(const std::function<void(const SearchProgress&)>& progress = {});
+  // Ranks other than 0: evaluates the candidates rank 0 sends until it stops.
+  void serve();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> p_;
+};
+
+// The date for provenance: now, or SOURCE_DATE_EPOCH when set (ISO 8601, UTC).
+std::string provenance_date();
+// True when SOURCE_DATE_EPOCH is set: outputs must not depend on the clock.
+bool reproducible_outputs();
+
+}  // namespace longrope

@@ -1,0 +1,127 @@
+// Running a sweep plan here or over MPI ranks (include/longrope/eval.h).
+#include <fmt/core.h>
+
+#include <sstream>
+
+#include "longrope/dist.h"
+#include "longrope/error.h"
+#include "longrope/eval.h"
+#include "longrope/fingerprint.h"
+#include "longrope/kernels.h"
+
+namespace longrope {
+
+namespace {
+
+// A cell travels between ranks as "mi li".
+std::string cell_task(size_t mi, size_t li) {
+  return fmt::format("{} {}", mi, li);
+}
+
+nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
+                            const std::function<void(double, const std::string&)>& progress) {
+  std::istringstream in(task);
+  size_t mi = 0, li = 0;
+  if (!(in >> mi >> li) || mi >= plan.methods.size() || li >= plan.lengths.size())
+    throw Error(
+        fmt::format("a cell task '{}' outside this sweep (expected the same flags on "
+                    "every rank)",
+                    task));
+  return plan.compute_cell(mi, li, progress);
+}
+
+}  // namespace
+
+nlohmann::json sweep_fingerprint(const Model& model,
+                                 const std::vector<std::vector<int32_t>>& tokens,
+                                 const std::vector<nlohmann::json>& keys,
+                                 const std::vector<int64_t>& lengths) {
+  const std::string k = nlohmann::json(keys).dump();
+  return {{"model", model_fingerprint(model)},
+          {"weights", weights_fingerprint(model)},
+          {"tokens", tokens_fingerprint(tokens)},
+          {"cells", fmt::format("{:016x}", fnv1a(k.data(), k.size()))},
+          {"lengths", lengths},
+          {"compute", kernels::compute_name(kernels::default_compute())}};
+}
+
+EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
+                      const SweepProgress& progress) {
+  make_output_dir(out_dir);
+  ResultsStore store(out_dir.empty() ? "" : out_dir + "/results.json", plan.kind, resume);
+  EvalRun run;
+  run.methods = plan.methods;
+  run.lengths = plan.lengths;
+
+  // The cells in plan order; those found in the store are reused.
+  struct Slot {
+    size_t mi, li;
+    nlohmann::json cell;  // null until known
+  };
+  std::vector<Slot> slots;
+  auto add = [&](size_t mi, size_t li) { slots.push_back({mi, li, nullptr}); };
+  for (size_t a = 0; a < (plan.length_major ? plan.lengths.size() : plan.methods.size()); ++a)
+    for (size_t b = 0; b < (plan.length_major ? plan.methods.size() : plan.lengths.size()); ++b)
+      plan.length_major ? add(b, a) : add(a, b);
+
+  const int64_t n_cells = static_cast<int64_t>(slots.size());
+  int64_t total_work = 0, done_work = 0, done_cells = 0;
+  std::vector<size_t> todo;  // indices into slots
+  std::vector<std::string> tasks;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    Slot& s = slots[i];
+    if (resume)
+      if (const nlohmann::json* c =
+              store.find(plan.methods[s.mi].spec, plan.lengths[s.li], plan.keys[s.mi])) {
+        s.cell = *c;
+        ++done_cells;
+        continue;
+      }
+    todo.push_back(i);
+    tasks.push_back(cell_task(s.mi, s.li));
+    total_work += plan.work(plan.lengths[s.li]);
+  }
+  if (progress && done_cells) progress(done_cells, n_cells, done_work, total_work, "resumed");
+
+  auto label = [&](size_t t) {
+    const Slot& s = slots[todo[t]];
+    return fmt::format("{} @ {}", plan.methods[s.mi].label, plan.lengths[s.li]);
+  };
+  // In a one-rank world the cells run on this thread, in order, and can report their own
+  // progress; spread over ranks, progress moves a cell at a time.
+  const bool here = dist::world().size == 1;
+  size_t current = 0;
+  auto in_cell = [&](double frac, const std::string& msg) {
+    if (!progress) return;
+    const int64_t w = plan.work(plan.lengths[slots[todo[current]].li]);
+    progress(done_cells, n_cells, done_work + static_cast<int64_t>(frac * static_cast<double>(w)),
+             total_work, msg.empty() ? label(current) : msg);
+  };
+  dist::FarmOptions opt;
+  opt.label = label;
+  opt.on_result = [&](size_t t, const std::string& result) {
+    Slot& s = slots[todo[t]];
+    s.cell = nlohmann::json::parse(result);
+    store.put(s.cell);
+    ++run.computed;
+    ++done_cells;
+    done_work += plan.work(plan.lengths[s.li]);
+    current = t + 1;
+    if (progress) progress(done_cells, n_cells, done_work, total_work, label(t));
+  };
+  std::function<void(double, const std::string&)> cell_progress;
+  if (here) cell_progress = in_cell;
+  dist::farm(
+      tasks,
+      [&](const std::string& task) { return compute_task(plan, task, cell_progress).dump(); }, opt);
+
+  run.cells = nlohmann::json::array();
+  for (const Slot& s : slots) run.cells.push_back(s.cell);
+  return run;
+}
+
+void serve_sweep(const SweepPlan& plan) {
+  dist::serve([&](const std::string& task) { return compute_task(plan, task, nullptr).dump(); });
+}
+
+}  // namespace longrope

@@ -1,0 +1,442 @@
+// The resumable search run (include/longrope/search_run.h).
+#include "longrope/search_run.h"
+
+#include <fmt/core.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "longrope/dist.h"
+#include "longrope/error.h"
+#include "longrope/eval.h"
+#include "longrope/fingerprint.h"
+#include "longrope/kernels.h"
+#include "longrope/perplexity.h"
+
+namespace longrope {
+
+namespace {
+
+nlohmann::json space_json(const SearchSpace& sp) {
+  return {{"target_ctx", sp.target_ctx},
+          {"orig_ctx", sp.orig_ctx},
+          {"lambda_max", sp.lambda_max / 100.0},
+          {"n_hat_candidates", sp.n_hat_candidates},
+          {"attn_candidates", sp.attn_candidates}};
+}
+
+nlohmann::json log_json(const EvolutionSearch& s) {
+  nlohmann::json it = nlohmann::json::array();
+  for (const auto& L : s.log())
+    it.push_back({{"iteration", L.iteration},
+                  {"best_ppl", L.best_ppl},
+                  {"median_ppl", L.median_ppl},
+                  {"full_evals", L.full_evals},
+                  {"partial_evals", L.partial_evals},
+                  {"elapsed_seconds", L.elapsed_seconds}});
+  const int64_t n = s.full_evals() + s.partial_evals();
+  return {{"target_ctx", s.space().target_ctx},
+          {"best_ppl", s.best_ppl()},
+          {"full_evals", s.full_evals()},
+          {"partial_evals", s.partial_evals()},
+          {"eval_seconds", s.eval_seconds()},
+          {"seconds_per_eval", n ? s.eval_seconds() / static_cast<double>(n) : 0.0},
+          {"iterations", it}};
+}
+
+// lambda_max in hundredths: floor(x * 100), below 100 when x < 1 (validate_space rejects it).
+int hundredths(double x) {
+  int v = static_cast<int>(std::floor(x * 100.0 + 1e-9));
+  if (x < 1.0) v = std::min(v, 99);
+  return v;
+}
+
+// ---- the wire format of a candidate between ranks ---------------------------------------------
+// Task: {"p": phase, "f": factors, "n": n_hat, "a": attention factor, "b": bound (null = none)}.
+// Result: {"ppl", "rej", "tok", "stage" (absent = none), "s"}. JSON numbers round-trip exactly.
+
+std::string encode_task(int phase, const RopeScaling& s, double bound) {
+  return nlohmann::json{{"p", phase},
+                        {"f", s.sets.at(0).factors},
+                        {"n", s.n_hat},
+                        {"a", *s.attn_factor},
+                        {"b", std::isfinite(bound) ? nlohmann::json(bound) : nlohmann::json()}}
+      .dump();
+}
+
+std::string encode_result(const EvalResult& r) {
+  nlohmann::json j = {{"ppl", std::isfinite(r.ppl) ? nlohmann::json(r.ppl) : nlohmann::json()},
+                      {"rej", r.rejected},
+                      {"tok", r.tokens},
+                      {"s", r.seconds}};
+  if (std::isfinite(r.stage_ppl)) j["stage"] = r.stage_ppl;
+  return j.dump();
+}
+
+EvalResult decode_result(const std::string& m) {
+  const nlohmann::json j = nlohmann::json::parse(m);
+  EvalResult r;
+  r.ppl =
+      j.at("ppl").is_null() ? std::numeric_limits<double>::infinity() : j.at("ppl").get<double>();
+  r.rejected = j.at("rej").get<bool>();
+  r.tokens = j.at("tok").get<int64_t>();
+  r.seconds = j.at("s").get<double>();
+  if (j.contains("stage")) r.stage_ppl = j.at("stage").get<double>();
+  return r;
+}
+
+}  // namespace
+
+bool reproducible_outputs() {
+  return std::getenv("SOURCE_DATE_EPOCH") != nullptr;
+}
+
+std::string provenance_date() {
+  std::time_t t = std::time(nullptr);
+  if (const char* e = std::getenv("SOURCE_DATE_EPOCH")) t = static_cast<std::time_t>(std::atoll(e));
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// ---- the evaluator that spreads a generation over ranks ---------------------------------------
+
+namespace {
+
+class FarmEvaluator : public Evaluator {
+ public:
+  FarmEvaluator(int phase, std::string phase_name,
+                std::function<std::string(const std::string&)> task, bool root_computes)
+      : phase_(phase),
+        name_(std::move(phase_name)),
+        task_(std::move(task)),
+        root_computes_(root_computes) {}
+  int iteration = 0;
+
+  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+    return evaluate_batch({s}, reject_above, {}).at(0);
+  }
+  std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch, double bound,
+                                         const std::function<void(size_t)>& done) override {
+    std::vector<std::string> tasks;
+    for (const auto& s : batch) tasks.push_back(encode_task(phase_, s, bound));
+    dist::FarmOptions opt;
+    opt.root_computes = root_computes_;
+    opt.label = [&](size_t i) {
+      return fmt::format("candidate {} of {} in iteration {} of the {} search", i + 1, batch.size(),
+                         iteration, name_);
+    };
+    opt.on_result = [&](size_t i, const std::string&) {
+      if (done) done(i);
+    };
+    std::vector<EvalResult> out;
+    for (const std::string& m : dist::farm(tasks, task_, opt)) out.push_back(decode_result(m));
+    return out;
+  }
+
+ private:
+  int phase_;
+  std::string name_;
+  std::function<std::string(const std::string&)> task_;
+  bool root_computes_;
+};
+
+}  // namespace
+
+// ---- SearchRun --------------------------------------------------------------------------------
+
+struct SearchRun::Impl {
+  std::shared_ptr<const Model> model;
+  SearchRunConfig cfg;
+  int64_t orig = 0;
+  SearchSpace space;
+  std::vector<std::vector<int32_t>> windows, short_windows;
+  std::unique_ptr<PerplexityEvaluator> long_ev, short_ev;
+  nlohmann::json fingerprint;
+  nlohmann::json ck_settings;
+
+  // A candidate from another rank (or this one): decode, evaluate locally, encode.
+  std::string evaluate_task(const std::string& m) const {
+    const nlohmann::json j = nlohmann::json::parse(m);
+    const int phase = j.at("p").get<int>();
+    PerplexityEvaluator* ev = phase == 0 ? long_ev.get() : short_ev.get();
+    if (!ev) throw Error("a short-set candidate, but this rank has no --short-ctx");
+    RopeScaling s;
+    s.method = RopeMethod::kLongrope;
+    s.sets.push_back(FactorSet{j.at("f").get<std::vector<double>>(), 0});
+    s.n_hat = j.at("n").get<int64_t>();
+    s.attn_factor = j.at("a").get<double>();
+    s.orig_ctx = orig;
+    s.target_ctx = phase == 0 ? cfg.target_ctx : *cfg.short_ctx;
+    const double bound =
+        j.at("b").is_null() ? std::numeric_limits<double>::infinity() : j.at("b").get<double>();
+    return encode_result(ev->evaluate(s, bound));
+  }
+};
+
+SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
+    : p_(std::make_unique<Impl>()) {
+  Impl& p = *p_;
+  p.model = std::move(model);
+  p.cfg = std::move(cfg);
+  const SearchRunConfig& c = p.cfg;
+  const HParams& hp = p.model->hp();
+  const int64_t L = c.target_ctx;
+  p.orig = c.orig_ctx.value_or(hp.n_ctx_train);
+  if (L <= p.orig)
+    throw Error(fmt::format(
+        "search: --target-ctx {} is not above the original context {} (expected target > "
+        "original)",
+        L, p.orig));
+  if (c.short_ctx && *c.short_ctx >= L)
+    throw Error(
+        fmt::format("search: --short-ctx {} is not below --target-ctx {} (expected short < target)",
+                    *c.short_ctx, L));
+  if (c.texts.empty()) throw Error("search: no text file given (-f TEXT[,TEXT...])");
+  const double s = static_cast<double>(L) / static_cast<double>(p.orig);
+
+  // Texts -> one token stream -> windows.
+  std::vector<int32_t> tokens;
+  for (const auto& path : c.texts) {
+    const std::vector<int32_t> t =
+        p.model->tokenizer().encode(normalize_newlines(read_text_file(path)));
+    tokens.insert(tokens.end(), t.begin(), t.end());
+  }
+  const int32_t bos = p.model->file().vocab.bos;
+  auto windows_for = [&](int64_t ctx) {
+    try {
+      return make_windows(tokens, bos, ctx, c.docs);
+    } catch (const Error& e) {
+      throw Error(fmt::format("search: too little text for {} window(s) of {} tokens: {}", c.docs,
+                              ctx, e.what()));
+    }
+  };
+  p.windows = windows_for(L);
+  if (c.short_ctx) p.short_windows = windows_for(*c.short_ctx);
+
+  SearchSpace& sp = p.space;
+  sp.n_rot = hp.n_rot;
+  sp.n_pairs = hp.n_rot / 2;
+  sp.rope_base = hp.rope_base;
+  sp.orig_ctx = p.orig;
+  sp.target_ctx = L;
+  sp.lambda_max = hundredths(c.lambda_max.value_or(1.25 * s));
+  sp.n_hat_candidates = c.n_hat.empty() ? default_n_hat_candidates(L) : c.n_hat;
+  sp.attn_candidates =
+      c.attn_factor ? std::vector<double>{*c.attn_factor} : default_attn_candidates(p.orig, L);
+  validate_space(sp);
+
+  p.fingerprint = {{"model", model_fingerprint(*p.model)},
+                   {"text", tokens_fingerprint(p.windows)},
+                   {"target_ctx", L},
+                   {"orig_ctx", p.orig},
+                   {"docs", c.docs},
+                   {"short_ctx", c.short_ctx ? *c.short_ctx : 0},
+                   // bf16 and FP32 fitness values must not mix in one run.
+                   {"compute", kernels::compute_name(kernels::default_compute())}};
+  p.ck_settings = c.settings.to_json();
+  p.ck_settings["space"] = space_json(sp);
+  p.ck_settings["short_lambda_max"] = c.short_lambda_max ? *c.short_lambda_max : 0.0;
+  p.ck_settings["reject_stage"] = c.reject_stage;
+
+  p.long_ev =
+      std::make_unique<PerplexityEvaluator>(p.model, p.windows, c.n_threads, c.reject_stage);
+  if (c.short_ctx)
+    p.short_ev = std::make_unique<PerplexityEvaluator>(p.model, p.short_windows, c.n_threads,
+                                                       c.reject_stage);
+}
+
+SearchRun::~SearchRun() = default;
+
+const nlohmann::json& SearchRun::fingerprint() const {
+  return p_->fingerprint;
+}
+const SearchSpace& SearchRun::space() const {
+  return p_->space;
+}
+size_t SearchRun::window_count() const {
+  return p_->windows.size();
+}
+
+void SearchRun::serve() {
+  dist::serve([this](const std::string& m) { return p_->evaluate_task(m); });
+}
+
+SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>& progress) {
+  Impl& p = *p_;
+  const SearchRunConfig& c = p.cfg;
+  const SearchSpace& sp = p.space;
+  const std::string ckpt_path = c.output + ".ckpt.json";
+  const std::string log_path = c.output + ".log.json";
+
+  nlohmann::json ck;
+  if (c.resume) {
+    std::ifstream f(ckpt_path);
+    if (!f)
+      throw Error(
+          fmt::format("search: --resume but no checkpoint at {} (expected the file written by an "
+                      "earlier run with -o {})",
+                      ckpt_path, c.output));
+    try {
+      ck = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception&) {
+      throw Error(fmt::format(
+          "{}: corrupt checkpoint (not valid JSON); delete it and start again without --resume",
+          ckpt_path));
+    }
+    if (!ck.is_object() || ck.value("format", "") != "longrope-search-checkpoint" ||
+        !ck.contains("fingerprint") || !ck.contains("settings") || !ck.contains("long"))
+      throw Error(
+          fmt::format("{}: corrupt checkpoint (expected a longrope search checkpoint)", ckpt_path));
+    for (const auto& [k, v] : p.fingerprint.items()) {
+      if (ck["fingerprint"].value(k, nlohmann::json()) != v)
+        throw Error(
+            fmt::format("{}: checkpoint is for another {} ({} there, {} here); refusing to resume",
+                        ckpt_path, k == "text" ? "text/window set" : k,
+                        ck["fingerprint"].value(k, nlohmann::json()).dump(), v.dump()));
+    }
+    if (ck["settings"] != p.ck_settings)
+      throw Error(
+          fmt::format("{}: checkpoint was written with other search settings ({}); expected the "
+                      "same flags except --iterations",
+                      ckpt_path, ck["settings"].dump()));
+  }
+
+  SearchSettings settings = c.settings;
+  settings.record_seconds = !reproducible_outputs();
+  auto task = [&p](const std::string& m) { return p.evaluate_task(m); };
+  FarmEvaluator long_farm(0, "long", task, c.root_computes);
+  FarmEvaluator short_farm(1, "short", task, c.root_computes);
+
+  EvolutionSearch lng(sp, settings);
+  std::optional<EvolutionSearch> shrt;
+  nlohmann::json short_basis;
+  auto restore = [&](EvolutionSearch& srch, const nlohmann::json& j) {
+    try {
+      srch.restore(j);
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: corrupt checkpoint: {}", ckpt_path, e.what()));
+    }
+  };
+  if (c.resume) restore(lng, ck["long"]);
+
+  auto save = [&]() {
+    const nlohmann::json j = {{"format", "longrope-search-checkpoint"},
+                              {"version", 1},
+                              {"fingerprint", p.fingerprint},
+                              {"settings", p.ck_settings},
+                              {"long", lng.to_json()},
+                              {"short", shrt ? shrt->to_json() : nlohmann::json()},
+                              {"short_basis", short_basis}};
+    write_file_atomically(ckpt_path, j.dump(1) + "\n");
+    nlohmann::json lg = {{"phases", nlohmann::json::array({log_json(lng)})}};
+    if (shrt) lg["phases"].push_back(log_json(*shrt));
+    write_file_atomically(log_path, lg.dump(1) + "\n");
+  };
+
+  const int T = settings.iterations;
+  auto run_phase = [&](EvolutionSearch& srch, FarmEvaluator& ev, const char* label) {
+    SearchProgress pr;
+    pr.phase = label;
+    pr.iterations = T;
+    auto report = [&](int done, int total) {
+      if (!progress) return;
+      pr.iteration = srch.iterations_done();
+      pr.evals_done = done;
+      pr.evals_total = total;
+      pr.full_evals = srch.full_evals();
+      pr.partial_evals = srch.partial_evals();
+      pr.best_ppl = srch.best_ppl();
+      progress(pr);
+    };
+    srch.on_eval = report;
+    while (!srch.finished(T)) {
+      ev.iteration = srch.iterations_done();
+      report(0, 0);
+      srch.step(ev);
+      save();
+    }
+    srch.on_eval = nullptr;
+  };
+  run_phase(lng, long_farm, "search");
+
+  RopeScaling result = to_scaling(sp, lng.best());
+  if (c.short_ctx) {
+    const int64_t N = *c.short_ctx;
+    SearchSpace ss = sp;
+    ss.target_ctx = N;
+    ss.lambda_max = hundredths(c.short_lambda_max.value_or(
+        std::max(1.0, 1.25 * static_cast<double>(N) / static_cast<double>(p.orig))));
+    ss.n_hat_candidates = {result.n_hat};
+    ss.attn_candidates = {*result.attn_factor};
+    if (result.n_hat >= N)
+      throw Error(fmt::format(
+          "search: the long set's n_hat {} is not below --short-ctx {} (expected n_hat < N)",
+          result.n_hat, N));
+    validate_space(ss);
+    short_basis = {{"n_hat", result.n_hat}, {"attn", *result.attn_factor}};
+    SearchSettings st = settings;
+    st.seed = settings.seed ^ 0x9e3779b97f4a7c15ull;
+    shrt.emplace(ss, st);
+    if (c.resume && ck.contains("short") && !ck["short"].is_null() &&
+        ck.value("short_basis", nlohmann::json()) == short_basis)
+      restore(*shrt, ck["short"]);
+    run_phase(*shrt, short_farm, "short");
+    const RopeScaling sr = to_scaling(ss, shrt->best());
+    result.sets = {FactorSet{sr.sets[0].factors, N}, FactorSet{result.sets[0].factors, 0}};
+  }
+  save();
+
+  // Provenance: deterministic for a given seed (the date honours SOURCE_DATE_EPOCH).
+  nlohmann::json seeds = nlohmann::json::object();
+  for (const auto& [name, ind] : rule_seeds(sp)) {
+    auto it = lng.memo().find(ind.key());
+    if (it != lng.memo().end() && !it->second.rejected) seeds[name] = it->second.ppl;
+  }
+  nlohmann::json search = c.settings.to_json();
+  search["iterations"] = T;
+  search["docs"] = c.docs;
+  search["space"] = space_json(sp);
+  search["reject_stage"] = c.reject_stage;
+  nlohmann::json prov = {
+      {"tool", "longrope search"},
+      {"model", std::filesystem::path(c.model_path).filename().string()},
+      {"model_fingerprint", p.fingerprint["model"]},
+      {"texts", c.texts},
+      {"target_ctx", c.target_ctx},
+      {"orig_ctx", p.orig},
+      {"search", search},
+      {"seed", c.settings.seed},
+      {"date", provenance_date()},
+      {"best_ppl", lng.best_ppl()},
+      {"seed_ppl", seeds},
+      {"evaluations", {{"full", lng.full_evals()}, {"partial", lng.partial_evals()}}}};
+  if (shrt) {
+    prov["short"] = {
+        {"short_ctx", *c.short_ctx},
+        {"lambda_max", shrt->space().lambda_max / 100.0},
+        {"best_ppl", shrt->best_ppl()},
+        {"evaluations", {{"full", shrt->full_evals()}, {"partial", shrt->partial_evals()}}}};
+  }
+  write_factors_file(c.output, result, prov);
+
+  SearchRunResult r;
+  r.scaling = result;
+  r.best_ppl = lng.best_ppl();
+  if (shrt) r.short_best_ppl = shrt->best_ppl();
+  r.seed_ppl = seeds;
+  r.full_evals = lng.full_evals();
+  r.partial_evals = lng.partial_evals();
+  r.eval_seconds = lng.eval_seconds();
+  r.log_path = log_path;
+  r.checkpoint_path = ckpt_path;
+  return r;
+}
+
+}  // namespace longrope
