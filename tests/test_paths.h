@@ -14,6 +14,9 @@
 
 namespace longrope::test {
 
+// True when CI=true: a missing test input fails instead of skipping.
+bool in_ci();
+
 // ../shared beside the checkout, or $LONGROPE_SHARED_DIR.
 std::filesystem::path shared_dir();
 // models/ of the checkout (the default model lives there after scripts/setup.sh), or
@@ -52,8 +55,12 @@ void expect_error(F&& f, const std::vector<std::string>& parts) {
 
 }  // namespace longrope::test
 
+// Skips (fails with CI=true) when a test input is missing.
 #define LONGROPE_REQUIRE_FILE(p)                                                                  \
   do {                                                                                            \
-    if (!std::filesystem::exists(p))                                                              \
+    if (!std::filesystem::exists(p)) {                                                            \
+      if (longrope::test::in_ci())                                                                \
+        FAIL() << "missing test input " << (p) << " (CI=true: run scripts/setup.sh)";             \
       GTEST_SKIP() << "missing test input " << (p) << " (run scripts/setup.sh / need ../shared)"; \
+    }                                                                                             \
   } while (0)

@@ -15,8 +15,8 @@ uint64_t fnv1a(const void* data, size_t n, uint64_t h = 1469598103934665603ull);
 // The model's shape and its first 64K embedding values (as FP32). Cheap; stored in search
 // checkpoints.
 std::string model_fingerprint(const Model& m);
-// Every tensor's name, type and shape, and a sample of its bytes (the first and last 4 KB and
-// 4 KB in every MB): tells two copies of a model apart from two different models that share a
+// Every tensor's name, type and shape, and its bytes: whole for tensors up to 1 MB, else a sample
+// (4 KB in every MB and the last 4 KB). Tells two copies of a model apart from two different models that share a
 // shape and an embedding, reading a few MB of a GB-sized file.
 std::string weights_fingerprint(const Model& m);
 // Token windows (or any token lists).

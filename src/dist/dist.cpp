@@ -196,9 +196,9 @@ std::string compare_inputs(const std::vector<nlohmann::json>& all) {
       const nlohmann::json other = fp.contains(k) ? fp.at(k) : nlohmann::json();
       if (other != v)
         return fmt::format(
-            "{} has another {} than rank 0 (host {}): {} there, {} on rank 0; every rank needs "
-            "the same model and texts (docs/distributed.md)",
-            who, k, root.at("host").get<std::string>(), other.dump(), v.dump());
+            "{} differs from rank 0 (host {}) in its {}: {} there, {} on rank 0; every rank needs "
+            "the same model, texts and flags (docs/distributed.md)",
+            who, root.at("host").get<std::string>(), k, other.dump(), v.dump());
     }
   }
   return "";

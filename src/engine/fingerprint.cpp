@@ -42,9 +42,13 @@ std::string weights_fingerprint(const Model& m) {
                                          fmt::join(t.ne, "x"), t.nbytes);
     h = fnv1a(head.data(), head.size(), h);
     if (!t.data) continue;
+    if (t.nbytes <= kStride) {  // small tensors (norms, small models) whole
+      h = fnv1a(t.data, t.nbytes, h);
+      continue;
+    }
     for (size_t off = 0; off < t.nbytes; off += kStride)
       h = fnv1a(t.data + off, std::min(kBlock, t.nbytes - off), h);
-    if (t.nbytes > kBlock) h = fnv1a(t.data + t.nbytes - kBlock, kBlock, h);
+    h = fnv1a(t.data + t.nbytes - kBlock, kBlock, h);
   }
   return fmt::format("{:016x}", h);
 }
