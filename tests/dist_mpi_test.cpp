@@ -25,7 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 using test::slurp;
 
-std::string q(const fs::path& p) { return fmt::format("'{}'", p.string()); }
+std::string q(const fs::path& p) {
+  return fmt::format("'{}'", p.string());
+}
 
 // mpirun with the flags CI needs (root in a container, more ranks than cores).
 std::string mpirun(int n) {
@@ -33,12 +35,12 @@ std::string mpirun(int n) {
          std::to_string(n) + " ";
 }
 
-#define REQUIRE_MPI()                                                                     \
-  do {                                                                                    \
-    if (std::string(LONGROPE_TEST_MPIEXEC).empty()) {                                     \
+#define REQUIRE_MPI()                                                                        \
+  do {                                                                                       \
+    if (std::string(LONGROPE_TEST_MPIEXEC).empty()) {                                        \
       if (test::in_ci()) FAIL() << "built without MPI (scripts/setup.sh installs Open MPI)"; \
-      GTEST_SKIP() << "built without MPI";                                                \
-    }                                                                                     \
+      GTEST_SKIP() << "built without MPI";                                                   \
+    }                                                                                        \
   } while (0)
 
 const fs::path kText = "pride_and_prejudice.txt";
@@ -212,8 +214,9 @@ TEST(DistMpi, EvalAndPasskeyTablesAreTheSameAsOneProcess) {
   const std::string eval = " eval -m " + q(test::stories_gguf()) + " -f " +
                            q(test::shared_text(kText.string())) +
                            " --lengths 256,512,1k --methods none,linear,yarn --no-progress -t 1";
-  const std::string passkey = " passkey -m " + q(test::stories_gguf()) +
-                              " --lengths 256,512 --methods none,yarn --trials 3 --no-progress -t 1";
+  const std::string passkey =
+      " passkey -m " + q(test::stories_gguf()) +
+      " --lengths 256,512 --methods none,yarn --trials 3 --no-progress -t 1";
   std::string one, three;
   for (const auto& [cmd, name] : {std::pair{eval, "eval"}, std::pair{passkey, "passkey"}}) {
     ASSERT_EQ(run(cli + cmd + " -o " + q(d / (std::string(name) + "1")), &one), 0) << one;

@@ -255,3 +255,94 @@ TEST(SearchRun, CorruptStateIsRefused) {
 
 }  // namespace
 }  // namespace longrope
+
+namespace longrope {
+namespace {
+
+// Evaluates a batch last to first (as ranks finishing in another order would).
+class ReverseBatchEvaluator : public FakeEvaluator {
+ public:
+  std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch, double bound,
+                                         const std::function<void(size_t)>& done) override {
+    std::vector<EvalResult> out(batch.size());
+    for (size_t i = batch.size(); i-- > 0;) {
+      out[i] = evaluate(batch[i], bound);
+      if (done) done(i);
+    }
+    return out;
+  }
+};
+
+TEST(SearchRun, CompletionOrderDoesNotChangeTheSearch) {
+  FakeEvaluator in_order;
+  ReverseBatchEvaluator reversed;
+  EvolutionSearch a(test_space(), small_settings(true));
+  EvolutionSearch b(test_space(), small_settings(true));
+  while (!a.finished(6)) a.step(in_order);
+  while (!b.finished(6)) b.step(reversed);
+  EXPECT_EQ(a.to_json(), b.to_json());
+  EXPECT_NE(in_order.keys, reversed.keys);  // the evaluation order did differ
+}
+
+SearchSettings steady_settings() {
+  SearchSettings st = small_settings(true);
+  st.steady_state = true;
+  st.iterations = 6;  // the last iteration waits for every evaluation it started
+  return st;
+}
+
+TEST(SearchSteady, OneSlotIsDeterministicAndSpendsTheBudget) {
+  FakeEvaluator e1, e2;
+  EvolutionSearch a(test_space(), steady_settings());
+  EvolutionSearch b(test_space(), steady_settings());
+  while (!a.finished(6)) a.step(e1);
+  while (!b.finished(6)) b.step(e2);
+  EXPECT_EQ(a.to_json(), b.to_json());
+  const SearchSettings st = steady_settings();
+  EXPECT_EQ(a.full_evals() + a.partial_evals(), st.population + 6 * (st.mutations + st.crossovers));
+  EXPECT_EQ(a.log().size(), 7u);
+  for (size_t i = 1; i < a.log().size(); ++i)
+    EXPECT_LE(a.log()[i].best_ppl, a.log()[i - 1].best_ppl);
+  EXPECT_LT(a.best_ppl(), a.log()[0].best_ppl);  // it improved on the initial population
+  EXPECT_GT(a.partial_evals(), 0);               // early reject runs in the steady state too
+  // The steady state is a different search from the generational one.
+  EvolutionSearch g(test_space(), small_settings(true));
+  FakeEvaluator e3;
+  while (!g.finished(6)) g.step(e3);
+  EXPECT_NE(g.to_json()["memo"], a.to_json()["memo"]);
+}
+
+// Four evaluations at once, finishing in a seeded random order.
+class ShuffledSlotsEvaluator : public FakeEvaluator {
+ public:
+  int slots() const override { return 4; }
+  void submit(size_t id, const RopeScaling& s, double bound) override {
+    pending.push_back({id, evaluate(s, bound)});
+    max_pending = std::max(max_pending, pending.size());
+  }
+  std::pair<size_t, EvalResult> next() override {
+    const size_t k = std::uniform_int_distribution<size_t>(0, pending.size() - 1)(rng);
+    auto r = pending[k];
+    pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(k));
+    return r;
+  }
+  std::vector<std::pair<size_t, EvalResult>> pending;
+  size_t max_pending = 0;
+  std::mt19937_64 rng{42};
+};
+
+TEST(SearchSteady, ManySlotsOutOfOrderKeepEverySlotBusyAndSpendTheBudget) {
+  ShuffledSlotsEvaluator ev;
+  EvolutionSearch s(test_space(), steady_settings());
+  while (!s.finished(6)) s.step(ev);
+  const SearchSettings st = steady_settings();
+  EXPECT_EQ(s.full_evals() + s.partial_evals(), st.population + 6 * (st.mutations + st.crossovers));
+  EXPECT_EQ(ev.max_pending, 4u);
+  EXPECT_TRUE(ev.pending.empty());  // the last iteration waits for every evaluation
+  EXPECT_LT(s.best_ppl(), s.log()[0].best_ppl);
+  for (const auto& ind : s.population()) expect_valid(s.space(), ind);
+  EXPECT_LE(s.population().size(), static_cast<size_t>(st.population));
+}
+
+}  // namespace
+}  // namespace longrope

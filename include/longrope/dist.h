@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -67,10 +68,31 @@ struct FarmOptions {
   std::function<void(size_t, const std::string&)> on_result;
 };
 
-// Rank 0: computes every payload (compute runs on rank 0 itself when root_computes or when the
-// world is one rank) and returns the results in payload order, whatever the completion order.
-// When a task fails the farm stops handing out tasks, waits for those in flight and throws Error
-// "rank R (host H) failed on <label>: <what>".
+// Rank 0's view of the ranks as a pool of evaluators: tasks are queued with submit() and go to
+// the first free rank (rank 0 itself too when root_computes); next() waits for any result. In a
+// one-rank world a task runs inside next(), in submission order, on the calling thread.
+class Pool {
+ public:
+  Pool(TaskFn compute, FarmOptions opt = {});
+  ~Pool();  // waits for tasks still running (their results are dropped)
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  // How many tasks run at once.
+  int slots() const;
+  void submit(size_t id, std::string payload);
+  // Queued or running tasks whose results next() has not returned.
+  size_t pending() const;
+  // The next finished task: {id, result}. When a task failed, no more tasks are handed out, those
+  // running are waited for, and Error "rank R (host H) failed on <label>: <what>" is thrown.
+  std::pair<size_t, std::string> next();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> p_;
+};
+
+// Rank 0: computes every payload through a Pool and returns the results in payload order,
+// whatever the completion order (on_result is called as each arrives).
 std::vector<std::string> farm(const std::vector<std::string>& payloads, const TaskFn& compute,
                               const FarmOptions& opt = {});
 

@@ -16,8 +16,8 @@ uint64_t fnv1a(const void* data, size_t n, uint64_t h = 1469598103934665603ull);
 // checkpoints.
 std::string model_fingerprint(const Model& m);
 // Every tensor's name, type and shape, and its bytes: whole for tensors up to 1 MB, else a sample
-// (4 KB in every MB and the last 4 KB). Tells two copies of a model apart from two different models that share a
-// shape and an embedding, reading a few MB of a GB-sized file.
+// (4 KB in every MB and the last 4 KB). Tells two copies of a model apart from two different models
+// that share a shape and an embedding, reading a few MB of a GB-sized file.
 std::string weights_fingerprint(const Model& m);
 // Token windows (or any token lists).
 std::string tokens_fingerprint(const std::vector<std::vector<int32_t>>& w);

@@ -4,6 +4,7 @@
 // nothing of models, threads or kernels.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <map>
@@ -48,6 +49,21 @@ class Evaluator {
   virtual std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch,
                                                  double reject_above,
                                                  const std::function<void(size_t)>& done);
+
+  // The steady-state search (SearchSettings::steady_state) submits candidates one at a time and
+  // takes each result as it finishes. slots(): how many run at once. The default runs each
+  // candidate inside next(), in submission order (so one slot is deterministic).
+  virtual int slots() const { return 1; }
+  virtual void submit(size_t id, const RopeScaling& scaling, double reject_above);
+  virtual std::pair<size_t, EvalResult> next();
+
+ private:
+  struct Queued {
+    size_t id;
+    RopeScaling scaling;
+    double bound;
+  };
+  std::deque<Queued> queue_;
 };
 
 // Perplexity over pre-tokenized windows (each starting with BOS), the LongRoPE fitness. The model
@@ -120,6 +136,11 @@ struct SearchSettings {
   double crossover_prob = 0.15;
   uint64_t seed = 0;
   bool early_reject = true;
+  // Steady state instead of generations (after the initial population): a child is bred from the
+  // current population as soon as any evaluation finishes, keeping every evaluator busy; an
+  // "iteration" is then mutations + crossovers finished evaluations. Not reproducible across
+  // evaluator counts (completion order changes selection); reproducible with one slot.
+  bool steady_state = false;
   // Sum the evaluations' wall times into the log and checkpoint; off, they record 0 so that
   // both are byte-identical across runs (SearchRun turns it off under SOURCE_DATE_EPOCH).
   bool record_seconds = true;
@@ -183,6 +204,19 @@ class EvolutionSearch {
  private:
   // Evaluates the individuals not seen before under one bound and records them in order.
   void evaluate(Evaluator& ev, const std::vector<Individual>& inds, double bound);
+  // Records one evaluation in the memo, the counters and the best.
+  void record(const Individual& ind, const EvalResult& r, double bound);
+  // The parents (best complete individuals) and their early-reject bound.
+  std::vector<Individual> parents(double* bound) const;
+  // One steady-state iteration (see SearchSettings::steady_state).
+  void step_steady(Evaluator& ev);
+  void log_iteration();
+  struct InFlight {
+    Individual ind;
+    double bound;
+  };
+  std::map<size_t, InFlight> in_flight_;  // steady state: submitted, not yet recorded
+  size_t next_id_ = 0;
   void sort_population();
   SearchSpace space_;
   SearchSettings settings_;

@@ -146,6 +146,9 @@ Runner register_search(CLI::App& app) {
                   "threads per rank (default: all cores, shared among the ranks on a host)");
   add_compute_flag(cmd, a->compute);
 
+  cmd->add_flag("--async", a->cfg.settings.steady_state,
+                "steady state instead of generations: breed a child as soon as any evaluation "
+                "finishes (keeps many MPI ranks busy; not reproducible across rank counts)");
   cmd->add_flag("!--no-root-eval", a->cfg.root_computes,
                 "under MPI: rank 0 only hands out candidates (by default it evaluates too)");
 

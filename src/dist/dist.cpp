@@ -84,23 +84,6 @@ class Backoff {
   int us_ = 50;
 };
 
-// The farm of a one-rank world: every task in this process, in order.
-std::vector<std::string> farm_here(const std::vector<std::string>& payloads, const TaskFn& compute,
-                                   const FarmOptions& opt) {
-  std::vector<std::string> results(payloads.size());
-  for (size_t i = 0; i < payloads.size(); ++i) {
-    auto [ok, out] = run_task(compute, payloads[i]);
-    if (!ok) {
-      const std::string what = opt.label ? opt.label(i) : fmt::format("task {}", i);
-      throw Error(g_world.mpi ? fmt::format("{} failed on {}: {}", rank_name(0), what, out)
-                              : fmt::format("{}: {}", what, out));
-    }
-    results[i] = std::move(out);
-    if (opt.on_result) opt.on_result(i, results[i]);
-  }
-  return results;
-}
-
 }  // namespace
 
 int usable_cores() {
@@ -280,90 +263,6 @@ void check_same_inputs(const nlohmann::json& fingerprint, const std::string& err
   throw Stopped();
 }
 
-std::vector<std::string> farm(const std::vector<std::string>& payloads, const TaskFn& compute,
-                              const FarmOptions& opt) {
-  if (g_world.size == 1) return farm_here(payloads, compute, opt);
-  const size_t n = payloads.size();
-  std::vector<std::string> results(n);
-  if (!is_root()) throw Error("dist::farm called on a rank other than 0");
-  const bool local = opt.root_computes && g_thread_level >= MPI_THREAD_FUNNELED;
-  std::deque<size_t> queue;
-  for (size_t i = 0; i < n; ++i) queue.push_back(i);
-  std::vector<int64_t> busy(static_cast<size_t>(g_world.size), -1);  // task per rank, -1 idle
-  int in_flight = 0;
-  size_t done = 0;
-  std::string error;
-  std::future<std::pair<bool, std::string>> local_job;
-  auto finish = [&](int rank, size_t id, bool ok, std::string body) {
-    busy[static_cast<size_t>(rank)] = -1;
-    --in_flight;
-    if (!ok) {
-      // A worker's error is "host\nwhat"; rank 0's own is "what".
-      std::string host = g_world.host;
-      if (rank != 0) {
-        const size_t nl = body.find('\n');
-        host = body.substr(0, nl);
-        body = nl == std::string::npos ? "" : body.substr(nl + 1);
-      }
-      if (error.empty())
-        error = fmt::format("rank {} (host {}) failed on {}: {}", rank, host,
-                            opt.label ? opt.label(id) : fmt::format("task {}", id), body);
-      return;
-    }
-    results[id] = std::move(body);
-    ++done;
-    if (opt.on_result) opt.on_result(id, results[id]);
-  };
-  Backoff backoff;
-  while (error.empty() ? done < n : in_flight > 0) {
-    bool progressed = false;
-    if (error.empty()) {
-      for (int r = 1; r < g_world.size && !queue.empty(); ++r) {
-        if (busy[static_cast<size_t>(r)] >= 0) continue;
-        const size_t id = queue.front();
-        queue.pop_front();
-        send(pack(id, true, payloads[id]), r, kTagTask);
-        busy[static_cast<size_t>(r)] = static_cast<int64_t>(id);
-        ++in_flight;
-        progressed = true;
-      }
-      if (local && busy[0] < 0 && !queue.empty()) {
-        const size_t id = queue.front();
-        queue.pop_front();
-        busy[0] = static_cast<int64_t>(id);
-        ++in_flight;
-        local_job = std::async(std::launch::async, [&compute, &payloads, id] {
-          return run_task(compute, payloads[id]);
-        });
-        progressed = true;
-      }
-    }
-    MPI_Status st;
-    if (probe(MPI_ANY_SOURCE, kTagResult, &st)) {
-      uint64_t id = 0;
-      bool ok = false;
-      std::string body;
-      unpack(recv(st), &id, &ok, &body);
-      if (id >= n || busy[static_cast<size_t>(st.MPI_SOURCE)] != static_cast<int64_t>(id))
-        throw Error(fmt::format("MPI: rank {} answered a task it was not given", st.MPI_SOURCE));
-      finish(st.MPI_SOURCE, id, ok, std::move(body));
-      progressed = true;
-    }
-    if (busy[0] >= 0 && local_job.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
-      auto [ok, body] = local_job.get();
-      finish(0, static_cast<size_t>(busy[0]), ok, std::move(body));
-      progressed = true;
-    }
-    if (progressed) {
-      backoff.reset();
-    } else {
-      backoff.wait();
-    }
-  }
-  if (!error.empty()) throw Error(error);
-  return results;
-}
-
 void serve(const TaskFn& compute) {
   Backoff backoff;
   for (;;) {
@@ -412,14 +311,173 @@ void check_same_inputs(const nlohmann::json&, const std::string& error) {
   g_checked = true;
 }
 
-std::vector<std::string> farm(const std::vector<std::string>& payloads, const TaskFn& compute,
-                              const FarmOptions& opt) {
-  return farm_here(payloads, compute, opt);
-}
-
 void serve(const TaskFn&) {}
 void stop_workers(bool) {}
 
 #endif
+
+// ---- the pool --------------------------------------------------------------------------------
+
+struct Pool::Impl {
+  TaskFn compute;
+  FarmOptions opt;
+  std::deque<std::pair<size_t, std::string>> queue;  // not yet handed out
+  std::deque<std::pair<size_t, std::string>> ready;  // finished, not yet returned by next()
+  std::string error;                                 // the first failure
+  bool local = false;                                // rank 0 computes too
+  int64_t in_flight = 0;
+  std::vector<int64_t> busy;  // the task each rank runs, -1 when idle (index 0: rank 0 itself)
+  std::future<std::pair<bool, std::string>> local_job;
+
+  std::string label(size_t id) const {
+    return opt.label ? opt.label(id) : fmt::format("task {}", id);
+  }
+  void finish(int rank, const std::string& host, size_t id, bool ok, std::string body) {
+    busy[static_cast<size_t>(rank)] = -1;
+    --in_flight;
+    if (!ok) {
+      if (error.empty())
+        error = g_world.mpi
+                    ? fmt::format("rank {} (host {}) failed on {}: {}", rank, host, label(id), body)
+                    : fmt::format("{}: {}", label(id), body);
+      return;
+    }
+    ready.emplace_back(id, std::move(body));
+  }
+  // Hands out queued tasks to free ranks and collects finished ones; true if anything happened.
+  bool pump();
+};
+
+#ifdef LONGROPE_HAVE_MPI
+bool Pool::Impl::pump() {
+  bool progressed = false;
+  if (error.empty()) {
+    for (int r = 1; r < g_world.size && !queue.empty(); ++r) {
+      if (busy[static_cast<size_t>(r)] >= 0) continue;
+      auto [id, payload] = std::move(queue.front());
+      queue.pop_front();
+      send(pack(id, true, payload), r, kTagTask);
+      busy[static_cast<size_t>(r)] = static_cast<int64_t>(id);
+      ++in_flight;
+      progressed = true;
+    }
+    if (local && busy[0] < 0 && !queue.empty()) {
+      auto task = std::move(queue.front());
+      queue.pop_front();
+      busy[0] = static_cast<int64_t>(task.first);
+      ++in_flight;
+      local_job = std::async(std::launch::async, [this, payload = std::move(task.second)] {
+        return run_task(compute, payload);
+      });
+      progressed = true;
+    }
+  }
+  MPI_Status st;
+  while (probe(MPI_ANY_SOURCE, kTagResult, &st)) {
+    uint64_t id = 0;
+    bool ok = false;
+    std::string body;
+    unpack(recv(st), &id, &ok, &body);
+    if (busy[static_cast<size_t>(st.MPI_SOURCE)] != static_cast<int64_t>(id))
+      throw Error(fmt::format("MPI: rank {} answered a task it was not given", st.MPI_SOURCE));
+    // A worker's error is "host\nwhat".
+    std::string host;
+    if (!ok) {
+      const size_t nl = body.find('\n');
+      host = body.substr(0, nl);
+      body = nl == std::string::npos ? "" : body.substr(nl + 1);
+    }
+    finish(st.MPI_SOURCE, host, id, ok, std::move(body));
+    progressed = true;
+  }
+  if (busy[0] >= 0 && local_job.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+    auto [ok, body] = local_job.get();
+    finish(0, g_world.host, static_cast<size_t>(busy[0]), ok, std::move(body));
+    progressed = true;
+  }
+  return progressed;
+}
+#else
+bool Pool::Impl::pump() {
+  return false;
+}
+#endif
+
+Pool::Pool(TaskFn compute, FarmOptions opt) : p_(std::make_unique<Impl>()) {
+  if (g_world.size > 1 && !is_root()) throw Error("a task pool on a rank other than 0");
+  p_->compute = std::move(compute);
+  p_->opt = std::move(opt);
+  p_->busy.assign(static_cast<size_t>(g_world.size), -1);
+#ifdef LONGROPE_HAVE_MPI
+  p_->local = g_world.size > 1 && p_->opt.root_computes && g_thread_level >= MPI_THREAD_FUNNELED;
+#endif
+}
+
+Pool::~Pool() {
+  if (p_->busy[0] >= 0 && p_->local_job.valid()) p_->local_job.wait();
+}
+
+int Pool::slots() const {
+  if (g_world.size == 1) return 1;
+  return g_world.size - 1 + (p_->local ? 1 : 0);
+}
+
+void Pool::submit(size_t id, std::string payload) {
+  p_->queue.emplace_back(id, std::move(payload));
+}
+
+size_t Pool::pending() const {
+  return p_->queue.size() + p_->ready.size() + static_cast<size_t>(p_->in_flight);
+}
+
+std::pair<size_t, std::string> Pool::next() {
+  Impl& p = *p_;
+  if (g_world.size == 1) {  // in this process, in submission order
+    if (!p.ready.empty()) {
+      auto r = std::move(p.ready.front());
+      p.ready.pop_front();
+      return r;
+    }
+    if (p.queue.empty()) throw Error("dist::Pool::next with nothing submitted");
+    auto [id, payload] = std::move(p.queue.front());
+    p.queue.pop_front();
+    auto [ok, out] = run_task(p.compute, payload);
+    if (!ok)
+      throw Error(g_world.mpi ? fmt::format("{} failed on {}: {}", rank_name(0), p.label(id), out)
+                              : fmt::format("{}: {}", p.label(id), out));
+    return {id, std::move(out)};
+  }
+  Backoff backoff;
+  for (;;) {
+    const bool progressed = p.pump();
+    if (!p.error.empty()) {
+      if (p.in_flight == 0) throw Error(p.error);
+    } else if (!p.ready.empty()) {
+      auto r = std::move(p.ready.front());
+      p.ready.pop_front();
+      return r;
+    } else if (p.queue.empty() && p.in_flight == 0) {
+      throw Error("dist::Pool::next with nothing submitted");
+    }
+    if (progressed) {
+      backoff.reset();
+    } else {
+      backoff.wait();
+    }
+  }
+}
+
+std::vector<std::string> farm(const std::vector<std::string>& payloads, const TaskFn& compute,
+                              const FarmOptions& opt) {
+  Pool pool(compute, opt);
+  for (size_t i = 0; i < payloads.size(); ++i) pool.submit(i, payloads[i]);
+  std::vector<std::string> results(payloads.size());
+  for (size_t k = 0; k < payloads.size(); ++k) {
+    auto [id, out] = pool.next();
+    results[id] = std::move(out);
+    if (opt.on_result) opt.on_result(id, results[id]);
+  }
+  return results;
+}
 
 }  // namespace longrope::dist

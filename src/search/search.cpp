@@ -41,6 +41,17 @@ std::vector<EvalResult> Evaluator::evaluate_batch(const std::vector<RopeScaling>
   return out;
 }
 
+void Evaluator::submit(size_t id, const RopeScaling& scaling, double reject_above) {
+  queue_.push_back({id, scaling, reject_above});
+}
+
+std::pair<size_t, EvalResult> Evaluator::next() {
+  if (queue_.empty()) throw Error("search: next() with no candidate submitted");
+  Queued q = std::move(queue_.front());
+  queue_.pop_front();
+  return {q.id, evaluate(q.scaling, q.bound)};
+}
+
 EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reject_above) {
   const auto t0 = std::chrono::steady_clock::now();
   ScoreOptions opts;
@@ -218,14 +229,16 @@ std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& sp
 }
 
 nlohmann::json SearchSettings::to_json() const {
-  return {{"population", population},
-          {"parents", parents},
-          {"mutations", mutations},
-          {"crossovers", crossovers},
-          {"mutation_prob", mutation_prob},
-          {"crossover_prob", crossover_prob},
-          {"seed", seed},
-          {"early_reject", early_reject}};
+  nlohmann::json j = {{"population", population},
+                      {"parents", parents},
+                      {"mutations", mutations},
+                      {"crossovers", crossovers},
+                      {"mutation_prob", mutation_prob},
+                      {"crossover_prob", crossover_prob},
+                      {"seed", seed},
+                      {"early_reject", early_reject}};
+  if (steady_state) j["steady_state"] = true;  // absent when off: older checkpoints still match
+  return j;
 }
 
 bool Fitness::better_than(const Fitness& o) const {
@@ -314,28 +327,47 @@ void EvolutionSearch::evaluate(Evaluator& ev, const std::vector<Individual>& ind
     throw Error(fmt::format("search: the evaluator returned {} results for {} candidates",
                             results.size(), batch.size()));
   // Recorded in candidate order, whatever the completion order: the search stays deterministic.
-  for (size_t i = 0; i < todo.size(); ++i) {
-    const Individual& ind = *todo[i];
-    const EvalResult& r = results[i];
-    if (settings_.record_seconds) eval_seconds_ += r.seconds;
-    Fitness f;
-    if (r.rejected) {
-      f.rejected = true;
-      f.bound = bound;
-      f.partial = r.ppl;
-      ++partial_evals_;
-    } else {
-      f.ppl = r.ppl;
-      if (std::isfinite(r.stage_ppl)) f.stage = r.stage_ppl;
-      ++full_evals_;
-      if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
-        best_ = ind;
-        best_fit_ = f;
-      }
+  for (size_t i = 0; i < todo.size(); ++i) record(*todo[i], results[i], bound);
+}
+
+void EvolutionSearch::record(const Individual& ind, const EvalResult& r, double bound) {
+  if (settings_.record_seconds) eval_seconds_ += r.seconds;
+  Fitness f;
+  if (r.rejected) {
+    f.rejected = true;
+    f.bound = bound;
+    f.partial = r.ppl;
+    ++partial_evals_;
+  } else {
+    f.ppl = r.ppl;
+    if (std::isfinite(r.stage_ppl)) f.stage = r.stage_ppl;
+    ++full_evals_;
+    if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
+      best_ = ind;
+      best_fit_ = f;
     }
-    memo_.emplace(ind.key(), f);
-    seen_.insert(ind.key());
   }
+  memo_.emplace(ind.key(), f);
+  seen_.insert(ind.key());
+}
+
+std::vector<Individual> EvolutionSearch::parents(double* bound) const {
+  std::vector<Individual> out;
+  for (const auto& ind : population_) {
+    if (static_cast<int>(out.size()) >= settings_.parents) break;
+    if (!memo_.at(ind.key()).rejected) out.push_back(ind);
+  }
+  if (out.empty()) throw Error("search: no complete individual to breed from");
+  *bound = std::numeric_limits<double>::infinity();
+  if (settings_.early_reject) {
+    // Children's first stages are compared with the parents' first stages (the loosest of
+    // them): a child is cut only when its first stage is worse than every parent's. Without
+    // stage scores (an evaluator without stages) the bound is the worst parent's fitness.
+    double stage_bound = 0;
+    for (const auto& p : out) stage_bound = std::max(stage_bound, memo_.at(p.key()).stage);
+    *bound = std::isfinite(stage_bound) ? stage_bound : memo_.at(out.back().key()).ppl;
+  }
+  return out;
 }
 
 void EvolutionSearch::sort_population() {
@@ -374,20 +406,8 @@ void EvolutionSearch::step(Evaluator& ev) {
       }
     }
   } else {
-    std::vector<Individual> parents;
-    for (const auto& ind : population_) {
-      if (static_cast<int>(parents.size()) >= settings_.parents) break;
-      if (!memo_.at(ind.key()).rejected) parents.push_back(ind);
-    }
-    if (parents.empty()) throw Error("search: no complete individual to breed from");
-    if (settings_.early_reject) {
-      // Children's first stages are compared with the parents' first stages (the loosest of
-      // them): a child is cut only when its first stage is worse than every parent's. Without
-      // stage scores (an evaluator without stages) the bound is the worst parent's fitness.
-      double stage_bound = 0;
-      for (const auto& p : parents) stage_bound = std::max(stage_bound, memo_.at(p.key()).stage);
-      bound = std::isfinite(stage_bound) ? stage_bound : memo_.at(parents.back().key()).ppl;
-    }
+    if (settings_.steady_state) return step_steady(ev);
+    std::vector<Individual> parents = this->parents(&bound);
     const size_t np = parents.size();
     for (int i = 0; i < settings_.mutations; ++i) {
       const auto& p = parents[std::uniform_int_distribution<size_t>(0, np - 1)(rng_)];
@@ -410,6 +430,10 @@ void EvolutionSearch::step(Evaluator& ev) {
   evaluate(ev, children, bound);
   for (const auto& c : children) population_.push_back(c);
   sort_population();
+  log_iteration();
+}
+
+void EvolutionSearch::log_iteration() {
   IterationLog L;
   L.iteration = done_;
   L.best_ppl = best_fit_.ppl;
@@ -428,6 +452,59 @@ void EvolutionSearch::step(Evaluator& ev) {
   L.elapsed_seconds = eval_seconds_;
   log_.push_back(L);
   ++done_;
+}
+
+void EvolutionSearch::step_steady(Evaluator& ev) {
+  const int per_iteration = settings_.mutations + settings_.crossovers;
+  const bool last = done_ >= settings_.iterations;
+  const int slots = std::max(1, ev.slots());
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  // Breeds one child from the current population and submits it; false when none was found.
+  auto breed = [&]() {
+    double bound = 0;
+    const std::vector<Individual> par = parents(&bound);
+    const size_t np = par.size();
+    std::optional<Individual> c;
+    const bool mutation = settings_.crossovers == 0 ||
+                          u(rng_) * per_iteration < static_cast<double>(settings_.mutations) ||
+                          np < 2;
+    if (mutation) {
+      c = mutate(par[std::uniform_int_distribution<size_t>(0, np - 1)(rng_)]);
+    } else {
+      const size_t a = std::uniform_int_distribution<size_t>(0, np - 1)(rng_);
+      size_t b = std::uniform_int_distribution<size_t>(0, np - 2)(rng_);
+      if (b >= a) ++b;
+      c = crossover(par[a], par[b]);
+    }
+    if (!c) return false;
+    const size_t id = next_id_++;
+    ev.submit(id, to_scaling(space_, *c), bound);
+    in_flight_.emplace(id, InFlight{std::move(*c), bound});
+    return true;
+  };
+  int finished = 0;
+  bool exhausted = false;
+  // Evaluations still running when an iteration ends count in the next one; the last iteration
+  // submits only what the budget still allows and waits for everything it started.
+  while (last || finished < per_iteration) {
+    while (!exhausted && static_cast<int>(in_flight_.size()) < slots &&
+           (!last || finished + static_cast<int>(in_flight_.size()) < per_iteration))
+      exhausted = !breed();
+    if (in_flight_.empty()) break;
+    auto [id, r] = ev.next();
+    auto it = in_flight_.find(id);
+    if (it == in_flight_.end()) throw Error("search: a result for a candidate never submitted");
+    const InFlight f = std::move(it->second);
+    in_flight_.erase(it);
+    record(f.ind, r, f.bound);
+    population_.push_back(f.ind);
+    sort_population();
+    if (static_cast<int>(population_.size()) > std::max(settings_.population, settings_.parents))
+      population_.resize(static_cast<size_t>(std::max(settings_.population, settings_.parents)));
+    ++finished;
+    if (on_eval) on_eval(finished, per_iteration);
+  }
+  log_iteration();
 }
 
 // ---- checkpoint state
@@ -487,6 +564,7 @@ nlohmann::json EvolutionSearch::to_json() const {
 }
 
 void EvolutionSearch::restore(const nlohmann::json& j) {
+  in_flight_.clear();  // candidates in flight when the checkpoint was written are bred again
   try {
     done_ = j.at("iterations_done").get<int>();
     std::istringstream rs(j.at("rng").get<std::string>());

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 
 #include "longrope/dist.h"
 #include "longrope/error.h"
@@ -113,10 +114,15 @@ class FarmEvaluator : public Evaluator {
  public:
   FarmEvaluator(int phase, std::string phase_name,
                 std::function<std::string(const std::string&)> task, bool root_computes)
-      : phase_(phase),
-        name_(std::move(phase_name)),
-        task_(std::move(task)),
-        root_computes_(root_computes) {}
+      : phase_(phase), name_(std::move(phase_name)) {
+    dist::FarmOptions opt;
+    opt.root_computes = root_computes;
+    opt.label = [this](size_t id) {
+      auto it = labels_.find(id);
+      return it == labels_.end() ? fmt::format("candidate {}", id) : it->second;
+    };
+    pool_ = std::make_unique<dist::Pool>(std::move(task), std::move(opt));
+  }
   int iteration = 0;
 
   EvalResult evaluate(const RopeScaling& s, double reject_above) override {
@@ -124,27 +130,45 @@ class FarmEvaluator : public Evaluator {
   }
   std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch, double bound,
                                          const std::function<void(size_t)>& done) override {
-    std::vector<std::string> tasks;
-    for (const auto& s : batch) tasks.push_back(encode_task(phase_, s, bound));
-    dist::FarmOptions opt;
-    opt.root_computes = root_computes_;
-    opt.label = [&](size_t i) {
-      return fmt::format("candidate {} of {} in iteration {} of the {} search", i + 1, batch.size(),
-                         iteration, name_);
-    };
-    opt.on_result = [&](size_t i, const std::string&) {
-      if (done) done(i);
-    };
-    std::vector<EvalResult> out;
-    for (const std::string& m : dist::farm(tasks, task_, opt)) out.push_back(decode_result(m));
+    const size_t base = next_id_;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      labels_[base + i] = fmt::format("candidate {} of {} in iteration {} of the {} search", i + 1,
+                                      batch.size(), iteration, name_);
+      pool_->submit(base + i, encode_task(phase_, batch[i], bound));
+    }
+    next_id_ += batch.size();
+    std::vector<EvalResult> out(batch.size());
+    for (size_t k = 0; k < batch.size(); ++k) {
+      auto [id, m] = pool_->next();
+      labels_.erase(id);
+      out[id - base] = decode_result(m);
+      if (done) done(id - base);
+    }
     return out;
+  }
+  int slots() const override { return pool_->slots(); }
+  void submit(size_t id, const RopeScaling& s, double bound) override {
+    const size_t mine = next_id_++;
+    ids_[mine] = id;
+    labels_[mine] =
+        fmt::format("candidate {} (iteration {} of the {} search)", id + 1, iteration, name_);
+    pool_->submit(mine, encode_task(phase_, s, bound));
+  }
+  std::pair<size_t, EvalResult> next() override {
+    auto [mine, m] = pool_->next();
+    labels_.erase(mine);
+    const size_t id = ids_.at(mine);
+    ids_.erase(mine);
+    return {id, decode_result(m)};
   }
 
  private:
   int phase_;
   std::string name_;
-  std::function<std::string(const std::string&)> task_;
-  bool root_computes_;
+  std::unique_ptr<dist::Pool> pool_;
+  size_t next_id_ = 0;
+  std::map<size_t, std::string> labels_;  // of the candidates in the pool
+  std::map<size_t, size_t> ids_;          // pool id -> the search's id (steady state)
 };
 
 }  // namespace

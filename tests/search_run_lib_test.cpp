@@ -1,0 +1,85 @@
+// SearchRun, the search as a library call, on stories260K: a run stopped after one iteration and
+// resumed to three writes the same files as three iterations straight, without the CLI.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <string>
+
+#include "longrope/error.h"
+#include "longrope/model.h"
+#include "longrope/search_run.h"
+#include "test_paths.h"
+
+namespace longrope {
+namespace {
+
+namespace fs = std::filesystem;
+
+SearchRunConfig tiny(const fs::path& out, int iterations) {
+  SearchRunConfig c;
+  c.model_path = test::stories_gguf().string();
+  c.texts = {test::shared_text("pride_and_prejudice.txt").string()};
+  c.target_ctx = 1024;
+  c.docs = 1;
+  c.settings.population = 8;
+  c.settings.parents = 4;
+  c.settings.mutations = 2;
+  c.settings.crossovers = 2;
+  c.settings.seed = 5;
+  c.settings.iterations = iterations;
+  c.short_ctx = 768;
+  c.output = out.string();
+  c.n_threads = 1;
+  return c;
+}
+
+TEST(SearchRunLib, ResumedRunWritesTheUninterruptedFiles) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchrun");
+  auto model = Model::load(test::stories_gguf().string());
+  const SearchRunResult whole = SearchRun(model, tiny(d / "a.json", 3)).run();
+  SearchRun(model, tiny(d / "b.json", 1)).run();
+  SearchRunConfig more = tiny(d / "b.json", 3);
+  more.resume = true;
+  int reports = 0;
+  const SearchRunResult resumed =
+      SearchRun(model, more).run([&](const SearchProgress&) { ++reports; });
+  ::unsetenv("SOURCE_DATE_EPOCH");
+  EXPECT_GT(reports, 0);
+  EXPECT_EQ(whole.best_ppl, resumed.best_ppl);
+  ASSERT_TRUE(whole.short_best_ppl.has_value());
+  EXPECT_EQ(whole.scaling.sets.size(), 2u);
+  EXPECT_EQ(whole.eval_seconds, 0.0);  // SOURCE_DATE_EPOCH: no wall-clock in the outputs
+  for (const char* ext : {"", ".log.json", ".ckpt.json"}) {
+    const std::string a = test::slurp(d / (std::string("a.json") + ext));
+    ASSERT_FALSE(a.empty()) << ext;
+    EXPECT_EQ(a, test::slurp(d / (std::string("b.json") + ext))) << ext;
+  }
+  // A checkpoint written with other settings is refused with one line.
+  SearchRunConfig other = tiny(d / "b.json", 3);
+  other.resume = true;
+  other.settings.seed = 6;
+  test::expect_error([&] { SearchRun(model, other).run(); }, "other search settings");
+  fs::remove_all(d);
+}
+
+TEST(SearchRunLib, BadSettingsFailAtConstruction) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRunConfig c = tiny("unused.json", 1);
+  c.target_ctx = 512;
+  test::expect_error([&] { SearchRun(model, c); }, "not above the original context");
+  c = tiny("unused.json", 1);
+  c.short_ctx = 2048;
+  test::expect_error([&] { SearchRun(model, c); }, "is not below --target-ctx");
+  c = tiny("unused.json", 1);
+  c.docs = 100000;
+  test::expect_error([&] { SearchRun(model, c); }, "too little text");
+}
+
+}  // namespace
+}  // namespace longrope
