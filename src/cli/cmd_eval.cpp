@@ -2,7 +2,6 @@
 #include <fmt/core.h>
 
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -77,33 +76,22 @@ Runner register_eval(CLI::App& app) {
     cfg.docs = a->docs;
     if (a->orig_ctx > 0) cfg.scale.orig_ctx = a->orig_ctx;
     if (a->rope_factor > 0) cfg.scale.rope_factor = a->rope_factor;
-    cfg.n_threads = a->threads;
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
-    cfg.n_threads = resolve_threads(cfg.n_threads);
-    std::shared_ptr<const Model> model;
-    std::optional<SweepPlan> plan;
+    cfg.n_threads = resolve_threads(a->threads);
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,
                          .json = a->json,
                          .out_dir = a->out,
-                         .json_head = {{"model", a->model}, {"docs", a->docs}}};
-    return run_distributed(
-        [&] {
-          apply_compute_flag(a->compute);
-          model = load_model_verbose(a->model, a->tokenizer, cfg.n_threads);
-          plan = plan_eval(*model, cfg);
-          return plan->fingerprint;
-        },
-        [&] {
-          return run_sweep_command(
-              c,
-              [&](const SweepProgress& p) {
-                return execute_sweep(*plan, cfg.out_dir, cfg.resume, p);
-              },
-              [&](const EvalRun& r) { return write_eval_outputs(r, *model, cfg); });
-        },
-        [&] { serve_sweep(*plan); });
+                         .resume = a->resume,
+                         .json_head = {{"model", a->model}, {"docs", a->docs}},
+                         .model = a->model,
+                         .tokenizer = a->tokenizer,
+                         .compute = a->compute,
+                         .threads = cfg.n_threads};
+    return run_sweep_command(
+        c, [&](const Model& m) { return plan_eval(m, cfg); },
+        [&](const EvalRun& r, const Model& m) { return write_eval_outputs(r, m, cfg); });
   };
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "longrope/dist.h"
@@ -115,28 +116,40 @@ void Progress::finish() {
   if (enabled_ && tty_) fmt::print(stderr, "\n");
 }
 
-int run_sweep_command(const SweepCommand& c,
-                      const std::function<EvalRun(const SweepProgress&)>& run,
-                      const std::function<std::string(const EvalRun&)>& write) {
-  Progress bar(c.label, 1000, c.progress);
-  const EvalRun r =
-      run([&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
-        bar.update(total > 0 ? work * 1000 / total : 1000,
-                   fmt::format("cells {}/{} {}", cells, n_cells, msg));
-      });
-  bar.finish();
-  const std::string md = write(r);
-  fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", r.computed,
-             int64_t(r.cells.size()) - r.computed,
-             c.out_dir.empty() ? "" : fmt::format("; results in {}/", c.out_dir));
-  if (c.json) {
-    nlohmann::json j = c.json_head;
-    j["cells"] = r.cells;
-    fmt::print("{}\n", j.dump(2));
-  } else {
-    fmt::print("{}", md);
-  }
-  return 0;
+int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,
+                      const std::function<std::string(const EvalRun&, const Model&)>& write) {
+  std::shared_ptr<const Model> model;
+  std::optional<SweepPlan> p;
+  auto lead = [&] {
+    Progress bar(c.label, 1000, c.progress);
+    const EvalRun r = execute_sweep(
+        *p, c.out_dir, c.resume,
+        [&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
+          bar.update(total > 0 ? work * 1000 / total : 1000,
+                     fmt::format("cells {}/{} {}", cells, n_cells, msg));
+        });
+    bar.finish();
+    const std::string md = write(r, *model);
+    fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", r.computed,
+               int64_t(r.cells.size()) - r.computed,
+               c.out_dir.empty() ? "" : fmt::format("; results in {}/", c.out_dir));
+    if (c.json) {
+      nlohmann::json j = c.json_head;
+      j["cells"] = r.cells;
+      fmt::print("{}\n", j.dump(2));
+    } else {
+      fmt::print("{}", md);
+    }
+    return 0;
+  };
+  return run_distributed(
+      [&] {
+        apply_compute_flag(c.compute);
+        model = load_model_verbose(c.model, c.tokenizer, c.threads);
+        p = plan(*model);
+        return p->fingerprint;
+      },
+      lead, [&] { serve_sweep(*p); });
 }
 
 }  // namespace longrope::cli

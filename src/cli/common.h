@@ -54,18 +54,22 @@ class Progress {
   double last_line_;
 };
 
-// The part of `eval` and `passkey` after the flags: runs the sweep under a progress bar, writes
-// its outputs (write returns the Markdown table), reports on stderr and prints the table, or with
-// --json the object json_head plus the cells. Returns the exit code.
+// The part of `eval` and `passkey` after the flags, on every MPI rank (run_distributed): loads
+// the model, builds the sweep plan (plan returns it), then rank 0 runs it under a progress bar,
+// writes its outputs (write returns the Markdown table), reports on stderr and prints the table,
+// or with --json the object json_head plus the cells; the other ranks compute cells. Returns the
+// exit code.
 struct SweepCommand {
-  std::string label;         // progress bar label
-  bool progress = true;      // show the bar
-  bool json = false;         // print JSON instead of the table
-  std::string out_dir;       // "" = nothing written
-  nlohmann::json json_head;  // fields printed before "cells" with --json
+  std::string label;                      // progress bar label
+  bool progress = true;                   // show the bar
+  bool json = false;                      // print JSON instead of the table
+  std::string out_dir;                    // "" = nothing written
+  bool resume = false;                    // reuse finished cells of out_dir/results.json
+  nlohmann::json json_head;               // fields printed before "cells" with --json
+  std::string model, tokenizer, compute;  // -m, --tokenizer, --compute
+  int threads = 0;                        // after resolve_threads
 };
-int run_sweep_command(const SweepCommand& c,
-                      const std::function<EvalRun(const SweepProgress&)>& run,
-                      const std::function<std::string(const EvalRun&)>& write);
+int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,
+                      const std::function<std::string(const EvalRun&, const Model&)>& write);
 
 }  // namespace longrope::cli
