@@ -4,11 +4,13 @@
 // (seeded), as ranks finishing in any order would. The README's stories260K search (512 -> 4096,
 // 192 candidates), winners scored on a book the search never saw.
 //
-// Usage: bench_async_slots [SHARED_DIR] [THREADS]   (SHARED_DIR default ../shared)
+// Usage: bench_async_slots [SHARED_DIR] [THREADS] [SLOTS]
+//   SHARED_DIR default ../shared; SLOTS a comma-separated list, 0 = generational (default 0,1,8,32)
 #include <fmt/core.h>
 
 #include <cmath>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -70,7 +72,13 @@ int main(int argc, char** argv) {
 
   fmt::print("| mode | seed | search fitness | held-out ppl | full + rejected |\n");
   fmt::print("|---|---:|---:|---:|---:|\n");
-  for (int slots : {0, 1, 8, 32}) {  // 0 = generational
+  std::vector<int> slot_list;
+  {
+    std::stringstream ss(argc > 3 ? argv[3] : "0,1,8,32");
+    std::string item;
+    while (std::getline(ss, item, ',')) slot_list.push_back(std::atoi(item.c_str()));
+  }
+  for (int slots : slot_list) {  // 0 = generational
     double sum_fit = 0, sum_held = 0;
     const std::vector<uint64_t> seeds = {7, 8, 9};
     for (uint64_t seed : seeds) {

@@ -29,10 +29,14 @@ std::string q(const fs::path& p) {
   return fmt::format("'{}'", p.string());
 }
 
-// mpirun with the flags CI needs (root in a container, more ranks than cores).
+// mpirun with the flags CI needs (root in a container, more ranks than cores). Open MPI does not
+// free what MPI_Init allocates, partly in components it unloads at exit (frames LeakSanitizer
+// cannot name, so no suppression matches them): leak checking is off for the ranks. The same
+// library code is leak-checked in one process by every other test; the sanitizer preset still
+// checks the ranks for memory errors.
 std::string mpirun(int n) {
-  return std::string(LONGROPE_TEST_MPIEXEC) + " --allow-run-as-root --oversubscribe -np " +
-         std::to_string(n) + " ";
+  return fmt::format("ASAN_OPTIONS=detect_leaks=0 {} --allow-run-as-root --oversubscribe -np {} ",
+                     LONGROPE_TEST_MPIEXEC, n);
 }
 
 #define REQUIRE_MPI()                                                                        \
@@ -82,9 +86,10 @@ TEST(DistMpi, SearchIsTheSameForAnyNumberOfRanks) {
   fs::remove_all(d);
 }
 
-// Starts `cmd` (through sh, exec'd so that the pid is the command's).
+// Starts `cmd` (VAR=value prefixes allowed; through sh and env, exec'd so that the pid is the
+// command's).
 pid_t spawn(const std::string& cmd) {
-  const std::string full = "SOURCE_DATE_EPOCH=0 exec " + cmd + " >/dev/null 2>&1";
+  const std::string full = "exec env SOURCE_DATE_EPOCH=0 " + cmd + " >/dev/null 2>&1";
   const char* argv[] = {"/bin/sh", "-c", full.c_str(), nullptr};
   pid_t pid = -1;
   if (posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) != 0)

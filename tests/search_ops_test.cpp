@@ -312,10 +312,12 @@ TEST(SearchSteady, OneSlotIsDeterministicAndSpendsTheBudget) {
   EXPECT_NE(g.to_json()["memo"], a.to_json()["memo"]);
 }
 
-// Four evaluations at once, finishing in a seeded random order.
+// `n` evaluations at once, finishing in a seeded random order.
 class ShuffledSlotsEvaluator : public FakeEvaluator {
  public:
-  int slots() const override { return 4; }
+  explicit ShuffledSlotsEvaluator(int n) : n_(n) {}
+  int n_;
+  int slots() const override { return n_; }
   void submit(size_t id, const RopeScaling& s, double bound) override {
     pending.push_back({id, evaluate(s, bound)});
     max_pending = std::max(max_pending, pending.size());
@@ -332,16 +334,22 @@ class ShuffledSlotsEvaluator : public FakeEvaluator {
 };
 
 TEST(SearchSteady, ManySlotsOutOfOrderKeepEverySlotBusyAndSpendTheBudget) {
-  ShuffledSlotsEvaluator ev;
-  EvolutionSearch s(test_space(), steady_settings());
-  while (!s.finished(6)) s.step(ev);
-  const SearchSettings st = steady_settings();
-  EXPECT_EQ(s.full_evals() + s.partial_evals(), st.population + 6 * (st.mutations + st.crossovers));
-  EXPECT_EQ(ev.max_pending, 4u);
-  EXPECT_TRUE(ev.pending.empty());  // the last iteration waits for every evaluation
-  EXPECT_LT(s.best_ppl(), s.log()[0].best_ppl);
-  for (const auto& ind : s.population()) expect_valid(s.space(), ind);
-  EXPECT_LE(s.population().size(), static_cast<size_t>(st.population));
+  // 4 slots (fewer than an iteration's 8 children) and 20 (more: a rank count beyond the
+  // generation size); the budget is exact either way.
+  for (int n : {4, 20}) {
+    ShuffledSlotsEvaluator ev(n);
+    EvolutionSearch s(test_space(), steady_settings());
+    while (!s.finished(6)) s.step(ev);
+    const SearchSettings st = steady_settings();
+    EXPECT_EQ(s.full_evals() + s.partial_evals(),
+              st.population + 6 * (st.mutations + st.crossovers))
+        << n;
+    EXPECT_EQ(ev.max_pending, static_cast<size_t>(n));
+    EXPECT_TRUE(ev.pending.empty()) << n;  // the last iteration waits for every evaluation
+    EXPECT_LT(s.best_ppl(), s.log()[0].best_ppl) << n;
+    for (const auto& ind : s.population()) expect_valid(s.space(), ind);
+    EXPECT_LE(s.population().size(), static_cast<size_t>(st.population));
+  }
 }
 
 }  // namespace

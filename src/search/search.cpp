@@ -484,11 +484,13 @@ void EvolutionSearch::step_steady(Evaluator& ev) {
   };
   int finished = 0;
   bool exhausted = false;
-  // Evaluations still running when an iteration ends count in the next one; the last iteration
-  // submits only what the budget still allows and waits for everything it started.
+  // Evaluations still running when an iteration ends count in the next one; no more are
+  // submitted than the budget of the remaining iterations allows, and the last iteration waits
+  // for everything it started.
+  const int budget = (settings_.iterations - done_ + 1) * per_iteration;
   while (last || finished < per_iteration) {
     while (!exhausted && static_cast<int>(in_flight_.size()) < slots &&
-           (!last || finished + static_cast<int>(in_flight_.size()) < per_iteration))
+           finished + static_cast<int>(in_flight_.size()) < budget)
       exhausted = !breed();
     if (in_flight_.empty()) break;
     auto [id, r] = ev.next();
