@@ -282,7 +282,7 @@ void serve(const TaskFn& compute) {
       return;
     }
     auto [good, out] = run_task(compute, body);
-    if (!good) out = g_world.host + "\n" + out;
+    if (!good) out.insert(0, g_world.host + '\n');
     send(pack(id, good, out), 0, kTagResult);
   }
 }
