@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
       normalize_newlines(read_text_file(shared + "/data/pride_and_prejudice.txt")));
   const auto held =
       model->tokenizer().encode(normalize_newlines(read_text_file(shared + "/data/moby-dick.txt")));
-  PerplexityEvaluator ev(model, make_windows(train, model->tokenizer().bos(), L, 2), threads);
+  PerplexityEvaluator ev(model, make_windows(train, model->tokenizer().bos(), L, 2), threads,
+                         Lorig);
 
   SearchSpace sp;
   sp.n_rot = model->hp().n_rot;

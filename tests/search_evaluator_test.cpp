@@ -21,7 +21,12 @@ TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
   const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
   const auto ids = model->tokenizer().encode(text.substr(0, 40000));
   const int64_t L = 1024;
-  PerplexityEvaluator ev(model, make_windows(ids, model->tokenizer().bos(), L, 1), 1);
+  PerplexityEvaluator ev(model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
+  // One window of 1024 on a model trained at 512: the stage is its first 768 tokens, scored over
+  // the predictions of positions 512..766.
+  ASSERT_TRUE(ev.stage().on());
+  EXPECT_EQ(ev.stage().tokens, 768);
+  EXPECT_EQ(ev.stage().first_scored, 511);
 
   RopeScaling s;
   s.method = RopeMethod::kLongrope;
@@ -39,13 +44,13 @@ TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
 
   const EvalResult staged = ev.evaluate(s, 1e9);  // stage run, passes, then the whole window
   ASSERT_FALSE(staged.rejected);
-  EXPECT_EQ(staged.tokens, L / 2 - 1 + L - 1);
+  EXPECT_EQ(staged.tokens, 768 - 1 + L - 1);
   EXPECT_NEAR(staged.stage_ppl, whole.stage_ppl, 1e-4 * whole.stage_ppl);
   EXPECT_NEAR(staged.ppl, whole.ppl, 1e-6 * whole.ppl);
 
   const EvalResult cut = ev.evaluate(s, whole.stage_ppl * 0.99);
   EXPECT_TRUE(cut.rejected);
-  EXPECT_EQ(cut.tokens, L / 2 - 1);
+  EXPECT_EQ(cut.tokens, 768 - 1);
   EXPECT_NEAR(cut.ppl, whole.stage_ppl, 1e-4 * whole.stage_ppl);
 }
 

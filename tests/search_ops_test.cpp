@@ -354,3 +354,113 @@ TEST(SearchSteady, ManySlotsOutOfOrderKeepEverySlotBusyAndSpendTheBudget) {
 
 }  // namespace
 }  // namespace longrope
+
+namespace longrope {
+namespace {
+
+TEST(SearchOps, FirstStageScoresBeyondTheOriginalContext) {
+  // One window of 2048 at L_orig 512: the first 512 + 768 tokens, scored from the prediction of
+  // position 512 (NLL index 511) on.
+  const FirstStage a = first_stage(2048, 1, 512);
+  EXPECT_EQ(a.tokens, 1280);
+  EXPECT_EQ(a.first_scored, 511);
+  EXPECT_EQ(first_stage(2048, 3, 512).tokens, 2048);      // several windows: window 0 whole
+  EXPECT_FALSE(first_stage(512, 1, 512).on());            // a short set at the original length
+  EXPECT_FALSE(first_stage(2048, 1, 512, 512).on());      // a requested stage inside L_orig
+  EXPECT_EQ(first_stage(2048, 1, 512, 513).tokens, 513);  // one prediction beyond it
+  EXPECT_EQ(first_stage(2048, 1, 512, 99999).tokens, 2048);
+}
+
+// Per-position losses of a model trained at 512 run at 1024 (s = 2): inside the trained context
+// every factor above 1 hurts, beyond it factors near a target help. The fitness is the mean over
+// all positions; the first stage is the mean over the positions a FirstStage scores. So the
+// stage does NOT track the fitness: it sees only part of the window. (Neither stage is exact for
+// such an evaluator; the weights, 0.3 inside and 1 beyond per pair, make the difference between
+// a stage beyond L_orig and one inside it visible on this seeded search.)
+class PositionalEvaluator : public Evaluator {
+ public:
+  explicit PositionalEvaluator(FirstStage stage) : stage_(stage) {}
+  static constexpr int64_t kOrig = 512, kLen = 1024;
+  static double inside(const RopeScaling& s) {
+    double v = 0;
+    for (double f : s.sets.at(0).factors) v += 0.3 * (f - 1.0) * (f - 1.0);
+    return 1.0 + v;
+  }
+  static double beyond(const RopeScaling& s) {
+    const auto& f = s.sets.at(0).factors;
+    double v = 1.0;
+    for (size_t j = 0; j < f.size(); ++j) {
+      const double t = 1.0 + 0.2 * static_cast<double>(j);
+      v += (f[j] - t) * (f[j] - t);
+    }
+    return v + 0.001 * static_cast<double>(s.n_hat) + std::abs(*s.attn_factor - 1.1);
+  }
+  // Mean loss over the predictions of positions [from, to).
+  static double mean(const RopeScaling& s, int64_t from, int64_t to) {
+    const int64_t in = std::max<int64_t>(0, std::min(to, kOrig) - from);
+    const int64_t out = (to - from) - in;
+    return (static_cast<double>(in) * inside(s) + static_cast<double>(out) * beyond(s)) /
+           static_cast<double>(to - from);
+  }
+  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+    EvalResult r;
+    r.stage_ppl = mean(s, stage_.first_scored + 1, stage_.tokens);
+    const double fitness = mean(s, 1, kLen);
+    if (std::isfinite(reject_above) && r.stage_ppl > reject_above) {
+      r.rejected = true;
+      r.ppl = r.stage_ppl;
+      best_rejected = std::min(best_rejected, fitness);  // what the cut threw away
+      ++rejected;
+      return r;
+    }
+    r.ppl = fitness;
+    return r;
+  }
+  double best_rejected = std::numeric_limits<double>::infinity();
+  int rejected = 0;
+
+ private:
+  FirstStage stage_;
+};
+
+SearchSpace space_at_2x() {
+  SearchSpace sp = test_space();
+  sp.target_ctx = PositionalEvaluator::kLen;
+  sp.lambda_max = 250;
+  sp.n_hat_candidates = default_n_hat_candidates(sp.target_ctx);
+  sp.attn_candidates = default_attn_candidates(sp.orig_ctx, sp.target_ctx);
+  return sp;
+}
+
+double search_with(Evaluator& ev, bool early) {
+  EvolutionSearch s(space_at_2x(), small_settings(early));
+  while (!s.finished(12)) s.step(ev);
+  return s.best_ppl();
+}
+
+TEST(SearchRun, EarlyRejectOnAStageBeyondTheOriginalContextKeepsTheWinner) {
+  const int64_t L = PositionalEvaluator::kLen, orig = PositionalEvaluator::kOrig;
+  PositionalEvaluator none(first_stage(L, 1, orig));
+  const double without = search_with(none, false);
+  // The library's stage (positions 512..767) ends no worse than the search without a cut (the
+  // trajectories differ once anything is cut), and it never threw away a candidate better than
+  // the winner.
+  PositionalEvaluator beyond(first_stage(L, 1, orig));
+  const double with_cut = search_with(beyond, true);
+  EXPECT_LE(with_cut, without * 1.005);
+  EXPECT_GT(beyond.rejected, 0);
+  EXPECT_GT(beyond.best_rejected, with_cut);
+  // A stage inside the trained context (the first half of the window, the old default) rejects
+  // children for scaling more than their parents: it throws away candidates better than the
+  // winner it ends with. The test can tell the two stages apart.
+  FirstStage inside;
+  inside.tokens = L / 2;
+  inside.first_scored = 0;
+  PositionalEvaluator old(inside);
+  const double with_old = search_with(old, true);
+  EXPECT_GT(with_old, without * 1.01);
+  EXPECT_LT(old.best_rejected, with_old);
+}
+
+}  // namespace
+}  // namespace longrope

@@ -66,25 +66,41 @@ class Evaluator {
   std::deque<Queued> queue_;
 };
 
+// The first stage of early reject (docs/search.md). It must score tokens beyond the original
+// context: inside it larger factors only hurt, so a cut there would push the search towards
+// under-scaling. The stage is the first `tokens` tokens of window 0: the whole window when there
+// are several, else the first orig_ctx + (n - orig_ctx) / 2 (`requested` > 0 overrides); its
+// perplexity is that of the predictions of tokens at positions >= orig_ctx, i.e. of the NLLs
+// [first_scored, tokens - 1) of the window. tokens == 0 when the stage would score no such token
+// (windows no longer than orig_ctx, or a request that ends inside it): early reject is then off.
+struct FirstStage {
+  int64_t tokens = 0;
+  int64_t first_scored = 0;
+  bool on() const { return tokens > 0; }
+};
+FirstStage first_stage(int64_t window_tokens, size_t windows, int64_t orig_ctx,
+                       int64_t requested = 0);
+
 // Perplexity over pre-tokenized windows (each starting with BOS), the LongRoPE fitness. The model
-// is loaded once; only the rotary tables change per candidate. Early reject (successive-halving
-// style): the first stage scores window 0 (or its first first_stage_tokens tokens when > 0; with
-// one window the default is half of it); the candidate is rejected when the first stage's
-// perplexity exceeds reject_above, otherwise every window is scored. Every complete evaluation
-// reports its stage_ppl (from window 0's scores when the stage was not run separately). A NaN
-// perplexity (a broken engine or model, never a property of the candidate) throws Error.
+// is loaded once; only the rotary tables change per candidate. Early reject: the first stage
+// (first_stage() above) is scored first and the candidate is rejected when its perplexity exceeds
+// reject_above; otherwise every window is scored. Every complete evaluation reports its stage_ppl
+// (from window 0's scores when the stage was not run separately). Without a first stage
+// (stage().on() false) reject_above is ignored and stage_ppl is NaN. A NaN perplexity (a broken
+// engine or model, never a property of the candidate) throws Error.
 class PerplexityEvaluator : public Evaluator {
  public:
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
-                      int n_threads, int64_t first_stage_tokens = 0);
+                      int n_threads, int64_t orig_ctx, int64_t first_stage_tokens = 0);
   EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
+  const FirstStage& stage() const { return stage_; }
 
  private:
   std::shared_ptr<const Model> model_;
   std::vector<std::vector<int32_t>> windows_;
   int n_threads_;
-  int64_t first_stage_;
+  FirstStage stage_;
 };
 
 // ---- the search space -------------------------------------------------------------------------

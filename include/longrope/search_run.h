@@ -74,6 +74,9 @@ class SearchRun {
   const nlohmann::json& fingerprint() const;
   const SearchSpace& space() const;
   size_t window_count() const;
+  // One line each, for the user (e.g. early reject turned off because its first stage would not
+  // reach beyond the original context).
+  const std::vector<std::string>& warnings() const;
 
   // Runs the search to the end (resuming from the checkpoint when cfg.resume), writing the
   // checkpoint and the log after every iteration and the factors file at the end. Under MPI:

@@ -34,6 +34,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
              w.size > 1 ? fmt::format(", {} MPI ranks x {} threads{}", w.size, cfg.n_threads,
                                       cfg.root_computes ? "" : " (rank 0 only hands out work)")
                         : "");
+  for (const std::string& w : run.warnings()) fmt::print(stderr, "warning: {}\n", w);
   std::unique_ptr<Progress> bar;
   std::string phase;
   const double t0 = wall_seconds();

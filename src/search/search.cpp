@@ -16,17 +16,28 @@ namespace longrope {
 
 // ---- PerplexityEvaluator ------------------------------------------------------------------------
 
+FirstStage first_stage(int64_t n, size_t windows, int64_t orig_ctx, int64_t requested) {
+  FirstStage st;
+  int64_t tokens = requested > 0
+                       ? std::min(requested, n)
+                       : (windows > 1 ? n : orig_ctx + std::max<int64_t>(0, n - orig_ctx) / 2);
+  // Predictions of tokens at positions >= orig_ctx: NLL indices [orig_ctx - 1, tokens - 1).
+  if (orig_ctx < 1 || tokens - 1 <= orig_ctx - 1) return st;
+  st.tokens = tokens;
+  st.first_scored = orig_ctx - 1;
+  return st;
+}
+
 PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
                                          std::vector<std::vector<int32_t>> windows, int n_threads,
-                                         int64_t first_stage_tokens)
-    : model_(std::move(model)),
-      windows_(std::move(windows)),
-      n_threads_(n_threads),
-      first_stage_(first_stage_tokens) {
+                                         int64_t orig_ctx, int64_t first_stage_tokens)
+    : model_(std::move(model)), windows_(std::move(windows)), n_threads_(n_threads) {
   if (windows_.empty()) throw Error("perplexity evaluator: no windows (expected at least one)");
   for (const auto& w : windows_) {
     if (w.size() < 2) throw Error("perplexity evaluator: a window has fewer than 2 tokens");
   }
+  stage_ = first_stage(static_cast<int64_t>(windows_[0].size()), windows_.size(), orig_ctx,
+                       first_stage_tokens);
 }
 
 std::vector<EvalResult> Evaluator::evaluate_batch(const std::vector<RopeScaling>& batch,
@@ -59,13 +70,12 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   EvalResult r;
   const auto& w0 = windows_[0];
   const int64_t n = static_cast<int64_t>(w0.size());
-  // Tokens of window 0 in the first stage (>= 2: one scored token at least).
-  const int64_t fs = first_stage_ > 0 ? std::clamp<int64_t>(first_stage_, 2, n)
-                                      : (windows_.size() > 1 ? n : std::max<int64_t>(2, n / 2));
-  auto ppl_of = [](const std::vector<double>& nll, size_t count) {
+  const int64_t fs = stage_.tokens;
+  // The stage's perplexity: of the NLLs [first_scored, fs - 1) of window 0 (or of its prefix).
+  auto stage_ppl_of = [&](const std::vector<double>& nll) {
     double sum = 0;
-    for (size_t i = 0; i < count; ++i) sum += nll[i];
-    return std::exp(sum / static_cast<double>(count));
+    for (int64_t i = stage_.first_scored; i < fs - 1; ++i) sum += nll[static_cast<size_t>(i)];
+    return std::exp(sum / static_cast<double>(fs - 1 - stage_.first_scored));
   };
   auto finish = [&](EvalResult& res) {
     if (std::isnan(res.ppl))
@@ -75,11 +85,11 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
     return res;
   };
   std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
-  if (std::isfinite(reject_above)) {
+  if (stage_.on() && std::isfinite(reject_above)) {
     std::vector<double> nll = score_window(
         *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, opts);
     r.tokens += static_cast<int64_t>(nll.size());
-    r.stage_ppl = ppl_of(nll, nll.size());
+    r.stage_ppl = stage_ppl_of(nll);
     if (std::isnan(r.stage_ppl)) {
       r.ppl = r.stage_ppl;
       return finish(r);  // throws
@@ -91,13 +101,12 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
     }
     if (fs == n) first = std::move(nll);
   }
-  // A prefix of fs tokens scores the same fs - 1 tokens as the first fs - 1 scores of the whole
-  // window (causal attention; equal up to rounding).
+  // A prefix of fs tokens scores the same tokens as the start of the whole window (causal
+  // attention; equal up to rounding).
   const WindowLoop loop = score_windows(
       *model_, windows_, scaling, opts,
       [&](size_t k, const std::vector<double>& nll) {
-        if (k == 0 && std::isnan(r.stage_ppl))
-          r.stage_ppl = ppl_of(nll, static_cast<size_t>(fs - 1));
+        if (k == 0 && stage_.on() && std::isnan(r.stage_ppl)) r.stage_ppl = stage_ppl_of(nll);
       },
       std::move(first));
   r.tokens += loop.computed_tokens;

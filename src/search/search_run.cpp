@@ -184,6 +184,7 @@ struct SearchRun::Impl {
   std::unique_ptr<PerplexityEvaluator> long_ev, short_ev;
   nlohmann::json fingerprint;
   nlohmann::json ck_settings;
+  std::vector<std::string> warnings;
 
   // A candidate from another rank (or this one): decode, evaluate locally, encode.
   std::string evaluate_task(const std::string& m) const {
@@ -268,12 +269,30 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   p.ck_settings["space"] = space_json(sp);
   p.ck_settings["short_lambda_max"] = c.short_lambda_max ? *c.short_lambda_max : 0.0;
   p.ck_settings["reject_stage"] = c.reject_stage;
+  // First-stage perplexities over the tokens beyond the original context: not comparable with
+  // those of checkpoints written before (whole-prefix stages).
+  p.ck_settings["stage"] = "beyond-orig";
 
-  p.long_ev =
-      std::make_unique<PerplexityEvaluator>(p.model, p.windows, c.n_threads, c.reject_stage);
+  p.long_ev = std::make_unique<PerplexityEvaluator>(p.model, p.windows, c.n_threads, p.orig,
+                                                    c.reject_stage);
   if (c.short_ctx)
     p.short_ev = std::make_unique<PerplexityEvaluator>(p.model, p.short_windows, c.n_threads,
-                                                       c.reject_stage);
+                                                       p.orig, c.reject_stage);
+  if (c.settings.early_reject) {
+    auto check = [&](const PerplexityEvaluator& ev, int64_t len, const char* phase) {
+      if (ev.stage().on()) return;
+      p.warnings.push_back(fmt::format(
+          "early reject is off for the {} search: its first stage ({} tokens of a {}-token "
+          "window) would score no token beyond the original context {} (docs/search.md)",
+          phase, c.reject_stage > 0 ? std::min(c.reject_stage, len) : len, len, p.orig));
+    };
+    check(*p.long_ev, L, "long");
+    if (p.short_ev) check(*p.short_ev, *c.short_ctx, "short");
+  }
+}
+
+const std::vector<std::string>& SearchRun::warnings() const {
+  return p_->warnings;
 }
 
 SearchRun::~SearchRun() = default;
