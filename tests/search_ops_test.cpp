@@ -9,6 +9,7 @@
 
 #include "longrope/error.h"
 #include "longrope/search.h"
+#include "test_paths.h"
 
 namespace longrope {
 namespace {
@@ -460,6 +461,56 @@ TEST(SearchRun, EarlyRejectOnAStageBeyondTheOriginalContextKeepsTheWinner) {
   const double with_old = search_with(old, true);
   EXPECT_GT(with_old, without * 1.01);
   EXPECT_LT(old.best_rejected, with_old);
+}
+
+}  // namespace
+}  // namespace longrope
+
+namespace longrope {
+namespace {
+
+TEST(SearchOps, CriticalDimensionBoundsThePairsAndTheSeeds) {
+  // LongRoPE2's formula: 64 pairs (d = 128), L_orig 4096, base 10000: ceil(64 x 6.480 / 9.210)
+  // - 1 = ceil(45.03) - 1 = 45. SmolLM2 (d = 64, 8192, 100000): ceil(32 x 7.173 / 11.513) - 1 =
+  // ceil(19.94) - 1 = 19. stories260K (d = 8, 512, 10000): ceil(4 x 4.400 / 9.210) - 1 = 1.
+  EXPECT_EQ(critical_dim(128, 4096, 10000.0), 45);
+  EXPECT_EQ(critical_dim(64, 8192, 100000.0), 19);
+  EXPECT_EQ(critical_dim(8, 512, 10000.0), 1);
+
+  SearchSpace sp = test_space();  // 8 pairs, 512 -> 2048 (s = 4), lambda_max 5
+  apply_critical_dim(sp, 3, 0.25);
+  validate_space(sp);
+  for (int j = 0; j < 3; ++j) {
+    EXPECT_EQ(sp.lo_of(j), 100);
+    EXPECT_EQ(sp.hi_of(j), 425);
+  }
+  for (int j = 3; j < 8; ++j) {
+    EXPECT_EQ(sp.lo_of(j), 400);
+    EXPECT_EQ(sp.hi_of(j), 500);
+  }
+  // Seeds and every child respect the bounds.
+  for (const auto& [name, ind] : rule_seeds(sp)) EXPECT_TRUE(is_valid(sp, ind)) << name;
+  SearchSettings st;
+  st.seed = 5;
+  EvolutionSearch s(sp, st);
+  const Individual base = rule_seeds(sp)[0].second;
+  for (int i = 0; i < 200; ++i) {
+    const auto c = s.mutate(base);
+    if (!c) continue;
+    EXPECT_TRUE(is_valid(sp, *c));
+    EXPECT_GE(c->lambda[3], 400);
+    EXPECT_LE(c->lambda[2], 425);
+  }
+  // An individual below s after the critical dimension is outside the space.
+  Individual bad = base;
+  bad.lambda[5] = 300;
+  bad.lambda[4] = std::min(bad.lambda[4], 300);
+  bad.lambda[3] = std::min(bad.lambda[3], 300);
+  EXPECT_FALSE(is_valid(sp, bad));
+  // Bounds that leave nothing: s above lambda_max.
+  SearchSpace tight = test_space();
+  tight.lambda_max = 300;
+  test::expect_error([&] { apply_critical_dim(tight, 2, 0.25); }, "above --lambda-max");
 }
 
 }  // namespace

@@ -122,7 +122,22 @@ struct SearchSpace {
   int lambda_max = 0;                     // upper bound, hundredths (>= 100)
   std::vector<int64_t> n_hat_candidates;  // each < target_ctx
   std::vector<double> attn_candidates;    // attention factors (one when fixed)
+  // Per-pair bounds in hundredths (empty: every pair in [100, lambda_max]); set by
+  // apply_critical_dim().
+  std::vector<int> lo, hi;
+  int lo_of(int j) const { return lo.empty() ? 100 : lo[static_cast<size_t>(j)]; }
+  int hi_of(int j) const { return hi.empty() ? lambda_max : hi[static_cast<size_t>(j)]; }
 };
+
+// LongRoPE2's critical dimension, in rotary pairs: ceil(n_rot/2 * ln(L_orig / 2 pi) / ln(base)) -
+// 1, clamped to [0, n_rot/2]. Pair j's wavelength is 2 pi base^(2j/n_rot): pairs below the critical
+// dimension turn through whole periods within the original context (trained on every angle);
+// those from it on never complete one there and need factors of at least s.
+int critical_dim(int n_rot, int64_t orig_ctx, double base);
+// Bounds the space by a critical dimension K: pairs j < K in [1, s + margin], pairs j >= K in
+// [s, lambda_max] (s = L / L_orig; factors stay non-decreasing). Throws Error when the bounds
+// leave no factor vector (e.g. s > lambda_max).
+void apply_critical_dim(SearchSpace& space, int k, double margin);
 
 // Defaults of the paper: n_hat in {0,1,2,4,8,12,16,20,24,28,32,64,128,256}, filtered to < L.
 std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx);

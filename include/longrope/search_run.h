@@ -34,7 +34,11 @@ struct SearchRunConfig {
   std::optional<double> attn_factor;  // fixed; default: searched
   std::optional<int64_t> short_ctx;   // also search the short set, fitness at this length
   std::optional<double> short_lambda_max;
-  int64_t reject_stage = 0;             // PerplexityEvaluator's first_stage_tokens
+  int64_t reject_stage = 0;  // PerplexityEvaluator's first_stage_tokens
+  // Bound the pairs by a critical dimension (apply_critical_dim): -1 = off, -2 = auto
+  // (critical_dim()), else the pair index.
+  int critical_dim = -1;
+  double critical_margin = 0.25;        // pairs below it in [1, s + margin]
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;
   int n_threads = 0;

@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "longrope/dist.h"
+#include "longrope/error.h"
 #include "longrope/fingerprint.h"
 #include "longrope/search_run.h"
 
@@ -20,6 +21,7 @@ struct SearchArgs {
   bool json = false;
   bool progress = true;
   std::string compute = "auto";
+  std::string critical_dim = "off";
 };
 
 int lead(const SearchArgs& a, SearchRun& run) {
@@ -28,12 +30,18 @@ int lead(const SearchArgs& a, SearchRun& run) {
   const int T = cfg.settings.iterations;
   const double s = static_cast<double>(sp.target_ctx) / static_cast<double>(sp.orig_ctx);
   const dist::World& w = dist::world();
-  fmt::print(stderr,
-             "search: {} pairs, target {} (s = {:.3f}), {} window(s), lambda in [1, {:.2f}]{}\n",
-             sp.n_pairs, sp.target_ctx, s, run.window_count(), sp.lambda_max / 100.0,
-             w.size > 1 ? fmt::format(", {} MPI ranks x {} threads{}", w.size, cfg.n_threads,
-                                      cfg.root_computes ? "" : " (rank 0 only hands out work)")
-                        : "");
+  fmt::print(
+      stderr, "search: {} pairs, target {} (s = {:.3f}), {} window(s), lambda in [1, {:.2f}]{}{}\n",
+      sp.n_pairs, sp.target_ctx, s, run.window_count(), sp.lambda_max / 100.0,
+      sp.lo.empty()
+          ? ""
+          : fmt::format(", critical dimension {} (pairs below it in [1, s + {}])",
+                        cfg.critical_dim == -2 ? critical_dim(sp.n_rot, sp.orig_ctx, sp.rope_base)
+                                               : cfg.critical_dim,
+                        cfg.critical_margin),
+      w.size > 1 ? fmt::format(", {} MPI ranks x {} threads{}", w.size, cfg.n_threads,
+                               cfg.root_computes ? "" : " (rank 0 only hands out work)")
+                 : "");
   for (const std::string& w : run.warnings()) fmt::print(stderr, "warning: {}\n", w);
   std::unique_ptr<Progress> bar;
   std::string phase;
@@ -147,6 +155,15 @@ Runner register_search(CLI::App& app) {
                   "threads per rank (default: all cores, shared among the ranks on a host)");
   add_compute_flag(cmd, a->compute);
 
+  cmd->add_option("--critical-dim", a->critical_dim,
+                  "bound the pairs by a critical dimension K (LongRoPE2): pairs below K in [1, s + "
+                  "margin], from K on in [s, lambda-max]; auto = ceil(d/2 ln(L_orig/2pi)/ln(base)) "
+                  "- 1; off = no bounds")
+      ->default_str("off");
+  cmd->add_option("--critical-margin", a->cfg.critical_margin,
+                  "margin above s for the pairs below the critical dimension")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e6));
   cmd->add_flag("--async", a->cfg.settings.steady_state,
                 "steady state instead of generations: breed a child as soon as any evaluation "
                 "finishes (keeps many MPI ranks busy; not reproducible across rank counts)");
@@ -156,6 +173,24 @@ Runner register_search(CLI::App& app) {
   return [a]() {
     SearchRunConfig& cfg = a->cfg;
     cfg.model_path = a->model;
+    if (a->critical_dim == "off") {
+      cfg.critical_dim = -1;
+    } else if (a->critical_dim == "auto") {
+      cfg.critical_dim = -2;
+    } else {
+      size_t used = 0;
+      int k = -1;
+      try {
+        k = std::stoi(a->critical_dim, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != a->critical_dim.size() || k < 0)
+        throw Error(
+            fmt::format("search: --critical-dim {} (expected auto, off or a pair index >= 0)",
+                        a->critical_dim));
+      cfg.critical_dim = k;
+    }
     cfg.n_threads = resolve_threads(cfg.n_threads);
     std::unique_ptr<SearchRun> run;
     return run_distributed(

@@ -159,6 +159,20 @@ void validate_space(const SearchSpace& sp) {
         "search: lambda-max {:.2f} < 1 admits no factor vector (factors must lie in [1, "
         "lambda-max]; expected lambda-max >= 1)",
         sp.lambda_max / 100.0));
+  if (!sp.lo.empty() || !sp.hi.empty()) {
+    if (sp.lo.size() != static_cast<size_t>(sp.n_pairs) ||
+        sp.hi.size() != static_cast<size_t>(sp.n_pairs))
+      throw Error("search: per-pair bounds for another number of rotary pairs");
+    int lo_max = 100;
+    for (int j = 0; j < sp.n_pairs; ++j) {
+      lo_max = std::max(lo_max, sp.lo_of(j));
+      if (sp.lo_of(j) < 100 || sp.hi_of(j) > sp.lambda_max || lo_max > sp.hi_of(j))
+        throw Error(fmt::format(
+            "search: pair {} cannot take a factor in [{:.2f}, {:.2f}] after the pairs before it "
+            "(expected feasible non-decreasing bounds)",
+            j, lo_max / 100.0, sp.hi_of(j) / 100.0));
+    }
+  }
   if (sp.n_hat_candidates.empty())
     throw Error("search: no n_hat candidate (expected at least one value < the target length)");
   for (int64_t n : sp.n_hat_candidates) {
@@ -191,11 +205,45 @@ RopeScaling to_scaling(const SearchSpace& sp, const Individual& ind) {
   return s;
 }
 
+int critical_dim(int n_rot, int64_t orig_ctx, double base) {
+  const double k =
+      std::ceil(0.5 * n_rot *
+                std::log(static_cast<double>(orig_ctx) / (2.0 * 3.14159265358979323846)) /
+                std::log(base)) -
+      1.0;
+  return static_cast<int>(std::clamp(k, 0.0, 0.5 * n_rot));
+}
+
+void apply_critical_dim(SearchSpace& sp, int k, double margin) {
+  if (k < 0 || k > sp.n_pairs)
+    throw Error(fmt::format("search: critical dimension {} is not in [0, {}] (rotary pairs)", k,
+                            sp.n_pairs));
+  const double s = static_cast<double>(sp.target_ctx) / static_cast<double>(sp.orig_ctx);
+  const int s100 = std::max(100, static_cast<int>(std::ceil(s * 100.0 - 1e-9)));
+  const int below =
+      std::clamp(static_cast<int>(std::floor((s + margin) * 100.0 + 1e-9)), 100, sp.lambda_max);
+  if (k < sp.n_pairs && s100 > sp.lambda_max)
+    throw Error(fmt::format(
+        "search: the pairs from the critical dimension {} on need factors >= s = {:.2f}, above "
+        "--lambda-max {:.2f} (expected lambda-max >= s)",
+        k, s, sp.lambda_max / 100.0));
+  sp.lo.assign(static_cast<size_t>(sp.n_pairs), 100);
+  sp.hi.assign(static_cast<size_t>(sp.n_pairs), sp.lambda_max);
+  for (int j = 0; j < sp.n_pairs; ++j) {
+    if (j < k) {
+      sp.hi[static_cast<size_t>(j)] = below;
+    } else {
+      sp.lo[static_cast<size_t>(j)] = s100;
+    }
+  }
+}
+
 bool is_valid(const SearchSpace& sp, const Individual& ind) {
   if (static_cast<int>(ind.lambda.size()) != sp.n_pairs) return false;
   int prev = 100;
-  for (int v : ind.lambda) {
-    if (v < prev || v > sp.lambda_max) return false;
+  for (int j = 0; j < sp.n_pairs; ++j) {
+    const int v = ind.lambda[static_cast<size_t>(j)];
+    if (v < prev || v > sp.lambda_max || v < sp.lo_of(j) || v > sp.hi_of(j)) return false;
     prev = v;
   }
   return ind.n_hat_idx >= 0 && ind.n_hat_idx < static_cast<int>(sp.n_hat_candidates.size()) &&
@@ -219,7 +267,7 @@ std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& sp
     for (int j = 0; j < sp.n_pairs; ++j) {
       const double lam = w[j] / t.inv_freq[j];
       int v = static_cast<int>(std::lround(lam * 100.0));
-      v = std::clamp(v, prev, sp.lambda_max);
+      v = std::clamp(v, std::max(prev, sp.lo_of(j)), std::min(sp.lambda_max, sp.hi_of(j)));
       ind.lambda.push_back(v);
       prev = v;
     }
@@ -286,8 +334,8 @@ std::optional<Individual> EvolutionSearch::mutate(const Individual& parent) {
     Individual c = parent;
     for (int j = 0; j < n; ++j) {
       if (u(rng_) >= settings_.mutation_prob) continue;
-      const int lo = j == 0 ? 100 : c.lambda[j - 1];
-      const int hi = j == n - 1 ? space_.lambda_max : c.lambda[j + 1];
+      const int lo = std::max(space_.lo_of(j), j == 0 ? 100 : c.lambda[j - 1]);
+      const int hi = std::min(space_.hi_of(j), j == n - 1 ? space_.lambda_max : c.lambda[j + 1]);
       if (hi <= lo) {
         c.lambda[j] = lo;
         continue;

@@ -23,11 +23,22 @@ namespace longrope {
 namespace {
 
 nlohmann::json space_json(const SearchSpace& sp) {
-  return {{"target_ctx", sp.target_ctx},
-          {"orig_ctx", sp.orig_ctx},
-          {"lambda_max", sp.lambda_max / 100.0},
-          {"n_hat_candidates", sp.n_hat_candidates},
-          {"attn_candidates", sp.attn_candidates}};
+  nlohmann::json j = {{"target_ctx", sp.target_ctx},
+                      {"orig_ctx", sp.orig_ctx},
+                      {"lambda_max", sp.lambda_max / 100.0},
+                      {"n_hat_candidates", sp.n_hat_candidates},
+                      {"attn_candidates", sp.attn_candidates}};
+  if (!sp.lo.empty()) {  // absent without bounds: older checkpoints still match
+    j["lo"] = sp.lo;
+    j["hi"] = sp.hi;
+  }
+  return j;
+}
+
+// The critical dimension the config asks for (-1: none).
+int critical_dim_of(const SearchRunConfig& c, const HParams& hp, int64_t orig) {
+  if (c.critical_dim == -2) return critical_dim(hp.n_rot, orig, hp.rope_base);
+  return c.critical_dim;
 }
 
 nlohmann::json log_json(const EvolutionSearch& s) {
@@ -255,6 +266,8 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   sp.n_hat_candidates = c.n_hat.empty() ? default_n_hat_candidates(L) : c.n_hat;
   sp.attn_candidates =
       c.attn_factor ? std::vector<double>{*c.attn_factor} : default_attn_candidates(p.orig, L);
+  if (const int k = critical_dim_of(c, hp, p.orig); k >= 0)
+    apply_critical_dim(sp, k, c.critical_margin);
   validate_space(sp);
 
   p.fingerprint = {{"model", model_fingerprint(*p.model)},
@@ -418,6 +431,10 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
         std::max(1.0, 1.25 * static_cast<double>(N) / static_cast<double>(p.orig))));
     ss.n_hat_candidates = {result.n_hat};
     ss.attn_candidates = {*result.attn_factor};
+    ss.lo.clear();
+    ss.hi.clear();
+    if (const int k = critical_dim_of(c, p.model->hp(), p.orig); k >= 0 && N > p.orig)
+      apply_critical_dim(ss, k, c.critical_margin);
     if (result.n_hat >= N)
       throw Error(fmt::format(
           "search: the long set's n_hat {} is not below --short-ctx {} (expected n_hat < N)",
@@ -447,6 +464,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   search["docs"] = c.docs;
   search["space"] = space_json(sp);
   search["reject_stage"] = c.reject_stage;
+  if (!sp.lo.empty()) search["critical_dim"] = critical_dim_of(c, p.model->hp(), p.orig);
   nlohmann::json prov = {
       {"tool", "longrope search"},
       {"model", std::filesystem::path(c.model_path).filename().string()},
