@@ -144,8 +144,9 @@ Runner register_search(CLI::App& app) {
   cmd->add_flag("!--no-early-reject", a->cfg.settings.early_reject,
                 "evaluate every candidate on all windows");
   cmd->add_option("--reject-stage", a->cfg.reject_stage,
-                  "tokens of window 0 scored before an early reject (default: window 0, or "
-                  "half of it when --docs 1)")
+                  "tokens of window 0 in early reject's first stage, which is scored beyond the "
+                  "original context only (default: window 0, or with --docs 1 its first L_orig + "
+                  "(L - L_orig)/2 tokens; <= L_orig turns early reject off)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-o,--output", a->cfg.output, "factors file to write")->capture_default_str();
   cmd->add_flag("--resume", a->cfg.resume, "continue from <output>.ckpt.json");
