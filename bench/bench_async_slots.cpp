@@ -17,6 +17,7 @@
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
 #include "longrope/search.h"
+#include "readme_search.h"
 
 using namespace longrope;
 
@@ -61,15 +62,7 @@ int main(int argc, char** argv) {
   PerplexityEvaluator ev(model, make_windows(train, model->tokenizer().bos(), L, 2), threads,
                          Lorig);
 
-  SearchSpace sp;
-  sp.n_rot = model->hp().n_rot;
-  sp.n_pairs = sp.n_rot / 2;
-  sp.rope_base = model->hp().rope_base;
-  sp.orig_ctx = Lorig;
-  sp.target_ctx = L;
-  sp.lambda_max = static_cast<int>(std::floor(1.25 * double(L) / double(Lorig) * 100.0 + 1e-9));
-  sp.n_hat_candidates = default_n_hat_candidates(L);
-  sp.attn_candidates = default_attn_candidates(Lorig, L);
+  const SearchSpace sp = default_search_space(model->hp(), Lorig, L);
 
   fmt::print("| mode | seed | search fitness | held-out ppl | full + rejected |\n");
   fmt::print("|---|---:|---:|---:|---:|\n");
@@ -83,13 +76,7 @@ int main(int argc, char** argv) {
     double sum_fit = 0, sum_held = 0;
     const std::vector<uint64_t> seeds = {7, 8, 9};
     for (uint64_t seed : seeds) {
-      SearchSettings st;
-      st.population = 32;
-      st.iterations = 10;
-      st.parents = 16;
-      st.mutations = 8;
-      st.crossovers = 8;
-      st.seed = seed;
+      SearchSettings st = bench::readme_settings(seed);
       st.steady_state = slots > 0;
       EvolutionSearch s(sp, st);
       EmulatedSlots emu(ev, std::max(1, slots), seed);

@@ -17,6 +17,7 @@
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
 #include "longrope/search.h"
+#include "readme_search.h"
 
 using namespace longrope;
 
@@ -53,22 +54,8 @@ Row run_seed(const Model& model, const std::vector<int32_t>& text, int64_t L, in
                          make_windows(text, model.tokenizer().bos(), L, docs), threads,
                          orig_for_stage, stage_tokens);
   Audit audit(ev);
-  SearchSpace sp;
-  sp.n_rot = model.hp().n_rot;
-  sp.n_pairs = sp.n_rot / 2;
-  sp.rope_base = model.hp().rope_base;
-  sp.orig_ctx = Lorig;
-  sp.target_ctx = L;
-  sp.lambda_max = static_cast<int>(std::floor(1.25 * double(L) / double(Lorig) * 100.0 + 1e-9));
-  sp.n_hat_candidates = default_n_hat_candidates(L);
-  sp.attn_candidates = default_attn_candidates(Lorig, L);
-  SearchSettings st;
-  st.population = 32;
-  st.iterations = 10;
-  st.parents = 16;
-  st.mutations = 8;
-  st.crossovers = 8;
-  st.seed = seed;
+  const SearchSpace sp = default_search_space(model.hp(), Lorig, L);
+  const SearchSettings st = bench::readme_settings(seed);
   EvolutionSearch s(sp, st);
   Row row{setting, stage};
   size_t seen = 0;

@@ -139,6 +139,11 @@ int critical_dim(int n_rot, int64_t orig_ctx, double base);
 // leave no factor vector (e.g. s > lambda_max).
 void apply_critical_dim(SearchSpace& space, int k, double margin);
 
+// The default space for a model's rotary dims: factors in [1, lambda_max] with lambda_max =
+// 1.25 s when not given (s = L / L_orig), the default n_hat and attention-factor candidates.
+SearchSpace default_search_space(const HParams& hp, int64_t orig_ctx, int64_t target_ctx,
+                                 std::optional<double> lambda_max = std::nullopt);
+
 // Defaults of the paper: n_hat in {0,1,2,4,8,12,16,20,24,28,32,64,128,256}, filtered to < L.
 std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx);
 // {1, sqrt(1 + ln s / ln L_orig), 0.1 ln s + 1} (duplicates removed), s = L / L_orig.

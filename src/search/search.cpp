@@ -127,6 +127,24 @@ std::string Individual::key() const {
   return k;
 }
 
+SearchSpace default_search_space(const HParams& hp, int64_t orig_ctx, int64_t target_ctx,
+                                 std::optional<double> lambda_max) {
+  SearchSpace sp;
+  sp.n_rot = hp.n_rot;
+  sp.n_pairs = hp.n_rot / 2;
+  sp.rope_base = hp.rope_base;
+  sp.orig_ctx = orig_ctx;
+  sp.target_ctx = target_ctx;
+  const double x =
+      lambda_max.value_or(1.25 * static_cast<double>(target_ctx) / static_cast<double>(orig_ctx));
+  // Hundredths, below 100 when x < 1 (validate_space rejects it).
+  sp.lambda_max = static_cast<int>(std::floor(x * 100.0 + 1e-9));
+  if (x < 1.0) sp.lambda_max = std::min(sp.lambda_max, 99);
+  sp.n_hat_candidates = default_n_hat_candidates(target_ctx);
+  sp.attn_candidates = default_attn_candidates(orig_ctx, target_ctx);
+  return sp;
+}
+
 std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx) {
   std::vector<int64_t> out;
   for (int64_t n : {0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256})

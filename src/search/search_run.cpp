@@ -235,7 +235,6 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
         fmt::format("search: --short-ctx {} is not below --target-ctx {} (expected short < target)",
                     *c.short_ctx, L));
   if (c.texts.empty()) throw Error("search: no text file given (-f TEXT[,TEXT...])");
-  const double s = static_cast<double>(L) / static_cast<double>(p.orig);
 
   // Texts -> one token stream -> windows.
   std::vector<int32_t> tokens;
@@ -257,15 +256,9 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   if (c.short_ctx) p.short_windows = windows_for(*c.short_ctx);
 
   SearchSpace& sp = p.space;
-  sp.n_rot = hp.n_rot;
-  sp.n_pairs = hp.n_rot / 2;
-  sp.rope_base = hp.rope_base;
-  sp.orig_ctx = p.orig;
-  sp.target_ctx = L;
-  sp.lambda_max = hundredths(c.lambda_max.value_or(1.25 * s));
-  sp.n_hat_candidates = c.n_hat.empty() ? default_n_hat_candidates(L) : c.n_hat;
-  sp.attn_candidates =
-      c.attn_factor ? std::vector<double>{*c.attn_factor} : default_attn_candidates(p.orig, L);
+  sp = default_search_space(hp, p.orig, L, c.lambda_max);
+  if (!c.n_hat.empty()) sp.n_hat_candidates = c.n_hat;
+  if (c.attn_factor) sp.attn_candidates = {*c.attn_factor};
   if (const int k = critical_dim_of(c, hp, p.orig); k >= 0)
     apply_critical_dim(sp, k, c.critical_margin);
   validate_space(sp);
