@@ -95,6 +95,21 @@ TEST(EvalPasskey, SeedDeterminesKeysAndDepths) {
   EXPECT_EQ(longrope::passkey_trial_spec(1, 512, 5, {0.1, 0.5}).depth, 0.5);
 }
 
+TEST(EvalPasskey, WilsonIntervals) {
+  // Wilson score intervals at z = 1.96 (reference values computed from the formula by hand).
+  auto [lo, hi] = longrope::wilson_interval(5, 10);
+  EXPECT_NEAR(lo, 0.2366, 1e-4);
+  EXPECT_NEAR(hi, 0.7634, 1e-4);
+  std::tie(lo, hi) = longrope::wilson_interval(0, 20);
+  EXPECT_EQ(lo, 0.0);
+  EXPECT_NEAR(hi, 0.1611, 1e-4);
+  std::tie(lo, hi) = longrope::wilson_interval(20, 20);
+  EXPECT_NEAR(lo, 0.8389, 1e-4);
+  EXPECT_EQ(hi, 1.0);
+  std::tie(lo, hi) = longrope::wilson_interval(0, 2);
+  EXPECT_NEAR(hi, 0.6576, 1e-4);
+}
+
 TEST(EvalPasskey, TinyRunProducesTable) {
   LONGROPE_REQUIRE_FILE(stories());
   const fs::path dir =
@@ -114,7 +129,12 @@ TEST(EvalPasskey, TinyRunProducesTable) {
     EXPECT_GE(c["accuracy"].get<double>(), 0.0);
     EXPECT_LE(c["accuracy"].get<double>(), 1.0);
     EXPECT_EQ(c["results"].size(), 2u);
+    const auto ci = longrope::wilson_interval(c["correct"].get<int64_t>(), 2);
+    EXPECT_EQ(c["ci_low"].get<double>(), ci.first);
+    EXPECT_EQ(c["ci_high"].get<double>(), ci.second);
   }
+  // The table shows each accuracy with its interval: 2 trials, 0 right -> [0.00, 0.66].
+  EXPECT_NE(longrope::test::slurp(dir / "results.md").find(" ["), std::string::npos);
   // Same seed, same keys: the first cell's keys equal the ones passkey_trial_spec gives.
   const auto& first = j["cells"][0]["results"];
   for (int t = 0; t < 2; ++t)

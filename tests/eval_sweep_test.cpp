@@ -264,16 +264,26 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   s.ylabel = "ppl";
   s.log_y = true;
   s.vline_x = 512;
-  s.series = {{"a", {256, 512, 1024}, {10, 20, 1e4}}, {"b<&>", {256, 1024}, {12, std::nan("")}}};
+  s.series = {{"a", {256, 512, 1024}, {10, 20, 1e4}, {}, {}},
+              {"b<&>", {256, 1024}, {12, std::nan("")}, {}, {}}};
+  // Error bars on series a: two points with an interval, one without.
+  s.series[0].y_lo = {8, std::nan(""), 9e3};
+  s.series[0].y_hi = {12, std::nan(""), 1.1e4};
   const fs::path p = fs::temp_directory_path() / ("longrope_plot_" + std::to_string(::getpid()));
   longrope::write_plot_svg(s, p.string() + ".svg");
-  EXPECT_EQ(check_svg(slurp(p.string() + ".svg")), 2);
+  const std::string svg = slurp(p.string() + ".svg");
+  EXPECT_EQ(check_svg(svg), 2);
+  size_t bars = 0;
+  for (size_t at = svg.find("class=\"errorbar\""); at != std::string::npos;
+       at = svg.find("class=\"errorbar\"", at + 1))
+    ++bars;
+  EXPECT_EQ(bars, 2u);
   ASSERT_TRUE(longrope::plot_png_supported()) << "built without PLplot (CMake requires it)";
   {
     longrope::write_plot_png(s, p.string() + ".png");
     expect_png(p.string() + ".png");
   }
-  s.series = {{"empty", {256}, {std::nan("")}}};
+  s.series = {{"empty", {256}, {std::nan("")}, {}, {}}};
   EXPECT_THROW(longrope::write_plot_svg(s, p.string() + ".svg"), longrope::Error);
   fs::remove(p.string() + ".svg");
   fs::remove(p.string() + ".png");

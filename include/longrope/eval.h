@@ -100,9 +100,16 @@ struct ResultTable {
   std::vector<std::string> methods;  // labels, in order
   std::vector<int64_t> lengths;
   std::vector<std::vector<std::optional<double>>> values;  // [method][length]
+  // 95% intervals [low, high] when the cells carry them (empty otherwise); [method][length].
+  std::vector<std::vector<std::optional<std::pair<double, double>>>> intervals;
 };
+// `field` of each cell; with lo_field/hi_field also each cell's interval.
 ResultTable make_table(const nlohmann::json& cells, const std::vector<EvalMethod>& methods,
-                       const std::vector<int64_t>& lengths, const std::string& field);
+                       const std::vector<int64_t>& lengths, const std::string& field,
+                       const std::string& lo_field = "", const std::string& hi_field = "");
+
+// The Wilson score interval of a proportion of k successes in n trials (z = 1.96: 95%).
+std::pair<double, double> wilson_interval(int64_t k, int64_t n, double z = 1.96);
 std::string table_markdown(const ResultTable& t, const std::string& corner, int decimals);
 std::string table_csv(const ResultTable& t, int decimals);
 
@@ -135,10 +142,11 @@ struct EvalRun {
 // digits; `plot` carries the title and axes, one series per method is added, and the original
 // context is marked. Returns the Markdown table (nothing is written when out_dir is empty).
 struct SweepOutputs {
-  std::string field;  // cell field shown ("ppl", "accuracy")
-  int decimals = 3;   // in the Markdown table (the CSV gets 3 more)
-  std::string stem;   // plot file name without extension
-  PlotSpec plot;      // title, axis labels and ranges; series are filled in
+  std::string field;               // cell field shown ("ppl", "accuracy")
+  std::string lo_field, hi_field;  // the cells' interval (shown in the table and as error bars)
+  int decimals = 3;                // in the Markdown table (the CSV gets 3 more)
+  std::string stem;                // plot file name without extension
+  PlotSpec plot;                   // title, axis labels and ranges; series are filled in
 };
 std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
                                 SweepOutputs out);

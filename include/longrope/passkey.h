@@ -60,7 +60,7 @@ struct PasskeyConfig {
   std::string model_path;
   std::vector<int64_t> lengths;
   std::vector<std::string> methods;
-  int64_t trials = 10;
+  int64_t trials = 20;
   uint64_t seed = 1234;
   std::vector<double> depths;  // empty = random depths
   bool chat = false;
@@ -72,8 +72,9 @@ struct PasskeyConfig {
 };
 
 // Cells: method, label, length, key {model, trials, seed, depths, chat, ...}, trials, correct,
-// accuracy, seconds, rope, and the per-trial list (key, depth, output, correct). Everything is
-// validated before the first trial; results.json is rewritten after every cell.
+// accuracy, ci_low/ci_high (its 95% Wilson interval), seconds, rope, and the per-trial list (key,
+// depth, output, correct). Everything is validated before the first trial; results.json is
+// rewritten after every cell.
 SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg);  // validates, builds prompts
 EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg,
                     const SweepProgress& progress = {});

@@ -13,6 +13,8 @@ struct PlotSeries {
   std::string label;
   std::vector<double> x;  // > 0 (log2 axis)
   std::vector<double> y;  // NaN or, on a log y axis, <= 0: a gap (the point is skipped)
+  // Error bars [y_lo[i], y_hi[i]] (empty: none; NaN: none at that point).
+  std::vector<double> y_lo, y_hi;
 };
 
 struct PlotSpec {

@@ -15,7 +15,7 @@ namespace {
 struct PasskeyArgs {
   std::string model, tokenizer, lengths, out, depths;
   std::vector<std::string> methods;
-  int64_t trials = 10;
+  int64_t trials = 20;
   uint64_t seed = 1234;
   int64_t orig_ctx = 0;
   double rope_factor = 0;
@@ -51,8 +51,8 @@ Runner register_passkey(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "passkey",
       "Passkey retrieval: a random number (1..50000) hidden at a random depth of filler text, "
-      "greedy decoding of up to 10 tokens after the question; accuracy per method and length; "
-      "writes results.{md,csv,json} and accuracy.{png,svg} to -o DIR");
+      "greedy decoding of up to 10 tokens after the question; accuracy per method and length with "
+      "its 95% Wilson interval; writes results.{md,csv,json} and accuracy.{png,svg} to -o DIR");
   cmd->add_option("-m,--model", a->model, "model file (GGUF or llama2.c checkpoint)")->required();
   cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("--lengths", a->lengths, "prompt lengths in tokens, e.g. 1k,2k,4k")->required();

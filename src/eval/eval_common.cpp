@@ -251,20 +251,36 @@ void ResultsStore::save() const {
 }
 
 ResultTable make_table(const nlohmann::json& cells, const std::vector<EvalMethod>& methods,
-                       const std::vector<int64_t>& lengths, const std::string& field) {
+                       const std::vector<int64_t>& lengths, const std::string& field,
+                       const std::string& lo_field, const std::string& hi_field) {
   ResultTable t;
   t.lengths = lengths;
+  const bool with_ci = !lo_field.empty() && !hi_field.empty();
   for (const EvalMethod& m : methods) {
     t.methods.push_back(m.label);
     std::vector<std::optional<double>> row(lengths.size());
+    std::vector<std::optional<std::pair<double, double>>> ci(lengths.size());
     for (size_t i = 0; i < lengths.size(); ++i)
       for (const nlohmann::json& c : cells)
         if (c.value("method", "") == m.spec && c.value("length", int64_t(0)) == lengths[i] &&
-            c.contains(field) && c[field].is_number())
+            c.contains(field) && c[field].is_number()) {
           row[i] = c[field].get<double>();
+          if (with_ci && c.contains(lo_field) && c.contains(hi_field) && c[lo_field].is_number() &&
+              c[hi_field].is_number())
+            ci[i] = std::make_pair(c[lo_field].get<double>(), c[hi_field].get<double>());
+        }
     t.values.push_back(std::move(row));
+    if (with_ci) t.intervals.push_back(std::move(ci));
   }
   return t;
+}
+
+std::pair<double, double> wilson_interval(int64_t k, int64_t n, double z) {
+  if (n <= 0) return {0.0, 1.0};
+  const double nn = static_cast<double>(n), p = static_cast<double>(k) / nn, z2 = z * z;
+  const double centre = (p + z2 / (2 * nn)) / (1 + z2 / nn);
+  const double half = z * std::sqrt(p * (1 - p) / nn + z2 / (4 * nn * nn)) / (1 + z2 / nn);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
 }
 
 std::string table_markdown(const ResultTable& t, const std::string& corner, int decimals) {
@@ -277,8 +293,14 @@ std::string table_markdown(const ResultTable& t, const std::string& corner, int 
   o += "\n" + rule + "\n";
   for (size_t m = 0; m < t.methods.size(); ++m) {
     o += "| " + t.methods[m] + " |";
-    for (const auto& v : t.values[m])
-      o += v ? fmt::format(" {:.{}f} |", *v, decimals) : std::string(" - |");
+    for (size_t i = 0; i < t.values[m].size(); ++i) {
+      const auto& v = t.values[m][i];
+      const bool ci = !t.intervals.empty() && t.intervals[m][i];
+      o += !v   ? std::string(" - |")
+           : ci ? fmt::format(" {0:.{3}f} [{1:.{3}f}, {2:.{3}f}] |", *v, t.intervals[m][i]->first,
+                              t.intervals[m][i]->second, decimals)
+                : fmt::format(" {:.{}f} |", *v, decimals);
+    }
     o += "\n";
   }
   return o;
@@ -330,7 +352,8 @@ std::vector<nlohmann::json> cell_keys(const nlohmann::json& key,
 
 std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
                                 SweepOutputs out) {
-  const ResultTable t = make_table(run.cells, run.methods, run.lengths, out.field);
+  const ResultTable t =
+      make_table(run.cells, run.methods, run.lengths, out.field, out.lo_field, out.hi_field);
   std::string md = table_markdown(t, "method \\ length", out.decimals);
   if (out_dir.empty()) return md;
   write_file_atomically(out_dir + "/results.md", md);
@@ -344,6 +367,11 @@ std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, 
     for (size_t i = 0; i < t.lengths.size(); ++i) {
       se.x.push_back(double(t.lengths[i]));
       se.y.push_back(t.values[m][i] ? *t.values[m][i] : std::nan(""));
+      if (!t.intervals.empty()) {
+        const auto& ci = t.intervals[m][i];
+        se.y_lo.push_back(ci ? ci->first : std::nan(""));
+        se.y_hi.push_back(ci ? ci->second : std::nan(""));
+      }
     }
     spec.series.push_back(std::move(se));
   }

@@ -233,6 +233,8 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                           {"trials", trials},
                           {"correct", correct},
                           {"accuracy", double(correct) / double(trials)},
+                          {"ci_low", wilson_interval(correct, trials).first},
+                          {"ci_high", wilson_interval(correct, trials).second},
                           {"seconds", seconds},
                           {"rope", (*scalings)[mi][li].describe()},
                           {"results", results}};
@@ -248,6 +250,8 @@ std::string write_passkey_outputs(const EvalRun& run, const Model& model,
                                   const PasskeyConfig& cfg) {
   SweepOutputs out;
   out.field = "accuracy";
+  out.lo_field = "ci_low";
+  out.hi_field = "ci_high";
   out.decimals = 2;
   out.stem = "accuracy";
   out.plot.title = fmt::format("Passkey retrieval: {}, {} trial(s) per cell",

@@ -249,6 +249,15 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       pts += fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", x, y);
       marks +=
           fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", x, y, color);
+      if (i < se.y_lo.size() && i < se.y_hi.size() && usable(se.y_lo[i], s.log_y) &&
+          usable(se.y_hi[i], s.log_y)) {  // error bar with caps
+        const double y0 = py(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
+        const double y1 = py(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
+        marks += fmt::format(
+            "<path class=\"errorbar\" d=\"M{0:.1f},{1:.1f}V{2:.1f}M{3:.1f},{1:.1f}H{4:.1f}M{3:.1f},"
+            "{2:.1f}H{4:.1f}\" stroke=\"{5}\" stroke-width=\"1.5\" fill=\"none\"/>",
+            x, y0, y1, x - 4, x + 4, color);
+      }
     }
     if (pts.empty()) continue;
     o += fmt::format(
@@ -364,6 +373,17 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     plwidth(2.5);
     plline(PLINT(xs.size()), xs.data(), ys.data());
     plstring(PLINT(xs.size()), xs.data(), ys.data(), "#(728)");
+    std::vector<PLFLT> ex, elo, ehi;  // error bars
+    for (size_t i = 0; i < se.x.size() && i < se.y_lo.size() && i < se.y_hi.size(); ++i) {
+      if (!(se.x[i] > 0) || !usable(se.y_lo[i], s.log_y) || !usable(se.y_hi[i], s.log_y)) continue;
+      ex.push_back(std::log2(se.x[i]));
+      elo.push_back(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
+      ehi.push_back(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
+    }
+    if (!ex.empty()) {
+      plwidth(1.5);
+      plerry(PLINT(ex.size()), ex.data(), elo.data(), ehi.data());
+    }
     labels.push_back(pl_text(se.label));
     colors.push_back(color);
   }
