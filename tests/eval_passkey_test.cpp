@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -140,8 +141,22 @@ TEST(EvalPasskey, TinyRunProducesTable) {
   for (int t = 0; t < 2; ++t)
     EXPECT_EQ(first[t]["key"].get<int64_t>(),
               longrope::passkey_trial_spec(7, j["cells"][0]["length"], t, {}).key);
-  for (const char* f : {"results.md", "results.csv", "accuracy.svg", "accuracy.png"})
+  for (const char* f : {"results.md", "results.csv", "accuracy.svg", "accuracy.png",
+                        "depth_none.svg", "depth_none.png", "depth_yarn.svg", "depth_yarn.png"})
     EXPECT_TRUE(fs::exists(dir / f)) << f;
+  // The heat map: five depth bins x two lengths, and each cell's trials add up to the cell's.
+  const std::string heat = longrope::test::slurp(dir / "depth_yarn.svg");
+  size_t cells = 0;
+  for (size_t at = heat.find("class=\"cell\""); at != std::string::npos;
+       at = heat.find("class=\"cell\"", at + 1))
+    ++cells;
+  EXPECT_EQ(cells, 10u);
+  int64_t trials_shown = 0;
+  for (size_t at = heat.find("/"); at != std::string::npos; at = heat.find("/", at + 1))
+    if (at > 0 && std::isdigit(static_cast<unsigned char>(heat[at - 1])) && at + 1 < heat.size() &&
+        std::isdigit(static_cast<unsigned char>(heat[at + 1])))
+      trials_shown += heat[at + 1] - '0';
+  EXPECT_EQ(trials_shown, 4);  // 2 trials x 2 lengths
   ASSERT_EQ(run_command(cmd + " --resume", &out), 0) << out;
   EXPECT_NE(out.find("0 cell(s) computed, 4 reused"), std::string::npos) << out;
   fs::remove_all(dir);

@@ -78,7 +78,11 @@ struct PasskeyConfig {
 SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg);  // validates, builds prompts
 EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg,
                     const SweepProgress& progress = {});
-// results.md, results.csv (accuracy), accuracy.svg/.png; returns the Markdown table.
+// results.md (accuracy and its interval), results.csv (accuracy), accuracy.svg/.png (with error
+// bars) and per method a depth x length heat map depth_<label>.svg/.png (rows: the --depths, or
+// five bins of the random depths; each cell "right/trials"); returns the Markdown table.
 std::string write_passkey_outputs(const EvalRun& run, const Model& model, const PasskeyConfig& cfg);
+// The heat maps alone (file names written, in out_dir).
+std::vector<std::string> write_passkey_heatmaps(const EvalRun& run, const PasskeyConfig& cfg);
 
 }  // namespace longrope

@@ -37,4 +37,17 @@ void write_plot_png(const PlotSpec& spec, const std::string& path);
 // Whether write_plot_png is available in this build.
 bool plot_png_supported();
 
+// A heat map: one cell per (row, column), coloured from red (0) through yellow to green (1) by its
+// value, with its text written inside (e.g. "3/4"); NaN = no data (grey). Rows are drawn top to
+// bottom (row 0 at the top).
+struct HeatmapSpec {
+  std::string title, xlabel, ylabel;
+  std::vector<std::string> columns, rows;       // labels
+  std::vector<std::vector<double>> values;      // [row][column], in [0, 1] or NaN
+  std::vector<std::vector<std::string>> texts;  // [row][column], may be empty
+  int width = 900, height = 600;
+};
+void write_heatmap_svg(const HeatmapSpec& spec, const std::string& path);
+void write_heatmap_png(const HeatmapSpec& spec, const std::string& path);  // needs PLplot
+
 }  // namespace longrope

@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -246,6 +247,66 @@ EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepPro
   return execute_sweep(plan_passkey(model, cfg), cfg.out_dir, cfg.resume, progress);
 }
 
+std::vector<std::string> write_passkey_heatmaps(const EvalRun& run, const PasskeyConfig& cfg) {
+  std::vector<std::string> files;
+  if (cfg.out_dir.empty()) return files;
+  // Rows: the distinct --depths, or five equal bins of the random depths.
+  std::vector<double> depths = cfg.depths;
+  std::sort(depths.begin(), depths.end());
+  depths.erase(std::unique(depths.begin(), depths.end()), depths.end());
+  const bool binned = depths.empty();
+  const size_t n_rows = binned ? 5 : depths.size();
+  auto row_of = [&](double d) -> size_t {
+    if (binned) return std::min<size_t>(4, static_cast<size_t>(d * 5.0));
+    size_t best = 0;
+    for (size_t i = 1; i < depths.size(); ++i)
+      if (std::abs(depths[i] - d) < std::abs(depths[best] - d)) best = i;
+    return best;
+  };
+  for (const EvalMethod& m : run.methods) {
+    HeatmapSpec h;
+    h.title = fmt::format("Passkey retrieval by depth: {}, {}", file_name(cfg.model_path), m.label);
+    h.xlabel = "prompt length (tokens)";
+    h.ylabel = "depth of the key (0 = start, 1 = end)";
+    for (int64_t len : run.lengths) h.columns.push_back(fmt::format("{}", len));
+    for (size_t r = 0; r < n_rows; ++r)
+      h.rows.push_back(binned ? fmt::format("{:.1f}-{:.1f}", 0.2 * double(r), 0.2 * double(r + 1))
+                              : fmt::format("{:g}", depths[r]));
+    std::vector<std::vector<int64_t>> right(n_rows, std::vector<int64_t>(run.lengths.size(), 0));
+    std::vector<std::vector<int64_t>> total = right;
+    for (const nlohmann::json& c : run.cells) {
+      if (c.value("method", "") != m.spec) continue;
+      const auto li =
+          std::find(run.lengths.begin(), run.lengths.end(), c.value("length", int64_t(0)));
+      if (li == run.lengths.end() || !c.contains("results")) continue;
+      const size_t col = static_cast<size_t>(li - run.lengths.begin());
+      for (const nlohmann::json& t : c["results"]) {
+        const size_t row = row_of(t.value("depth", 0.0));
+        ++total[row][col];
+        if (t.value("correct", false)) ++right[row][col];
+      }
+    }
+    h.values.assign(n_rows, std::vector<double>(run.lengths.size(), std::nan("")));
+    h.texts.assign(n_rows, std::vector<std::string>(run.lengths.size()));
+    for (size_t r = 0; r < n_rows; ++r)
+      for (size_t col = 0; col < run.lengths.size(); ++col)
+        if (total[r][col] > 0) {
+          h.values[r][col] = double(right[r][col]) / double(total[r][col]);
+          h.texts[r][col] = fmt::format("{}/{}", right[r][col], total[r][col]);
+        }
+    std::string stem = "depth_";
+    for (char ch : m.label)
+      stem += std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' ? ch : '_';
+    write_heatmap_svg(h, cfg.out_dir + "/" + stem + ".svg");
+    files.push_back(stem + ".svg");
+    if (plot_png_supported()) {
+      write_heatmap_png(h, cfg.out_dir + "/" + stem + ".png");
+      files.push_back(stem + ".png");
+    }
+  }
+  return files;
+}
+
 std::string write_passkey_outputs(const EvalRun& run, const Model& model,
                                   const PasskeyConfig& cfg) {
   SweepOutputs out;
@@ -260,7 +321,9 @@ std::string write_passkey_outputs(const EvalRun& run, const Model& model,
   out.plot.y_min = -0.05;
   out.plot.y_max = 1.05;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
-  return write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
+  std::string md = write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
+  write_passkey_heatmaps(run, cfg);
+  return md;
 }
 
 }  // namespace longrope

@@ -32,6 +32,29 @@ constexpr std::array<std::array<int, 3>, 10> kPalette = {{{31, 119, 180},
                                                           {188, 189, 34},
                                                           {23, 190, 207}}};
 
+// Red (0) -> yellow (0.5) -> green (1).
+std::array<int, 3> heat_colour(double v) {
+  v = std::clamp(v, 0.0, 1.0);
+  if (v < 0.5) return {215, static_cast<int>(48 + (220 - 48) * v * 2), 39};
+  return {static_cast<int>(215 - (215 - 26) * (v - 0.5) * 2),
+          static_cast<int>(220 - (220 - 152) * (v - 0.5) * 2),
+          static_cast<int>(39 + (80 - 39) * (v - 0.5) * 2)};
+}
+
+void check_heatmap(const HeatmapSpec& h) {
+  if (h.rows.empty() || h.columns.empty() || h.values.size() != h.rows.size())
+    throw Error(fmt::format("heat map '{}': {} rows and {} columns of labels for {} rows of values",
+                            h.title, h.rows.size(), h.columns.size(), h.values.size()));
+  for (const auto& r : h.values)
+    if (r.size() != h.columns.size())
+      throw Error(fmt::format("heat map '{}': a row of {} values for {} columns", h.title, r.size(),
+                              h.columns.size()));
+}
+
+std::string cell_text(const HeatmapSpec& h, size_t r, size_t c) {
+  return r < h.texts.size() && c < h.texts[r].size() ? h.texts[r][c] : std::string();
+}
+
 bool usable(double y, bool log_y) {
   return std::isfinite(y) && (!log_y || y > 0);
 }
@@ -276,6 +299,57 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
   write_atomically(path, o);
 }
 
+void write_heatmap_svg(const HeatmapSpec& h, const std::string& path) {
+  check_heatmap(h);
+  const double left = 110, right = 30, top = 50, bottom = 70;
+  const double cw = (h.width - left - right) / double(h.columns.size());
+  const double ch = (h.height - top - bottom) / double(h.rows.size());
+  std::string o = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
+      "viewBox=\"0 0 {0} {1}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" "
+      "fill=\"white\"/>\n<text x=\"{2:.1f}\" y=\"28\" font-size=\"16\" "
+      "text-anchor=\"middle\">{3}</text>\n",
+      h.width, h.height, h.width / 2.0, xml_escape(h.title));
+  for (size_t r = 0; r < h.rows.size(); ++r) {
+    const double y = top + ch * double(r);
+    o += fmt::format(
+        "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" text-anchor=\"end\">{}</text>\n",
+        left - 8, y + ch / 2 + 4, xml_escape(h.rows[r]));
+    for (size_t c = 0; c < h.columns.size(); ++c) {
+      const double v = h.values[r][c];
+      const std::string fill = std::isfinite(v) ? [&] {
+        const auto k = heat_colour(v);
+        return fmt::format("rgb({},{},{})", k[0], k[1], k[2]);
+      }()
+                                                 : std::string("rgb(200,200,200)");
+      const double x = left + cw * double(c);
+      o += fmt::format(
+          "<rect class=\"cell\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
+          "fill=\"{}\" stroke=\"white\"/>",
+          x, y, cw, ch, fill);
+      const std::string t = cell_text(h, r, c);
+      if (!t.empty())
+        o += fmt::format(
+            "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" text-anchor=\"middle\">{}</text>",
+            x + cw / 2, y + ch / 2 + 4, xml_escape(t));
+      o += "\n";
+    }
+  }
+  for (size_t c = 0; c < h.columns.size(); ++c)
+    o += fmt::format(
+        "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
+        left + cw * (double(c) + 0.5), top + ch * double(h.rows.size()) + 18,
+        xml_escape(h.columns[c]));
+  o += fmt::format(
+      "<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"13\" text-anchor=\"middle\">{}</text>\n"
+      "<text x=\"18\" y=\"{:.1f}\" font-size=\"13\" text-anchor=\"middle\" "
+      "transform=\"rotate(-90 18 {:.1f})\">{}</text>\n</svg>\n",
+      left + (h.width - left - right) / 2, double(h.height) - 20, xml_escape(h.xlabel),
+      top + (h.height - top - bottom) / 2, top + (h.height - top - bottom) / 2,
+      xml_escape(h.ylabel));
+  write_atomically(path, o);
+}
+
 #ifdef LONGROPE_HAVE_PLPLOT
 
 namespace {
@@ -407,10 +481,68 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     throw Error(fmt::format("PLplot wrote no image to {}", path));
 }
 
+void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
+  check_heatmap(h);
+  {  // Fail with a clear message before PLplot (which exits on errors) touches the file.
+    std::ofstream probe(path, std::ios::binary | std::ios::trunc);
+    if (!probe) throw Error(fmt::format("cannot write {}", path));
+  }
+  std::lock_guard<std::mutex> lock(plplot_mutex());
+  plsstrm(0);
+  plsdev("pngcairo");
+  plsfnam(path.c_str());
+  plspage(0, 0, h.width, h.height, 0, 0);
+  plscolbg(255, 255, 255);
+  plscol0(15, 0, 0, 0);
+  plscol0(14, 200, 200, 200);
+  plinit();
+  pladv(0);
+  plschr(0, 0.85);
+  const PLFLT nc = PLFLT(h.columns.size()), nr = PLFLT(h.rows.size());
+  plvpor(0.17, 0.96, 0.13, 0.90);
+  plwind(0, nc, 0, nr);
+  for (size_t r = 0; r < h.rows.size(); ++r) {
+    const PLFLT y0 = nr - PLFLT(r) - 1;  // row 0 at the top
+    for (size_t c = 0; c < h.columns.size(); ++c) {
+      const double v = h.values[r][c];
+      if (std::isfinite(v)) {
+        const auto k = heat_colour(v);
+        plscol0(13, k[0], k[1], k[2]);
+        plcol0(13);
+      } else {
+        plcol0(14);
+      }
+      PLFLT xs[4] = {PLFLT(c), PLFLT(c) + 1, PLFLT(c) + 1, PLFLT(c)};
+      PLFLT ys[4] = {y0, y0, y0 + 1, y0 + 1};
+      plfill(4, xs, ys);
+      plcol0(15);
+      const std::string t = cell_text(h, r, c);
+      if (!t.empty()) plptex(PLFLT(c) + 0.5, y0 + 0.5, 1, 0, 0.5, pl_text(t).c_str());
+    }
+    plmtex("lv", 0.8, (nr - PLFLT(r) - 0.5) / nr, 1.0, pl_text(h.rows[r]).c_str());
+  }
+  plcol0(15);
+  for (size_t c = 0; c < h.columns.size(); ++c)
+    plmtex("b", 1.4, (PLFLT(c) + 0.5) / nc, 0.5, pl_text(h.columns[c]).c_str());
+  plbox("bc", 0, 0, "bc", 0, 0);
+  plmtex("b", 3.2, 0.5, 0.5, pl_text(h.xlabel).c_str());
+  plmtex("l", 7.5, 0.5, 0.5, pl_text(h.ylabel).c_str());
+  plschr(0, 0.9);
+  plmtex("t", 1.5, 0.5, 0.5, pl_text(h.title).c_str());
+  plend();
+  std::error_code ec;
+  if (std::filesystem::file_size(path, ec) == 0 || ec)
+    throw Error(fmt::format("PLplot wrote no image to {}", path));
+}
+
 #else
 
 bool plot_png_supported() {
   return false;
+}
+
+void write_heatmap_png(const HeatmapSpec&, const std::string& path) {
+  throw Error(fmt::format("cannot write {}: this build has no PNG support", path));
 }
 
 void write_plot_png(const PlotSpec&, const std::string& path) {
