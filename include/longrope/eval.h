@@ -125,6 +125,11 @@ struct EvalConfig {
   int n_threads = 0;
   std::string out_dir;  // "" = write nothing
   bool resume = false;
+  // "ppl": every token of plain windows; "needle": the answers of needle windows only
+  // (include/longrope/needle.h), as `longrope search --fitness needle` scores them.
+  std::string fitness = "ppl";
+  int needles = 4;
+  uint64_t needle_seed = 1234;
 };
 
 // Cell fields: method (spec), label, length, docs, texts, ppl, mean_nll, tokens, seconds, rope

@@ -40,8 +40,9 @@ struct PerplexityResult {
 
 // The window loop shared by perplexity() and the search's evaluator: scores each window (window 0
 // is taken from `first_nll` when that holds its NLLs already) and calls on_window(k, nll) after
-// window k. Returns the NLL sum and the count of scored tokens over all windows, and how many
-// tokens this call scored itself.
+// window k. With `positions` (one list per window) only those NLL indices of each window are
+// scored (ScoreOptions::positions; a needle fitness scores the answers only). Returns the NLL sum
+// and the count of scored tokens over all windows, and how many tokens this call scored itself.
 struct WindowLoop {
   double nll_sum = 0;
   int64_t tokens = 0;
@@ -51,7 +52,8 @@ struct WindowLoop {
 WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32_t>>& windows,
                          const RopeScaling& scaling, const ScoreOptions& opts,
                          const std::function<void(size_t, const std::vector<double>&)>& on_window,
-                         std::vector<double> first_nll = {});
+                         std::vector<double> first_nll = {},
+                         const std::vector<std::vector<int64_t>>* positions = nullptr);
 
 // Called after each window with (windows done, windows total, running ppl).
 using ProgressFn = std::function<void(int64_t, int64_t, double)>;

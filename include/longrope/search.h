@@ -92,6 +92,11 @@ class PerplexityEvaluator : public Evaluator {
  public:
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
                       int n_threads, int64_t orig_ctx, int64_t first_stage_tokens = 0);
+  // A needle fitness: only the given NLL indices of each window are scored (NeedleWindow). The
+  // first stage is window 0 (its scored positions beyond orig_ctx) when there are several windows,
+  // else there is none.
+  PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
+                      std::vector<std::vector<int64_t>> positions, int n_threads, int64_t orig_ctx);
   EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
   const FirstStage& stage() const { return stage_; }
@@ -101,6 +106,7 @@ class PerplexityEvaluator : public Evaluator {
   std::vector<std::vector<int32_t>> windows_;
   int n_threads_;
   FirstStage stage_;
+  std::vector<std::vector<int64_t>> positions_;  // needle fitness: scored NLL indices per window
 };
 
 // ---- the search space -------------------------------------------------------------------------

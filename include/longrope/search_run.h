@@ -38,6 +38,11 @@ struct SearchRunConfig {
   // Bound the pairs by a critical dimension (apply_critical_dim): -1 = off, -2 = auto
   // (critical_dim()), else the pair index.
   int critical_dim = -1;
+  // "ppl": perplexity of every token; "needle": of the answers of needle windows only
+  // (include/longrope/needle.h), `needles` per window, built from needle_seed.
+  std::string fitness = "ppl";
+  int needles = 4;
+  uint64_t needle_seed = 1234;
   double critical_margin = 0.25;        // pairs below it in [1, s + margin]
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;

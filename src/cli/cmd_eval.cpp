@@ -21,6 +21,9 @@ struct EvalArgs {
   int threads = 0;
   std::string compute = "auto";
   bool json = false, resume = false, progress = true;
+  std::string fitness = "ppl";
+  int needles = 4;
+  uint64_t needle_seed = 1234;
 };
 
 std::vector<std::string> split_paths(const std::string& s) {
@@ -58,6 +61,16 @@ Runner register_eval(CLI::App& app) {
   cmd->add_option("--rope-factor", a->rope_factor,
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
       ->check(CLI::Range(1.0, 1e6));
+  cmd->add_option("--fitness", a->fitness,
+                  "ppl: every token; needle: the answers of needle windows only (as search "
+                  "--fitness needle)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ppl", "needle"}));
+  cmd->add_option("--needles", a->needles, "key facts per needle window")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 8));
+  cmd->add_option("--needle-seed", a->needle_seed, "seed of the needles' numbers and depths")
+      ->capture_default_str();
   cmd->add_option("-o,--out", a->out, "output directory (results.*, ppl.png, ppl.svg)");
   cmd->add_option("-t,--threads", a->threads,
                   "threads per rank (default: all cores, shared among the ranks on a host)");
@@ -78,6 +91,9 @@ Runner register_eval(CLI::App& app) {
     if (a->rope_factor > 0) cfg.scale.rope_factor = a->rope_factor;
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
+    cfg.fitness = a->fitness;
+    cfg.needles = a->needles;
+    cfg.needle_seed = a->needle_seed;
     cfg.n_threads = resolve_threads(a->threads);
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,

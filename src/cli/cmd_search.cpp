@@ -156,6 +156,17 @@ Runner register_search(CLI::App& app) {
                   "threads per rank (default: all cores, shared among the ranks on a host)");
   add_compute_flag(cmd, a->compute);
 
+  cmd->add_option("--fitness", a->cfg.fitness,
+                  "ppl: perplexity of every token of the windows; needle: perplexity of the "
+                  "answers only, in windows with key facts spread over the text and questions at "
+                  "the end (include/longrope/needle.h)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ppl", "needle"}));
+  cmd->add_option("--needles", a->cfg.needles, "key facts per needle window")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 8));
+  cmd->add_option("--needle-seed", a->cfg.needle_seed, "seed of the needles' numbers and depths")
+      ->capture_default_str();
   cmd->add_option("--critical-dim", a->critical_dim,
                   "bound the pairs by a critical dimension K (LongRoPE2): pairs below K in [1, s + "
                   "margin], from K on in [s, lambda-max]; auto = ceil(d/2 ln(L_orig/2pi)/ln(base)) "

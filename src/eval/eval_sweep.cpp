@@ -9,6 +9,7 @@
 
 #include "longrope/error.h"
 #include "longrope/eval.h"
+#include "longrope/needle.h"
 #include "longrope/perplexity.h"
 #include "longrope/plot.h"
 
@@ -43,9 +44,26 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
     scalings->push_back(std::move(row));
   }
+  const bool needle = cfg.fitness == "needle";
+  if (!needle && cfg.fitness != "ppl")
+    throw Error(fmt::format("--fitness {} (expected ppl or needle)", cfg.fitness));
   auto texts = std::make_shared<std::vector<std::vector<int32_t>>>();
+  // Needle fitness: the windows of each [text][length] and their scored positions.
+  auto needles = std::make_shared<std::vector<std::vector<std::vector<NeedleWindow>>>>();
   for (const std::string& p : cfg.text_paths) {
     texts->push_back(model.tokenizer().encode(normalize_newlines(read_text_file(p))));
+    if (needle) {
+      needles->emplace_back();
+      for (int64_t len : cfg.lengths) {
+        try {
+          needles->back().push_back(make_needle_windows(model.tokenizer(), texts->back(), len,
+                                                        cfg.docs, cfg.needles, cfg.needle_seed));
+        } catch (const Error& e) {
+          throw Error(fmt::format("text {}: {}", p, e.what()));
+        }
+      }
+      continue;
+    }
     for (int64_t len : cfg.lengths)
       if (int64_t(texts->back().size()) < cfg.docs * (len - 1))
         throw Error(fmt::format(
@@ -55,20 +73,21 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   }
   nlohmann::json texts_json = nlohmann::json::array();
   for (const std::string& p : cfg.text_paths) texts_json.push_back(file_name(p));
-  const nlohmann::json key = {
-      {"model", file_name(cfg.model_path)},
-      {"texts", texts_json},
-      {"docs", cfg.docs},
-      {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
-      {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+  nlohmann::json key = {{"model", file_name(cfg.model_path)},
+                        {"texts", texts_json},
+                        {"docs", cfg.docs},
+                        {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
+                        {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+  if (needle)  // absent for the perplexity fitness: cells of older results files still match
+    key["fitness"] = {{"kind", "needle"}, {"needles", cfg.needles}, {"seed", cfg.needle_seed}};
   plan.keys = cell_keys(key, plan.methods);
   plan.fingerprint = sweep_fingerprint(model, *texts, plan.keys, plan.lengths);
 
   const int64_t docs = cfg.docs, n_texts = int64_t(texts->size());
   const int n_threads = cfg.n_threads;
   plan.work = [docs, n_texts](int64_t len) { return cell_work(len, docs * n_texts); };
-  plan.compute_cell = [&model, scalings, texts, docs, n_threads, methods = plan.methods,
-                       lengths = plan.lengths, keys = plan.keys](
+  plan.compute_cell = [&model, scalings, texts, needles, needle, docs, n_threads,
+                       methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
                           size_t mi, size_t li,
                           const std::function<void(double, const std::string&)>& progress) {
     const EvalMethod& m = methods[mi];
@@ -79,6 +98,29 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     int64_t tokens = 0;
     std::vector<double> text_ppl;
     for (int64_t ti = 0; ti < n; ++ti) {
+      if (needle) {  // the answers of the needle windows only
+        const auto& nws = (*needles)[size_t(ti)][li];
+        std::vector<std::vector<int32_t>> windows;
+        std::vector<std::vector<int64_t>> positions;
+        for (const NeedleWindow& nw : nws) {
+          windows.push_back(nw.tokens);
+          positions.push_back(nw.positions);
+        }
+        ScoreOptions so;
+        so.n_threads = n_threads;
+        const double t0 = omp_get_wtime();
+        const WindowLoop loop = score_windows(
+            model, windows, scaling, so,
+            [&](size_t k, const std::vector<double>&) {
+              if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
+            },
+            {}, &positions);
+        nll_sum += loop.nll_sum;
+        tokens += loop.tokens;
+        seconds += omp_get_wtime() - t0;
+        text_ppl.push_back(loop.ppl());
+        continue;
+      }
       const PerplexityResult r =
           perplexity(model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
                      [&](int64_t done, int64_t, double) {
@@ -90,18 +132,12 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
       text_ppl.push_back(r.ppl);
     }
     const double mean_nll = nll_sum / double(tokens);
-    return nlohmann::json{{"method", m.spec},
-                          {"label", m.label},
-                          {"length", len},
-                          {"key", keys[mi]},
-                          {"docs", docs},
-                          {"ppl", std::exp(mean_nll)},
-                          {"mean_nll", mean_nll},
-                          {"tokens", tokens},
-                          {"text_ppl", text_ppl},
-                          {"seconds", seconds},
-                          {"rope", scaling.describe()},
-                          {"factor", scaling.factor}};
+    return nlohmann::json{
+        {"method", m.spec},          {"label", m.label},     {"length", len},
+        {"key", keys[mi]},           {"docs", docs},         {"fitness", needle ? "needle" : "ppl"},
+        {"ppl", std::exp(mean_nll)}, {"mean_nll", mean_nll}, {"tokens", tokens},
+        {"text_ppl", text_ppl},      {"seconds", seconds},   {"rope", scaling.describe()},
+        {"factor", scaling.factor}};
   };
   return plan;
 }

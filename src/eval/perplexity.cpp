@@ -65,14 +65,17 @@ double WindowLoop::ppl() const {
 WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32_t>>& windows,
                          const RopeScaling& scaling, const ScoreOptions& opts,
                          const std::function<void(size_t, const std::vector<double>&)>& on_window,
-                         std::vector<double> first_nll) {
+                         std::vector<double> first_nll,
+                         const std::vector<std::vector<int64_t>>* positions) {
   WindowLoop r;
+  ScoreOptions o = opts;
   for (size_t k = 0; k < windows.size(); ++k) {
     std::vector<double> nll;
     if (k == 0 && !first_nll.empty()) {
       nll.swap(first_nll);
     } else {
-      nll = score_window(model, windows[k], scaling, opts);
+      if (positions) o.positions = positions->at(k);
+      nll = score_window(model, windows[k], scaling, o);
       r.computed_tokens += static_cast<int64_t>(nll.size());
     }
     for (double x : nll) r.nll_sum += x;

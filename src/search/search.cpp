@@ -40,6 +40,31 @@ PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
                        first_stage_tokens);
 }
 
+PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
+                                         std::vector<std::vector<int32_t>> windows,
+                                         std::vector<std::vector<int64_t>> positions, int n_threads,
+                                         int64_t orig_ctx)
+    : PerplexityEvaluator(std::move(model), std::move(windows), n_threads, orig_ctx) {
+  if (positions.size() != windows_.size())
+    throw Error("perplexity evaluator: one list of scored positions per window expected");
+  for (size_t k = 0; k < positions.size(); ++k) {
+    if (positions[k].empty()) throw Error("perplexity evaluator: a window scores no position");
+    for (int64_t p : positions[k])
+      if (p < 0 || p + 1 >= static_cast<int64_t>(windows_[k].size()))
+        throw Error("perplexity evaluator: a scored position outside its window");
+  }
+  positions_ = std::move(positions);
+  // The stage: window 0 whole, over its scored positions beyond orig_ctx; none with one window
+  // (a prefix would cut the answers off) or when window 0 scores nothing beyond orig_ctx.
+  stage_ = FirstStage{};
+  if (windows_.size() > 1 && orig_ctx >= 1 &&
+      std::any_of(positions_[0].begin(), positions_[0].end(),
+                  [&](int64_t p) { return p >= orig_ctx - 1; })) {
+    stage_.tokens = static_cast<int64_t>(windows_[0].size());
+    stage_.first_scored = orig_ctx - 1;
+  }
+}
+
 std::vector<EvalResult> Evaluator::evaluate_batch(const std::vector<RopeScaling>& batch,
                                                   double reject_above,
                                                   const std::function<void(size_t)>& done) {
@@ -71,11 +96,22 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   const auto& w0 = windows_[0];
   const int64_t n = static_cast<int64_t>(w0.size());
   const int64_t fs = stage_.tokens;
-  // The stage's perplexity: of the NLLs [first_scored, fs - 1) of window 0 (or of its prefix).
+  // The stage's perplexity: of the NLLs [first_scored, fs - 1) of window 0 (or of its prefix);
+  // with scored positions, of window 0's scored positions from first_scored on.
   auto stage_ppl_of = [&](const std::vector<double>& nll) {
     double sum = 0;
-    for (int64_t i = stage_.first_scored; i < fs - 1; ++i) sum += nll[static_cast<size_t>(i)];
-    return std::exp(sum / static_cast<double>(fs - 1 - stage_.first_scored));
+    int64_t count = 0;
+    if (!positions_.empty()) {
+      for (size_t i = 0; i < positions_[0].size(); ++i)
+        if (positions_[0][i] >= stage_.first_scored) {
+          sum += nll[i];
+          ++count;
+        }
+    } else {
+      for (int64_t i = stage_.first_scored; i < fs - 1; ++i) sum += nll[static_cast<size_t>(i)];
+      count = fs - 1 - stage_.first_scored;
+    }
+    return std::exp(sum / static_cast<double>(count));
   };
   auto finish = [&](EvalResult& res) {
     if (std::isnan(res.ppl))
@@ -86,8 +122,10 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   };
   std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
   if (stage_.on() && std::isfinite(reject_above)) {
+    ScoreOptions so = opts;
+    if (!positions_.empty()) so.positions = positions_[0];
     std::vector<double> nll = score_window(
-        *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, opts);
+        *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, so);
     r.tokens += static_cast<int64_t>(nll.size());
     r.stage_ppl = stage_ppl_of(nll);
     if (std::isnan(r.stage_ppl)) {
@@ -108,7 +146,7 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
       [&](size_t k, const std::vector<double>& nll) {
         if (k == 0 && stage_.on() && std::isnan(r.stage_ppl)) r.stage_ppl = stage_ppl_of(nll);
       },
-      std::move(first));
+      std::move(first), positions_.empty() ? nullptr : &positions_);
   r.tokens += loop.computed_tokens;
   r.ppl = loop.ppl();
   return finish(r);

@@ -16,6 +16,7 @@
 #include "longrope/eval.h"
 #include "longrope/fingerprint.h"
 #include "longrope/kernels.h"
+#include "longrope/needle.h"
 #include "longrope/perplexity.h"
 
 namespace longrope {
@@ -244,16 +245,28 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     tokens.insert(tokens.end(), t.begin(), t.end());
   }
   const int32_t bos = p.model->file().vocab.bos;
-  auto windows_for = [&](int64_t ctx) {
+  const bool needle = c.fitness == "needle";
+  if (!needle && c.fitness != "ppl")
+    throw Error(fmt::format("search: --fitness {} (expected ppl or needle)", c.fitness));
+  // Windows (and, for a needle fitness, the scored positions of each) of ctx tokens.
+  auto windows_for = [&](int64_t ctx, std::vector<std::vector<int64_t>>* positions) {
     try {
-      return make_windows(tokens, bos, ctx, c.docs);
+      if (!needle) return make_windows(tokens, bos, ctx, c.docs);
+      std::vector<std::vector<int32_t>> w;
+      for (NeedleWindow& nw : make_needle_windows(p.model->tokenizer(), tokens, ctx, c.docs,
+                                                  c.needles, c.needle_seed)) {
+        w.push_back(std::move(nw.tokens));
+        positions->push_back(std::move(nw.positions));
+      }
+      return w;
     } catch (const Error& e) {
       throw Error(fmt::format("search: too little text for {} window(s) of {} tokens: {}", c.docs,
                               ctx, e.what()));
     }
   };
-  p.windows = windows_for(L);
-  if (c.short_ctx) p.short_windows = windows_for(*c.short_ctx);
+  std::vector<std::vector<int64_t>> positions, short_positions;
+  p.windows = windows_for(L, &positions);
+  if (c.short_ctx) p.short_windows = windows_for(*c.short_ctx, &short_positions);
 
   SearchSpace& sp = p.space;
   sp = default_search_space(hp, p.orig, L, c.lambda_max);
@@ -278,15 +291,35 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   // First-stage perplexities over the tokens beyond the original context: not comparable with
   // those of checkpoints written before (whole-prefix stages).
   p.ck_settings["stage"] = "beyond-orig";
+  if (needle) {  // absent for the perplexity fitness: older checkpoints still match
+    p.ck_settings["fitness"] = {
+        {"kind", "needle"}, {"needles", c.needles}, {"seed", c.needle_seed}};
+    p.fingerprint["fitness"] = "needle";
+  }
 
-  p.long_ev = std::make_unique<PerplexityEvaluator>(p.model, p.windows, c.n_threads, p.orig,
-                                                    c.reject_stage);
-  if (c.short_ctx)
-    p.short_ev = std::make_unique<PerplexityEvaluator>(p.model, p.short_windows, c.n_threads,
-                                                       p.orig, c.reject_stage);
+  if (needle) {
+    p.long_ev = std::make_unique<PerplexityEvaluator>(p.model, p.windows, std::move(positions),
+                                                      c.n_threads, p.orig);
+    if (c.short_ctx)
+      p.short_ev = std::make_unique<PerplexityEvaluator>(
+          p.model, p.short_windows, std::move(short_positions), c.n_threads, p.orig);
+  } else {
+    p.long_ev = std::make_unique<PerplexityEvaluator>(p.model, p.windows, c.n_threads, p.orig,
+                                                      c.reject_stage);
+    if (c.short_ctx)
+      p.short_ev = std::make_unique<PerplexityEvaluator>(p.model, p.short_windows, c.n_threads,
+                                                         p.orig, c.reject_stage);
+  }
   if (c.settings.early_reject) {
     auto check = [&](const PerplexityEvaluator& ev, int64_t len, const char* phase) {
       if (ev.stage().on()) return;
+      if (needle) {
+        p.warnings.push_back(fmt::format(
+            "early reject is off for the {} search: a needle fitness cuts on window 0, which "
+            "needs --docs 2 or more",
+            phase));
+        return;
+      }
       p.warnings.push_back(fmt::format(
           "early reject is off for the {} search: its first stage ({} tokens of a {}-token "
           "window) would score no token beyond the original context {} (docs/search.md)",
@@ -457,6 +490,11 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   search["docs"] = c.docs;
   search["space"] = space_json(sp);
   search["reject_stage"] = c.reject_stage;
+  search["fitness"] = c.fitness;
+  if (c.fitness == "needle") {
+    search["needles"] = c.needles;
+    search["needle_seed"] = c.needle_seed;
+  }
   if (!sp.lo.empty()) search["critical_dim"] = critical_dim_of(c, p.model->hp(), p.orig);
   nlohmann::json prov = {
       {"tool", "longrope search"},

@@ -1,0 +1,33 @@
+// Needle documents for a needle-driven fitness (LongRoPE2's "needle-driven perplexity"): a long
+// text with short key facts inserted at depths spread over the window and, at its end, the
+// questions and their answers; only the answers' tokens are scored, so the fitness rewards
+// retrieving from far context rather than local prediction.
+//
+//   window = BOS  haystack[0..a1) needle_1 haystack[a1..a2) needle_2 ... haystack[..)  qa_1 ...
+//   qa_K needle_k = " The special magic number for the <name_k> is <N_k>." qa_k     = " What is the
+//   special magic number for the <name_k>? The special magic number for
+//               the <name_k> is" + " <N_k>."   (the tokens of " <N_k>" are scored)
+// Needle k sits at depth (k + u_k) / K of the haystack (u_k uniform in [0.1, 0.9)); N_k has 7
+// digits; both come from (seed, window, k). Pieces are tokenized separately and concatenated; the
+// window has exactly `length` tokens.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "longrope/tokenizer.h"
+
+namespace longrope {
+
+struct NeedleWindow {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> positions;  // NLL indices scored: i predicts tokens[i + 1] (the answers)
+};
+
+// The windows of a needle fitness: window w takes its haystack from text_tokens after the
+// haystacks of windows 0..w-1. Throws Error when the text or the length is too short.
+std::vector<NeedleWindow> make_needle_windows(const Tokenizer& tok,
+                                              std::span<const int32_t> text_tokens, int64_t length,
+                                              int64_t windows, int needles, uint64_t seed);
+
+}  // namespace longrope

@@ -1,0 +1,100 @@
+// Needle documents (include/longrope/needle.h).
+#include "longrope/needle.h"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+
+#include "longrope/error.h"
+
+namespace longrope {
+
+namespace {
+
+constexpr const char* kNames[] = {"blue door",   "red lamp",    "old bridge", "silver key",
+                                  "green field", "north tower", "iron gate",  "quiet lake"};
+constexpr int kMaxNeedles = static_cast<int>(sizeof(kNames) / sizeof(kNames[0]));
+
+}  // namespace
+
+std::vector<NeedleWindow> make_needle_windows(const Tokenizer& tok,
+                                              std::span<const int32_t> text_tokens, int64_t length,
+                                              int64_t windows, int needles, uint64_t seed) {
+  if (needles < 1 || needles > kMaxNeedles)
+    throw Error(fmt::format("--needles {} (expected 1 to {})", needles, kMaxNeedles));
+  if (windows < 1) throw Error(fmt::format("{} needle windows (expected >= 1)", windows));
+  if (tok.bos() < 0)
+    throw Error("the model's vocabulary has no BOS token (needed to start each window)");
+  std::vector<NeedleWindow> out;
+  size_t offset = 0;
+  for (int64_t w = 0; w < windows; ++w) {
+    std::mt19937_64 rng(seed * 1000003ull + static_cast<uint64_t>(w));
+    std::uniform_int_distribution<int64_t> number(1000000, 9999999);
+    std::uniform_real_distribution<double> jitter(0.1, 0.9);
+    std::vector<std::vector<int32_t>> facts, questions, answers;
+    std::vector<double> depths;
+    const std::vector<int32_t> dot = tok.encode(".");
+    int64_t fixed = 1;  // BOS
+    for (int k = 0; k < needles; ++k) {
+      const std::string name = kNames[k];
+      const int64_t n = number(rng);
+      facts.push_back(
+          tok.encode(fmt::format(" The special magic number for the {} is {}.", name, n)));
+      questions.push_back(tok.encode(fmt::format(
+          " What is the special magic number for the {}? The special magic number for the {} is",
+          name, name)));
+      answers.push_back(tok.encode(fmt::format(" {}", n)));
+      depths.push_back((k + jitter(rng)) / needles);
+      fixed += static_cast<int64_t>(facts.back().size() + questions.back().size() +
+                                    answers.back().size() + dot.size());
+    }
+    const int64_t hay = length - fixed;
+    if (hay < 16)
+      throw Error(
+          fmt::format("needle window of {} tokens: {} needles and their questions take {} "
+                      "(expected a longer window or fewer --needles)",
+                      length, needles, fixed));
+    if (offset + static_cast<size_t>(hay) > text_tokens.size())
+      throw Error(fmt::format(
+          "text has {} tokens: too little for {} needle window(s) of {} (needs about {}); use a "
+          "longer text or fewer --docs",
+          text_tokens.size(), windows, length, static_cast<int64_t>(offset) + hay * (windows - w)));
+    const auto haystack = text_tokens.subspan(offset, static_cast<size_t>(hay));
+    offset += static_cast<size_t>(hay);
+    NeedleWindow win;
+    win.tokens.reserve(static_cast<size_t>(length));
+    win.tokens.push_back(tok.bos());
+    size_t at = 0;
+    for (int k = 0; k < needles; ++k) {
+      const size_t cut = std::clamp<size_t>(
+          static_cast<size_t>(depths[static_cast<size_t>(k)] * static_cast<double>(hay)), at,
+          haystack.size());
+      win.tokens.insert(win.tokens.end(), haystack.begin() + static_cast<std::ptrdiff_t>(at),
+                        haystack.begin() + static_cast<std::ptrdiff_t>(cut));
+      at = cut;
+      win.tokens.insert(win.tokens.end(), facts[static_cast<size_t>(k)].begin(),
+                        facts[static_cast<size_t>(k)].end());
+    }
+    win.tokens.insert(win.tokens.end(), haystack.begin() + static_cast<std::ptrdiff_t>(at),
+                      haystack.end());
+    for (int k = 0; k < needles; ++k) {
+      const auto& q = questions[static_cast<size_t>(k)];
+      const auto& a = answers[static_cast<size_t>(k)];
+      win.tokens.insert(win.tokens.end(), q.begin(), q.end());
+      for (size_t i = 0; i < a.size(); ++i) {
+        win.positions.push_back(static_cast<int64_t>(win.tokens.size()) - 1);
+        win.tokens.push_back(a[i]);
+      }
+      win.tokens.insert(win.tokens.end(), dot.begin(), dot.end());
+    }
+    if (static_cast<int64_t>(win.tokens.size()) != length)
+      throw Error(fmt::format("needle window has {} tokens, expected {} (internal)",
+                              win.tokens.size(), length));
+    out.push_back(std::move(win));
+  }
+  return out;
+}
+
+}  // namespace longrope
