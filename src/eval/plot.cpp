@@ -367,6 +367,31 @@ std::string pl_text(const std::string& s) {
   }
   return out;
 }
+// Starts a PNG of w x h pixels with PLplot (white background, colour 15 black); holds PLplot's
+// lock until end_png(). Fails with a clear message before PLplot (which exits on errors) touches
+// the file.
+std::unique_lock<std::mutex> begin_png(const std::string& path, int w, int h) {
+  {
+    std::ofstream probe(path, std::ios::binary | std::ios::trunc);
+    if (!probe) throw Error(fmt::format("cannot write {}", path));
+  }
+  std::unique_lock<std::mutex> lock(plplot_mutex());
+  plsstrm(0);
+  plsdev("pngcairo");
+  plsfnam(path.c_str());
+  plspage(0, 0, w, h, 0, 0);
+  plscolbg(255, 255, 255);
+  plscol0(15, 0, 0, 0);  // black
+  return lock;
+}
+
+void end_png(const std::string& path) {
+  plend();
+  std::error_code ec;
+  if (std::filesystem::file_size(path, ec) == 0 || ec)
+    throw Error(fmt::format("PLplot wrote no image to {}", path));
+}
+
 }  // namespace
 
 bool plot_png_supported() {
@@ -375,17 +400,7 @@ bool plot_png_supported() {
 
 void write_plot_png(const PlotSpec& s, const std::string& path) {
   const Frame f = make_frame(s);
-  {  // Fail with a clear message before PLplot (which exits on errors) touches the file.
-    std::ofstream probe(path, std::ios::binary | std::ios::trunc);
-    if (!probe) throw Error(fmt::format("cannot write {}", path));
-  }
-  std::lock_guard<std::mutex> lock(plplot_mutex());
-  plsstrm(0);
-  plsdev("pngcairo");
-  plsfnam(path.c_str());
-  plspage(0, 0, s.width, s.height, 0, 0);
-  plscolbg(255, 255, 255);
-  plscol0(15, 0, 0, 0);        // black
+  const auto lock = begin_png(path, s.width, s.height);
   plscol0(14, 221, 221, 221);  // grid grey
   for (size_t i = 0; i < kPalette.size(); ++i)
     plscol0(PLINT(i + 1), kPalette[i][0], kPalette[i][1], kPalette[i][2]);
@@ -475,25 +490,12 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
            1.0, 0.9, 2.0, 0.0, colors.data(), texts.data(), box_colors.data(), box_patterns.data(),
            box_scales.data(), box_widths.data(), colors.data(), styles.data(), widths.data(),
            colors.data(), sym_scales.data(), sym_numbers.data(), symbols.data());
-  plend();
-  std::error_code ec;
-  if (std::filesystem::file_size(path, ec) == 0 || ec)
-    throw Error(fmt::format("PLplot wrote no image to {}", path));
+  end_png(path);
 }
 
 void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
   check_heatmap(h);
-  {  // Fail with a clear message before PLplot (which exits on errors) touches the file.
-    std::ofstream probe(path, std::ios::binary | std::ios::trunc);
-    if (!probe) throw Error(fmt::format("cannot write {}", path));
-  }
-  std::lock_guard<std::mutex> lock(plplot_mutex());
-  plsstrm(0);
-  plsdev("pngcairo");
-  plsfnam(path.c_str());
-  plspage(0, 0, h.width, h.height, 0, 0);
-  plscolbg(255, 255, 255);
-  plscol0(15, 0, 0, 0);
+  const auto lock = begin_png(path, h.width, h.height);
   plscol0(14, 200, 200, 200);
   plinit();
   pladv(0);
@@ -529,10 +531,7 @@ void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
   plmtex("l", 7.5, 0.5, 0.5, pl_text(h.ylabel).c_str());
   plschr(0, 0.9);
   plmtex("t", 1.5, 0.5, 0.5, pl_text(h.title).c_str());
-  plend();
-  std::error_code ec;
-  if (std::filesystem::file_size(path, ec) == 0 || ec)
-    throw Error(fmt::format("PLplot wrote no image to {}", path));
+  end_png(path);
 }
 
 #else
