@@ -1,6 +1,7 @@
 // longrope search: the LongRoPE evolutionary search for per-pair RoPE rescale factors.
 #include <fmt/core.h>
 
+#include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -50,11 +51,18 @@ int lead(const SearchArgs& a, SearchRun& run) {
     if (phase != p.phase) {
       if (bar) bar->finish();
       phase = p.phase;
-      bar = std::make_unique<Progress>(phase, T + 1, a.progress);
+      // The bar counts evaluations (the budget: the population, then the children of each
+      // iteration), so that its ETA moves within an iteration.
+      const SearchSettings& st = cfg.settings;
+      bar = std::make_unique<Progress>(
+          phase, st.population + int64_t(T) * (st.mutations + st.crossovers), a.progress);
     }
-    bar->update(p.iteration,
-                fmt::format("it {} evals {}/{} ({}+{}) best {:.4f}", p.iteration, p.evals_done,
-                            p.evals_total, p.full_evals, p.partial_evals, p.best_ppl));
+    // Counts are recorded when an iteration ends; evals_done counts the current one.
+    const int64_t done = p.full_evals + p.partial_evals + p.evals_done;
+    bar->update(done,
+                fmt::format("it {}/{} ({}/{}) best {}", p.iteration, T, p.evals_done, p.evals_total,
+                            std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl)
+                                                      : std::string("-")));
   });
   if (bar) bar->finish();
   const double wall = wall_seconds() - t0;
