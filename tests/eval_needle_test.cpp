@@ -25,17 +25,19 @@ TEST(EvalNeedle, WindowsHoldTheFactsAndScoreTheAnswers) {
   const Tokenizer& tok = model->tokenizer();
   const auto text = tok.encode(normalize_newlines(test::slurp(test::shared_text("moby-dick.txt"))));
   const auto w = make_needle_windows(tok, text, 1024, 2, 3, 7);
-  ASSERT_EQ(w.size(), 2u);
-  for (const NeedleWindow& nw : w) {
-    ASSERT_EQ(nw.tokens.size(), 1024u);
-    EXPECT_EQ(nw.tokens[0], tok.bos());
+  ASSERT_EQ(w.tokens.size(), 2u);
+  ASSERT_EQ(w.positions.size(), 2u);
+  for (size_t k = 0; k < 2; ++k) {
+    const std::vector<int32_t>& tokens = w.tokens[k];
+    ASSERT_EQ(tokens.size(), 1024u);
+    EXPECT_EQ(tokens[0], tok.bos());
     // The scored tokens decode to the three numbers asked for, each stated once in the text.
     std::string answers;
-    for (int64_t p : nw.positions) {
-      const int32_t id = nw.tokens[size_t(p + 1)];
+    for (int64_t p : w.positions[k]) {
+      const int32_t id = tokens[size_t(p + 1)];
       answers += tok.decode(std::span<const int32_t>(&id, 1));
     }
-    const std::string all = tok.decode(nw.tokens);
+    const std::string all = tok.decode(tokens);
     int found = 0;
     for (size_t at = 0;
          (at = all.find("The special magic number for the ", at)) != std::string::npos; ++at)
@@ -47,11 +49,11 @@ TEST(EvalNeedle, WindowsHoldTheFactsAndScoreTheAnswers) {
     EXPECT_LT(blue, red);  // depth order
     const std::string number = all.substr(blue + 21, 7);
     EXPECT_NE(answers.find(number), std::string::npos) << answers << " / " << number;
-    EXPECT_GE(nw.positions.front(), 512);  // the answers come after the text, beyond L_orig
+    EXPECT_GE(w.positions[k].front(), 512);  // the answers come after the text, beyond L_orig
   }
   // Same seed, same windows; another seed, other numbers.
-  EXPECT_EQ(make_needle_windows(tok, text, 1024, 2, 3, 7)[1].tokens, w[1].tokens);
-  EXPECT_NE(make_needle_windows(tok, text, 1024, 2, 3, 8)[1].tokens, w[1].tokens);
+  EXPECT_EQ(make_needle_windows(tok, text, 1024, 2, 3, 7).tokens[1], w.tokens[1]);
+  EXPECT_NE(make_needle_windows(tok, text, 1024, 2, 3, 8).tokens[1], w.tokens[1]);
   test::expect_error([&] { make_needle_windows(tok, text, 60, 1, 3, 7); }, "needles");
   test::expect_error([&] { make_needle_windows(tok, text, 1024, 1, 9, 7); }, "--needles 9");
   test::expect_error(
@@ -59,12 +61,8 @@ TEST(EvalNeedle, WindowsHoldTheFactsAndScoreTheAnswers) {
       "too little");
 
   // The evaluator scores exactly the answers: its token count is theirs.
-  std::vector<std::vector<int32_t>> windows;
-  std::vector<std::vector<int64_t>> positions;
-  for (const auto& nw : w) {
-    windows.push_back(nw.tokens);
-    positions.push_back(nw.positions);
-  }
+  const auto& windows = w.tokens;
+  const auto& positions = w.positions;
   const int64_t answers = int64_t(positions[0].size() + positions[1].size());
   PerplexityEvaluator ev(model, windows, positions, 1, 512);
   EXPECT_TRUE(ev.stage().on());
@@ -114,8 +112,8 @@ TEST(EvalNeedle, EvalScoresTheAnswersAndKeepsItsCellsApart) {
   const auto text = model->tokenizer().encode(
       normalize_newlines(test::slurp(test::shared_text("moby-dick.txt"))));
   int64_t answers = 0;
-  for (const auto& nw : make_needle_windows(model->tokenizer(), text, 1024, 2, 3, 7))
-    answers += int64_t(nw.positions.size());
+  for (const auto& scored : make_needle_windows(model->tokenizer(), text, 1024, 2, 3, 7).positions)
+    answers += int64_t(scored.size());
   for (const auto& c : run.cells) {
     EXPECT_EQ(c["fitness"], "needle");
     EXPECT_EQ(c["tokens"].get<int64_t>(), answers);

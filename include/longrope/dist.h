@@ -24,8 +24,6 @@ struct World {
   bool mpi = false;  // MPI was initialised
 };
 
-// True when the binary was built with MPI.
-bool built_with_mpi();
 // Initialises MPI when the process was started by an MPI launcher (mpirun, srun; detected from the
 // launcher's environment), else leaves the world at one rank. Call once, first thing in main.
 void init(int* argc, char*** argv);
@@ -80,8 +78,6 @@ class Pool {
   // How many tasks run at once.
   int slots() const;
   void submit(size_t id, std::string payload);
-  // Queued or running tasks whose results next() has not returned.
-  size_t pending() const;
   // The next finished task: {id, result}. When a task failed, no more tasks are handed out, those
   // running are waited for, and Error "rank R (host H) failed on <label>: <what>" is thrown.
   std::pair<size_t, std::string> next();

@@ -174,8 +174,9 @@ struct SweepPlan {
                                const std::function<void(double, const std::string&)>& progress)>
       compute_cell;
   std::function<int64_t(int64_t length)> work;  // work units of one cell, for the ETA
-  // What every rank must share before its cells can be mixed: model, tokens, cell keys, compute.
-  nlohmann::json fingerprint;
+  // What every rank must share before its cells can be mixed: model, tokens, cell keys, compute
+  // (sweep_fingerprint). Computed on demand: only a job over several MPI ranks needs it.
+  std::function<nlohmann::json()> fingerprint;
 };
 
 // A plan's fingerprint: the model (weights_fingerprint), the tokens it scores (texts or prompts),

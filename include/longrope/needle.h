@@ -19,15 +19,16 @@
 
 namespace longrope {
 
-struct NeedleWindow {
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> positions;  // NLL indices scored: i predicts tokens[i + 1] (the answers)
+// The windows of a needle fitness and, per window, the NLL indices scored (i predicts
+// tokens[w][i + 1]: the answers), in the shape PerplexityEvaluator and score_windows take.
+struct NeedleWindows {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<int64_t>> positions;
 };
 
-// The windows of a needle fitness: window w takes its haystack from text_tokens after the
-// haystacks of windows 0..w-1. Throws Error when the text or the length is too short.
-std::vector<NeedleWindow> make_needle_windows(const Tokenizer& tok,
-                                              std::span<const int32_t> text_tokens, int64_t length,
-                                              int64_t windows, int needles, uint64_t seed);
+// Window w takes its haystack from text_tokens after the haystacks of windows 0..w-1. Throws
+// Error when the text or the length is too short.
+NeedleWindows make_needle_windows(const Tokenizer& tok, std::span<const int32_t> text_tokens,
+                                  int64_t length, int64_t windows, int needles, uint64_t seed);
 
 }  // namespace longrope

@@ -92,7 +92,7 @@ class PerplexityEvaluator : public Evaluator {
  public:
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
                       int n_threads, int64_t orig_ctx, int64_t first_stage_tokens = 0);
-  // A needle fitness: only the given NLL indices of each window are scored (NeedleWindow). The
+  // A needle fitness: only the given NLL indices of each window are scored (NeedleWindows). The
   // first stage is window 0 (its scored positions beyond orig_ctx) when there are several windows,
   // else there is none.
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
@@ -144,6 +144,9 @@ int critical_dim(int n_rot, int64_t orig_ctx, double base);
 // [s, lambda_max] (s = L / L_orig; factors stay non-decreasing). Throws Error when the bounds
 // leave no factor vector (e.g. s > lambda_max).
 void apply_critical_dim(SearchSpace& space, int k, double margin);
+
+// A factor bound in hundredths: floor(x * 100), below 100 when x < 1 (validate_space rejects it).
+int lambda_hundredths(double x);
 
 // The default space for a model's rotary dims: factors in [1, lambda_max] with lambda_max =
 // 1.25 s when not given (s = L / L_orig), the default n_hat and attention-factor candidates.
@@ -250,6 +253,10 @@ class EvolutionSearch {
   void record(const Individual& ind, const EvalResult& r, double bound);
   // The parents (best complete individuals) and their early-reject bound.
   std::vector<Individual> parents(double* bound) const;
+  // A parent drawn at random, and a crossover of two distinct random parents (a mutation of the
+  // only one when there is one).
+  const Individual& pick(const std::vector<Individual>& parents);
+  std::optional<Individual> cross(const std::vector<Individual>& parents);
   // One steady-state iteration (see SearchSettings::steady_state).
   void step_steady(Evaluator& ev);
   void log_iteration();

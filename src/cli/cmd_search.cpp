@@ -218,6 +218,7 @@ Runner register_search(CLI::App& app) {
           apply_compute_flag(a->compute);
           auto model = load_model_verbose(a->model, a->tokenizer, cfg.n_threads);
           run = std::make_unique<SearchRun>(model, cfg);
+          if (dist::world().size == 1) return nlohmann::json();  // no other rank to agree with
           nlohmann::json fp = run->fingerprint();
           fp["weights"] = weights_fingerprint(*model);
           return fp;

@@ -147,7 +147,7 @@ int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const
         apply_compute_flag(c.compute);
         model = load_model_verbose(c.model, c.tokenizer, c.threads);
         p = plan(*model);
-        return p->fingerprint;
+        return dist::world().size > 1 ? p->fingerprint() : nlohmann::json();
       },
       lead, [&] { serve_sweep(*p); });
 }

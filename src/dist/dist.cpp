@@ -189,10 +189,6 @@ std::string compare_inputs(const std::vector<nlohmann::json>& all) {
 
 }  // namespace
 
-bool built_with_mpi() {
-  return true;
-}
-
 void init(int* argc, char*** argv) {
   g_world.host = this_host();
   if (!launched_by_mpi()) return;
@@ -295,9 +291,6 @@ void stop_workers(bool ok) {
 
 #else  // no MPI: a one-rank world
 
-bool built_with_mpi() {
-  return false;
-}
 void init(int*, char***) {
   g_world.host = this_host();
 }
@@ -332,14 +325,17 @@ struct Pool::Impl {
   std::string label(size_t id) const {
     return opt.label ? opt.label(id) : fmt::format("task {}", id);
   }
+  // The one line of a failed task: who failed on what (the rank only under MPI).
+  std::string failure(int rank, const std::string& host, size_t id, const std::string& what) const {
+    return g_world.mpi
+               ? fmt::format("rank {} (host {}) failed on {}: {}", rank, host, label(id), what)
+               : fmt::format("{}: {}", label(id), what);
+  }
   void finish(int rank, const std::string& host, size_t id, bool ok, std::string body) {
     busy[static_cast<size_t>(rank)] = -1;
     --in_flight;
     if (!ok) {
-      if (error.empty())
-        error = g_world.mpi
-                    ? fmt::format("rank {} (host {}) failed on {}: {}", rank, host, label(id), body)
-                    : fmt::format("{}: {}", label(id), body);
+      if (error.empty()) error = failure(rank, host, id, body);
       return;
     }
     ready.emplace_back(id, std::move(body));
@@ -426,25 +422,14 @@ void Pool::submit(size_t id, std::string payload) {
   p_->queue.emplace_back(id, std::move(payload));
 }
 
-size_t Pool::pending() const {
-  return p_->queue.size() + p_->ready.size() + static_cast<size_t>(p_->in_flight);
-}
-
 std::pair<size_t, std::string> Pool::next() {
   Impl& p = *p_;
   if (g_world.size == 1) {  // in this process, in submission order
-    if (!p.ready.empty()) {
-      auto r = std::move(p.ready.front());
-      p.ready.pop_front();
-      return r;
-    }
     if (p.queue.empty()) throw Error("dist::Pool::next with nothing submitted");
     auto [id, payload] = std::move(p.queue.front());
     p.queue.pop_front();
     auto [ok, out] = run_task(p.compute, payload);
-    if (!ok)
-      throw Error(g_world.mpi ? fmt::format("{} failed on {}: {}", rank_name(0), p.label(id), out)
-                              : fmt::format("{}: {}", p.label(id), out));
+    if (!ok) throw Error(p.failure(0, g_world.host, id, out));
     return {id, std::move(out)};
   }
   Backoff backoff;

@@ -49,7 +49,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     throw Error(fmt::format("--fitness {} (expected ppl or needle)", cfg.fitness));
   auto texts = std::make_shared<std::vector<std::vector<int32_t>>>();
   // Needle fitness: the windows of each [text][length] and their scored positions.
-  auto needles = std::make_shared<std::vector<std::vector<std::vector<NeedleWindow>>>>();
+  auto needles = std::make_shared<std::vector<std::vector<NeedleWindows>>>();
   for (const std::string& p : cfg.text_paths) {
     texts->push_back(model.tokenizer().encode(normalize_newlines(read_text_file(p))));
     if (needle) {
@@ -81,7 +81,9 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   if (needle)  // absent for the perplexity fitness: cells of older results files still match
     key["fitness"] = {{"kind", "needle"}, {"needles", cfg.needles}, {"seed", cfg.needle_seed}};
   plan.keys = cell_keys(key, plan.methods);
-  plan.fingerprint = sweep_fingerprint(model, *texts, plan.keys, plan.lengths);
+  plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths] {
+    return sweep_fingerprint(model, *texts, keys, lengths);
+  };
 
   const int64_t docs = cfg.docs, n_texts = int64_t(texts->size());
   const int n_threads = cfg.n_threads;
@@ -99,22 +101,16 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     std::vector<double> text_ppl;
     for (int64_t ti = 0; ti < n; ++ti) {
       if (needle) {  // the answers of the needle windows only
-        const auto& nws = (*needles)[size_t(ti)][li];
-        std::vector<std::vector<int32_t>> windows;
-        std::vector<std::vector<int64_t>> positions;
-        for (const NeedleWindow& nw : nws) {
-          windows.push_back(nw.tokens);
-          positions.push_back(nw.positions);
-        }
+        const NeedleWindows& nws = (*needles)[size_t(ti)][li];
         ScoreOptions so;
         so.n_threads = n_threads;
         const double t0 = omp_get_wtime();
         const WindowLoop loop = score_windows(
-            model, windows, scaling, so,
+            model, nws.tokens, scaling, so,
             [&](size_t k, const std::vector<double>&) {
               if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
             },
-            {}, &positions);
+            {}, &nws.positions);
         nll_sum += loop.nll_sum;
         tokens += loop.tokens;
         seconds += omp_get_wtime() - t0;

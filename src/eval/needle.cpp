@@ -19,15 +19,14 @@ constexpr int kMaxNeedles = static_cast<int>(sizeof(kNames) / sizeof(kNames[0]))
 
 }  // namespace
 
-std::vector<NeedleWindow> make_needle_windows(const Tokenizer& tok,
-                                              std::span<const int32_t> text_tokens, int64_t length,
-                                              int64_t windows, int needles, uint64_t seed) {
+NeedleWindows make_needle_windows(const Tokenizer& tok, std::span<const int32_t> text_tokens,
+                                  int64_t length, int64_t windows, int needles, uint64_t seed) {
   if (needles < 1 || needles > kMaxNeedles)
     throw Error(fmt::format("--needles {} (expected 1 to {})", needles, kMaxNeedles));
   if (windows < 1) throw Error(fmt::format("{} needle windows (expected >= 1)", windows));
   if (tok.bos() < 0)
     throw Error("the model's vocabulary has no BOS token (needed to start each window)");
-  std::vector<NeedleWindow> out;
+  NeedleWindows out;
   size_t offset = 0;
   for (int64_t w = 0; w < windows; ++w) {
     std::mt19937_64 rng(seed * 1000003ull + static_cast<uint64_t>(w));
@@ -63,36 +62,35 @@ std::vector<NeedleWindow> make_needle_windows(const Tokenizer& tok,
           text_tokens.size(), windows, length, static_cast<int64_t>(offset) + hay * (windows - w)));
     const auto haystack = text_tokens.subspan(offset, static_cast<size_t>(hay));
     offset += static_cast<size_t>(hay);
-    NeedleWindow win;
-    win.tokens.reserve(static_cast<size_t>(length));
-    win.tokens.push_back(tok.bos());
+    std::vector<int32_t>& win = out.tokens.emplace_back();
+    std::vector<int64_t>& scored = out.positions.emplace_back();
+    win.reserve(static_cast<size_t>(length));
+    win.push_back(tok.bos());
     size_t at = 0;
     for (int k = 0; k < needles; ++k) {
       const size_t cut = std::clamp<size_t>(
           static_cast<size_t>(depths[static_cast<size_t>(k)] * static_cast<double>(hay)), at,
           haystack.size());
-      win.tokens.insert(win.tokens.end(), haystack.begin() + static_cast<std::ptrdiff_t>(at),
-                        haystack.begin() + static_cast<std::ptrdiff_t>(cut));
+      win.insert(win.end(), haystack.begin() + static_cast<std::ptrdiff_t>(at),
+                 haystack.begin() + static_cast<std::ptrdiff_t>(cut));
       at = cut;
-      win.tokens.insert(win.tokens.end(), facts[static_cast<size_t>(k)].begin(),
-                        facts[static_cast<size_t>(k)].end());
+      win.insert(win.end(), facts[static_cast<size_t>(k)].begin(),
+                 facts[static_cast<size_t>(k)].end());
     }
-    win.tokens.insert(win.tokens.end(), haystack.begin() + static_cast<std::ptrdiff_t>(at),
-                      haystack.end());
+    win.insert(win.end(), haystack.begin() + static_cast<std::ptrdiff_t>(at), haystack.end());
     for (int k = 0; k < needles; ++k) {
       const auto& q = questions[static_cast<size_t>(k)];
       const auto& a = answers[static_cast<size_t>(k)];
-      win.tokens.insert(win.tokens.end(), q.begin(), q.end());
+      win.insert(win.end(), q.begin(), q.end());
       for (size_t i = 0; i < a.size(); ++i) {
-        win.positions.push_back(static_cast<int64_t>(win.tokens.size()) - 1);
-        win.tokens.push_back(a[i]);
+        scored.push_back(static_cast<int64_t>(win.size()) - 1);
+        win.push_back(a[i]);
       }
-      win.tokens.insert(win.tokens.end(), dot.begin(), dot.end());
+      win.insert(win.end(), dot.begin(), dot.end());
     }
-    if (static_cast<int64_t>(win.tokens.size()) != length)
-      throw Error(fmt::format("needle window has {} tokens, expected {} (internal)",
-                              win.tokens.size(), length));
-    out.push_back(std::move(win));
+    if (static_cast<int64_t>(win.size()) != length)
+      throw Error(
+          fmt::format("needle window has {} tokens, expected {} (internal)", win.size(), length));
   }
   return out;
 }

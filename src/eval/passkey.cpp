@@ -177,13 +177,11 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   }
   // Every prompt is built up front (also checks that every length is long enough).
   auto prompts = std::make_shared<std::vector<std::vector<PasskeyPrompt>>>();  // [length][trial]
-  std::vector<std::vector<int32_t>> prompt_tokens;
   for (int64_t len : cfg.lengths) {
     std::vector<PasskeyPrompt> row;
     for (int64_t t = 0; t < cfg.trials; ++t) {
       const PasskeyTrialSpec ts = passkey_trial_spec(cfg.seed, len, t, cfg.depths);
       row.push_back(make_passkey_prompt(model, len, ts.key, ts.depth, cfg.chat));
-      prompt_tokens.push_back(row.back().tokens);
     }
     prompts->push_back(std::move(row));
   }
@@ -197,7 +195,12 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
       {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
       {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
   plan.keys = cell_keys(key, plan.methods);
-  plan.fingerprint = sweep_fingerprint(model, prompt_tokens, plan.keys, plan.lengths);
+  plan.fingerprint = [&model, prompts, keys = plan.keys, lengths = plan.lengths] {
+    std::vector<std::vector<int32_t>> tokens;
+    for (const auto& row : *prompts)
+      for (const PasskeyPrompt& p : row) tokens.push_back(p.tokens);
+    return sweep_fingerprint(model, tokens, keys, lengths);
+  };
   const int64_t trials = cfg.trials;
   plan.work = [trials](int64_t len) {
     return trials * int64_t(double(len) * (1.0 + double(len) / 8192.0));

@@ -165,6 +165,11 @@ std::string Individual::key() const {
   return k;
 }
 
+int lambda_hundredths(double x) {
+  const int v = static_cast<int>(std::floor(x * 100.0 + 1e-9));
+  return x < 1.0 ? std::min(v, 99) : v;
+}
+
 SearchSpace default_search_space(const HParams& hp, int64_t orig_ctx, int64_t target_ctx,
                                  std::optional<double> lambda_max) {
   SearchSpace sp;
@@ -175,9 +180,7 @@ SearchSpace default_search_space(const HParams& hp, int64_t orig_ctx, int64_t ta
   sp.target_ctx = target_ctx;
   const double x =
       lambda_max.value_or(1.25 * static_cast<double>(target_ctx) / static_cast<double>(orig_ctx));
-  // Hundredths, below 100 when x < 1 (validate_space rejects it).
-  sp.lambda_max = static_cast<int>(std::floor(x * 100.0 + 1e-9));
-  if (x < 1.0) sp.lambda_max = std::min(sp.lambda_max, 99);
+  sp.lambda_max = lambda_hundredths(x);
   sp.n_hat_candidates = default_n_hat_candidates(target_ctx);
   sp.attn_candidates = default_attn_candidates(orig_ctx, target_ctx);
   return sp;
@@ -276,8 +279,7 @@ void apply_critical_dim(SearchSpace& sp, int k, double margin) {
                             sp.n_pairs));
   const double s = static_cast<double>(sp.target_ctx) / static_cast<double>(sp.orig_ctx);
   const int s100 = std::max(100, static_cast<int>(std::ceil(s * 100.0 - 1e-9)));
-  const int below =
-      std::clamp(static_cast<int>(std::floor((s + margin) * 100.0 + 1e-9)), 100, sp.lambda_max);
+  const int below = std::clamp(lambda_hundredths(s + margin), 100, sp.lambda_max);
   if (k < sp.n_pairs && s100 > sp.lambda_max)
     throw Error(fmt::format(
         "search: the pairs from the critical dimension {} on need factors >= s = {:.2f}, above "
@@ -495,6 +497,19 @@ void EvolutionSearch::sort_population() {
   for (auto& p : v) population_.push_back(std::move(p.second));
 }
 
+const Individual& EvolutionSearch::pick(const std::vector<Individual>& parents) {
+  return parents[std::uniform_int_distribution<size_t>(0, parents.size() - 1)(rng_)];
+}
+
+std::optional<Individual> EvolutionSearch::cross(const std::vector<Individual>& parents) {
+  const size_t np = parents.size();
+  if (np < 2) return mutate(parents[0]);
+  const size_t a = std::uniform_int_distribution<size_t>(0, np - 1)(rng_);
+  size_t b = std::uniform_int_distribution<size_t>(0, np - 2)(rng_);
+  if (b >= a) ++b;
+  return crossover(parents[a], parents[b]);
+}
+
 void EvolutionSearch::step(Evaluator& ev) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   std::vector<Individual> children;
@@ -521,23 +536,10 @@ void EvolutionSearch::step(Evaluator& ev) {
   } else {
     if (settings_.steady_state) return step_steady(ev);
     std::vector<Individual> parents = this->parents(&bound);
-    const size_t np = parents.size();
-    for (int i = 0; i < settings_.mutations; ++i) {
-      const auto& p = parents[std::uniform_int_distribution<size_t>(0, np - 1)(rng_)];
-      if (auto c = mutate(p)) children.push_back(std::move(*c));
-    }
-    for (int i = 0; i < settings_.crossovers; ++i) {
-      std::optional<Individual> c;
-      if (np >= 2) {
-        const size_t a = std::uniform_int_distribution<size_t>(0, np - 1)(rng_);
-        size_t b = std::uniform_int_distribution<size_t>(0, np - 2)(rng_);
-        if (b >= a) ++b;
-        c = crossover(parents[a], parents[b]);
-      } else {
-        c = mutate(parents[0]);
-      }
-      if (c) children.push_back(std::move(*c));
-    }
+    for (int i = 0; i < settings_.mutations; ++i)
+      if (auto c = mutate(pick(parents))) children.push_back(std::move(*c));
+    for (int i = 0; i < settings_.crossovers; ++i)
+      if (auto c = cross(parents)) children.push_back(std::move(*c));
     population_ = std::move(parents);
   }
   evaluate(ev, children, bound);
@@ -571,24 +573,16 @@ void EvolutionSearch::step_steady(Evaluator& ev) {
   const int per_iteration = settings_.mutations + settings_.crossovers;
   const bool last = done_ >= settings_.iterations;
   const int slots = std::max(1, ev.slots());
+  const size_t keep = static_cast<size_t>(std::max(settings_.population, settings_.parents));
   std::uniform_real_distribution<double> u(0.0, 1.0);
   // Breeds one child from the current population and submits it; false when none was found.
   auto breed = [&]() {
     double bound = 0;
     const std::vector<Individual> par = parents(&bound);
-    const size_t np = par.size();
-    std::optional<Individual> c;
     const bool mutation = settings_.crossovers == 0 ||
                           u(rng_) * per_iteration < static_cast<double>(settings_.mutations) ||
-                          np < 2;
-    if (mutation) {
-      c = mutate(par[std::uniform_int_distribution<size_t>(0, np - 1)(rng_)]);
-    } else {
-      const size_t a = std::uniform_int_distribution<size_t>(0, np - 1)(rng_);
-      size_t b = std::uniform_int_distribution<size_t>(0, np - 2)(rng_);
-      if (b >= a) ++b;
-      c = crossover(par[a], par[b]);
-    }
+                          par.size() < 2;
+    std::optional<Individual> c = mutation ? mutate(pick(par)) : cross(par);
     if (!c) return false;
     const size_t id = next_id_++;
     ev.submit(id, to_scaling(space_, *c), bound);
@@ -614,8 +608,7 @@ void EvolutionSearch::step_steady(Evaluator& ev) {
     record(f.ind, r, f.bound);
     population_.push_back(f.ind);
     sort_population();
-    if (static_cast<int>(population_.size()) > std::max(settings_.population, settings_.parents))
-      population_.resize(static_cast<size_t>(std::max(settings_.population, settings_.parents)));
+    if (population_.size() > keep) population_.resize(keep);
     ++finished;
     if (on_eval) on_eval(finished, per_iteration);
   }

@@ -61,13 +61,6 @@ nlohmann::json log_json(const EvolutionSearch& s) {
           {"iterations", it}};
 }
 
-// lambda_max in hundredths: floor(x * 100), below 100 when x < 1 (validate_space rejects it).
-int hundredths(double x) {
-  int v = static_cast<int>(std::floor(x * 100.0 + 1e-9));
-  if (x < 1.0) v = std::min(v, 99);
-  return v;
-}
-
 // ---- the wire format of a candidate between ranks ---------------------------------------------
 // Task: {"p": phase, "f": factors, "n": n_hat, "a": attention factor, "b": bound (null = none)}.
 // Result: {"ppl", "rej", "tok", "stage" (absent = none), "s"}. JSON numbers round-trip exactly.
@@ -192,7 +185,6 @@ struct SearchRun::Impl {
   SearchRunConfig cfg;
   int64_t orig = 0;
   SearchSpace space;
-  std::vector<std::vector<int32_t>> windows, short_windows;
   std::unique_ptr<PerplexityEvaluator> long_ev, short_ev;
   nlohmann::json fingerprint;
   nlohmann::json ck_settings;
@@ -248,25 +240,29 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   const bool needle = c.fitness == "needle";
   if (!needle && c.fitness != "ppl")
     throw Error(fmt::format("search: --fitness {} (expected ppl or needle)", c.fitness));
-  // Windows (and, for a needle fitness, the scored positions of each) of ctx tokens.
-  auto windows_for = [&](int64_t ctx, std::vector<std::vector<int64_t>>* positions) {
+  // The evaluator of windows of ctx tokens (for a needle fitness, needle windows and their
+  // scored positions).
+  auto evaluator_for = [&](int64_t ctx) {
+    NeedleWindows w;
     try {
-      if (!needle) return make_windows(tokens, bos, ctx, c.docs);
-      std::vector<std::vector<int32_t>> w;
-      for (NeedleWindow& nw : make_needle_windows(p.model->tokenizer(), tokens, ctx, c.docs,
-                                                  c.needles, c.needle_seed)) {
-        w.push_back(std::move(nw.tokens));
-        positions->push_back(std::move(nw.positions));
+      if (needle) {
+        w = make_needle_windows(p.model->tokenizer(), tokens, ctx, c.docs, c.needles,
+                                c.needle_seed);
+      } else {
+        w.tokens = make_windows(tokens, bos, ctx, c.docs);
       }
-      return w;
     } catch (const Error& e) {
       throw Error(fmt::format("search: too little text for {} window(s) of {} tokens: {}", c.docs,
                               ctx, e.what()));
     }
+    if (needle)
+      return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens),
+                                                   std::move(w.positions), c.n_threads, p.orig);
+    return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens), c.n_threads, p.orig,
+                                                 c.reject_stage);
   };
-  std::vector<std::vector<int64_t>> positions, short_positions;
-  p.windows = windows_for(L, &positions);
-  if (c.short_ctx) p.short_windows = windows_for(*c.short_ctx, &short_positions);
+  p.long_ev = evaluator_for(L);
+  if (c.short_ctx) p.short_ev = evaluator_for(*c.short_ctx);
 
   SearchSpace& sp = p.space;
   sp = default_search_space(hp, p.orig, L, c.lambda_max);
@@ -277,7 +273,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   validate_space(sp);
 
   p.fingerprint = {{"model", model_fingerprint(*p.model)},
-                   {"text", tokens_fingerprint(p.windows)},
+                   {"text", tokens_fingerprint(p.long_ev->windows())},
                    {"target_ctx", L},
                    {"orig_ctx", p.orig},
                    {"docs", c.docs},
@@ -297,19 +293,6 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     p.fingerprint["fitness"] = "needle";
   }
 
-  if (needle) {
-    p.long_ev = std::make_unique<PerplexityEvaluator>(p.model, p.windows, std::move(positions),
-                                                      c.n_threads, p.orig);
-    if (c.short_ctx)
-      p.short_ev = std::make_unique<PerplexityEvaluator>(
-          p.model, p.short_windows, std::move(short_positions), c.n_threads, p.orig);
-  } else {
-    p.long_ev = std::make_unique<PerplexityEvaluator>(p.model, p.windows, c.n_threads, p.orig,
-                                                      c.reject_stage);
-    if (c.short_ctx)
-      p.short_ev = std::make_unique<PerplexityEvaluator>(p.model, p.short_windows, c.n_threads,
-                                                         p.orig, c.reject_stage);
-  }
   if (c.settings.early_reject) {
     auto check = [&](const PerplexityEvaluator& ev, int64_t len, const char* phase) {
       if (ev.stage().on()) return;
@@ -343,7 +326,7 @@ const SearchSpace& SearchRun::space() const {
   return p_->space;
 }
 size_t SearchRun::window_count() const {
-  return p_->windows.size();
+  return p_->long_ev->windows().size();
 }
 
 void SearchRun::serve() {
@@ -453,7 +436,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     const int64_t N = *c.short_ctx;
     SearchSpace ss = sp;
     ss.target_ctx = N;
-    ss.lambda_max = hundredths(c.short_lambda_max.value_or(
+    ss.lambda_max = lambda_hundredths(c.short_lambda_max.value_or(
         std::max(1.0, 1.25 * static_cast<double>(N) / static_cast<double>(p.orig))));
     ss.n_hat_candidates = {result.n_hat};
     ss.attn_candidates = {*result.attn_factor};
