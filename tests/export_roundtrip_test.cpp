@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -33,14 +34,15 @@ std::string text_path() {
 }
 
 // Factors exactly representable in F32 (GGUF stores F32), so the round trip is bit-exact.
-RopeScaling test_factors(bool two_sets, int64_t n_hat = 0, int64_t short_max_len = 512) {
+RopeScaling test_factors(bool two_sets, int64_t n_hat = 0, int64_t short_max_len = 512,
+                         std::optional<double> short_attn = std::nullopt) {
   RopeScaling s;
   s.method = RopeMethod::kLongrope;
   s.orig_ctx = 512;
   s.target_ctx = 2048;
   s.attn_factor = 1.125;
   s.n_hat = n_hat;
-  if (two_sets) s.sets.push_back(FactorSet{{1.0, 1.0, 1.25, 1.5}, short_max_len});
+  if (two_sets) s.sets.push_back(FactorSet{{1.0, 1.0, 1.25, 1.5}, short_max_len, short_attn});
   s.sets.push_back(FactorSet{{1.0, 1.5, 2.25, 3.5}, 0});
   return s;
 }
@@ -53,22 +55,30 @@ TEST(ExportGguf, RoundTripGivesIdenticalPerplexity) {
   const std::vector<int32_t> tokens =
       src->tokenizer().encode(normalize_newlines(slurp(text_path())));
   // One set, two sets, and both with start tokens (n_hat) and a short set that ends before
-  // L_orig: those two travel in longrope's own keys (longrope.n_hat, longrope.short_max_len).
+  // L_orig, and a short set with its own attention factor: those travel in longrope's own keys
+  // (longrope.n_hat, longrope.short_max_len, longrope.short_attn_factor), and export warns.
   struct Case {
     bool two;
     int64_t n_hat, short_max;
+    std::optional<double> short_attn;
   };
-  for (const Case& c :
-       {Case{false, 0, 512}, Case{true, 0, 512}, Case{false, 4, 512}, Case{true, 8, 300}}) {
+  for (const Case& c : {Case{false, 0, 512, {}}, Case{true, 0, 512, {}}, Case{false, 4, 512, {}},
+                        Case{true, 8, 300, {}}, Case{true, 0, 512, 1.0}}) {
     const bool two = c.two;
-    const std::string tag = std::to_string(two) + "_" + std::to_string(c.n_hat);
+    const std::string tag =
+        std::to_string(two) + "_" + std::to_string(c.n_hat) + "_" + std::to_string(c.short_max) +
+        (c.short_attn ? "_a" : "");
     const std::string fpath = (d / ("f" + tag + ".json")).string();
     const std::string out = (d / ("m" + tag + ".gguf")).string();
-    write_factors_file(fpath, test_factors(two, c.n_hat, c.short_max));
+    write_factors_file(fpath, test_factors(two, c.n_hat, c.short_max, c.short_attn));
     const std::string cmd = "'" + test::cli_path().string() + "' export -m '" + model_path() +
                             "' --factors '" + fpath + "' -o '" + out + "'";
     std::string log;
     ASSERT_EQ(test::run_command(cmd, &log), 0) << log;
+    EXPECT_EQ(log.find("short set's attention factor 1 cannot be represented") !=
+                  std::string::npos,
+              c.short_attn.has_value())
+        << log;
 
     const auto g = GgufFile::open(out);
     EXPECT_EQ(g->get_int("llama.context_length"), 2048);

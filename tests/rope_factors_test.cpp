@@ -40,7 +40,8 @@ RopeScaling three_sets() {
   s.longrope_attn = LongropeAttn::kYarnLog;
   s.attn_factor = 1.2345678901234567;
   // Doubles that need all 17 significant digits.
-  s.sets = {FactorSet{{1.0, 1.0000000000000002, 1.0 + 1.0 / 3.0, 2.718281828459045}, 2048},
+  // The first set has its own attention factor.
+  s.sets = {FactorSet{{1.0, 1.0000000000000002, 1.0 + 1.0 / 3.0, 2.718281828459045}, 2048, 1.0},
             FactorSet{{1.1, 1.2, 1.3000000000000003, 9.87654321e2}, 8192},
             FactorSet{{1.0, 3.141592653589793, 7.0 / 3.0, 1e15 + 0.125}, 0}};
   return s;
@@ -73,6 +74,11 @@ TEST(RopeFactors, RoundTripExactThreeSets) {
   EXPECT_EQ(raw["attention_rule"], "yarn_log");
   EXPECT_EQ(raw["attention_factor"].get<double>(), 1.2345678901234567);
   EXPECT_EQ(raw["sets"].size(), 3u);
+  EXPECT_EQ(raw["sets"][0]["attention_factor"].get<double>(), 1.0);
+  EXPECT_FALSE(raw["sets"][1].contains("attention_factor"));
+  // The set's own factor is what its lengths get; the others get the scaling's.
+  EXPECT_EQ(s.tables(2048, 8, 10000.0, 4096).attn_factor, 1.0);
+  EXPECT_EQ(s.tables(4096, 8, 10000.0, 4096).attn_factor, 1.2345678901234567);
   EXPECT_FALSE(fs::exists(p.string() + ".tmp"));
   fs::remove(p);
   fs::remove(p2);

@@ -4,10 +4,13 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "longrope/error.h"
 #include "longrope/model.h"
+#include "longrope/perplexity.h"
+#include "longrope/rope.h"
 #include "longrope/search_run.h"
 #include "test_paths.h"
 
@@ -63,6 +66,45 @@ TEST(SearchRunLib, ResumedRunWritesTheUninterruptedFiles) {
   other.resume = true;
   other.settings.seed = 6;
   test::expect_error([&] { SearchRun(model, other).run(); }, "other search settings");
+  fs::remove_all(d);
+}
+
+// --short-ctx L_orig: the short set is the plain model (no evaluations), so inputs up to L_orig
+// score bit for bit as without scaling while the long set serves the rest.
+TEST(SearchRunLib, ShortSetAtOrigIsThePlainModel) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  const fs::path d = test::fresh_temp_dir("searchplain");
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRunConfig c = tiny(d / "p.json", 1);
+  c.short_ctx.reset();
+  c.attn_factor = 1.1;  // the long set's, fixed: the short set must not inherit it
+  const SearchRunResult first = SearchRun(model, c).run();
+  ASSERT_EQ(first.scaling.sets.size(), 1u);
+  // Nothing to evaluate: the finished run resumes to add the plain short set.
+  c.short_ctx = 512;
+  c.resume = true;
+  const SearchRunResult r = SearchRun(model, c).run();
+  EXPECT_EQ(r.full_evals, first.full_evals);
+  EXPECT_EQ(r.scaling.sets.back().factors, first.scaling.sets[0].factors);
+  EXPECT_FALSE(r.short_best_ppl.has_value());
+  ASSERT_EQ(r.scaling.sets.size(), 2u);
+  EXPECT_EQ(r.scaling.sets[0], FactorSet(std::vector<double>(4, 1.0), 512, 1.0));
+  EXPECT_EQ(r.scaling.attn_factor, 1.1);
+  nlohmann::json prov;
+  const RopeScaling back = read_factors_file((d / "p.json").string(), &prov);
+  EXPECT_EQ(back, r.scaling);
+  EXPECT_EQ(prov["short"]["plain"], true);
+
+  const std::vector<int32_t> toks = model->tokenizer().encode(
+      normalize_newlines(read_text_file(test::shared_text("moby-dick.txt").string())));
+  for (int64_t len : {200, 512}) {
+    const double plain = perplexity(*model, toks, len, 2, RopeScaling{}, 1).ppl;
+    EXPECT_EQ(perplexity(*model, toks, len, 2, back, 1).ppl, plain) << len;
+  }
+  // Above L_orig the long set (and its attention factor) takes over.
+  EXPECT_NE(perplexity(*model, toks, 1024, 1, back, 1).ppl,
+            perplexity(*model, toks, 1024, 1, RopeScaling{}, 1).ppl);
   fs::remove_all(d);
 }
 

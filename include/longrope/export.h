@@ -2,6 +2,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "longrope/rope.h"
 
@@ -25,5 +26,10 @@ void export_gguf(const std::string& model_path, const RopeScaling& factors,
 // factors when there is one set), long_factor, original_max_position_embeddings, factor
 // (target / L_orig) and attention_factor; max_position_embeddings = target. Throws Error.
 nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors);
+
+// What llama.cpp (gguf = true) or transformers (false) will not do as longrope does with these
+// factors, one line each (no "warning:" prefix): start tokens (n_hat), a short set switched at
+// another length than L_orig, a short set with its own attention factor.
+std::vector<std::string> export_warnings(const RopeScaling& factors, bool gguf);
 
 }  // namespace longrope

@@ -60,6 +60,7 @@ struct RopeScalingMeta {
   // longrope's own keys (written by `longrope export`; llama.cpp ignores them):
   std::optional<int64_t> n_hat;          // longrope.n_hat: start tokens keeping the original rotation
   std::optional<int64_t> short_max_len;  // longrope.short_max_len: longest length of the short set
+  std::optional<double> short_attn_factor;  // longrope.short_attn_factor: the short set's own
 };
 
 struct TensorRef {

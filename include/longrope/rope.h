@@ -7,6 +7,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace longrope {
@@ -36,8 +37,14 @@ enum class LongropeAttn { kSqrtLog, kYarnLog, kConstant };
 
 // One LongRoPE factor set, serving sequence lengths up to max_len (inclusive).
 struct FactorSet {
+  FactorSet() = default;
+  FactorSet(std::vector<double> f, int64_t len, std::optional<double> attn = std::nullopt)
+      : factors(std::move(f)), max_len(len), attn_factor(attn) {}
   std::vector<double> factors;  // lambda_j >= 1, one per rotary pair; frequencies are divided by it
   int64_t max_len = 0;          // 0 on the last set: no upper limit
+  // This set's attention factor, overriding the scaling's (e.g. 1 on a short set that keeps
+  // inputs up to L_orig exactly as the plain model while the long set scales the logits).
+  std::optional<double> attn_factor;
   bool operator==(const FactorSet&) const = default;
 };
 

@@ -32,7 +32,10 @@ struct SearchRunConfig {
   std::optional<double> lambda_max;   // default 1.25 s
   std::vector<int64_t> n_hat;         // default: default_n_hat_candidates(L)
   std::optional<double> attn_factor;  // fixed; default: searched
-  std::optional<int64_t> short_ctx;   // also search the short set, fitness at this length
+  // A short set serving lengths up to short_ctx: for short_ctx <= L_orig the plain model (factors
+  // 1, attention factor 1, no evaluations) unless short_lambda_max is given; otherwise searched
+  // with fitness at short_ctx and factors in [1, short_lambda_max].
+  std::optional<int64_t> short_ctx;
   std::optional<double> short_lambda_max;
   int64_t reject_stage = 0;  // PerplexityEvaluator's first_stage_tokens
   // Bound the pairs by a critical dimension (apply_critical_dim): -1 = off, -2 = auto

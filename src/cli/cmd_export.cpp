@@ -30,18 +30,8 @@ Runner register_export(CLI::App& app) {
     if (a->model.empty() == a->hf_config.empty())
       throw Error("export: give exactly one of -m MODEL.gguf or --hf-config CONFIG.json");
     const RopeScaling f = read_factors_file(a->factors);
-    if (f.n_hat > 0)
-      fmt::print(
-          stderr,
-          "warning: n_hat {} cannot be represented in {} (llama.cpp and transformers have "
-          "no start-token rule){}\n",
-          f.n_hat, a->model.empty() ? "an HF config" : "llama.cpp's GGUF keys",
-          a->model.empty() ? "" : "; stored in the key longrope.n_hat, which longrope reads back");
-    if (f.sets.size() == 2 && f.orig_ctx > 0 && f.sets[0].max_len != f.orig_ctx)
-      fmt::print(stderr,
-                 "warning: the short set serves lengths <= {} but llama.cpp and transformers "
-                 "switch at the original context {} (longrope reads longrope.short_max_len)\n",
-                 f.sets[0].max_len, f.orig_ctx);
+    for (const std::string& w : export_warnings(f, !a->model.empty()))
+      fmt::print(stderr, "warning: {}\n", w);
     if (!a->model.empty()) {
       export_gguf(a->model, f, a->output);
       fmt::print("wrote {} ({} factor set(s), context {})\n", a->output, f.sets.size(),

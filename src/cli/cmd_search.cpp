@@ -91,6 +91,9 @@ int lead(const SearchArgs& a, SearchRun& run) {
                wall, spe > 0 ? fmt::format(" ({:.3f}s per evaluation)", spe) : "");
     if (r.short_best_ppl)
       fmt::print("short set (<= {}): best ppl {:.4f}\n", *cfg.short_ctx, *r.short_best_ppl);
+    else if (cfg.short_ctx)
+      fmt::print("short set (<= {}): the plain model (factors 1, attention factor 1)\n",
+                 *cfg.short_ctx);
     fmt::print("wrote {} (log {}, checkpoint {})\n", cfg.output, r.log_path, r.checkpoint_path);
   }
   return 0;
@@ -144,10 +147,13 @@ Runner register_search(CLI::App& app) {
                   "fix the attention factor (default: searched over {1, sqrt(1+ln s/ln L_orig), "
                   "0.1 ln s + 1})");
   cmd->add_option("--short-ctx", a->cfg.short_ctx,
-                  "also search a short factor set serving lengths up to N (fitness at N)")
+                  "add a short factor set serving lengths up to N: for N <= L_orig the plain model "
+                  "(factors 1, attention factor 1; searched only with --short-lambda-max), "
+                  "else searched with fitness at N")
       ->check(CLI::Range(int64_t(2), int64_t(1) << 24));
   cmd->add_option("--short-lambda-max", a->cfg.short_lambda_max,
-                  "upper bound of the short factors (default max(1, 1.25*N/L_orig))");
+                  "upper bound of the short factors (default 1.25*N/L_orig; for N <= L_orig giving "
+                  "it searches the short set instead of keeping the plain model)");
   cmd->add_option("--seed", a->cfg.settings.seed, "random seed")->capture_default_str();
   cmd->add_flag("!--no-early-reject", a->cfg.settings.early_reject,
                 "evaluate every candidate on all windows");

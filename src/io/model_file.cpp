@@ -359,6 +359,7 @@ ModelFile load_gguf(std::shared_ptr<const GgufFile> g) {
   r.factors_short = rope_tensor(m, "rope_factors_short.weight", hp.n_rot);
   r.n_hat = g->get_int_opt("longrope.n_hat");
   r.short_max_len = g->get_int_opt("longrope.short_max_len");
+  r.short_attn_factor = g->get_number_opt("longrope.short_attn_factor");
   return m;
 }
 

@@ -123,6 +123,8 @@ std::string format_factors_json(const json& j) {
     for (const json& e : j["sets"]) {
       nlohmann::ordered_json o = nlohmann::ordered_json::object();
       o["max_len"] = e["max_len"].get<int64_t>();
+      if (e.contains("attention_factor"))
+        o["attention_factor"] = nlohmann::ordered_json::parse(e["attention_factor"].dump());
       o["factors"] = nlohmann::ordered_json::parse(e["factors"].dump());
       sets.push_back(std::move(o));
     }
@@ -239,6 +241,7 @@ RopeScaling parse_longrope_object(const json& rs, const json* top, const std::st
                     fmt::format("{}; expected >= 0 (0 = no limit)", *max_len));
       }
       fs.max_len = *max_len;
+      fs.attn_factor = opt_number(e, "attention_factor", source, ef + ".");
       const json* f = find_field(e, "factors");
       if (!f) field_error(source, ef + ".factors", "missing; expected an array of numbers");
       fs.factors = factor_array(*f, source, ef + ".factors");
@@ -346,7 +349,9 @@ json factors_to_json(const RopeScaling& s, const json& provenance) {
   j["long_factor"] = s.sets.back().factors;
   json sets = json::array();
   for (const FactorSet& fs : s.sets) {
-    sets.push_back(json{{"max_len", fs.max_len}, {"factors", fs.factors}});
+    json e = {{"max_len", fs.max_len}, {"factors", fs.factors}};
+    if (fs.attn_factor) e["attention_factor"] = *fs.attn_factor;
+    sets.push_back(std::move(e));
   }
   j["sets"] = std::move(sets);
   j["n_hat"] = s.n_hat;

@@ -88,7 +88,8 @@ RopeScaling rope_from_meta(const RopeScalingMeta& meta, int n_rot, int64_t model
     s.orig_ctx = L;
     s.target_ctx = model_ctx > 0 ? model_ctx : 0;
     if (has_short)
-      s.sets.push_back(FactorSet{to_double(meta.factors_short), meta.short_max_len.value_or(L)});
+      s.sets.push_back(FactorSet{to_double(meta.factors_short), meta.short_max_len.value_or(L),
+                                 meta.short_attn_factor});
     s.n_hat = meta.n_hat.value_or(0);
     s.sets.push_back(FactorSet{to_double(meta.factors_long), 0});
     s.attn_factor = meta.attn_factor;  // ggml: ext_factor 0, the key is the factor as it is

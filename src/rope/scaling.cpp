@@ -191,6 +191,7 @@ RopeTables RopeScaling::tables(int64_t seq_len, int n_rot, double base, int64_t 
   RopeTables t;
   const std::vector<double> w = default_inv_freq(n_rot, base);
   double a = 1.0;
+  std::optional<double> set_attn;  // a longrope set's own attention factor
   switch (method) {
     case RopeMethod::kNone:
       t.inv_freq = w;
@@ -249,10 +250,11 @@ RopeTables RopeScaling::tables(int64_t seq_len, int n_rot, double base, int64_t 
           break;
       }
       t.n_hat = n_hat;
+      if (set.attn_factor) set_attn = set.attn_factor;
       break;
     }
   }
-  t.attn_factor = attn_factor.value_or(a);
+  t.attn_factor = set_attn ? *set_attn : attn_factor.value_or(a);
   t.inv_freq_orig = w;
   if (!freq_factors.empty()) {
     for (size_t j = 0; j < w.size(); ++j) {
@@ -327,6 +329,11 @@ void RopeScaling::validate(int n_rot) const {
               fmt::format("rope longrope: set {} factor[{}] = {}; expected a finite number >= 1", i,
                           j, fs.factors[j]));
         }
+      }
+      if (fs.attn_factor && !(std::isfinite(*fs.attn_factor) && *fs.attn_factor > 0.0)) {
+        throw Error(fmt::format(
+            "rope longrope: set {} attention factor = {}; expected a finite number > 0", i,
+            *fs.attn_factor));
       }
       if (fs.max_len < 0) {
         throw Error(
@@ -409,6 +416,7 @@ std::string RopeScaling::describe() const {
       for (size_t i = 0; i < sets.size(); ++i) {
         if (i) out += ", ";
         out += sets[i].max_len > 0 ? "<=" + std::to_string(sets[i].max_len) : std::string("rest");
+        if (sets[i].attn_factor) out += " attn_factor=" + fmt_num(*sets[i].attn_factor);
       }
       out += fmt::format(") n_hat={} attn={}", n_hat, longrope_attn_name(longrope_attn));
       break;

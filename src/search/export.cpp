@@ -63,6 +63,7 @@ void export_gguf(const std::string& model_path, const RopeScaling& factors,
     w.remove(a + k);
   w.remove("longrope.n_hat");
   w.remove("longrope.short_max_len");
+  w.remove("longrope.short_attn_factor");
   const int64_t half = mf.hp.n_rot / 2;
   constexpr uint32_t kF32 = 0;
   if (factors.sets.size() == 1) {
@@ -77,7 +78,35 @@ void export_gguf(const std::string& model_path, const RopeScaling& factors,
   if (factors.n_hat > 0) w.set_u32("longrope.n_hat", static_cast<uint32_t>(factors.n_hat));
   if (factors.sets.size() == 2 && factors.sets[0].max_len != factors.orig_ctx)
     w.set_u32("longrope.short_max_len", static_cast<uint32_t>(factors.sets[0].max_len));
+  if (factors.sets.size() == 2 && factors.sets[0].attn_factor)
+    w.set_f32("longrope.short_attn_factor", static_cast<float>(*factors.sets[0].attn_factor));
   w.write(out_path);
+}
+
+std::vector<std::string> export_warnings(const RopeScaling& f, bool gguf) {
+  std::vector<std::string> out;
+  const char* where = gguf ? "llama.cpp's GGUF keys" : "an HF config";
+  if (f.n_hat > 0)
+    out.push_back(fmt::format(
+        "n_hat {} cannot be represented in {} (llama.cpp and transformers have no start-token "
+        "rule){}",
+        f.n_hat, where, gguf ? "; stored in the key longrope.n_hat, which longrope reads back" : ""));
+  if (f.sets.size() == 2 && f.orig_ctx > 0 && f.sets[0].max_len != f.orig_ctx)
+    out.push_back(
+        fmt::format("the short set serves lengths <= {} but llama.cpp and transformers switch at "
+                    "the original context {}{}",
+                    f.sets[0].max_len, f.orig_ctx,
+                    gguf ? " (longrope reads longrope.short_max_len)" : ""));
+  if (f.sets.size() == 2 && f.sets[0].attn_factor) {
+    const double long_attn = resolved_attn(f);
+    if (*f.sets[0].attn_factor != long_attn)
+      out.push_back(fmt::format(
+          "the short set's attention factor {} cannot be represented in {}: llama.cpp and "
+          "transformers apply {} (the long set's) at every length{}",
+          *f.sets[0].attn_factor, where, long_attn,
+          gguf ? "; stored in the key longrope.short_attn_factor, which longrope reads back" : ""));
+  }
+  return out;
 }
 
 nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors) {

@@ -42,6 +42,11 @@ int critical_dim_of(const SearchRunConfig& c, const HParams& hp, int64_t orig) {
   return c.critical_dim;
 }
 
+// A short set up to N <= L_orig without --short-lambda-max is the plain model: nothing to search.
+bool short_set_is_plain(const SearchRunConfig& c, int64_t orig) {
+  return c.short_ctx && *c.short_ctx <= orig && !c.short_lambda_max;
+}
+
 nlohmann::json log_json(const EvolutionSearch& s) {
   nlohmann::json it = nlohmann::json::array();
   for (const auto& L : s.log())
@@ -262,7 +267,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
                                                  c.reject_stage);
   };
   p.long_ev = evaluator_for(L);
-  if (c.short_ctx) p.short_ev = evaluator_for(*c.short_ctx);
+  if (c.short_ctx && !short_set_is_plain(c, p.orig)) p.short_ev = evaluator_for(*c.short_ctx);
 
   SearchSpace& sp = p.space;
   sp = default_search_space(hp, p.orig, L, c.lambda_max);
@@ -277,7 +282,8 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
                    {"target_ctx", L},
                    {"orig_ctx", p.orig},
                    {"docs", c.docs},
-                   {"short_ctx", c.short_ctx ? *c.short_ctx : 0},
+                   // A plain short set evaluates nothing: a run may be resumed to add one.
+                   {"short_ctx", p.short_ev ? *c.short_ctx : 0},
                    // bf16 and FP32 fitness values must not mix in one run.
                    {"compute", kernels::compute_name(kernels::default_compute())}};
   p.ck_settings = c.settings.to_json();
@@ -432,14 +438,21 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   run_phase(lng, long_farm, "search");
 
   RopeScaling result = to_scaling(sp, lng.best());
-  if (c.short_ctx) {
+  if (c.short_ctx && short_set_is_plain(c, p.orig)) {
+    // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
+    result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
+                   FactorSet{result.sets[0].factors, 0}};
+  } else if (c.short_ctx) {
     const int64_t N = *c.short_ctx;
     SearchSpace ss = sp;
     ss.target_ctx = N;
     ss.lambda_max = lambda_hundredths(c.short_lambda_max.value_or(
         std::max(1.0, 1.25 * static_cast<double>(N) / static_cast<double>(p.orig))));
     ss.n_hat_candidates = {result.n_hat};
+    // Up to L_orig the plain attention factor (1) is a candidate too, so the plain model (every
+    // rule seed at s = 1) is in the first population.
     ss.attn_candidates = {*result.attn_factor};
+    if (N <= p.orig && *result.attn_factor != 1.0) ss.attn_candidates.insert(ss.attn_candidates.begin(), 1.0);
     ss.lo.clear();
     ss.hi.clear();
     if (const int k = critical_dim_of(c, p.model->hp(), p.orig); k >= 0 && N > p.orig)
@@ -458,7 +471,9 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       restore(*shrt, ck["short"]);
     run_phase(*shrt, short_farm, "short");
     const RopeScaling sr = to_scaling(ss, shrt->best());
-    result.sets = {FactorSet{sr.sets[0].factors, N}, FactorSet{result.sets[0].factors, 0}};
+    FactorSet short_set{sr.sets[0].factors, N};
+    if (*sr.attn_factor != *result.attn_factor) short_set.attn_factor = sr.attn_factor;
+    result.sets = {std::move(short_set), FactorSet{result.sets[0].factors, 0}};
   }
   save();
 
@@ -492,7 +507,9 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       {"best_ppl", lng.best_ppl()},
       {"seed_ppl", seeds},
       {"evaluations", {{"full", lng.full_evals()}, {"partial", lng.partial_evals()}}}};
-  if (shrt) {
+  if (c.short_ctx && !shrt) {
+    prov["short"] = {{"short_ctx", *c.short_ctx}, {"plain", true}};
+  } else if (shrt) {
     prov["short"] = {
         {"short_ctx", *c.short_ctx},
         {"lambda_max", shrt->space().lambda_max / 100.0},
