@@ -95,6 +95,8 @@ TEST(SearchCli, ClearErrors) {
   expect_error(f + "--target-ctx 1024 --docs 100000", "too little text");
   expect_error(f + "--target-ctx 1024 --n-hat 0,1024", "n_hat");
   expect_error(f + "--target-ctx 1024 --lambda-max 0.5", "lambda-max");
+  expect_error(f + "--target-ctx 1024 --attn-factor 1 --attn-candidates 0.9,1", "at most one");
+  expect_error(f + "--target-ctx 1024 --attn-candidates 0.9,-1", "attention factor -1");
   expect_error(f + "--target-ctx 1024 --resume", "no checkpoint");
   { std::ofstream(d / "x.json.ckpt.json") << "{ not json"; }
   expect_error(f + "--target-ctx 1024 --resume", "corrupt checkpoint");

@@ -32,6 +32,9 @@ struct SearchRunConfig {
   std::optional<double> lambda_max;   // default 1.25 s
   std::vector<int64_t> n_hat;         // default: default_n_hat_candidates(L)
   std::optional<double> attn_factor;  // fixed; default: searched
+  // The attention factors searched (default: 1 and the two rules' values at s); not with
+  // attn_factor.
+  std::vector<double> attn_candidates;
   // A short set serving lengths up to short_ctx: for short_ctx <= L_orig the plain model (factors
   // 1, attention factor 1, no evaluations) unless short_lambda_max is given; otherwise searched
   // with fitness at short_ctx and factors in [1, short_lambda_max].

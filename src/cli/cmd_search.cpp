@@ -146,6 +146,9 @@ Runner register_search(CLI::App& app) {
   cmd->add_option("--attn-factor", a->cfg.attn_factor,
                   "fix the attention factor (default: searched over {1, sqrt(1+ln s/ln L_orig), "
                   "0.1 ln s + 1})");
+  cmd->add_option("--attn-candidates", a->cfg.attn_candidates,
+                  "attention factors to search, comma separated (instead of the default three)")
+      ->delimiter(',');
   cmd->add_option("--short-ctx", a->cfg.short_ctx,
                   "add a short factor set serving lengths up to N: for N <= L_orig the plain model "
                   "(factors 1, attention factor 1; searched only with --short-lambda-max), "

@@ -272,7 +272,11 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   SearchSpace& sp = p.space;
   sp = default_search_space(hp, p.orig, L, c.lambda_max);
   if (!c.n_hat.empty()) sp.n_hat_candidates = c.n_hat;
+  if (c.attn_factor && !c.attn_candidates.empty())
+    throw Error("search: --attn-factor fixes the attention factor and --attn-candidates lists "
+                "several; expected at most one of them");
   if (c.attn_factor) sp.attn_candidates = {*c.attn_factor};
+  if (!c.attn_candidates.empty()) sp.attn_candidates = c.attn_candidates;
   if (const int k = critical_dim_of(c, hp, p.orig); k >= 0)
     apply_critical_dim(sp, k, c.critical_margin);
   validate_space(sp);
@@ -452,7 +456,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     // Up to L_orig the plain attention factor (1) is a candidate too, so the plain model (every
     // rule seed at s = 1) is in the first population.
     ss.attn_candidates = {*result.attn_factor};
-    if (N <= p.orig && *result.attn_factor != 1.0) ss.attn_candidates.insert(ss.attn_candidates.begin(), 1.0);
+    if (N <= p.orig && *result.attn_factor != 1.0)
+      ss.attn_candidates.insert(ss.attn_candidates.begin(), 1.0);
     ss.lo.clear();
     ss.hi.clear();
     if (const int k = critical_dim_of(c, p.model->hp(), p.orig); k >= 0 && N > p.orig)
