@@ -4,8 +4,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "longrope/error.h"
@@ -65,9 +65,8 @@ TEST(ExportGguf, RoundTripGivesIdenticalPerplexity) {
   for (const Case& c : {Case{false, 0, 512, {}}, Case{true, 0, 512, {}}, Case{false, 4, 512, {}},
                         Case{true, 8, 300, {}}, Case{true, 0, 512, 1.0}}) {
     const bool two = c.two;
-    const std::string tag =
-        std::to_string(two) + "_" + std::to_string(c.n_hat) + "_" + std::to_string(c.short_max) +
-        (c.short_attn ? "_a" : "");
+    const std::string tag = std::to_string(two) + "_" + std::to_string(c.n_hat) + "_" +
+                            std::to_string(c.short_max) + (c.short_attn ? "_a" : "");
     const std::string fpath = (d / ("f" + tag + ".json")).string();
     const std::string out = (d / ("m" + tag + ".gguf")).string();
     write_factors_file(fpath, test_factors(two, c.n_hat, c.short_max, c.short_attn));
@@ -75,8 +74,7 @@ TEST(ExportGguf, RoundTripGivesIdenticalPerplexity) {
                             "' --factors '" + fpath + "' -o '" + out + "'";
     std::string log;
     ASSERT_EQ(test::run_command(cmd, &log), 0) << log;
-    EXPECT_EQ(log.find("short set's attention factor 1 cannot be represented") !=
-                  std::string::npos,
+    EXPECT_EQ(log.find("short set's attention factor 1 cannot be represented") != std::string::npos,
               c.short_attn.has_value())
         << log;
 

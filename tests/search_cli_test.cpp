@@ -42,7 +42,8 @@ TEST(SearchCli, SameSeedSameFileAndResumeMatches) {
   LONGROPE_REQUIRE_FILE(model_path());
   LONGROPE_REQUIRE_FILE(text_path());
   const fs::path d = temp_dir("det");
-  const std::string base = std::string(kTiny) + "-f '" + text_path() + "' --short-ctx 512 --short-lambda-max 1.25 ";
+  const std::string base =
+      std::string(kTiny) + "-f '" + text_path() + "' --short-ctx 512 --short-lambda-max 1.25 ";
   std::string out;
   ASSERT_EQ(search(base + "--iterations 3 -o '" + (d / "a.json").string() + "'", &out), 0) << out;
   ASSERT_EQ(search(base + "--iterations 3 -o '" + (d / "b.json").string() + "'", &out), 0) << out;

@@ -331,9 +331,9 @@ void RopeScaling::validate(int n_rot) const {
         }
       }
       if (fs.attn_factor && !(std::isfinite(*fs.attn_factor) && *fs.attn_factor > 0.0)) {
-        throw Error(fmt::format(
-            "rope longrope: set {} attention factor = {}; expected a finite number > 0", i,
-            *fs.attn_factor));
+        throw Error(
+            fmt::format("rope longrope: set {} attention factor = {}; expected a finite number > 0",
+                        i, *fs.attn_factor));
       }
       if (fs.max_len < 0) {
         throw Error(

@@ -90,13 +90,13 @@ std::vector<std::string> export_warnings(const RopeScaling& f, bool gguf) {
     out.push_back(fmt::format(
         "n_hat {} cannot be represented in {} (llama.cpp and transformers have no start-token "
         "rule){}",
-        f.n_hat, where, gguf ? "; stored in the key longrope.n_hat, which longrope reads back" : ""));
+        f.n_hat, where,
+        gguf ? "; stored in the key longrope.n_hat, which longrope reads back" : ""));
   if (f.sets.size() == 2 && f.orig_ctx > 0 && f.sets[0].max_len != f.orig_ctx)
-    out.push_back(
-        fmt::format("the short set serves lengths <= {} but llama.cpp and transformers switch at "
-                    "the original context {}{}",
-                    f.sets[0].max_len, f.orig_ctx,
-                    gguf ? " (longrope reads longrope.short_max_len)" : ""));
+    out.push_back(fmt::format(
+        "the short set serves lengths <= {} but llama.cpp and transformers switch at "
+        "the original context {}{}",
+        f.sets[0].max_len, f.orig_ctx, gguf ? " (longrope reads longrope.short_max_len)" : ""));
   if (f.sets.size() == 2 && f.sets[0].attn_factor) {
     const double long_attn = resolved_attn(f);
     if (*f.sets[0].attn_factor != long_attn)

@@ -273,8 +273,9 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   sp = default_search_space(hp, p.orig, L, c.lambda_max);
   if (!c.n_hat.empty()) sp.n_hat_candidates = c.n_hat;
   if (c.attn_factor && !c.attn_candidates.empty())
-    throw Error("search: --attn-factor fixes the attention factor and --attn-candidates lists "
-                "several; expected at most one of them");
+    throw Error(
+        "search: --attn-factor fixes the attention factor and --attn-candidates lists "
+        "several; expected at most one of them");
   if (c.attn_factor) sp.attn_candidates = {*c.attn_factor};
   if (!c.attn_candidates.empty()) sp.attn_candidates = c.attn_candidates;
   if (const int k = critical_dim_of(c, hp, p.orig); k >= 0)
