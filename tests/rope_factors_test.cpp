@@ -225,7 +225,7 @@ TEST(RopeFactors, WriteErrors) {
   expect_error([&] { write_factors_file(temp_path("w").string(), s); }, {"set 0 factor[0] = 0"});
   s = three_sets();
   expect_error([&] { write_factors_file("/nonexistent/dir/f.json", s); },
-               {"cannot write factors file /nonexistent/dir/f.json"});
+               {"cannot write /nonexistent/dir/f.json"});
   expect_error([&] { write_factors_file(temp_path("w").string(), s, json::array()); },
                {"provenance is array; expected an object"});
   EXPECT_FALSE(fs::exists(temp_path("w")));

@@ -98,6 +98,9 @@ TEST(SearchCli, ClearErrors) {
   expect_error(f + "--target-ctx 1024 --lambda-max 0.5", "lambda-max");
   expect_error(f + "--target-ctx 1024 --attn-factor 1 --attn-candidates 0.9,1", "at most one");
   expect_error(f + "--target-ctx 1024 --attn-candidates 0.9,-1", "attention factor -1");
+  // An unwritable output fails before any evaluation.
+  expect_error("-f '" + text_path() + "' -o /nonexistent/dir/x.json --target-ctx 1024",
+               "cannot write /nonexistent/dir/x.json");
   expect_error(f + "--target-ctx 1024 --resume", "no checkpoint");
   { std::ofstream(d / "x.json.ckpt.json") << "{ not json"; }
   expect_error(f + "--target-ctx 1024 --resume", "corrupt checkpoint");

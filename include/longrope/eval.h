@@ -91,9 +91,6 @@ std::vector<nlohmann::json> cell_keys(const nlohmann::json& key,
 // it cannot be created.
 void make_output_dir(const std::string& dir);
 
-// Writes a text file atomically (temp file in the same directory + rename).
-void write_file_atomically(const std::string& path, const std::string& data);
-
 // A table: one row per method label, one column per length, `field` of each cell formatted with
 // fmt_spec (e.g. "{:.3f}"); missing cells are "-".
 struct ResultTable {

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/export.h"
 
@@ -29,6 +30,7 @@ Runner register_export(CLI::App& app) {
   return [a]() {
     if (a->model.empty() == a->hf_config.empty())
       throw Error("export: give exactly one of -m MODEL.gguf or --hf-config CONFIG.json");
+    check_writable(a->output);
     const RopeScaling f = read_factors_file(a->factors);
     for (const std::string& w : export_warnings(f, !a->model.empty()))
       fmt::print(stderr, "warning: {}\n", w);
@@ -46,9 +48,7 @@ Runner register_export(CLI::App& app) {
         throw Error(fmt::format("{}: not valid JSON ({})", a->hf_config, e.what()));
       }
       const nlohmann::json out = export_hf_config(cfg, f);
-      std::ofstream o(a->output, std::ios::binary | std::ios::trunc);
-      o << out.dump(2) << '\n';
-      if (!o) throw Error(fmt::format("{}: write failed", a->output));
+      write_file_atomically(a->output, out.dump(2) + "\n");
       fmt::print("wrote {} (max_position_embeddings {})\n", a->output, f.target_ctx);
     }
     return 0;

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
 
@@ -189,21 +190,6 @@ std::vector<int64_t> parse_lengths(const std::string& csv) {
 
 // ---------------------------------------------------------------------------------------------
 
-void write_file_atomically(const std::string& path, const std::string& data) {
-  const std::filesystem::path p(path);
-  const std::string tmp = (p.parent_path() / ("." + p.filename().string() + ".tmp")).string();
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("cannot write {}", tmp));
-    out << data;
-    out.flush();
-    if (!out) throw Error(fmt::format("cannot write {}", tmp));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
-}
-
 ResultsStore::ResultsStore(std::string path, std::string kind, bool resume)
     : path_(std::move(path)) {
   doc_ = {{"kind", kind}, {"version", 1}, {"cells", nlohmann::json::array()}};
@@ -330,6 +316,7 @@ void make_output_dir(const std::string& dir) {
   std::filesystem::create_directories(dir, ec);
   if (ec || !std::filesystem::is_directory(dir))
     throw Error(fmt::format("cannot create output directory {}", dir));
+  check_writable((std::filesystem::path(dir) / "results.json").string());
 }
 
 std::vector<nlohmann::json> cell_keys(const nlohmann::json& key,

@@ -11,6 +11,7 @@
 #include <limits>
 #include <mutex>
 
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 
 #ifdef LONGROPE_HAVE_PLPLOT
@@ -185,19 +186,6 @@ std::string length_label(double lg) {
   return fmt::format("{:g}", v);
 }
 
-void write_atomically(const std::string& path, const std::string& data) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("cannot write {}", tmp));
-    out << data;
-    if (!out.flush()) throw Error(fmt::format("cannot write {}", tmp));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw Error(fmt::format("cannot rename {} to {}: {}", tmp, path, ec.message()));
-}
-
 }  // namespace
 
 void write_plot_svg(const PlotSpec& s, const std::string& path) {
@@ -296,7 +284,7 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
         lx, ly, lx + 28, color, lx + 14, lx + 36, ly + 4, xml_escape(se.label));
   }
   o += "</svg>\n";
-  write_atomically(path, o);
+  write_file_atomically(path, o);
 }
 
 void write_heatmap_svg(const HeatmapSpec& h, const std::string& path) {
@@ -347,7 +335,7 @@ void write_heatmap_svg(const HeatmapSpec& h, const std::string& path) {
       left + (h.width - left - right) / 2, double(h.height) - 20, xml_escape(h.xlabel),
       top + (h.height - top - bottom) / 2, top + (h.height - top - bottom) / 2,
       xml_escape(h.ylabel));
-  write_atomically(path, o);
+  write_file_atomically(path, o);
 }
 
 #ifdef LONGROPE_HAVE_PLPLOT
@@ -371,14 +359,11 @@ std::string pl_text(const std::string& s) {
 // lock until end_png(). Fails with a clear message before PLplot (which exits on errors) touches
 // the file.
 std::unique_lock<std::mutex> begin_png(const std::string& path, int w, int h) {
-  {
-    std::ofstream probe(path, std::ios::binary | std::ios::trunc);
-    if (!probe) throw Error(fmt::format("cannot write {}", path));
-  }
+  check_writable(path);
   std::unique_lock<std::mutex> lock(plplot_mutex());
   plsstrm(0);
   plsdev("pngcairo");
-  plsfnam(path.c_str());
+  plsfnam(atomic_temp_path(path).c_str());  // renamed over path by end_png()
   plspage(0, 0, w, h, 0, 0);
   plscolbg(255, 255, 255);
   plscol0(15, 0, 0, 0);  // black
@@ -387,9 +372,13 @@ std::unique_lock<std::mutex> begin_png(const std::string& path, int w, int h) {
 
 void end_png(const std::string& path) {
   plend();
+  const std::string tmp = atomic_temp_path(path);
   std::error_code ec;
-  if (std::filesystem::file_size(path, ec) == 0 || ec)
+  if (std::filesystem::file_size(tmp, ec) == 0 || ec) {
+    std::remove(tmp.c_str());
     throw Error(fmt::format("PLplot wrote no image to {}", path));
+  }
+  commit_temp_file(tmp, path);
 }
 
 }  // namespace

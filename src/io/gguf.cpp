@@ -9,6 +9,7 @@
 
 #include "io/ggml_types.h"
 #include "io/mapped_file.h"
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/quant.h"
 
@@ -1098,30 +1099,10 @@ std::vector<uint8_t> GgufWriter::to_bytes() const {
 }
 
 void GgufWriter::write(const std::string& path) const {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) {
-    throw Error(tmp + ": cannot create: " + std::strerror(errno) +
-                " (expected a writable location)");
-  }
-  FileSink s{f, &tmp};
-  try {
+  write_file_atomically(path, [this](std::FILE* f, const std::string& tmp) {
+    FileSink s{f, &tmp};
     emit(s);
-  } catch (...) {
-    std::fclose(f);
-    std::remove(tmp.c_str());
-    throw;
-  }
-  if (std::fclose(f) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(tmp + ": write failed: " + std::strerror(errno) + " (expected a writable disk)");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot rename " + tmp + ": " + std::strerror(e) +
-                " (expected a writable location)");
-  }
+  });
 }
 
 }  // namespace longrope

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/rope.h"
 #include "rope/json_fields.h"
@@ -380,25 +381,7 @@ RopeScaling read_factors_file(const std::string& path, json* provenance) {
 
 void write_factors_file(const std::string& path, const RopeScaling& scaling,
                         const json& provenance) {
-  const std::string text = format_factors_json(factors_to_json(scaling, provenance));
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) {
-      throw Error(fmt::format("cannot write factors file {}: {}", tmp, std::strerror(errno)));
-    }
-    f << text;
-    f.flush();
-    if (!f) {
-      throw Error(fmt::format("cannot write factors file {}: {}", tmp, std::strerror(errno)));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("cannot write factors file {}: rename from {} failed: {}", path, tmp,
-                            std::strerror(err)));
-  }
+  write_file_atomically(path, format_factors_json(factors_to_json(scaling, provenance)));
 }
 
 void write_factors_file(const std::string& path, const RopeScaling& scaling) {

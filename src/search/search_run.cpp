@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 
+#include "longrope/atomic_file.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
@@ -350,6 +351,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   const SearchSpace& sp = p.space;
   const std::string ckpt_path = c.output + ".ckpt.json";
   const std::string log_path = c.output + ".log.json";
+  // An unwritable output fails now, not after the first iteration has been paid for.
+  for (const std::string& path : {c.output, ckpt_path, log_path}) check_writable(path);
 
   nlohmann::json ck;
   if (c.resume) {

@@ -1,0 +1,32 @@
+// One way to write an output file: never a half-written file under the real name. The bytes go to
+// a temporary file in the same folder (".NAME.tmp"), are flushed to disk (fsync), and the
+// temporary is renamed over NAME; on any failure it is removed and Error (one line, naming the
+// path and the reason) is thrown. A temporary left by a killed earlier run is replaced.
+#pragma once
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace longrope {
+
+// The temporary file name used for path (same folder).
+std::string atomic_temp_path(const std::string& path);
+
+// Writes data to path atomically.
+void write_file_atomically(const std::string& path, std::string_view data);
+
+// Streams into path atomically: write(f, tmp_path) writes to the open temporary file (it may
+// throw; the temporary is then removed).
+void write_file_atomically(const std::string& path,
+                           const std::function<void(std::FILE*, const std::string&)>& write);
+
+// Renames a finished temporary (written by a library that takes a file name, e.g. PLplot) over
+// path after an fsync; removes it and throws on failure.
+void commit_temp_file(const std::string& tmp, const std::string& path);
+
+// Throws Error unless a file can be created next to path (checked by creating and removing the
+// temporary): lets a command fail before it has done any work.
+void check_writable(const std::string& path);
+
+}  // namespace longrope
