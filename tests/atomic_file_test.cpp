@@ -50,6 +50,7 @@ TEST(AtomicFile, UnwritablePlacesFailWithOneLine) {
                      "cannot write /nonexistent/dir/f.json");
   const fs::path d = test::fresh_temp_dir("atomic_dir");
   test::expect_error([&] { check_writable(d.string()); }, "it is a folder");
+  test::expect_error([] { check_writable("/dev/null"); }, "not a regular file");
   check_writable((d / "fine.json").string());
   EXPECT_TRUE(fs::is_empty(d));  // the probe leaves nothing behind
   fs::remove_all(d);

@@ -154,6 +154,17 @@ TEST(ExportHf, CliWritesConfig) {
   // Neither or both of -m / --hf-config: one clear error.
   EXPECT_NE(test::run_command(cli + "-o '" + (d / "x").string() + "'", &log), 0);
   EXPECT_NE(log.find("exactly one of"), std::string::npos) << log;
+  // The output may not be an input (it would be overwritten) nor a device; an unwritable place
+  // fails and leaves nothing behind.
+  const std::string cfg = (d / "config.json").string();
+  const std::string before = slurp(cfg);
+  EXPECT_NE(test::run_command(cli + "--hf-config '" + cfg + "' -o '" + cfg + "'", &log), 0);
+  EXPECT_NE(log.find("is the input"), std::string::npos) << log;
+  EXPECT_EQ(slurp(cfg), before);
+  EXPECT_NE(test::run_command(cli + "--hf-config '" + cfg + "' -o /dev/null", &log), 0);
+  EXPECT_NE(log.find("not a regular file"), std::string::npos) << log;
+  EXPECT_NE(test::run_command(cli + "--hf-config '" + cfg + "' -o /nonexistent/d/o.json", &log), 0);
+  EXPECT_NE(log.find("cannot write /nonexistent/d/o.json"), std::string::npos) << log;
   fs::remove_all(d);
 }
 

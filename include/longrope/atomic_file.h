@@ -25,8 +25,9 @@ void write_file_atomically(const std::string& path,
 // path after an fsync; removes it and throws on failure.
 void commit_temp_file(const std::string& tmp, const std::string& path);
 
-// Throws Error unless a file can be created next to path (checked by creating and removing the
-// temporary): lets a command fail before it has done any work.
+// Throws Error unless path is a regular file or a new name (not a folder, device or pipe) and a
+// file can be created next to it (checked by creating and removing the temporary): lets a
+// command fail before it has done any work.
 void check_writable(const std::string& path);
 
 }  // namespace longrope

@@ -1,6 +1,7 @@
 // longrope export: searched LongRoPE factors into a GGUF model or an HF config.json.
 #include <fmt/core.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -30,6 +31,12 @@ Runner register_export(CLI::App& app) {
   return [a]() {
     if (a->model.empty() == a->hf_config.empty())
       throw Error("export: give exactly one of -m MODEL.gguf or --hf-config CONFIG.json");
+    for (const std::string& in : {a->model, a->hf_config, a->factors}) {
+      std::error_code ec;
+      if (!in.empty() && std::filesystem::equivalent(in, a->output, ec))
+        throw Error(fmt::format("export: the output {} is the input {} (expected a new file)",
+                                a->output, in));
+    }
     check_writable(a->output);
     const RopeScaling f = read_factors_file(a->factors);
     for (const std::string& w : export_warnings(f, !a->model.empty()))

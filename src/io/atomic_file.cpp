@@ -96,8 +96,14 @@ void write_file_atomically(const std::string& path, std::string_view data) {
 }
 
 void check_writable(const std::string& path) {
-  if (std::filesystem::is_directory(path))
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(st))
     throw Error(fmt::format("cannot write {}: it is a folder (expected a file name)", path));
+  if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st))
+    throw Error(fmt::format(
+        "cannot write {}: it exists and is not a regular file (expected a file or a new path)",
+        path));
   const std::string tmp = atomic_temp_path(path);
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) fail(path, "cannot create " + tmp, errno);
