@@ -81,6 +81,30 @@ TEST(SearchCli, SameSeedSameFileAndResumeMatches) {
   fs::remove_all(d);
 }
 
+// A real SIGINT two seconds into a search that needs longer: exit status 130, one line saying
+// what was saved, and --resume finishes it.
+TEST(SearchCli, SigintSavesAndResumes) {
+  LONGROPE_REQUIRE_FILE(model_path());
+  LONGROPE_REQUIRE_FILE(text_path());
+  const fs::path d = temp_dir("sigint");
+  const std::string args =
+      "--target-ctx 4096 --docs 2 --population 16 --parents 8 --mutations 8 "
+      "--crossovers 8 --seed 3 -f '" +
+      text_path() + "' -o '" + (d / "s.json").string() + "'";
+  const std::string cmd = "SOURCE_DATE_EPOCH=0 timeout --preserve-status -s INT 2 '" +
+                          test::cli_path().string() + "' search -m '" + model_path() +
+                          "' --no-progress -t 1 --iterations 30 " + args;
+  std::string out;
+  EXPECT_EQ(test::run_command(cmd, &out), 130) << out;
+  EXPECT_NE(out.find("search interrupted"), std::string::npos) << out;
+  EXPECT_NE(out.find("--resume continues"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "s.json"));
+  EXPECT_TRUE(fs::exists(d / "s.json.ckpt.json"));
+  ASSERT_EQ(search(args + " --iterations 0 --resume", &out), 0) << out;
+  EXPECT_TRUE(fs::exists(d / "s.json"));
+  fs::remove_all(d);
+}
+
 TEST(SearchCli, ClearErrors) {
   LONGROPE_REQUIRE_FILE(model_path());
   LONGROPE_REQUIRE_FILE(text_path());

@@ -4,10 +4,12 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "longrope/error.h"
+#include "longrope/interrupt.h"
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
 #include "longrope/rope.h"
@@ -105,6 +107,65 @@ TEST(SearchRunLib, ShortSetAtOrigIsThePlainModel) {
   // Above L_orig the long set (and its attention factor) takes over.
   EXPECT_NE(perplexity(*model, toks, 1024, 1, back, 1).ppl,
             perplexity(*model, toks, 1024, 1, RopeScaling{}, 1).ppl);
+  fs::remove_all(d);
+}
+
+// Ctrl-C in the middle of an iteration (request_stop() is what the signal handler does): the
+// checkpoint keeps the finished evaluations of that iteration, and the resumed run reuses them
+// (they are not evaluated again) and ends with the files of an uninterrupted run.
+TEST(SearchRunLib, InterruptedMidIterationResumesToTheSameFiles) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchstop");
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRun(model, tiny(d / "a.json", 3)).run();
+  for (const char* phase : {"search", "short"}) {
+    const fs::path out = d / (std::string("b_") + phase + ".json");
+    clear_stop();
+    auto stop_in_phase = [&](const SearchProgress& pr) {
+      if (pr.phase == std::string(phase) && pr.iteration == 1 && pr.evals_done == 2) request_stop();
+    };
+    test::expect_error([&] { SearchRun(model, tiny(out, 3)).run(stop_in_phase); },
+                       "search interrupted in iteration 1");
+    const auto ck = nlohmann::json::parse(test::slurp(out.string() + ".ckpt.json"));
+    ASSERT_TRUE(ck["pending"].is_object()) << phase;
+    EXPECT_EQ(ck["pending"]["phase"], std::string(phase) == "search" ? 0 : 1);
+    EXPECT_EQ(ck["pending"]["results"].size(), 2u);
+    clear_stop();
+    SearchRunConfig more = tiny(out, 3);
+    more.resume = true;
+    SearchRun(model, more).run();
+    for (const char* ext : {"", ".log.json", ".ckpt.json"}) {
+      const std::string a = test::slurp(d / (std::string("a.json") + ext));
+      ASSERT_FALSE(a.empty()) << ext;
+      EXPECT_EQ(a, test::slurp(out.string() + ext)) << phase << ext;
+    }
+  }
+  // The saved results are used, not recomputed: one edited to an unbeatable fitness wins.
+  const fs::path out = d / "c.json";
+  clear_stop();
+  test::expect_error(
+      [&] {
+        SearchRun(model, tiny(out, 3)).run([](const SearchProgress& pr) {
+          if (pr.iteration == 1 && pr.evals_done == 1) request_stop();
+        });
+      },
+      "search interrupted");
+  clear_stop();
+  auto ck = nlohmann::json::parse(test::slurp(out.string() + ".ckpt.json"));
+  ASSERT_EQ(ck["pending"]["results"].size(), 1u);
+  for (auto& [task, result] : ck["pending"]["results"].items()) {
+    auto r = nlohmann::json::parse(result.get<std::string>());
+    ASSERT_FALSE(r["rej"].get<bool>());
+    r["ppl"] = 1.25;
+    result = r.dump();
+  }
+  std::ofstream(out.string() + ".ckpt.json") << ck.dump(1);
+  SearchRunConfig more = tiny(out, 3);
+  more.resume = true;
+  EXPECT_EQ(SearchRun(model, more).run().best_ppl, 1.25);
+  ::unsetenv("SOURCE_DATE_EPOCH");
   fs::remove_all(d);
 }
 

@@ -10,6 +10,7 @@
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/fingerprint.h"
+#include "longrope/interrupt.h"
 #include "longrope/search_run.h"
 
 namespace longrope::cli {
@@ -47,6 +48,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
   std::unique_ptr<Progress> bar;
   std::string phase;
   const double t0 = wall_seconds();
+  const StopOnSignal stop_on_signal;  // Ctrl-C: save the checkpoint, then exit 130
   const SearchRunResult r = run.run([&](const SearchProgress& p) {
     if (phase != p.phase) {
       if (bar) bar->finish();

@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
+#include "longrope/interrupt.h"
 
 namespace {
 
@@ -60,6 +61,13 @@ int run_reporting(int argc, char** argv) {
     return run(argc, argv);
   } catch (const dist::Stopped&) {
     return 1;  // rank 0 reports
+  } catch (const longrope::Interrupted& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    try {
+      dist::stop_workers(false);
+    } catch (...) {
+    }
+    return 130;
   } catch (const longrope::Error& e) {
     what = e.what();
   } catch (const std::bad_alloc&) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -16,6 +17,7 @@
 #include "longrope/error.h"
 #include "longrope/eval.h"
 #include "longrope/fingerprint.h"
+#include "longrope/interrupt.h"
 #include "longrope/kernels.h"
 #include "longrope/needle.h"
 #include "longrope/perplexity.h"
@@ -139,35 +141,64 @@ class FarmEvaluator : public Evaluator {
   EvalResult evaluate(const RopeScaling& s, double reject_above) override {
     return evaluate_batch({s}, reject_above, {}).at(0);
   }
+  // The results of the running iteration by task (what an interrupted run saves), and results
+  // read back from such a checkpoint, used instead of evaluating the same task again.
+  nlohmann::json finished = nlohmann::json::object();
+  std::map<std::string, std::string> cache;
+
   std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch, double bound,
                                          const std::function<void(size_t)>& done) override {
     const size_t base = next_id_;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      labels_[base + i] = fmt::format("candidate {} of {} in iteration {} of the {} search", i + 1,
-                                      batch.size(), iteration, name_);
-      pool_->submit(base + i, encode_task(phase_, batch[i], bound));
-    }
     next_id_ += batch.size();
     std::vector<EvalResult> out(batch.size());
-    for (size_t k = 0; k < batch.size(); ++k) {
+    size_t in_pool = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      std::string msg = encode_task(phase_, batch[i], bound);
+      if (auto it = cache.find(msg); it != cache.end()) {
+        out[i] = decode_result(it->second);
+        finished[msg] = it->second;
+        if (done) done(i);
+        continue;
+      }
+      labels_[base + i] = fmt::format("candidate {} of {} in iteration {} of the {} search", i + 1,
+                                      batch.size(), iteration, name_);
+      pool_->submit(base + i, msg);
+      tasks_[base + i] = std::move(msg);
+      ++in_pool;
+    }
+    for (size_t k = 0; k < in_pool; ++k) {
       auto [id, m] = pool_->next();
-      labels_.erase(id);
       out[id - base] = decode_result(m);
+      arrived(id, m);
       if (done) done(id - base);
+      stop_point();
     }
     return out;
   }
   int slots() const override { return pool_->slots(); }
   void submit(size_t id, const RopeScaling& s, double bound) override {
+    std::string msg = encode_task(phase_, s, bound);
+    if (auto it = cache.find(msg); it != cache.end()) {
+      finished[msg] = it->second;
+      ready_.emplace_back(id, decode_result(it->second));
+      return;
+    }
     const size_t mine = next_id_++;
     ids_[mine] = id;
     labels_[mine] =
         fmt::format("candidate {} (iteration {} of the {} search)", id + 1, iteration, name_);
-    pool_->submit(mine, encode_task(phase_, s, bound));
+    pool_->submit(mine, msg);
+    tasks_[mine] = std::move(msg);
   }
   std::pair<size_t, EvalResult> next() override {
+    if (!ready_.empty()) {
+      auto r = std::move(ready_.front());
+      ready_.pop_front();
+      return r;
+    }
+    stop_point();
     auto [mine, m] = pool_->next();
-    labels_.erase(mine);
+    arrived(mine, m);
     const size_t id = ids_.at(mine);
     ids_.erase(mine);
     return {id, decode_result(m)};
@@ -177,9 +208,21 @@ class FarmEvaluator : public Evaluator {
   int phase_;
   std::string name_;
   std::unique_ptr<dist::Pool> pool_;
+  // A result came back for pool id `id`: kept for a checkpoint of an interrupted iteration.
+  void arrived(size_t id, const std::string& m) {
+    labels_.erase(id);
+    finished[tasks_.at(id)] = m;
+    tasks_.erase(id);
+  }
+  static void stop_point() {
+    if (stop_requested()) throw Interrupted("interrupted");
+  }
+
   size_t next_id_ = 0;
-  std::map<size_t, std::string> labels_;  // of the candidates in the pool
-  std::map<size_t, size_t> ids_;          // pool id -> the search's id (steady state)
+  std::map<size_t, std::string> labels_;             // of the candidates in the pool
+  std::map<size_t, std::string> tasks_;              // pool id -> task message
+  std::map<size_t, size_t> ids_;                     // pool id -> the search's id (steady state)
+  std::deque<std::pair<size_t, EvalResult>> ready_;  // cached results not yet returned by next()
 };
 
 }  // namespace
@@ -404,15 +447,33 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     }
   };
   if (c.resume) restore(lng, ck["long"]);
+  // An interrupted iteration's finished evaluations: reused when the iteration runs again.
+  if (c.resume && ck.contains("pending") && ck["pending"].is_object()) {
+    try {
+      FarmEvaluator& f = ck["pending"].at("phase").get<int>() == 0 ? long_farm : short_farm;
+      for (const auto& [task, result] : ck["pending"].at("results").items())
+        f.cache[task] = result.get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(fmt::format("{}: corrupt checkpoint: pending results: {}", ckpt_path, e.what()));
+    }
+  }
+  // The states at the end of the last finished iteration (what a checkpoint holds).
+  nlohmann::json long_state = lng.to_json(), short_state;
 
-  auto save = [&]() {
+  // pending: the finished evaluations of an interrupted iteration (phase 0 long, 1 short).
+  auto save = [&](int pending_phase = -1) {
+    nlohmann::json pending;
+    if (pending_phase >= 0)
+      pending = {{"phase", pending_phase},
+                 {"results", (pending_phase == 0 ? long_farm : short_farm).finished}};
     const nlohmann::json j = {{"format", "longrope-search-checkpoint"},
                               {"version", 1},
                               {"fingerprint", p.fingerprint},
                               {"settings", p.ck_settings},
-                              {"long", lng.to_json()},
-                              {"short", shrt ? shrt->to_json() : nlohmann::json()},
-                              {"short_basis", short_basis}};
+                              {"long", long_state},
+                              {"short", short_state},
+                              {"short_basis", short_basis},
+                              {"pending", pending}};
     write_file_atomically(ckpt_path, j.dump(1) + "\n");
     nlohmann::json lg = {{"phases", nlohmann::json::array({log_json(lng)})}};
     if (shrt) lg["phases"].push_back(log_json(*shrt));
@@ -420,7 +481,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   };
 
   const int T = settings.iterations;
-  auto run_phase = [&](EvolutionSearch& srch, FarmEvaluator& ev, const char* label) {
+  auto run_phase = [&](EvolutionSearch& srch, FarmEvaluator& ev, const char* label,
+                       nlohmann::json& state, int phase) {
     SearchProgress pr;
     pr.phase = label;
     pr.iterations = T;
@@ -438,12 +500,27 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     while (!srch.finished(T)) {
       ev.iteration = srch.iterations_done();
       report(0, 0);
-      srch.step(ev);
+      try {
+        srch.step(ev);
+      } catch (const Interrupted&) {
+        save(phase);
+        throw Interrupted(fmt::format(
+            "search interrupted in iteration {} of the {} phase: {} finished evaluation(s) of it "
+            "and every earlier iteration saved in {}; the same command with --resume continues",
+            srch.iterations_done(), label, ev.finished.size(), ckpt_path));
+      }
+      ev.finished = nlohmann::json::object();
+      state = srch.to_json();
       save();
+      if (stop_requested())
+        throw Interrupted(fmt::format(
+            "search interrupted after iteration {} of the {} phase (saved in {}); the same "
+            "command with --resume continues",
+            srch.iterations_done(), label, ckpt_path));
     }
     srch.on_eval = nullptr;
   };
-  run_phase(lng, long_farm, "search");
+  run_phase(lng, long_farm, "search", long_state, 0);
 
   RopeScaling result = to_scaling(sp, lng.best());
   if (c.short_ctx && short_set_is_plain(c, p.orig)) {
@@ -478,7 +555,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     if (c.resume && ck.contains("short") && !ck["short"].is_null() &&
         ck.value("short_basis", nlohmann::json()) == short_basis)
       restore(*shrt, ck["short"]);
-    run_phase(*shrt, short_farm, "short");
+    short_state = shrt->to_json();
+    run_phase(*shrt, short_farm, "short", short_state, 1);
     const RopeScaling sr = to_scaling(ss, shrt->best());
     FactorSet short_set{sr.sets[0].factors, N};
     if (*sr.attn_factor != *result.attn_factor) short_set.attn_factor = sr.attn_factor;
