@@ -89,8 +89,13 @@ int lead(const SearchArgs& a, SearchRun& run) {
                sp.target_ctx, result.n_hat, *result.attn_factor, f);
     for (const auto& [name, v] : r.seed_ppl.items())
       fmt::print("  seed {:8s} ppl {:.4f}\n", name, v.get<double>());
-    fmt::print("{} full + {} partial evaluations in {:.1f}s{}\n", r.full_evals, r.partial_evals,
-               wall, spe > 0 ? fmt::format(" ({:.3f}s per evaluation)", spe) : "");
+    // Evaluation time is the run's total (earlier runs of a resumed search included); wall time
+    // is this process's.
+    fmt::print("{} full + {} partial evaluations{}; this run {:.1f}s wall\n", r.full_evals,
+               r.partial_evals,
+               spe > 0 ? fmt::format(" in {:.1f}s ({:.3f}s per evaluation)", r.eval_seconds, spe)
+                       : "",
+               wall);
     if (r.short_best_ppl)
       fmt::print("short set (<= {}): best ppl {:.4f}\n", *cfg.short_ctx, *r.short_best_ppl);
     else if (cfg.short_ctx)
