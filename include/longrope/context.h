@@ -71,7 +71,7 @@ class Context {
   std::shared_ptr<const Model> model_;
   RopeScaling scaling_;
   SwitchPolicy policy_ = SwitchPolicy::kRecompute;
-  std::vector<int32_t> history_;  // tokens in the cache (for kRecompute)
+  std::vector<int32_t> history_;  // tokens in the cache (kRecompute; locating a non-finite logit)
   int64_t n_ctx_ = 0;
   int64_t n_past_ = 0;
   SwitchStats switch_stats_;

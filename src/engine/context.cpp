@@ -1,6 +1,7 @@
 // Whole-window scoring and incremental decoding on top of forward_layers.
 #include "longrope/context.h"
 
+#include <fmt/core.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -67,6 +68,19 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   }
   std::vector<double> nll(static_cast<size_t>(m));
   engine::lm_head_nll(model, h.data(), m, target.data(), opts.compute, nll.data());
+  for (int64_t r = 0; r < m; ++r) {
+    if (std::isfinite(nll[r])) continue;
+    // Where did it start? The prefix up to that token again, checked layer by layer.
+    const int64_t len = pos[r] + 1;
+    engine::KvStorage kv2(hp, len, 1, opts.compute);
+    engine::Workspace ws2;
+    int at = -1;
+    engine::forward_layers(model, tokens.data(), len, 0, tables, kv2.view, ws2, nullptr, &at);
+    throw Error(fmt::format(
+        "the loss of token {} of {} is {} (non-finite); the first non-finite values appear in {} "
+        "(expected finite weights and RoPE tables: check the model file)",
+        pos[r] + 1, n, nll[r], engine::nonfinite_where(at, hp.n_layer)));
+  }
   st.lm_head_seconds += omp_get_wtime() - t0;
   st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(d);
   g_last_stats = st;
@@ -157,6 +171,7 @@ void Context::advance(std::span<const int32_t> tokens) {
   RopeTables tables = (policy_ == SwitchPolicy::kKeep && impl_->have_tables)
                           ? impl_->tables
                           : tables_for(*model_, scaling_, n_past_ + n);
+  history_.insert(history_.end(), tokens.begin(), tokens.end());
   std::span<const int32_t> run = tokens;
   int64_t p0 = n_past_;
   if (impl_->have_tables && n_past_ > 0 && !(tables == impl_->tables)) {
@@ -169,11 +184,8 @@ void Context::advance(std::span<const int32_t> tokens) {
     } else {
       // Exact: the cached tokens go through the model again, together with the new ones.
       p0 = 0;
-      history_.insert(history_.end(), tokens.begin(), tokens.end());
       run = std::span<const int32_t>(history_);
     }
-  } else if (policy_ == SwitchPolicy::kRecompute) {
-    history_.insert(history_.end(), tokens.begin(), tokens.end());
   }
   impl_->tables = std::move(tables);
   impl_->have_tables = true;
@@ -215,6 +227,20 @@ std::vector<float> Context::decode(std::span<const int32_t> tokens) {
   const WeightView& W = model_->output();
   std::vector<float> logits(static_cast<size_t>(W.rows));
   kernels::gemv_w(1, h.data(), d, W, logits.data(), W.rows, 0.0f);
+  for (float x : logits) {
+    if (std::isfinite(x)) continue;
+    // Where did it start? Everything fed so far again, checked layer by layer.
+    const int64_t len = static_cast<int64_t>(history_.size());
+    engine::KvStorage kv2(hp, len, 1, impl_->kv->view.compute);
+    engine::Workspace ws2;
+    int at = -1;
+    engine::forward_layers(*model_, history_.data(), len, 0, impl_->tables, kv2.view, ws2, nullptr,
+                           &at);
+    throw Error(fmt::format(
+        "the logits after {} token(s) are non-finite; the first non-finite values appear in {} "
+        "(expected finite weights and RoPE tables: check the model file)",
+        n_past_, engine::nonfinite_where(at, hp.n_layer)));
+  }
   return logits;
 }
 

@@ -65,8 +65,24 @@ void store_kv(const KvView& kv, int l, int64_t p0, int64_t n, int64_t KV, int64_
 
 }  // namespace
 
+namespace {
+bool all_finite(const std::vector<float>& v, int64_t count) {
+  bool ok = true;
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+  for (int64_t i = 0; i < count; ++i) ok = ok && std::isfinite(v[static_cast<size_t>(i)]);
+  return ok;
+}
+}  // namespace
+
+std::string nonfinite_where(int at, int n_layer) {
+  if (at == 0) return "the token embeddings";
+  if (at > 0) return "layer " + std::to_string(at - 1) + " (of " + std::to_string(n_layer) + ")";
+  return "the output norm or LM head (every layer's output is finite)";
+}
+
 void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_t p0,
-                    const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats) {
+                    const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats,
+                    int* nonfinite_at) {
   const HParams& hp = model.hp();
   const int64_t d = hp.n_embd, hd = hp.head_dim, H = hp.n_head, KV = hp.n_head_kv, ff = hp.n_ff;
   const int64_t qdim = H * hd, kvdim = KV * hd;
@@ -95,6 +111,13 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
   };
 
   for (int64_t i = 0; i < n; ++i) model.embed(tokens[i], ws.x.data() + i * d);
+  if (nonfinite_at) {
+    *nonfinite_at = -1;
+    if (!all_finite(ws.x, n * d)) {
+      *nonfinite_at = 0;
+      return;
+    }
+  }
   build_rope_cache(tables, p0, n, ws.cos_tab, ws.sin_tab);
   lap(st.other_seconds);
 
@@ -139,6 +162,10 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
     lap(st.matmul_seconds);
     st.matmul_flops += mm_flops_per_tok * double(n);
     st.attention_flops += 4.0 * double(hd) * double(H) * att_pairs;
+    if (nonfinite_at && !all_finite(ws.x, n * d)) {
+      *nonfinite_at = l + 1;
+      return;
+    }
   }
 }
 

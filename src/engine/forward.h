@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "longrope/context.h"
@@ -44,8 +45,17 @@ struct Workspace {
 // Runs tokens[0..n) at positions p0.. through every layer, with kv.compute's arithmetic for the
 // projections and attention. On return ws.x holds the final hidden states (before the output
 // norm), n rows of n_embd.
+// With nonfinite_at set, the hidden states are checked after the embeddings and after every
+// layer, and *nonfinite_at receives where a NaN or Inf first appears (0: the embeddings, l + 1:
+// layer l) or -1; the pass stops there. (A diagnostic: scoring runs it only after a non-finite
+// loss.)
 void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_t p0,
-                    const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats);
+                    const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats,
+                    int* nonfinite_at = nullptr);
+
+// "the embeddings" / "layer 3 (of 30)" / "the output layer" for a value of nonfinite_at (-1: the
+// output norm or LM head), and the one-line error of a non-finite loss or logit.
+std::string nonfinite_where(int at, int n_layer);
 
 // Next-token negative log-likelihoods from final hidden states already through the output norm:
 // nll[r] = logsumexp(h_r W^T) - (h_r W^T)[target[r]] for n rows. Streams the vocabulary in panels

@@ -75,7 +75,12 @@ WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32
       nll.swap(first_nll);
     } else {
       if (positions) o.positions = positions->at(k);
-      nll = score_window(model, windows[k], scaling, o);
+      try {
+        nll = score_window(model, windows[k], scaling, o);
+      } catch (const Error& e) {
+        throw Error("window " + std::to_string(k + 1) + " of " + std::to_string(windows.size()) +
+                    ": " + e.what());
+      }
       r.computed_tokens += static_cast<int64_t>(nll.size());
     }
     for (double x : nll) r.nll_sum += x;
