@@ -48,14 +48,15 @@ struct Row {
 
 Row run_seed(const Model& model, const std::vector<int32_t>& text, int64_t L, int64_t docs,
              int64_t orig_for_stage, int64_t stage_tokens, const std::string& setting,
-             const std::string& stage, int threads, uint64_t seed) {
+             const std::string& stage, int threads, uint64_t seed, double margin) {
   const int64_t Lorig = model.hp().n_ctx_train;
   PerplexityEvaluator ev(std::shared_ptr<const Model>(&model, [](const Model*) {}),
                          make_windows(text, model.tokenizer().bos(), L, docs), threads,
                          orig_for_stage, stage_tokens);
   Audit audit(ev);
   const SearchSpace sp = default_search_space(model.hp(), Lorig, L);
-  const SearchSettings st = bench::readme_settings(seed);
+  SearchSettings st = bench::readme_settings(seed);
+  st.reject_margin = margin;
   EvolutionSearch s(sp, st);
   Row row{setting, stage};
   size_t seen = 0;
@@ -86,11 +87,11 @@ Row run_seed(const Model& model, const std::vector<int32_t>& text, int64_t L, in
 // Seeds 7, 8 and 9 summed (best fitness: their mean).
 Row run(const Model& model, const std::vector<int32_t>& text, int64_t L, int64_t docs,
         int64_t orig_for_stage, int64_t stage_tokens, const std::string& setting,
-        const std::string& stage, int threads) {
-  Row sum{setting, stage};
+        const std::string& stage, int threads, double margin = 0.0) {
+  Row sum{setting, margin > 0 ? fmt::format("{}, --reject-margin {}", stage, margin) : stage};
   for (uint64_t seed : {7, 8, 9}) {
-    const Row r =
-        run_seed(model, text, L, docs, orig_for_stage, stage_tokens, setting, stage, threads, seed);
+    const Row r = run_seed(model, text, L, docs, orig_for_stage, stage_tokens, setting, stage,
+                           threads, seed, margin);
     sum.rejected += r.rejected;
     sum.false_rejects += r.false_rejects;
     sum.candidates += r.candidates;
@@ -111,11 +112,16 @@ int main(int argc, char** argv) {
       normalize_newlines(read_text_file(shared + "/data/pride_and_prejudice.txt")));
   const bool all = argc <= 3 || std::string(argv[3]) != "docs1";
   std::vector<Row> rows;
-  if (all)
-    rows.push_back(
-        run(*model, text, 4096, 2, Lorig, 0, "4096, --docs 2", "window 0, beyond 512", threads));
+  if (all) {
+    for (double margin : {0.0, 0.01})
+      rows.push_back(run(*model, text, 4096, 2, Lorig, 0, "4096, --docs 2", "window 0, beyond 512",
+                         threads, margin));
+  }
   rows.push_back(run(*model, text, 1024, 1, Lorig, 0, "1024, --docs 1",
                      "first 768 tokens, beyond 512", threads));
+  for (double margin : {0.005, 0.01, 0.02})
+    rows.push_back(run(*model, text, 1024, 1, Lorig, 0, "1024, --docs 1",
+                       "first 768 tokens, beyond 512", threads, margin));
   rows.push_back(run(*model, text, 1024, 1, Lorig, 896, "1024, --docs 1",
                      "first 896 tokens, beyond 512 (--reject-stage 896)", threads));
   // The old stage: the first half, every token (orig_ctx 1: everything counts as beyond).

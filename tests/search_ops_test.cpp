@@ -230,6 +230,33 @@ TEST(SearchRun, EarlyRejectComparesStagesWithStages) {
   for (const auto& [k, f] : on.memo()) EXPECT_EQ(restored.memo().at(k).stage, f.stage);
 }
 
+// --reject-margin m: each bound is a parent's stage times (1 + m), so a child within m of the
+// loosest parent is evaluated whole; fewer cuts than without the margin, and the same winner.
+TEST(SearchRun, RejectMarginLoosensEveryBound) {
+  StagedEvaluator plain_ev, margin_ev;
+  const EvolutionSearch plain = run_on_and_off(plain_ev);
+  SearchSettings st = small_settings(true);
+  st.reject_margin = 0.05;
+  EvolutionSearch with(test_space(), st);
+  while (!with.finished(10)) with.step(margin_ev);
+  EXPECT_EQ(with.best(), plain.best());
+  EXPECT_LT(with.partial_evals(), plain.partial_evals());
+  std::set<double> stages;
+  for (const auto& [k, f] : with.memo())
+    if (!f.rejected) stages.insert(f.stage);
+  int finite = 0;
+  for (double b : margin_ev.bounds) {
+    if (!std::isfinite(b)) continue;
+    ++finite;
+    bool found = false;
+    for (double s : stages) found = found || std::abs(s * 1.05 - b) <= 1e-12 * b;
+    EXPECT_TRUE(found) << "bound " << b << " is no parent's stage x 1.05";
+  }
+  EXPECT_GT(finite, 0);
+  st.reject_margin = -0.1;
+  test::expect_error([&] { EvolutionSearch bad(test_space(), st); }, "reject margin -0.1");
+}
+
 TEST(SearchRun, StateRoundTripContinuesIdentically) {
   FakeEvaluator ev1, ev2;
   EvolutionSearch full(test_space(), small_settings(true));

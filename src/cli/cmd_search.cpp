@@ -91,11 +91,11 @@ int lead(const SearchArgs& a, SearchRun& run) {
       fmt::print("  seed {:8s} ppl {:.4f}\n", name, v.get<double>());
     // Evaluation time is the run's total (earlier runs of a resumed search included); wall time
     // is this process's.
-    fmt::print("{} full + {} partial evaluations{}; this run {:.1f}s wall\n", r.full_evals,
-               r.partial_evals,
-               spe > 0 ? fmt::format(" in {:.1f}s ({:.3f}s per evaluation)", r.eval_seconds, spe)
-                       : "",
-               wall);
+    fmt::print(
+        "{} full + {} partial evaluations{}; this run {:.1f}s wall\n", r.full_evals,
+        r.partial_evals,
+        spe > 0 ? fmt::format(" in {:.1f}s ({:.3f}s per evaluation)", r.eval_seconds, spe) : "",
+        wall);
     if (r.short_best_ppl)
       fmt::print("short set (<= {}): best ppl {:.4f}\n", *cfg.short_ctx, *r.short_best_ppl);
     else if (cfg.short_ctx)
@@ -165,6 +165,10 @@ Runner register_search(CLI::App& app) {
                   "upper bound of the short factors (default 1.25*N/L_orig; for N <= L_orig giving "
                   "it searches the short set instead of keeping the plain model)");
   cmd->add_option("--seed", a->cfg.settings.seed, "random seed")->capture_default_str();
+  cmd->add_option("--reject-margin", a->cfg.settings.reject_margin,
+                  "early reject cuts a child only when its first stage is worse than the "
+                  "parents' loosest by more than this fraction")
+      ->capture_default_str();
   cmd->add_flag("!--no-early-reject", a->cfg.settings.early_reject,
                 "evaluate every candidate on all windows");
   cmd->add_option("--reject-stage", a->cfg.reject_stage,

@@ -353,6 +353,7 @@ nlohmann::json SearchSettings::to_json() const {
                       {"seed", seed},
                       {"early_reject", early_reject}};
   if (steady_state) j["steady_state"] = true;  // absent when off: older checkpoints still match
+  if (reject_margin != 0.0) j["reject_margin"] = reject_margin;  // likewise
   return j;
 }
 
@@ -375,6 +376,9 @@ EvolutionSearch::EvolutionSearch(SearchSpace space, SearchSettings settings)
                     "(expected population, parents >= 1 and the others >= 0)",
                     settings_.population, settings_.parents, settings_.mutations,
                     settings_.crossovers, settings_.iterations));
+  if (!(settings_.reject_margin >= 0 && settings_.reject_margin <= 1))
+    throw Error(fmt::format("search: reject margin {} (expected a fraction in [0, 1], e.g. 0.01)",
+                            settings_.reject_margin));
   if (!(settings_.mutation_prob > 0 && settings_.mutation_prob <= 1) ||
       !(settings_.crossover_prob >= 0 && settings_.crossover_prob <= 1))
     throw Error(
@@ -480,7 +484,8 @@ std::vector<Individual> EvolutionSearch::parents(double* bound) const {
     // stage scores (an evaluator without stages) the bound is the worst parent's fitness.
     double stage_bound = 0;
     for (const auto& p : out) stage_bound = std::max(stage_bound, memo_.at(p.key()).stage);
-    *bound = std::isfinite(stage_bound) ? stage_bound : memo_.at(out.back().key()).ppl;
+    *bound = (std::isfinite(stage_bound) ? stage_bound : memo_.at(out.back().key()).ppl) *
+             (1.0 + settings_.reject_margin);
   }
   return out;
 }
