@@ -195,6 +195,13 @@ TEST(EvalSweep, ResumeRecomputesWhenTheFactorsFileChanges) {
   const auto second = longrope::run_eval(*model, cfg);
   ASSERT_EQ(second.computed, 1);
   EXPECT_NE(second.cells[0]["ppl"].get<double>(), first.cells[0]["ppl"].get<double>());
+  // Same text file name, other text: recomputed too (cells are keyed by content).
+  const fs::path other = dir / "sub" / fs::path(pride()).filename();
+  fs::create_directories(other.parent_path());
+  std::ofstream(other) << longrope::read_text_file(pride()).substr(20000);
+  cfg.text_paths = {other.string()};
+  EXPECT_EQ(longrope::run_eval(*model, cfg).computed, 1);
+  EXPECT_EQ(longrope::run_eval(*model, cfg).computed, 0);
   fs::remove_all(dir);
 }
 

@@ -9,6 +9,7 @@
 
 #include "longrope/error.h"
 #include "longrope/eval.h"
+#include "longrope/fingerprint.h"
 #include "longrope/needle.h"
 #include "longrope/perplexity.h"
 #include "longrope/plot.h"
@@ -71,10 +72,14 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
             "--docs or shorter --lengths",
             p, texts->back().size(), cfg.docs, len, cfg.docs * (len - 1)));
   }
+  // Names for people; content fingerprints so that --resume never reuses a cell of another
+  // model or text that happens to have the same file name.
   nlohmann::json texts_json = nlohmann::json::array();
   for (const std::string& p : cfg.text_paths) texts_json.push_back(file_name(p));
   nlohmann::json key = {{"model", file_name(cfg.model_path)},
+                        {"model_fingerprint", weights_fingerprint(model)},
                         {"texts", texts_json},
+                        {"texts_fingerprint", tokens_fingerprint(*texts)},
                         {"docs", cfg.docs},
                         {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
                         {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};

@@ -12,6 +12,7 @@
 
 #include "longrope/context.h"
 #include "longrope/error.h"
+#include "longrope/fingerprint.h"
 #include "longrope/plot.h"
 #include "longrope/sampling.h"
 
@@ -185,8 +186,13 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
     }
     prompts->push_back(std::move(row));
   }
+  auto prompt_tokens = std::make_shared<std::vector<std::vector<int32_t>>>();  // every prompt
+  for (const auto& row : *prompts)
+    for (const PasskeyPrompt& pp : row) prompt_tokens->push_back(pp.tokens);
   const nlohmann::json key = {
       {"model", file_name(cfg.model_path)},
+      {"model_fingerprint", weights_fingerprint(model)},
+      {"prompts_fingerprint", tokens_fingerprint(*prompt_tokens)},
       {"trials", cfg.trials},
       {"seed", cfg.seed},
       {"depths", cfg.depths},
@@ -195,11 +201,8 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
       {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
       {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
   plan.keys = cell_keys(key, plan.methods);
-  plan.fingerprint = [&model, prompts, keys = plan.keys, lengths = plan.lengths] {
-    std::vector<std::vector<int32_t>> tokens;
-    for (const auto& row : *prompts)
-      for (const PasskeyPrompt& p : row) tokens.push_back(p.tokens);
-    return sweep_fingerprint(model, tokens, keys, lengths);
+  plan.fingerprint = [&model, prompt_tokens, keys = plan.keys, lengths = plan.lengths] {
+    return sweep_fingerprint(model, *prompt_tokens, keys, lengths);
   };
   const int64_t trials = cfg.trials;
   plan.work = [trials](int64_t len) {
