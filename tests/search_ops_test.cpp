@@ -142,6 +142,7 @@ SearchSettings small_settings(bool early) {
   st.crossovers = 4;
   st.seed = 11;
   st.early_reject = early;
+  st.reject_margin = 0;  // bounds are exactly the parents' stages (the margin has its own test)
   return st;
 }
 

@@ -157,10 +157,11 @@ struct RopeOptions {
 // Resolves options against the model's declared scaling:
 //  - no option at all: model_default;
 //  - --factors FILE: the file's longrope scaling (--rope may only say longrope);
-//  - --rope METHOD: a fresh scaling of that method (the model's declared scaling, including
-//    rope_freqs divisors, is replaced); linear/ntk/dynamic/yarn/llama3 require a factor: a caller
-//    that knows the evaluation length may fill it first (see default_rope_factor); longrope
-//    requires --factors;
+//  - --rope METHOD: a fresh scaling of that method (the model's declared scaling type is
+//    replaced); linear/ntk/dynamic/yarn/llama3 require a factor: a caller that knows the
+//    evaluation length may fill it first (see default_rope_factor); longrope requires --factors;
+//  - in both, the model's rope_freqs divisors (freq_factors, e.g. Llama 3's) are kept: the
+//    chosen scaling applies on top of the frequencies the model was trained with;
 //  - only modifiers (--attn-factor, --n-hat, --rope-factor, ...): they adjust model_default.
 // A modifier that does not apply to the resulting method is an error. The result is validated
 // for n_rot.

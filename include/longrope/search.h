@@ -184,7 +184,7 @@ struct SearchSettings {
   // A child is cut only when its first stage is worse than the parents' loosest first stage by
   // more than this fraction (0.01 = 1%): near convergence, children within noise of the parents
   // are evaluated whole (docs/search.md, "Early reject").
-  double reject_margin = 0.0;
+  double reject_margin = 0.01;
   // Steady state instead of generations (after the initial population): a child is bred from the
   // current population as soon as any evaluation finishes, keeping every evaluator busy; an
   // "iteration" is then mutations + crossovers finished evaluations. Not reproducible across

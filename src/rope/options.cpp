@@ -81,6 +81,11 @@ RopeScaling resolve_rope(const RopeOptions& o, const RopeScaling& model_default,
   } else {
     s = model_default;
     from_model = true;
+  }
+  // The model's own frequency divisors (GGUF rope_freqs, e.g. Llama 3's) stay under any chosen
+  // scaling: searched factors and rules scale the frequencies the model was trained with.
+  if (!from_model) s.freq_factors = model_default.freq_factors;
+  if (from_model) {
     if (o.factor) {
       if (!method_needs_factor(s.method)) {
         not_applicable("--rope-factor", "linear, ntk, dynamic, yarn and llama3", s.method, true);

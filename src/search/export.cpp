@@ -44,13 +44,29 @@ std::vector<uint8_t> f32_bytes(const std::vector<double>& v) {
 
 }  // namespace
 
-void export_gguf(const std::string& model_path, const RopeScaling& factors,
+void export_gguf(const std::string& model_path, const RopeScaling& searched,
                  const std::string& out_path) {
   const ModelFile mf = load_model_file(model_path);
   if (!mf.gguf)
     throw Error(
         fmt::format("export: {} is a {} model; expected a GGUF file", model_path, mf.format));
-  check_factors(factors, mf.hp.n_rot);
+  check_factors(searched, mf.hp.n_rot);
+  // Factors are relative to the model's own frequencies: its rope_freqs divisors (Llama 3's) are
+  // folded into every set (llama.cpp divides by one tensor). Start tokens keep the model's own
+  // rotation, which the folded file cannot express next to the folded factors.
+  RopeScaling factors = searched;
+  const std::vector<double> own =
+      rope_from_meta(mf.rope, mf.hp.n_rot, mf.hp.n_ctx_train).freq_factors;
+  if (!own.empty()) {
+    if (factors.n_hat > 0)
+      throw Error(fmt::format(
+          "export: {} has its own frequency factors (rope_freqs) and the factors file has n_hat "
+          "{}: start tokens would lose the model's rotation in the exported file; expected "
+          "factors searched with --n-hat 0",
+          model_path, factors.n_hat));
+    for (FactorSet& s : factors.sets)
+      for (size_t j = 0; j < s.factors.size(); ++j) s.factors[j] *= own[j];
+  }
   const std::string a = mf.hp.arch + ".";
   GgufWriter w;
   w.copy_from(mf.gguf);
@@ -113,8 +129,31 @@ nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling&
   if (!config.is_object()) throw Error("export: the HF config is not a JSON object");
   check_factors(factors, 0);
   nlohmann::json out = config;
-  const auto& lng = factors.sets.back().factors;
-  const auto& shrt = factors.sets.front().factors;
+  auto lng = factors.sets.back().factors;
+  auto shrt = factors.sets.front().factors;
+  // The config's own scaling (Llama 3's llama3 rule, or linear) sets the frequencies the model was
+  // trained with; the factors are relative to them, so its per-pair divisors are folded in.
+  const RopeScaling own = rope_from_hf_config(config);
+  if (own.method == RopeMethod::kLlama3 || own.method == RopeMethod::kLinear) {
+    if (factors.n_hat > 0)
+      throw Error(fmt::format(
+          "export: the config has its own {} rope scaling and the factors file has n_hat {}: "
+          "start tokens would lose the model's rotation; expected factors searched with --n-hat 0",
+          rope_method_name(own.method), factors.n_hat));
+    const int n_rot = static_cast<int>(2 * lng.size());
+    const double base = config.value("rope_theta", 10000.0);
+    const std::vector<double> w = default_inv_freq(n_rot, base);
+    const RopeTables t = own.tables(factors.orig_ctx, n_rot, base, factors.orig_ctx);
+    for (size_t j = 0; j < lng.size(); ++j) {
+      lng[j] *= w[j] / t.inv_freq[j];
+      shrt[j] *= w[j] / t.inv_freq[j];
+    }
+  } else if (own.method != RopeMethod::kNone && own.method != RopeMethod::kLongrope) {
+    throw Error(fmt::format(
+        "export: the config's rope_scaling is {}; its frequencies cannot be folded into longrope "
+        "factors (expected none, linear or llama3, or a longrope scaling to replace)",
+        rope_method_name(own.method)));
+  }
   out["rope_scaling"] = {
       {"rope_type", "longrope"},
       {"short_factor", shrt},

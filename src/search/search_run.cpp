@@ -252,6 +252,9 @@ struct SearchRun::Impl {
     s.attn_factor = j.at("a").get<double>();
     s.orig_ctx = orig;
     s.target_ctx = phase == 0 ? cfg.target_ctx : *cfg.short_ctx;
+    // The factors are relative to the model's own frequencies (its rope_freqs divisors, e.g.
+    // Llama 3's), so lambda = 1 is the trained rotation.
+    s.freq_factors = model->default_rope().freq_factors;
     const double bound =
         j.at("b").is_null() ? std::numeric_limits<double>::infinity() : j.at("b").get<double>();
     return encode_result(ev->evaluate(s, bound));
