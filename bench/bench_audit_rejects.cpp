@@ -6,7 +6,7 @@
 // Only the rejected children cost an evaluation.
 //
 // Usage: bench_audit_rejects MODEL TEXT TARGET CHECKPOINT POPULATION PARENTS MUTATIONS
-//                            CROSSOVERS SEED ITERATIONS [THREADS]
+//                            CROSSOVERS SEED ITERATIONS [THREADS] [REJECT_MARGIN]
 // (the search's own flags; --docs 1, default space, perplexity fitness.)
 #include <fmt/core.h>
 
@@ -21,6 +21,7 @@
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
 #include "longrope/search.h"
+#include "readme_search.h"
 
 using namespace longrope;
 
@@ -75,7 +76,7 @@ int main(int argc, char** argv) {
   if (argc < 11) {
     fmt::print(stderr,
                "usage: bench_audit_rejects MODEL TEXT TARGET CHECKPOINT POPULATION PARENTS "
-               "MUTATIONS CROSSOVERS SEED ITERATIONS [THREADS]\n");
+               "MUTATIONS CROSSOVERS SEED ITERATIONS [THREADS] [REJECT_MARGIN (default 0)]\n");
     return 2;
   }
   try {
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
     st.seed = std::stoull(argv[9]);
     st.iterations = std::stoi(argv[10]);
     const int threads = argc > 11 ? std::atoi(argv[11]) : 2;
+    st.reject_margin = argc > 12 ? std::stod(argv[12]) : 0.0;  // the audited search's
     const auto text = model->tokenizer().encode(normalize_newlines(read_text_file(argv[2])));
     PerplexityEvaluator whole(model, make_windows(text, model->tokenizer().bos(), L, 1), threads,
                               orig, 0);
@@ -102,21 +104,9 @@ int main(int argc, char** argv) {
     size_t seen = 0;
     while (!s.finished(st.iterations)) {
       s.step(replay);
-      double worst_parent = 0;
-      int parents = 0;
-      for (const auto& ind : s.population()) {
-        const Fitness& f = s.memo().at(ind.key());
-        if (f.rejected) continue;
-        worst_parent = f.ppl;
-        if (++parents == st.parents) break;
-      }
-      for (size_t i = seen; i < replay.whole.size(); ++i) {
-        ++rejected;
-        if (replay.whole[i] < worst_parent) ++false_rejects;
-      }
-      seen = replay.whole.size();
-      fmt::print(stderr, "iteration {}: worst parent {:.4f}, rejected so far {}, false {}\n",
-                 s.iterations_done(), worst_parent, rejected, false_rejects);
+      bench::tally_rejections(s, st.parents, replay.whole, seen, rejected, false_rejects);
+      fmt::print(stderr, "iteration {}: rejected so far {}, false {}\n", s.iterations_done(),
+                 rejected, false_rejects);
     }
     if (s.best_ppl() != ck.at("long").at("best_ppl").get<double>())
       throw Error("the replay's best fitness differs from the checkpoint's");

@@ -62,21 +62,7 @@ Row run_seed(const Model& model, const std::vector<int32_t>& text, int64_t L, in
   size_t seen = 0;
   while (!s.finished(st.iterations)) {
     s.step(audit);
-    // The worst parent the next iteration breeds from.
-    double worst_parent = 0;
-    int parents = 0;
-    for (const auto& ind : s.population()) {
-      const Fitness& f = s.memo().at(ind.key());
-      if (f.rejected) continue;
-      worst_parent = f.ppl;
-      if (++parents == st.parents) break;
-    }
-    // Rejections of this iteration (audited since the last look).
-    for (size_t i = seen; i < audit.whole.size(); ++i) {
-      ++row.rejected;
-      if (audit.whole[i] < worst_parent) ++row.false_rejects;
-    }
-    seen = audit.whole.size();
+    bench::tally_rejections(s, st.parents, audit.whole, seen, row.rejected, row.false_rejects);
   }
   row.candidates = s.full_evals() + s.partial_evals();
   row.tokens = audit.tokens;
