@@ -77,6 +77,8 @@ TEST(CliEngine, BadInputsGiveOneClearLineAndNonZeroExit) {
                 "windows of ctx 512 need 511"},
            Case{"perplexity -m " + stories() + " -f " + moby() + " -c 0", "ctx"},
            Case{"generate -m " + stories() + " -n 600", "exceed the context size 512"},
+           Case{"perplexity -m " + stories() + " -f " + moby() + " -t 100000", "not in range"},
+           Case{"eval -m " + stories() + " -f " + moby() + " --lengths 256 -t -3", "not in range"},
        }) {
     std::string out;
     const int rc = run_command(cli_path().string() + " " + c.args, &out);

@@ -72,8 +72,7 @@ Runner register_eval(CLI::App& app) {
   cmd->add_option("--needle-seed", a->needle_seed, "seed of the needles' numbers and depths")
       ->capture_default_str();
   cmd->add_option("-o,--out", a->out, "output directory (results.*, ppl.png, ppl.svg)");
-  cmd->add_option("-t,--threads", a->threads,
-                  "threads per rank (default: all cores, shared among the ranks on a host)");
+  add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");

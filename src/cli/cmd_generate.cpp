@@ -63,7 +63,7 @@ Runner register_generate(CLI::App& app) {
   cmd->add_option("--top-k", args->top_k, "top-k sampling (0 = off)")->capture_default_str();
   cmd->add_option("--top-p", args->top_p, "top-p sampling (1 = off)")->capture_default_str();
   cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
-  cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
+  add_threads_option(cmd, args->threads);
   add_compute_flag(cmd, args->compute);
   cmd->add_flag("--chat", args->chat, "wrap the prompt in the model's chat format (ChatML)");
   cmd->add_option("--system", args->system, "system prompt for --chat");

@@ -78,8 +78,7 @@ Runner register_passkey(CLI::App& app) {
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
       ->check(CLI::Range(1.0, 1e6));
   cmd->add_option("-o,--out", a->out, "output directory");
-  cmd->add_option("-t,--threads", a->threads,
-                  "threads per rank (default: all cores, shared among the ranks on a host)");
+  add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");

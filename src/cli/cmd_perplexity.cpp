@@ -41,7 +41,7 @@ Runner register_perplexity(CLI::App& app) {
   cmd->add_option("--docs", args->docs, "number of windows K")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
-  cmd->add_option("-t,--threads", args->threads, "threads (default: all cores)");
+  add_threads_option(cmd, args->threads);
   add_compute_flag(cmd, args->compute);
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
   cmd->add_flag("!--no-progress", args->progress, "no progress bar");

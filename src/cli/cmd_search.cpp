@@ -180,8 +180,7 @@ Runner register_search(CLI::App& app) {
   cmd->add_flag("--resume", a->cfg.resume, "continue from <output>.ckpt.json");
   cmd->add_flag("--json", a->json, "print one JSON summary on stdout");
   cmd->add_flag("!--no-progress", a->progress, "no progress bar");
-  cmd->add_option("-t,--threads", a->cfg.n_threads,
-                  "threads per rank (default: all cores, shared among the ranks on a host)");
+  add_threads_option(cmd, a->cfg.n_threads);
   add_compute_flag(cmd, a->compute);
 
   cmd->add_option("--fitness", a->cfg.fitness,

@@ -71,6 +71,13 @@ int run_distributed(const std::function<nlohmann::json()>& prepare,
   return rc;
 }
 
+void add_threads_option(CLI::App* cmd, int& threads) {
+  cmd->add_option("-t,--threads", threads,
+                  "threads per process (default 0: all cores, shared among the MPI ranks of a "
+                  "host)")
+      ->check(CLI::Range(0, 1024));
+}
+
 void add_compute_flag(CLI::App* cmd, std::string& value) {
   cmd->add_option("--compute", value,
                   "arithmetic of prompt processing and attention: bf16 (bf16 products, FP32 "

@@ -17,6 +17,9 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
                                                 const std::string& tokenizer_path, int threads);
 // --compute auto|f32|bf16 (the arithmetic of prompt processing, scoring and attention).
 void add_compute_flag(CLI::App* cmd, std::string& value);
+// -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
+// of a host).
+void add_threads_option(CLI::App* cmd, int& threads);
 // Sets the process default from the flag's value; throws Error for bf16 on a CPU without it.
 void apply_compute_flag(const std::string& value);
 
