@@ -71,11 +71,8 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   for (int64_t r = 0; r < m; ++r) {
     if (std::isfinite(nll[r])) continue;
     // Where did it start? The prefix up to that token again, checked layer by layer.
-    const int64_t len = pos[r] + 1;
-    engine::KvStorage kv2(hp, len, 1, opts.compute);
-    engine::Workspace ws2;
-    int at = -1;
-    engine::forward_layers(model, tokens.data(), len, 0, tables, kv2.view, ws2, nullptr, &at);
+    const int at =
+        engine::first_nonfinite_at(model, tokens.data(), pos[r] + 1, tables, opts.compute);
     throw Error(fmt::format(
         "the loss of token {} of {} is {} (non-finite); the first non-finite values appear in {} "
         "(expected finite weights and RoPE tables: check the model file)",
@@ -230,12 +227,8 @@ std::vector<float> Context::decode(std::span<const int32_t> tokens) {
   for (float x : logits) {
     if (std::isfinite(x)) continue;
     // Where did it start? Everything fed so far again, checked layer by layer.
-    const int64_t len = static_cast<int64_t>(history_.size());
-    engine::KvStorage kv2(hp, len, 1, impl_->kv->view.compute);
-    engine::Workspace ws2;
-    int at = -1;
-    engine::forward_layers(*model_, history_.data(), len, 0, impl_->tables, kv2.view, ws2, nullptr,
-                           &at);
+    const int at = engine::first_nonfinite_at(*model_, history_.data(), int64_t(history_.size()),
+                                              impl_->tables, impl_->kv->view.compute);
     throw Error(fmt::format(
         "the logits after {} token(s) are non-finite; the first non-finite values appear in {} "
         "(expected finite weights and RoPE tables: check the model file)",

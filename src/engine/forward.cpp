@@ -80,6 +80,15 @@ std::string nonfinite_where(int at, int n_layer) {
   return "the output norm or LM head (every layer's output is finite)";
 }
 
+int first_nonfinite_at(const Model& model, const int32_t* tokens, int64_t n,
+                       const RopeTables& tables, kernels::Compute compute) {
+  KvStorage kv(model.hp(), n, 1, compute);
+  Workspace ws;
+  int at = -1;
+  forward_layers(model, tokens, n, 0, tables, kv.view, ws, nullptr, &at);
+  return at;
+}
+
 void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_t p0,
                     const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats,
                     int* nonfinite_at) {

@@ -57,6 +57,11 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
 // output norm or LM head), and the one-line error of a non-finite loss or logit.
 std::string nonfinite_where(int at, int n_layer);
 
+// Where the first non-finite hidden state of tokens[0, n) appears (see forward_layers'
+// nonfinite_at), from a checked pass with its own cache and workspace.
+int first_nonfinite_at(const Model& model, const int32_t* tokens, int64_t n,
+                       const RopeTables& tables, kernels::Compute compute);
+
 // Next-token negative log-likelihoods from final hidden states already through the output norm:
 // nll[r] = logsumexp(h_r W^T) - (h_r W^T)[target[r]] for n rows. Streams the vocabulary in panels
 // (each decoded once) and row chunks with an online log-sum-exp: no n x vocab buffer.
