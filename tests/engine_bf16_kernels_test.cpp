@@ -200,6 +200,20 @@ std::vector<float> run_bf16(const AttnCase& c, AttnData& d) {
 
 }  // namespace
 
+// A NaN score reaches the output on every path (the clamped exp used to map NaN to 2^-127).
+TEST(EngineBf16Kernels, AttentionPropagatesNaN) {
+  SKIP_WITHOUT_BF16();
+  for (const AttnCase& c : {AttnCase{1, 37, 9, 3, 64}, AttnCase{64, 0, 8, 4, 8},
+                            AttnCase{300, 37, 4, 1, 32}, AttnCase{2, 2500, 9, 3, 64}}) {
+    AttnData d = make_attn(c, 900);
+    d.q[size_t((c.n - 1) * d.q_stride + 2)] = NAN;  // last row, head 0
+    const std::vector<float> out = run_bf16(c, d);
+    EXPECT_TRUE(std::isnan(out[size_t((c.n - 1) * d.out_stride)]))
+        << "n " << c.n << " p0 " << c.p0 << " hd " << c.hd;
+    EXPECT_TRUE(std::isfinite(out[size_t((c.n - 1) * d.out_stride + c.hd)]));  // head 1
+  }
+}
+
 TEST(EngineBf16Kernels, AttentionMatchesScalar) {
   SKIP_WITHOUT_BF16();
   std::vector<AttnCase> cases;

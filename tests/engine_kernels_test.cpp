@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/kernels/vec_math.h"
+#include "longrope/error.h"
 #include "longrope/kernels.h"
 #include "test_paths.h"
 
@@ -31,6 +32,71 @@ TEST(EngineKernels, FastExpMatchesStdExp) {
   }
   EXPECT_EQ(lk::fast_exp(-INFINITY), lk::fast_exp(-87.0f));
   EXPECT_LT(lk::fast_exp(-INFINITY), 1e-37f);
+  // NaN stays NaN (it was clamped into a finite number, hiding a broken model from the checks).
+  EXPECT_TRUE(std::isnan(lk::fast_exp(NAN)));
+  EXPECT_TRUE(std::isnan(lk::fast_exp(-NAN)));
+  EXPECT_EQ(lk::fast_exp(INFINITY), lk::fast_exp(88.5f));
+}
+
+// A NaN in one query row reaches that row's output (every head of the kv group sees only its
+// own query) and no other row; a NaN key reaches every row that can see it.
+TEST(EngineKernels, AttentionPropagatesNaN) {
+  const int H = 4, KV = 2, hd = 8;
+  const int64_t n = 70, cap = 80;
+  auto q = rnd(n * H * hd, 21), k = rnd(KV * cap * hd, 22), v = rnd(KV * cap * hd, 23);
+  q[size_t(5 * H * hd + 1 * hd + 3)] = NAN;  // row 5, head 1
+  k[size_t((1 * cap + 40) * hd + 2)] = NAN;  // kv head 1, position 40 (heads 2 and 3)
+  for (auto kernel : {lk::attention, lk::attention_scalar}) {
+    std::vector<float> out(size_t(n * H * hd));
+    kernel({q.data(), H * hd, k.data(), v.data(), cap, out.data(), H * hd, n, 0, H, KV, hd, 0.35f});
+    auto nan_at = [&](int64_t row, int h) {
+      return std::isnan(out[size_t(row * H * hd + h * hd)]);
+    };
+    EXPECT_TRUE(nan_at(5, 1));
+    EXPECT_FALSE(nan_at(5, 0));
+    EXPECT_FALSE(nan_at(6, 1));
+    EXPECT_FALSE(nan_at(39, 2));
+    EXPECT_TRUE(nan_at(40, 2));
+    EXPECT_TRUE(nan_at(69, 3));
+    EXPECT_FALSE(nan_at(69, 1));
+  }
+}
+
+TEST(EngineKernels, AttentionRefusesBrokenArguments) {
+  std::vector<float> q(64), k(64), v(64), out(64);
+  const lk::AttentionArgs ok{q.data(), 8, k.data(), v.data(), 4, out.data(), 8,
+                             2,        0, 2,        1,        4, 0.5f};
+  EXPECT_NO_THROW(lk::attention(ok));
+  auto expect = [](lk::AttentionArgs a, const std::string& part) {
+    for (auto kernel : {lk::attention, lk::attention_scalar}) {
+      try {
+        kernel(a);
+        ADD_FAILURE() << "expected an error with " << part;
+      } catch (const longrope::Error& e) {
+        EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+        EXPECT_EQ(std::string(e.what()).rfind("attention", 0), 0u) << e.what();
+      }
+    }
+  };
+  lk::AttentionArgs a = ok;
+  a.n_head = 3;  // not a multiple of 2 kv heads
+  a.n_head_kv = 2;
+  expect(a, "3 query heads are not a positive multiple of 2 key/value heads");
+  a = ok;
+  a.n_head_kv = 0;
+  expect(a, "key/value heads");
+  a = ok;
+  a.p0 = 3;
+  expect(a, "positions [3, 5) do not fit a cache of 4");
+  a = ok;
+  a.q_stride = 7;
+  expect(a, "must hold 2 heads x 4 = 8 values");
+  a = ok;
+  a.head_dim = 0;
+  expect(a, "head_dim 0");
+  a = ok;
+  a.scale = NAN;
+  expect(a, "scale nan is not finite");
 }
 
 TEST(EngineKernels, GemmMatchesScalar) {

@@ -119,6 +119,12 @@ struct AttentionArgsT {
   int head_dim;
   float scale;  // usually 1/sqrt(head_dim)
 };
+// Throws Error naming the kernel and the first broken precondition of the layout above: positive
+// heads with n_head a multiple of n_head_kv, head_dim > 0, n >= 0, p0 >= 0, p0 + n <= kv_cap,
+// strides that hold every head, a finite scale. Every attention kernel calls it first.
+template <class KV>
+void check_attention_args(const AttentionArgsT<KV>& a, const char* kernel);
+
 using AttentionArgs = AttentionArgsT<float>;
 void attention(const AttentionArgs& a);
 void attention_scalar(const AttentionArgs& a);

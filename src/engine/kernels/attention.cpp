@@ -1,6 +1,7 @@
 // Causal grouped-query attention streamed over key tiles with an online softmax
 // (flash-attention style): per (head, query tile) only a tile of scores exists at a time.
 #include <cblas.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "engine/kernels/vec_math.h"
+#include "longrope/error.h"
 #include "longrope/kernels.h"
 
 namespace longrope::kernels {
@@ -17,7 +19,30 @@ constexpr int64_t kTileQ = 64;
 constexpr int64_t kTileK = 256;
 }  // namespace
 
+template <class KV>
+void check_attention_args(const AttentionArgsT<KV>& a, const char* kernel) {
+  auto fail = [kernel](const std::string& what) {
+    throw Error(fmt::format("{}: {}", kernel, what));
+  };
+  if (a.n_head <= 0 || a.n_head_kv <= 0 || a.n_head % a.n_head_kv != 0)
+    fail(fmt::format("{} query heads are not a positive multiple of {} key/value heads", a.n_head,
+                     a.n_head_kv));
+  if (a.head_dim <= 0) fail(fmt::format("head_dim {} is not positive", a.head_dim));
+  if (a.n < 0 || a.p0 < 0 || a.p0 + a.n > a.kv_cap)
+    fail(fmt::format("queries at positions [{}, {}) do not fit a cache of {} positions", a.p0,
+                     a.p0 + a.n, a.kv_cap));
+  const int64_t row = int64_t(a.n_head) * a.head_dim;
+  if (a.n > 0 && (a.q_stride < row || a.out_stride < row))
+    fail(fmt::format("row strides {} (q) and {} (out) must hold {} heads x {} = {} values",
+                     a.q_stride, a.out_stride, a.n_head, a.head_dim, row));
+  if (a.n > 0 && (!a.q || !a.k || !a.v || !a.out)) fail("a null buffer");
+  if (!std::isfinite(a.scale)) fail(fmt::format("scale {} is not finite", a.scale));
+}
+template void check_attention_args(const AttentionArgsT<float>&, const char*);
+template void check_attention_args(const AttentionArgsT<uint16_t>&, const char*);
+
 void attention(const AttentionArgs& a) {
+  check_attention_args(a, "attention");
   const int hd = a.head_dim;
   const int group = a.n_head / a.n_head_kv;
   const int64_t n_qt = (a.n + kTileQ - 1) / kTileQ;
@@ -88,6 +113,7 @@ void attention(const AttentionArgs& a) {
 }
 
 void attention_scalar(const AttentionArgs& a) {
+  check_attention_args(a, "attention_scalar");
   const int hd = a.head_dim;
   const int group = a.n_head / a.n_head_kv;
   std::vector<double> w;

@@ -623,9 +623,8 @@ LONGROPE_BF16_TARGET void attention_merge(const AttnJob& job, int64_t b) {
 
 void attention_bf16(const AttentionArgsBf16& a) {
   bf16_detail::require_avx512_bf16("attention_bf16");
-  if (a.n <= 0) return;
-  if (a.n_head_kv <= 0 || a.n_head % a.n_head_kv != 0)
-    throw Error("attention_bf16: n_head must be a multiple of n_head_kv");
+  check_attention_args(a, "attention_bf16");
+  if (a.n == 0) return;
   // Long prefill: both products on oneDNN matmuls (AMX) where the build and the CPU allow.
   if (bf16_detail::attention_bf16_onednn(a)) return;
   const int group = a.n_head / a.n_head_kv;

@@ -123,9 +123,10 @@ LONGROPE_BF16_TARGET inline __m512 exp2_ps(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// The same for x that may be -inf (gives 2^-127).
+// The same for x that may be -inf (gives 2^-127). NaN stays NaN: max_ps returns its second
+// operand when either is NaN, so x goes second.
 LONGROPE_BF16_TARGET inline __m512 exp2_clamped_ps(__m512 x) {
-  return exp2_ps(_mm512_max_ps(x, _mm512_set1_ps(-127.0f)));
+  return exp2_ps(_mm512_max_ps(_mm512_set1_ps(-127.0f), x));
 }
 
 }  // namespace longrope::kernels::bf16_detail

@@ -6,10 +6,14 @@
 
 namespace longrope::kernels {
 
-// exp(x) for float, relative error below 2e-7 on [-87, 88]; exp(-inf) = 0, large x saturate to
-// exp(88.7). Written with plain arithmetic and bit casts so the compiler vectorises loops over it.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.5f ? 88.5f : x);
+// exp(x) for float, relative error below 2e-7 on [-87, 88]; exp(-inf) = exp(-87) (about 1.6e-38),
+// large x saturate to exp(88.5), and NaN gives NaN (a NaN must reach the non-finite checks, not be
+// clamped into a number). Written with plain arithmetic, selects and bit casts so the compiler
+// vectorises loops over it.
+inline float fast_exp(float x_in) {
+  const bool nan = x_in != x_in;
+  float x = x_in < -87.0f ? -87.0f : (x_in > 88.5f ? 88.5f : x_in);
+  x = nan ? 0.0f : x;  // keeps the float -> int conversion below defined
   const float n = std::nearbyint(x * 1.44269504088896341f);
   // r = x - n*ln2 in two steps (Cody-Waite) for accuracy.
   float r = x - n * 0.693359375f;
@@ -24,7 +28,7 @@ inline float fast_exp(float x) {
   const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &e, sizeof scale);
-  return p * scale;
+  return nan ? x_in : p * scale;
 }
 
 }  // namespace longrope::kernels
