@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -113,6 +114,43 @@ TEST(EngineSwitch, RerotateIsACheapApproximation) {
   const auto ids = novel_tokens(*m, 530);
   const double err = check_switching(m, s, ids, 500, {513, 530}, 18, SwitchPolicy::kRerotate, 0.5);
   EXPECT_GT(err, 1e-4);  // not exact: the docs must not claim it is
+}
+
+// kNewTokens (transformers' dynamic NTK with a cache): the frequencies follow the length for new
+// tokens, cached keys stay as written, so no cached position is ever recomputed. Not exact
+// and far from it on this model (measured max |logit diff| against a full recomputation: 4.3 at
+// 530 tokens, where re-rotation is off by 0.1: with head_dim 8 a middle pair's frequency moves by
+// 2% between 512 and 530, which turns the angle to a key written at 500 by about a radian).
+// kAuto picks it for dynamic NTK and keeps the exact recompute for LongRoPE sets.
+TEST(EngineSwitch, NewTokensNeverRecomputesTheCache) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  const RopeScaling s = dynamic_x2();
+  const auto ids = novel_tokens(*m, 530);
+  for (SwitchPolicy p : {SwitchPolicy::kNewTokens, SwitchPolicy::kAuto}) {
+    Context c(m,
+              {.n_ctx = 530, .n_threads = 0, .switch_policy = p, .compute = kernels::Compute::kF32},
+              s);
+    c.decode(std::span<const int32_t>(ids.data(), 500));
+    for (size_t i = 500; i < ids.size(); ++i) c.decode(std::span<const int32_t>(&ids[i], 1));
+    EXPECT_EQ(c.switch_stats().switches, 18) << switch_policy_name(p);
+    EXPECT_EQ(c.switch_stats().positions, 0) << switch_policy_name(p);
+  }
+  const double err = check_switching(m, s, ids, 500, {513, 530}, 18, SwitchPolicy::kNewTokens, 8.0);
+  EXPECT_GT(err, 1e-4);  // not exact: the docs must not claim it is
+  std::printf("new-tokens against recompute: max |logit diff| = %.3g\n", err);
+}
+
+TEST(EngineSwitch, AutoRecomputesALongropeSetSwitch) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.orig_ctx = 512;
+  s.target_ctx = 2048;
+  s.sets = {set({1.0, 1.0, 1.1, 1.3}, 512), set({1.0, 1.8, 3.0, 5.5}, 0)};
+  const auto ids = novel_tokens(*m, 520);
+  check_switching(m, s, ids, 505, {512, 513, 520}, 1, SwitchPolicy::kAuto);
 }
 
 // kKeep never switches: the tables of the first decode stay (llama.cpp's behaviour).

@@ -2,6 +2,7 @@
 // KV cache, under any RoPE scaling. Changing the scaling never touches the weights.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -22,12 +23,22 @@ namespace longrope {
 //    the first layer only; deeper layers keep values computed under the old tables. A cheap
 //    approximation whose error is measured in docs/rope-methods.md.
 //  - kKeep: keep the tables chosen at the first decode (what llama.cpp does).
-enum class SwitchPolicy { kRecompute, kRerotate, kKeep };
+//  - kNewTokens: new tokens are rotated with the tables of the new length; cached keys keep the
+//    rotation they were written with (no recompute). This is transformers' dynamic NTK with a
+//    KV cache (the frequencies follow the length, the cache is not touched).
+//  - kAuto (default): kNewTokens for dynamic NTK, whose tables change at every token past the
+//    trained context (kRecompute would be one prefill per generated token), and kRecompute for
+//    every other change (a LongRoPE short -> long set switch happens once; transformers also
+//    recomputes the cache there).
+enum class SwitchPolicy { kRecompute, kRerotate, kKeep, kNewTokens, kAuto };
+
+// "recompute", "rerotate", "keep", "new-tokens", "auto" (the --switch values).
+const char* switch_policy_name(SwitchPolicy p);
 
 struct ContextParams {
   int64_t n_ctx = 0;  // KV cache capacity in tokens; 0 = the model's trained context
   int n_threads = 0;  // 0 = all cores
-  SwitchPolicy switch_policy = SwitchPolicy::kRecompute;
+  SwitchPolicy switch_policy = SwitchPolicy::kAuto;
   // Arithmetic of prompt processing and attention; with kBF16 the KV cache is bf16 (half the
   // memory). Token-by-token decoding always reads the weight blocks directly in FP32.
   kernels::Compute compute = kernels::default_compute();
@@ -55,7 +66,9 @@ class Context {
   // Appends tokens at positions n_past .. n_past+n-1 and returns the logits of the last one
   // (n_vocab values). The RoPE tables follow the current sequence length (n_past + n): when they
   // change (dynamic NTK, LongRoPE length buckets), cached keys are re-rotated first.
-  std::vector<float> decode(std::span<const int32_t> tokens);
+  // on_progress, when set, receives the fraction done (per layer) of a long prefill.
+  std::vector<float> decode(std::span<const int32_t> tokens,
+                            const std::function<void(double)>& on_progress = {});
   // Logits of every appended token (n x n_vocab); for tests on short inputs.
   std::vector<float> decode_all_logits(std::span<const int32_t> tokens);
   void reset();
@@ -65,12 +78,12 @@ class Context {
   const Model& model() const { return *model_; }
 
  private:
-  void advance(std::span<const int32_t> tokens);
+  void advance(std::span<const int32_t> tokens, const std::function<void(double)>& on_progress);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::shared_ptr<const Model> model_;
   RopeScaling scaling_;
-  SwitchPolicy policy_ = SwitchPolicy::kRecompute;
+  SwitchPolicy policy_ = SwitchPolicy::kAuto;
   std::vector<int32_t> history_;  // tokens in the cache (kRecompute; locating a non-finite logit)
   int64_t n_ctx_ = 0;
   int64_t n_past_ = 0;

@@ -102,6 +102,11 @@ size_t longrope_set_index(const std::vector<FactorSet>& sets, int64_t seq_len);
 // target_ctx > 0, else `factor`; other methods: `factor`. model_ctx as in RopeScaling::tables().
 double rope_extension_ratio(const RopeScaling& scaling, int64_t model_ctx);
 
+// The longest sequence the scaling was made for: L_orig for none, s x L_orig for linear, ntk,
+// yarn and llama3, target_ctx (or s x L_orig) for longrope; 0 for dynamic NTK, which follows the
+// length. Past it the model runs outside what the scaling was searched or designed for.
+int64_t rope_made_for_length(const RopeScaling& scaling, int64_t model_ctx);
+
 // --- From model files -------------------------------------------------------------------------
 // RoPE scaling declared by a model file (GGUF {arch}.rope.scaling.* keys and the rope_freqs /
 // rope_factors_long / rope_factors_short tensors). model_ctx is the file's context_length, which

@@ -2,6 +2,7 @@
 #include <fmt/core.h>
 #include <omp.h>
 
+#include <cmath>
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -9,13 +10,14 @@
 #include "cli/rope_flags.h"
 #include "longrope/context.h"
 #include "longrope/error.h"
+#include "longrope/perplexity.h"
 #include "longrope/sampling.h"
 
 namespace longrope::cli {
 
 namespace {
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, system;
+  std::string model, tokenizer, prompt, prompt_file, system;
   int64_t n_predict = 128;
   int64_t ctx = 0;
   float temp = 0.8f;
@@ -26,7 +28,9 @@ struct GenerateArgs {
   std::string compute = "auto";
   bool chat = false;
   bool ignore_eos = false;
-  SwitchPolicy policy = SwitchPolicy::kRecompute;
+  bool echo = true;
+  bool progress = true;
+  std::string policy = "auto";
   RopeFlags rope;
 };
 
@@ -54,33 +58,47 @@ Runner register_generate(CLI::App& app) {
   cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")
       ->required();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  cmd->add_option("-p,--prompt", args->prompt, "prompt text (default: empty, start from BOS)");
+  auto* prompt =
+      cmd->add_option("-p,--prompt", args->prompt, "prompt text (default: empty, start from BOS)");
+  cmd->add_option("-f,--file", args->prompt_file, "read the prompt from this text file")
+      ->excludes(prompt);
   cmd->add_option("-n,--n-predict", args->n_predict, "tokens to generate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
-  cmd->add_option("-c,--ctx", args->ctx, "context size (default: the model's trained context)");
-  cmd->add_option("--temp", args->temp, "temperature; 0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", args->top_k, "top-k sampling (0 = off)")->capture_default_str();
-  cmd->add_option("--top-p", args->top_p, "top-p sampling (1 = off)")->capture_default_str();
+  cmd->add_option("-c,--ctx", args->ctx, "context size (default: the model's trained context)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  cmd->add_option("--temp", args->temp, "temperature; 0 = greedy")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--top-k", args->top_k, "top-k sampling (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", args->top_p, "top-p sampling, in (0, 1] (1 = off)")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-6f, 1.0f));
   cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
   add_threads_option(cmd, args->threads);
   add_compute_flag(cmd, args->compute);
   cmd->add_flag("--chat", args->chat, "wrap the prompt in the model's chat format (ChatML)");
   cmd->add_option("--system", args->system, "system prompt for --chat");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "keep generating after end-of-sequence");
-  cmd->add_option("--switch", args->policy,
-                  "when the RoPE tables change with the length (dynamic, LongRoPE sets): "
-                  "recompute (exact), rerotate (cheap, approximate) or keep")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, SwitchPolicy>{{"recompute", SwitchPolicy::kRecompute},
-                                              {"rerotate", SwitchPolicy::kRerotate},
-                                              {"keep", SwitchPolicy::kKeep}},
-          CLI::ignore_case));
+  cmd->add_flag("!--no-echo", args->echo, "do not print the prompt before the generated text");
+  cmd->add_flag("!--no-progress", args->progress, "no progress bar while reading the prompt");
+  cmd->add_option(
+         "--switch", args->policy,
+         "when the RoPE tables change with the length: 'auto' (default) = 'new-tokens' for "
+         "dynamic NTK (as transformers: new tokens use the frequencies of the new length, cached "
+         "keys stay as written) and 'recompute' otherwise (a LongRoPE short -> long switch: the "
+         "cache is run again, exact); 'rerotate' (cached keys re-rotated, cheap, approximate); "
+         "'keep' (the first tables stay, as llama.cpp)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "recompute", "rerotate", "keep", "new-tokens"}));
   add_rope_flags(cmd, args->rope);
   return [args]() {
     apply_compute_flag(args->compute);
     auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
     const Tokenizer& tok = model->tokenizer();
+    if (!args->prompt_file.empty()) args->prompt = read_text_file(args->prompt_file);
     std::vector<int32_t> ids;
     if (tok.add_bos() && tok.bos() >= 0) ids.push_back(tok.bos());
     if (args->chat) {
@@ -99,13 +117,27 @@ Runner register_generate(CLI::App& app) {
     ContextParams cp;
     cp.n_ctx = args->ctx > 0 ? args->ctx : model->hp().n_ctx_train;
     cp.n_threads = args->threads;
-    cp.switch_policy = args->policy;
+    for (SwitchPolicy p : {SwitchPolicy::kAuto, SwitchPolicy::kRecompute, SwitchPolicy::kRerotate,
+                           SwitchPolicy::kKeep, SwitchPolicy::kNewTokens})
+      if (args->policy == switch_policy_name(p)) cp.switch_policy = p;
     if (int64_t(ids.size()) + args->n_predict > cp.n_ctx)
       throw Error("prompt (" + std::to_string(ids.size()) + " tokens) + " +
                   std::to_string(args->n_predict) + " new tokens exceed the context size " +
                   std::to_string(cp.n_ctx) + " (raise -c)");
     const RopeScaling scaling = resolve_rope_for_length(args->rope, *model, cp.n_ctx);
     Context ctx(model, cp, scaling);
+    // Past the length the scaling was made for the output may degrade without any other sign.
+    const int64_t made_for = rope_made_for_length(scaling, model->hp().n_ctx_train);
+    bool warned = false;
+    auto warn_length = [&](int64_t len) {
+      if (warned || made_for <= 0 || len <= made_for) return;
+      warned = true;
+      fmt::print(stderr,
+                 "\nwarning: the context ({} tokens) passes the {} tokens that the RoPE scaling "
+                 "({}) was made for; the output may degrade\n",
+                 len, made_for, scaling.describe());
+    };
+    warn_length(int64_t(ids.size()));
     SamplerParams sp;
     sp.temperature = args->temp;
     sp.top_k = args->top_k;
@@ -113,10 +145,18 @@ Runner register_generate(CLI::App& app) {
     sp.seed = args->seed;
     Sampler sampler(sp);
 
-    if (!args->chat) fmt::print("{}", args->prompt);
+    if (!args->chat && args->echo) fmt::print("{}", args->prompt);
     std::fflush(stdout);
     const double t0 = omp_get_wtime();
-    std::vector<float> logits = ctx.decode(ids);
+    std::vector<float> logits;
+    {
+      // Progress per layer (a 15k-token prompt takes over a minute on 2 cores).
+      Progress bar(fmt::format("prompt ({} tokens)", ids.size()), model->hp().n_layer,
+                   args->progress && ids.size() >= 1024);
+      logits = ctx.decode(
+          ids, [&](double f) { bar.update(std::llround(f * model->hp().n_layer), "layers"); });
+      bar.finish();
+    }
     const double t_prompt = omp_get_wtime() - t0;
     int64_t generated = 0;
     const double t1 = omp_get_wtime();
@@ -135,7 +175,10 @@ Runner register_generate(CLI::App& app) {
         printed = text.size();
         std::fflush(stdout);
       }
-      if (generated + 1 < args->n_predict) logits = ctx.decode(std::span<const int32_t>(&next, 1));
+      if (generated + 1 < args->n_predict) {
+        logits = ctx.decode(std::span<const int32_t>(&next, 1));
+        warn_length(ctx.n_past());
+      }
     }
     const double t_gen = omp_get_wtime() - t1;
     fmt::print("\n");
@@ -146,10 +189,10 @@ Runner register_generate(CLI::App& app) {
                ids.size(), t_prompt, double(ids.size()) / t_prompt, generated, t_gen,
                generated > 0 ? double(generated) / t_gen : 0.0, scaling.describe());
     if (ctx.switch_stats().switches > 0)
-      fmt::print(stderr, "rope switches: {} ({} cached positions {} in {:.4f}s)\n",
+      fmt::print(stderr, "rope switches: {} ({} cached positions {} in {:.4f}s; --switch {})\n",
                  ctx.switch_stats().switches, ctx.switch_stats().positions,
                  cp.switch_policy == SwitchPolicy::kRerotate ? "re-rotated" : "recomputed",
-                 ctx.switch_stats().seconds);
+                 ctx.switch_stats().seconds, args->policy);
     return 0;
   };
 }

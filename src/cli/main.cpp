@@ -33,8 +33,18 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (!longrope::dist::is_root()) return e.get_exit_code();  // every rank parsed the same flags
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // A usage error: one line with the error: prefix of the tool's other errors, exit code 2.
+    if (!longrope::dist::is_root()) return 2;  // every rank parsed the same flags
+    std::string cmd;
+    for (const CLI::App* sub : app.get_subcommands())
+      if (sub->parsed()) cmd = " " + sub->get_name();
+    std::string what = e.what();
+    while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+    for (char& ch : what)
+      if (ch == '\n') ch = ' ';
+    fmt::print(stderr, "error: {} (see longrope{} --help)\n", what, cmd);
+    return 2;
   }
   for (auto& [sub, runner] : cmds) {
     if (!sub->parsed()) continue;

@@ -157,7 +157,24 @@ void rerotate(const HParams& hp, const engine::KvView& kv, int64_t n, const Rope
 
 }  // namespace
 
-void Context::advance(std::span<const int32_t> tokens) {
+const char* switch_policy_name(SwitchPolicy p) {
+  switch (p) {
+    case SwitchPolicy::kRecompute:
+      return "recompute";
+    case SwitchPolicy::kRerotate:
+      return "rerotate";
+    case SwitchPolicy::kKeep:
+      return "keep";
+    case SwitchPolicy::kNewTokens:
+      return "new-tokens";
+    case SwitchPolicy::kAuto:
+      return "auto";
+  }
+  return "?";
+}
+
+void Context::advance(std::span<const int32_t> tokens,
+                      const std::function<void(double)>& on_progress) {
   const HParams& hp = model_->hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) throw Error("decode needs at least one token");
@@ -165,7 +182,11 @@ void Context::advance(std::span<const int32_t> tokens) {
     throw Error("context full: " + std::to_string(n_past_ + n) +
                 " tokens exceed the context size " + std::to_string(n_ctx_) +
                 " (raise -c/--ctx-size)");
-  RopeTables tables = (policy_ == SwitchPolicy::kKeep && impl_->have_tables)
+  SwitchPolicy policy = policy_;
+  if (policy == SwitchPolicy::kAuto)
+    policy = scaling_.method == RopeMethod::kDynamic ? SwitchPolicy::kNewTokens
+                                                     : SwitchPolicy::kRecompute;
+  RopeTables tables = (policy == SwitchPolicy::kKeep && impl_->have_tables)
                           ? impl_->tables
                           : tables_for(*model_, scaling_, n_past_ + n);
   history_.insert(history_.end(), tokens.begin(), tokens.end());
@@ -174,11 +195,14 @@ void Context::advance(std::span<const int32_t> tokens) {
   if (impl_->have_tables && n_past_ > 0 && !(tables == impl_->tables)) {
     const double t0 = omp_get_wtime();
     switch_stats_.switches++;
-    switch_stats_.positions += n_past_;
-    if (policy_ == SwitchPolicy::kRerotate) {
+    if (policy == SwitchPolicy::kNewTokens) {
+      // Cached keys stay as written; only the new tokens see the new tables.
+    } else if (policy == SwitchPolicy::kRerotate) {
+      switch_stats_.positions += n_past_;
       rerotate(hp, impl_->kv->view, n_past_, impl_->tables, tables);
       switch_stats_.seconds += omp_get_wtime() - t0;
     } else {
+      switch_stats_.positions += n_past_;
       // Exact: the cached tokens go through the model again, together with the new ones.
       p0 = 0;
       run = std::span<const int32_t>(history_);
@@ -187,8 +211,10 @@ void Context::advance(std::span<const int32_t> tokens) {
   impl_->tables = std::move(tables);
   impl_->have_tables = true;
   const double t0 = omp_get_wtime();
+  std::function<void(int, int)> on_layer;
+  if (on_progress) on_layer = [&](int done, int all) { on_progress(double(done) / all); };
   engine::forward_layers(*model_, run.data(), int64_t(run.size()), p0, impl_->tables,
-                         impl_->kv->view, impl_->ws, nullptr);
+                         impl_->kv->view, impl_->ws, nullptr, nullptr, on_layer);
   if (p0 == 0 && n_past_ > 0) switch_stats_.seconds += omp_get_wtime() - t0;
   // Only the rows of the new tokens matter to the caller: move them to the front.
   if (int64_t(run.size()) != n) {
@@ -200,7 +226,7 @@ void Context::advance(std::span<const int32_t> tokens) {
 }
 
 std::vector<float> Context::decode_all_logits(std::span<const int32_t> tokens) {
-  advance(tokens);
+  advance(tokens, {});
   const HParams& hp = model_->hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = hp.n_embd;
@@ -213,8 +239,9 @@ std::vector<float> Context::decode_all_logits(std::span<const int32_t> tokens) {
   return logits;
 }
 
-std::vector<float> Context::decode(std::span<const int32_t> tokens) {
-  advance(tokens);
+std::vector<float> Context::decode(std::span<const int32_t> tokens,
+                                   const std::function<void(double)>& on_progress) {
+  advance(tokens, on_progress);
   const HParams& hp = model_->hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = hp.n_embd;

@@ -91,7 +91,7 @@ int first_nonfinite_at(const Model& model, const int32_t* tokens, int64_t n,
 
 void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_t p0,
                     const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats,
-                    int* nonfinite_at) {
+                    int* nonfinite_at, const std::function<void(int, int)>& on_layer) {
   const HParams& hp = model.hp();
   const int64_t d = hp.n_embd, hd = hp.head_dim, H = hp.n_head, KV = hp.n_head_kv, ff = hp.n_ff;
   const int64_t qdim = H * hd, kvdim = KV * hd;
@@ -175,6 +175,7 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
       *nonfinite_at = l + 1;
       return;
     }
+    if (on_layer) on_layer(l + 1, hp.n_layer);
   }
 }
 

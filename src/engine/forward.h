@@ -1,6 +1,7 @@
 // The Llama forward pass over a block of tokens, shared by whole-window scoring and decoding.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,9 +50,12 @@ struct Workspace {
 // layer, and *nonfinite_at receives where a NaN or Inf first appears (0: the embeddings, l + 1:
 // layer l) or -1; the pass stops there. (A diagnostic: scoring runs it only after a non-finite
 // loss.)
+// on_layer, when set, is called after each layer with (layers done, layers in all): progress for a
+// long prompt.
 void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_t p0,
                     const RopeTables& tables, const KvView& kv, Workspace& ws, PhaseStats* stats,
-                    int* nonfinite_at = nullptr);
+                    int* nonfinite_at = nullptr,
+                    const std::function<void(int, int)>& on_layer = {});
 
 // "the embeddings" / "layer 3 (of 30)" / "the output layer" for a value of nonfinite_at (-1: the
 // output norm or LM head), and the one-line error of a non-finite loss or logit.

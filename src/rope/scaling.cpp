@@ -183,6 +183,13 @@ double rope_extension_ratio(const RopeScaling& s, int64_t model_ctx) {
   return s.factor;
 }
 
+int64_t rope_made_for_length(const RopeScaling& s, int64_t model_ctx) {
+  if (s.method == RopeMethod::kDynamic) return 0;
+  const double orig = static_cast<double>(original_ctx(s, model_ctx));
+  if (s.method == RopeMethod::kNone) return static_cast<int64_t>(orig);
+  return static_cast<int64_t>(std::llround(rope_extension_ratio(s, model_ctx) * orig));
+}
+
 RopeTables RopeScaling::tables(int64_t seq_len, int n_rot, double base, int64_t model_ctx) const {
   validate(n_rot);
   if (seq_len < 0) {
