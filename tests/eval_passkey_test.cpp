@@ -162,4 +162,55 @@ TEST(EvalPasskey, TinyRunProducesTable) {
   fs::remove_all(dir);
 }
 
+// --resume with more --trials extends the stored cells: the first trials are taken from
+// results.json (an edited stored output shows up in the extended cell), the new ones computed, and
+// the cell equals a fresh run of all trials in everything but that edit and the timings.
+TEST(EvalPasskey, ResumeWithMoreTrialsExtendsTheStoredRun) {
+  LONGROPE_REQUIRE_FILE(stories());
+  const fs::path dir = fs::temp_directory_path() / ("longrope_pkext_" + std::to_string(::getpid()));
+  const fs::path fresh = dir.string() + "_fresh";
+  fs::remove_all(dir);
+  fs::remove_all(fresh);
+  const std::string base = cli_path().string() + " passkey -m " + stories() +
+                           " --lengths 256 --methods yarn -t 1 --no-progress --json";
+  std::string out;
+  ASSERT_EQ(run_command(base + " --trials 2 --seed 3 -o " + dir.string(), &out), 0) << out;
+  nlohmann::json j = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
+  ASSERT_EQ(j["cells"].size(), 1u);
+  j["cells"][0]["results"][1]["output"] = "EDITED";
+  { std::ofstream(dir / "results.json") << j.dump(); }
+  ASSERT_EQ(run_command(base + " --trials 3 --seed 3 --resume -o " + dir.string(), &out), 0) << out;
+  ASSERT_EQ(run_command(base + " --trials 3 --seed 3 -o " + fresh.string(), &out), 0) << out;
+  const auto ext = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
+  const auto ref = nlohmann::json::parse(longrope::test::slurp(fresh / "results.json"));
+  const nlohmann::json* cell = nullptr;  // the 3-trial cell (the 2-trial one stays stored)
+  for (const auto& c : ext["cells"])
+    if (c["trials"] == 3) cell = &c;
+  ASSERT_NE(cell, nullptr) << ext.dump();
+  const auto& r3 = ref["cells"][0];
+  EXPECT_EQ((*cell)["key"], r3["key"]);
+  ASSERT_EQ((*cell)["results"].size(), 3u);
+  EXPECT_EQ((*cell)["results"][1]["output"], "EDITED");  // reused, not recomputed
+  for (int t = 0; t < 3; ++t) {
+    EXPECT_EQ((*cell)["results"][t]["key"], r3["results"][t]["key"]);
+    if (t != 1) {
+      EXPECT_EQ((*cell)["results"][t]["output"], r3["results"][t]["output"]);
+    }
+  }
+  EXPECT_EQ((*cell)["correct"], r3["correct"]);
+  // Another seed shares no trials: the edited 2-trial cell is not reused.
+  ASSERT_EQ(run_command(base + " --trials 3 --resume -o " + dir.string() + " --seed 4", &out), 0)
+      << out;
+  const auto other = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
+  int seed4 = 0;
+  for (const auto& c : other["cells"])
+    if (c["key"]["seed"] == 4) {
+      ++seed4;
+      for (const auto& r : c["results"]) EXPECT_NE(r["output"], "EDITED");
+    }
+  EXPECT_EQ(seed4, 1);
+  fs::remove_all(dir);
+  fs::remove_all(fresh);
+}
+
 }  // namespace

@@ -70,6 +70,12 @@ class ResultsStore {
   // The finished cell matching method spec + length + key, if any.
   const nlohmann::json* find(const std::string& method_spec, int64_t length,
                              const nlohmann::json& key) const;
+  // A shorter run of the same cell to extend: among the cells of method spec + length whose
+  // "units" count (e.g. passkey trials) is below `below`, the one with the most units whose key
+  // equals key_for(its units).
+  const nlohmann::json* find_prefix(const std::string& method_spec, int64_t length,
+                                    const std::string& units, int64_t below,
+                                    const std::function<nlohmann::json(int64_t)>& key_for) const;
   // Adds (or replaces) a cell (which must carry method, length and key) and rewrites the file
   // atomically (temp file + rename) when a path is set.
   void put(const nlohmann::json& cell);
@@ -166,10 +172,17 @@ struct SweepPlan {
   std::vector<nlohmann::json> keys;  // the cell key of each method (cell_keys)
   bool length_major = false;         // order of the cells: all methods at a length, then the next
   // The cell of methods[mi] at lengths[li] (with method, label, length and key). `progress`, when
-  // set, is called with the fraction of the cell done and a message.
+  // set, is called with the fraction of the cell done and a message. `prefix` is null, or a stored
+  // cell of a shorter run (see units) whose units the cell reuses.
   std::function<nlohmann::json(size_t mi, size_t li,
-                               const std::function<void(double, const std::string&)>& progress)>
+                               const std::function<void(double, const std::string&)>& progress,
+                               const nlohmann::json& prefix)>
       compute_cell;
+  // Cells made of independent units (passkey: trials, the first K of a run identical to a run of
+  // K): the cell field that counts them, and the key a run of only the first n units stores for
+  // method mi. With resume, a stored shorter run is extended instead of recomputed.
+  std::string units;
+  std::function<nlohmann::json(size_t mi, int64_t n)> key_for_units;
   std::function<int64_t(int64_t length)> work;  // work units of one cell, for the ETA
   // What every rank must share before its cells can be mixed: model, tokens, cell keys, compute
   // (sweep_fingerprint). Computed on demand: only a job over several MPI ranks needs it.

@@ -217,6 +217,23 @@ const nlohmann::json* ResultsStore::find(const std::string& method_spec, int64_t
   return nullptr;
 }
 
+const nlohmann::json* ResultsStore::find_prefix(
+    const std::string& method_spec, int64_t length, const std::string& units, int64_t below,
+    const std::function<nlohmann::json(int64_t)>& key_for) const {
+  const nlohmann::json* best = nullptr;
+  int64_t best_n = 0;
+  for (const nlohmann::json& c : doc_["cells"]) {
+    if (c.value("method", "") != method_spec || c.value("length", int64_t(0)) != length ||
+        !c.contains("key") || !c.contains(units) || !c[units].is_number_integer())
+      continue;
+    const int64_t n = c[units].get<int64_t>();
+    if (n <= best_n || n >= below || c["key"] != key_for(n)) continue;
+    best = &c;
+    best_n = n;
+  }
+  return best;
+}
+
 void ResultsStore::put(const nlohmann::json& cell) {
   nlohmann::json& cells = doc_["cells"];
   bool replaced = false;

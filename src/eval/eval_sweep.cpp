@@ -96,7 +96,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   plan.compute_cell = [&model, scalings, texts, needles, needle, docs, n_threads,
                        methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
                           size_t mi, size_t li,
-                          const std::function<void(double, const std::string&)>& progress) {
+                          const std::function<void(double, const std::string&)>& progress,
+                          const nlohmann::json& /*prefix: perplexity cells have no units*/) {
     const EvalMethod& m = methods[mi];
     const int64_t len = lengths[li];
     const RopeScaling& scaling = (*scalings)[mi][li];

@@ -186,23 +186,38 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
     }
     prompts->push_back(std::move(row));
   }
-  auto prompt_tokens = std::make_shared<std::vector<std::vector<int32_t>>>();  // every prompt
-  for (const auto& row : *prompts)
-    for (const PasskeyPrompt& pp : row) prompt_tokens->push_back(pp.tokens);
-  const nlohmann::json key = {
+  // Every prompt, or the first n trials of each length (the prompts a run of n trials has).
+  auto prompt_tokens = [prompts](int64_t n) {
+    std::vector<std::vector<int32_t>> all;
+    for (const auto& row : *prompts)
+      for (int64_t t = 0; t < n; ++t) all.push_back(row[size_t(t)].tokens);
+    return all;
+  };
+  auto all_prompts = std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(cfg.trials));
+  const nlohmann::json base_key = {
       {"model", file_name(cfg.model_path)},
       {"model_fingerprint", weights_fingerprint(model)},
-      {"prompts_fingerprint", tokens_fingerprint(*prompt_tokens)},
-      {"trials", cfg.trials},
       {"seed", cfg.seed},
       {"depths", cfg.depths},
       {"chat", cfg.chat},
       {"max_new", cfg.max_new},
       {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
       {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
-  plan.keys = cell_keys(key, plan.methods);
-  plan.fingerprint = [&model, prompt_tokens, keys = plan.keys, lengths = plan.lengths] {
-    return sweep_fingerprint(model, *prompt_tokens, keys, lengths);
+  auto key_for = [base_key, prompt_tokens, all_prompts, all = cfg.trials](int64_t n) {
+    nlohmann::json k = base_key;
+    k["prompts_fingerprint"] = tokens_fingerprint(n == all ? *all_prompts : prompt_tokens(n));
+    k["trials"] = n;
+    return k;
+  };
+  plan.keys = cell_keys(key_for(cfg.trials), plan.methods);
+  // A stored run of fewer trials (same seed, lengths, flags and model) holds this run's first
+  // trials: --resume with more --trials extends it.
+  plan.units = "trials";
+  plan.key_for_units = [key_for, methods = plan.methods](size_t mi, int64_t n) {
+    return cell_keys(key_for(n), {methods[mi]})[0];
+  };
+  plan.fingerprint = [&model, all_prompts, keys = plan.keys, lengths = plan.lengths] {
+    return sweep_fingerprint(model, *all_prompts, keys, lengths);
   };
   const int64_t trials = cfg.trials;
   plan.work = [trials](int64_t len) {
@@ -212,13 +227,28 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                        max_new = cfg.max_new, methods = plan.methods, lengths = plan.lengths,
                        keys = plan.keys](
                           size_t mi, size_t li,
-                          const std::function<void(double, const std::string&)>& progress) {
+                          const std::function<void(double, const std::string&)>& progress,
+                          const nlohmann::json& prefix) {
     const EvalMethod& m = methods[mi];
     const int64_t len = lengths[li];
     nlohmann::json results = nlohmann::json::array();
     int64_t correct = 0;
     double seconds = 0;
-    for (int64_t t = 0; t < trials; ++t) {
+    // The trials of a shorter stored run (its key matched this run's first trials).
+    if (!prefix.is_null())
+      for (const nlohmann::json& r : prefix.at("results")) {
+        const PasskeyPrompt& p = (*prompts)[li][results.size()];
+        if (results.size() >= size_t(trials) || r.at("key") != p.key ||
+            r.at("prompt_tokens") != p.tokens.size())
+          throw Error(
+              fmt::format("the stored passkey trials of {} @ {} do not match this run's "
+                          "prompts (results.json edited?)",
+                          m.label, len));
+        correct += r.at("correct").get<bool>() ? 1 : 0;
+        seconds += r.at("seconds").get<double>();
+        results.push_back(r);
+      }
+    for (int64_t t = int64_t(results.size()); t < trials; ++t) {
       if (progress)
         progress(double(t) / double(trials),
                  fmt::format("{} @ {} trial {}/{}", m.label, len, t + 1, trials));

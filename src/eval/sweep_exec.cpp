@@ -13,9 +13,10 @@ namespace longrope {
 
 namespace {
 
-// A cell travels between ranks as "mi li".
-std::string cell_task(size_t mi, size_t li) {
-  return fmt::format("{} {}", mi, li);
+// A cell travels between ranks as "mi li", followed by the stored shorter run it extends.
+std::string cell_task(size_t mi, size_t li, const nlohmann::json& prefix = nullptr) {
+  return prefix.is_null() ? fmt::format("{} {}", mi, li)
+                          : fmt::format("{} {} {}", mi, li, prefix.dump());
 }
 
 nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
@@ -27,7 +28,10 @@ nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
         fmt::format("a cell task '{}' outside this sweep (expected the same flags on "
                     "every rank)",
                     task));
-  return plan.compute_cell(mi, li, progress);
+  std::string rest;
+  std::getline(in >> std::ws, rest, '\0');
+  const nlohmann::json prefix = rest.empty() ? nlohmann::json() : nlohmann::json::parse(rest);
+  return plan.compute_cell(mi, li, progress, prefix);
 }
 
 }  // namespace
@@ -77,8 +81,15 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
         ++done_cells;
         continue;
       }
+    nlohmann::json prefix;
+    if (resume && plan.key_for_units)
+      if (const nlohmann::json* c =
+              store.find_prefix(plan.methods[s.mi].spec, plan.lengths[s.li], plan.units,
+                                plan.keys[s.mi].value(plan.units, int64_t(0)),
+                                [&](int64_t n) { return plan.key_for_units(s.mi, n); }))
+        prefix = *c;
     todo.push_back(i);
-    tasks.push_back(cell_task(s.mi, s.li));
+    tasks.push_back(cell_task(s.mi, s.li, prefix));
     total_work += plan.work(plan.lengths[s.li]);
   }
   if (progress && done_cells) progress(done_cells, n_cells, done_work, total_work, "resumed");
