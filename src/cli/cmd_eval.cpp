@@ -54,13 +54,13 @@ Runner register_eval(CLI::App& app) {
       ->delimiter('\0');
   cmd->add_option("--docs", a->docs, "windows per text (K)")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+      ->check(in_range(int64_t(1), int64_t(1) << 20));
   cmd->add_option("--orig-ctx", a->orig_ctx,
                   "original context L_orig for rule-based methods (default: the model's)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+      ->check(in_range(int64_t(1), int64_t(1) << 30));
   cmd->add_option("--rope-factor", a->rope_factor,
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
-      ->check(CLI::Range(1.0, 1e6));
+      ->check(in_range(1.0, 1e6));
   cmd->add_option("--fitness", a->fitness,
                   "ppl: every token; needle: the answers of needle windows only (as search "
                   "--fitness needle)")
@@ -68,15 +68,15 @@ Runner register_eval(CLI::App& app) {
       ->check(CLI::IsMember({"ppl", "needle"}));
   cmd->add_option("--needles", a->needles, "key facts per needle window")
       ->capture_default_str()
-      ->check(CLI::Range(1, 8));
+      ->check(in_range(1, 8));
   cmd->add_option("--needle-seed", a->needle_seed, "seed of the needles' numbers and depths")
       ->capture_default_str();
-  cmd->add_option("-o,--out", a->out, "output directory (results.*, ppl.png, ppl.svg)");
+  cmd->add_option("-o,--output", a->out, "output directory (results.*, ppl.png, ppl.svg)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  cmd->add_flag("!--no-progress", a->progress, "no progress bar");
+  add_no_progress_flag(cmd, a->progress);
   return [a]() {
     if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
     EvalConfig cfg;

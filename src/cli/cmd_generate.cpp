@@ -64,18 +64,18 @@ Runner register_generate(CLI::App& app) {
       ->excludes(prompt);
   cmd->add_option("-n,--n-predict", args->n_predict, "tokens to generate")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+      ->check(in_range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-c,--ctx", args->ctx, "context size (default: the model's trained context)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+      ->check(in_range(int64_t(1), int64_t(1) << 24));
   cmd->add_option("--temp", args->temp, "temperature; 0 = greedy")
       ->capture_default_str()
-      ->check(CLI::Range(0.0f, 100.0f));
+      ->check(in_range(0.0, 100.0));
   cmd->add_option("--top-k", args->top_k, "top-k sampling (0 = off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(in_range(0, 1 << 20));
   cmd->add_option("--top-p", args->top_p, "top-p sampling, in (0, 1] (1 = off)")
       ->capture_default_str()
-      ->check(CLI::Range(1e-6f, 1.0f));
+      ->check(in_range(1e-6, 1.0));
   cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
   add_threads_option(cmd, args->threads);
   add_compute_flag(cmd, args->compute);
@@ -83,7 +83,7 @@ Runner register_generate(CLI::App& app) {
   cmd->add_option("--system", args->system, "system prompt for --chat");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "keep generating after end-of-sequence");
   cmd->add_flag("!--no-echo", args->echo, "do not print the prompt before the generated text");
-  cmd->add_flag("!--no-progress", args->progress, "no progress bar while reading the prompt");
+  add_no_progress_flag(cmd, args->progress);
   cmd->add_option(
          "--switch", args->policy,
          "when the RoPE tables change with the length: 'auto' (default) = 'new-tokens' for "

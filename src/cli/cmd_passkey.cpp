@@ -63,26 +63,26 @@ Runner register_passkey(CLI::App& app) {
       ->delimiter('\0');
   cmd->add_option("--trials", a->trials, "trials per method and length")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+      ->check(in_range(int64_t(1), int64_t(1) << 20));
   cmd->add_option("--seed", a->seed, "seed of keys and depths")->capture_default_str();
   cmd->add_option("--depths", a->depths,
                   "comma-separated depths in [0,1], used in turn (default: random per trial)");
   cmd->add_flag("--chat", a->chat, "wrap the prompt in the ChatML template");
-  cmd->add_option("--max-new", a->max_new, "new tokens to generate")
+  cmd->add_option("-n,--n-predict", a->max_new, "new tokens to generate for the answer")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(in_range(1, 1000));
   cmd->add_option("--orig-ctx", a->orig_ctx,
                   "original context L_orig for rule-based methods (default: the model's)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+      ->check(in_range(int64_t(1), int64_t(1) << 30));
   cmd->add_option("--rope-factor", a->rope_factor,
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
-      ->check(CLI::Range(1.0, 1e6));
-  cmd->add_option("-o,--out", a->out, "output directory");
+      ->check(in_range(1.0, 1e6));
+  cmd->add_option("-o,--output", a->out, "output directory (results.*, accuracy and depth plots)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  cmd->add_flag("!--no-progress", a->progress, "no progress bar");
+  add_no_progress_flag(cmd, a->progress);
   return [a]() {
     if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
     PasskeyConfig cfg;

@@ -37,14 +37,14 @@ Runner register_perplexity(CLI::App& app) {
   cmd->add_option("-f,--file", args->text, "text file (UTF-8)")->required();
   cmd->add_option("-c,--ctx", args->ctx, "window length in tokens, BOS included")
       ->required()
-      ->check(CLI::Range(int64_t(2), int64_t(1) << 24));
+      ->check(in_range(int64_t(2), int64_t(1) << 24));
   cmd->add_option("--docs", args->docs, "number of windows K")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+      ->check(in_range(int64_t(1), int64_t(1) << 20));
   add_threads_option(cmd, args->threads);
   add_compute_flag(cmd, args->compute);
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
-  cmd->add_flag("!--no-progress", args->progress, "no progress bar");
+  add_no_progress_flag(cmd, args->progress);
   add_rope_flags(cmd, args->rope);
   return [args]() {
     apply_compute_flag(args->compute);

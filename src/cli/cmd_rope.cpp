@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "cli/rope_flags.h"
 #include "longrope/error.h"
 #include "longrope/model_file.h"
@@ -131,12 +132,12 @@ Runner register_rope(CLI::App& app) {
   cmd->add_option("-m,--model", c->model_path, "Model file (GGUF or llama2.c checkpoint)");
   cmd->add_option("--tokenizer", c->tokenizer_path, "tokenizer.bin (llama2.c checkpoints)");
   c->head_dim_opt = cmd->add_option("--head-dim", c->head_dim, "Rotary dims per head (without -m)")
-                        ->check(CLI::PositiveNumber);
+                        ->check(in_range(1, 65536));
   c->base_opt = cmd->add_option("--base", c->base, "RoPE base (without -m; default 10000)")
-                    ->check(CLI::PositiveNumber);
+                    ->check(in_range(1e-6, 1e15));
   cmd->add_option("--seq-len", c->seq_len,
                   "Sequence length the tables are for (default: the scaling's target length)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(in_range(0, double(int64_t(1) << 40)));
   cmd->add_flag("--json", c->json, "Print one JSON object instead of a table");
   add_rope_flags(cmd, c->rope);
   // longrope::Error propagates to main, which prints it as one line and exits non-zero.

@@ -120,29 +120,29 @@ Runner register_search(CLI::App& app) {
   cmd->add_option("--target-ctx", a->cfg.target_ctx,
                   "target context length L (fitness window length)")
       ->required()
-      ->check(CLI::Range(int64_t(2), int64_t(1) << 24));
+      ->check(in_range(int64_t(2), int64_t(1) << 24));
   cmd->add_option("--orig-ctx", a->cfg.orig_ctx,
                   "original context (default: the model's trained one)")
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+      ->check(in_range(int64_t(1), int64_t(1) << 24));
   cmd->add_option("--docs", a->cfg.docs, "windows K of L tokens in the fitness")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+      ->check(in_range(int64_t(1), int64_t(1) << 20));
   cmd->add_option("--population", a->cfg.settings.population, "population size")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(in_range(1, 1 << 20));
   cmd->add_option("--iterations", a->cfg.settings.iterations,
                   "iterations after the initial population")
       ->capture_default_str()
-      ->check(CLI::Range(0, 1 << 20));
+      ->check(in_range(0, 1 << 20));
   cmd->add_option("--parents", a->cfg.settings.parents, "parents kept per iteration")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(in_range(1, 1 << 20));
   cmd->add_option("--mutations", a->cfg.settings.mutations, "mutants per iteration")
       ->capture_default_str()
-      ->check(CLI::Range(0, 1 << 20));
+      ->check(in_range(0, 1 << 20));
   cmd->add_option("--crossovers", a->cfg.settings.crossovers, "crossovers per iteration")
       ->capture_default_str()
-      ->check(CLI::Range(0, 1 << 20));
+      ->check(in_range(0, 1 << 20));
   cmd->add_option("--mutation-prob", a->cfg.settings.mutation_prob, "per-pair mutation probability")
       ->capture_default_str();
   cmd->add_option("--lambda-max", a->cfg.lambda_max, "upper bound of the factors (default 1.25*s)");
@@ -160,7 +160,7 @@ Runner register_search(CLI::App& app) {
                   "add a short factor set serving lengths up to N: for N <= L_orig the plain model "
                   "(factors 1, attention factor 1; searched only with --short-lambda-max), "
                   "else searched with fitness at N")
-      ->check(CLI::Range(int64_t(2), int64_t(1) << 24));
+      ->check(in_range(int64_t(2), int64_t(1) << 24));
   cmd->add_option("--short-lambda-max", a->cfg.short_lambda_max,
                   "upper bound of the short factors (default 1.25*N/L_orig; for N <= L_orig giving "
                   "it searches the short set instead of keeping the plain model)");
@@ -175,11 +175,11 @@ Runner register_search(CLI::App& app) {
                   "tokens of window 0 in early reject's first stage, which is scored beyond the "
                   "original context only (default: window 0, or with --docs 1 its first L_orig + "
                   "(L - L_orig)/2 tokens; <= L_orig turns early reject off)")
-      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+      ->check(in_range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-o,--output", a->cfg.output, "factors file to write")->capture_default_str();
   cmd->add_flag("--resume", a->cfg.resume, "continue from <output>.ckpt.json");
   cmd->add_flag("--json", a->json, "print one JSON summary on stdout");
-  cmd->add_flag("!--no-progress", a->progress, "no progress bar");
+  add_no_progress_flag(cmd, a->progress);
   add_threads_option(cmd, a->cfg.n_threads);
   add_compute_flag(cmd, a->compute);
 
@@ -191,7 +191,7 @@ Runner register_search(CLI::App& app) {
       ->check(CLI::IsMember({"ppl", "needle"}));
   cmd->add_option("--needles", a->cfg.needles, "key facts per needle window")
       ->capture_default_str()
-      ->check(CLI::Range(1, 8));
+      ->check(in_range(1, 8));
   cmd->add_option("--needle-seed", a->cfg.needle_seed, "seed of the needles' numbers and depths")
       ->capture_default_str();
   cmd->add_option("--critical-dim", a->critical_dim,
@@ -202,7 +202,7 @@ Runner register_search(CLI::App& app) {
   cmd->add_option("--critical-margin", a->cfg.critical_margin,
                   "margin above s for the pairs below the critical dimension")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1e6));
+      ->check(in_range(0.0, 1e6));
   cmd->add_flag("--async", a->cfg.settings.steady_state,
                 "steady state instead of generations: breed a child as soon as any evaluation "
                 "finishes (keeps many MPI ranks busy; not reproducible across rank counts)");

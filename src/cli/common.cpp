@@ -71,11 +71,27 @@ int run_distributed(const std::function<nlohmann::json()>& prepare,
   return rc;
 }
 
+CLI::Validator in_range(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(s, v)) return fmt::format("{} is not a number", s);
+        if (!(v >= lo && v <= hi)) return fmt::format("{} is not in [{}, {}]", s, lo, hi);
+        return {};
+      },
+      fmt::format("in [{}, {}]", lo, hi));
+}
+
+void add_no_progress_flag(CLI::App* cmd, bool& progress) {
+  cmd->add_flag_callback(
+      "--no-progress", [&progress] { progress = false; }, "no progress bar");
+}
+
 void add_threads_option(CLI::App* cmd, int& threads) {
   cmd->add_option("-t,--threads", threads,
                   "threads per process (default 0: all cores, shared among the MPI ranks of a "
                   "host)")
-      ->check(CLI::Range(0, 1024));
+      ->check(in_range(0, 1024));
 }
 
 void add_compute_flag(CLI::App* cmd, std::string& value) {

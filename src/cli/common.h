@@ -17,6 +17,11 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
                                                 const std::string& tokenizer_path, int threads);
 // --compute auto|f32|bf16 (the arithmetic of prompt processing, scoring and attention).
 void add_compute_flag(CLI::App* cmd, std::string& value);
+// A flag check with a readable message: "--temp: -1 is not in [0, 100]" (CLI11's Range prints
+// its bounds as %f, and PositiveNumber as DBL_MAX in full).
+CLI::Validator in_range(double lo, double hi);
+// --no-progress (sets progress to false), shown without CLI11's "{false}".
+void add_no_progress_flag(CLI::App* cmd, bool& progress);
 // -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
 // of a host).
 void add_threads_option(CLI::App* cmd, int& threads);

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "cli/common.h"
 #include "longrope/error.h"
 #include "longrope/model.h"
 
@@ -36,7 +37,7 @@ void add_rope_flags(CLI::App* cmd, RopeFlags& f) {
          "--orig-ctx", [&f](const int64_t& v) { f.orig_ctx = v; },
          "Original (trained) context L_orig (default: the model's trained context)")
       ->type_name("N")
-      ->check(CLI::PositiveNumber)
+      ->check(in_range(1, double(int64_t(1) << 40)))
       ->group(group);
   cmd->add_option_function<std::string>(
          "--factors", [&f](const std::string& v) { f.factors_path = v; },
@@ -72,7 +73,7 @@ void add_rope_flags(CLI::App* cmd, RopeFlags& f) {
          "--n-hat", [&f](const int64_t& v) { f.n_hat = v; },
          "LongRoPE start tokens kept at the original rotation (overrides the factors file's)")
       ->type_name("N")
-      ->check(CLI::NonNegativeNumber)
+      ->check(in_range(0, double(int64_t(1) << 40)))
       ->group(group);
 }
 
