@@ -84,6 +84,12 @@ TEST(ExportGguf, RoundTripGivesIdenticalPerplexity) {
     EXPECT_EQ(g->get_number("llama.rope.scaling.attn_factor"), 1.125);
     EXPECT_EQ(g->find_tensor("rope_freqs.weight") != nullptr, !two);
     EXPECT_EQ(g->find_tensor("rope_factors_long.weight") != nullptr, two);
+    // llama.cpp reads rope_factors_long/short only under scaling type longrope, and rope_freqs
+    // only without it; either mismatch makes it refuse the file ("wrong number of tensors").
+    EXPECT_EQ(g->has("llama.rope.scaling.type"), two);
+    if (two) {
+      EXPECT_EQ(g->get<std::string>("llama.rope.scaling.type"), "longrope");
+    }
     EXPECT_EQ(g->tensors().size(),
               GgufFile::open(model_path())->tensors().size() + (two ? 2u : 1u));
 

@@ -87,6 +87,9 @@ void export_gguf(const std::string& model_path, const RopeScaling& searched,
   } else {
     w.add_tensor("rope_factors_long.weight", kF32, {half}, f32_bytes(factors.sets[1].factors));
     w.add_tensor("rope_factors_short.weight", kF32, {half}, f32_bytes(factors.sets[0].factors));
+    // llama.cpp loads the two tensors only under this scaling type (and otherwise refuses the file:
+    // "wrong number of tensors"); with it, it picks the long set above the original context.
+    w.set_string(a + "rope.scaling.type", "longrope");
   }
   w.set_u32(a + "context_length", static_cast<uint32_t>(factors.target_ctx));
   w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(factors.orig_ctx));
