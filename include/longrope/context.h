@@ -100,6 +100,8 @@ struct ScoreOptions {
   // Positions i whose next-token NLL (of tokens[i+1]) is wanted, in any order; empty = all
   // i = 0..n-2. The LM head runs only at these positions, and the result has one value each.
   std::vector<int64_t> positions;
+  // Called after each layer with (layers done, layers in all): progress within a long window.
+  std::function<void(int, int)> on_layer;
 };
 std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
                                  const RopeScaling& scaling, const ScoreOptions& opts = {});

@@ -2,6 +2,7 @@
 #include <fmt/core.h>
 #include <omp.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -55,11 +56,17 @@ Runner register_perplexity(CLI::App& app) {
     const std::vector<int32_t> tokens = model->tokenizer().encode(text);
     fmt::print(stderr, "tokenized {} bytes into {} tokens in {:.2f}s; rope: {}\n", text.size(),
                tokens.size(), omp_get_wtime() - t0, scaling.describe());
-    Progress bar("perplexity", args->docs, args->progress);
-    const PerplexityResult r = perplexity(*model, tokens, args->ctx, args->docs, scaling,
-                                          args->threads, [&](int64_t done, int64_t, double ppl) {
-                                            bar.update(done, fmt::format("ppl {:.4f}", ppl));
-                                          });
+    // Counted in layers, so that one long window shows progress (and an ETA) as it goes.
+    const int n_layer = model->hp().n_layer;
+    Progress bar("perplexity", args->docs * n_layer, args->progress);
+    std::string shown = "window 1/" + std::to_string(args->docs);
+    const PerplexityResult r = perplexity(
+        *model, tokens, args->ctx, args->docs, scaling, args->threads,
+        [&](int64_t done, int64_t docs, double ppl) {
+          shown = fmt::format("ppl {:.4f} after {}/{} window(s)", ppl, done, docs);
+          bar.update(done * n_layer, shown);
+        },
+        [&](double windows) { bar.update(std::llround(windows * n_layer), shown); });
     bar.finish();
     if (args->json) {
       nlohmann::json j = {{"ppl", r.ppl},

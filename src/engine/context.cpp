@@ -53,7 +53,8 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   engine::KvStorage kv(hp, n, 1, opts.compute);
   engine::Workspace ws;
   PhaseStats st;
-  engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st);
+  engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st, nullptr,
+                         opts.on_layer);
 
   const double t0 = omp_get_wtime();
   const int64_t d = hp.n_embd, m = static_cast<int64_t>(pos.size());

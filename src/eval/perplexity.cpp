@@ -92,7 +92,7 @@ WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32
 
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_tokens, int64_t ctx,
                             int64_t docs, const RopeScaling& scaling, int n_threads,
-                            const ProgressFn& progress) {
+                            const ProgressFn& progress, const std::function<void(double)>& within) {
   scaling.validate(model.hp().n_rot);
   if (scaling.n_hat >= ctx && scaling.method == RopeMethod::kLongrope)
     throw Error("n_hat " + std::to_string(scaling.n_hat) + " must be smaller than the context " +
@@ -106,6 +106,8 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
   so.n_threads = n_threads;
   double total = 0.0;
   int64_t tokens = 0;
+  int64_t done = 0;
+  if (within) so.on_layer = [&](int l, int n) { within(double(done) + double(l) / double(n)); };
   const WindowLoop loop =
       score_windows(model, windows, scaling, so, [&](size_t k, const std::vector<double>& nll) {
         double s = 0.0;
@@ -113,6 +115,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
         total += s;
         tokens += static_cast<int64_t>(nll.size());
         r.window_ppl.push_back(std::exp(s / double(nll.size())));
+        done = int64_t(k + 1);
         if (progress) progress(int64_t(k + 1), docs, std::exp(total / double(tokens)));
       });
   r.seconds = omp_get_wtime() - t0;
