@@ -38,9 +38,9 @@ int main(int argc, char** argv) {
         std::string_view(text).substr(0, std::min<size_t>(text.size(), size_t(ctx) * 8)));
     const auto windows = longrope::make_windows(tokens, model->tokenizer().bos(), ctx, 1);
     t0 = omp_get_wtime();
-    const auto nll =
-        longrope::score_window(*model, windows[0], longrope::RopeScaling{},
-                               {.n_threads = threads, .compute = compute, .positions = {}});
+    const auto nll = longrope::score_window(
+        *model, windows[0], longrope::RopeScaling{},
+        {.n_threads = threads, .compute = compute, .positions = {}, .on_layer = {}});
     const double secs = omp_get_wtime() - t0;
     const auto& st = longrope::last_phase_stats();
     double sum = 0;
