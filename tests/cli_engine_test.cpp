@@ -122,6 +122,15 @@ TEST(CliEngine, BadInputsGiveOneClearLineAndNonZeroExit) {
            Case{"generate -m " + stories() + " --switch bogus", "bogus not in", 2},
            Case{"generate -m " + stories() + " -p hi -f " + moby(), "--prompt excludes --file", 2},
            Case{"generate -m " + stories() + " -f /nonexistent.txt", "cannot open text file"},
+           Case{"perplexity -m " + stories() + " --tokenizer " + stories() + " -f " + moby() +
+                    " -c 512",
+                "was given for a GGUF model, which carries its own"},
+           Case{"export -m " + (shared_dir() / "models" / "stories260K.bin").string() +
+                    " --factors " +
+                    (longrope::test::source_dir() / "docs" / "factors" / "stories260k-4096.json")
+                        .string() +
+                    " -o /tmp/longrope_x.gguf",
+                "stories260K.bin is not a GGUF file"},
            Case{"perplexity -m " + stories() + " -f " + moby() + " -c 512 --bogus-flag",
                 "--bogus-flag", 2},
        }) {

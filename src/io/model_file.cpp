@@ -398,6 +398,10 @@ ModelFile load_model_file(const std::string& path, const std::string& tokenizer_
   const size_t n = file->size();
   if (n == 0) throw Error(path + ": file is empty (expected a GGUF or llama2.c model)");
   if (n >= 4 && std::memcmp(d, "GGUF", 4) == 0) {
+    if (!tokenizer_path.empty())
+      throw Error(path + ": a tokenizer file (" + tokenizer_path +
+                  ") was given for a GGUF model, which carries its own (expected none; "
+                  "--tokenizer is for llama2.c checkpoints)");
     file.reset();
     return load_gguf(GgufFile::open(path));
   }

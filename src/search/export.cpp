@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include <cstring>
+#include <fstream>
 
 #include "longrope/error.h"
 #include "longrope/gguf.h"
@@ -46,6 +47,16 @@ std::vector<uint8_t> f32_bytes(const std::vector<double>& v) {
 
 void export_gguf(const std::string& model_path, const RopeScaling& searched,
                  const std::string& out_path) {
+  {
+    // Before loading: a llama2.c checkpoint would first ask for its tokenizer.
+    char magic[4] = {};
+    std::ifstream in(model_path, std::ios::binary);
+    if (in && (!in.read(magic, 4) || std::memcmp(magic, "GGUF", 4) != 0))
+      throw Error(fmt::format(
+          "export: {} is not a GGUF file (export copies a GGUF model with the factors; a llama2.c "
+          "checkpoint has no place for them: use --factors with it instead)",
+          model_path));
+  }
   const ModelFile mf = load_model_file(model_path);
   if (!mf.gguf)
     throw Error(
