@@ -290,6 +290,26 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
     longrope::write_plot_png(s, p.string() + ".png");
     expect_png(p.string() + ".png");
   }
+  // A method keeps its colour whatever the other series are, and two series never share a style.
+  auto series_style = [](const std::string& svg, const std::string& label) {
+    const size_t at = svg.find("data-label=\"" + label + "\"");
+    if (at == std::string::npos) return std::string();
+    const size_t a = svg.find("stroke=\"", at), b = svg.find("\"/>", a);
+    return svg.substr(a, b - a);  // stroke colour, width and dash pattern
+  };
+  s.series = {{"yarn", {256, 512}, {10, 20}, {}, {}},
+              {"searched-a", {256, 512}, {11, 21}, {}, {}},
+              {"searched-b", {256, 512}, {12, 22}, {}, {}}};
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  const std::string three = slurp(p.string() + ".svg");
+  s.series = {{"ntk", {256, 512}, {9, 19}, {}, {}}, {"yarn", {256, 512}, {10, 20}, {}, {}}};
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  const std::string two = slurp(p.string() + ".svg");
+  EXPECT_EQ(series_style(three, "yarn"), series_style(two, "yarn"));
+  EXPECT_NE(series_style(three, "yarn"), "");
+  EXPECT_NE(series_style(three, "searched-a"), series_style(three, "searched-b"));
+  EXPECT_NE(series_style(three, "searched-a"), series_style(three, "yarn"));
+  EXPECT_NE(series_style(two, "ntk"), series_style(two, "yarn"));
   s.series = {{"empty", {256}, {std::nan("")}, {}, {}}};
   EXPECT_THROW(longrope::write_plot_svg(s, p.string() + ".svg"), longrope::Error);
   fs::remove(p.string() + ".svg");

@@ -33,6 +33,63 @@ constexpr std::array<std::array<int, 3>, 10> kPalette = {{{31, 119, 180},
                                                           {188, 189, 34},
                                                           {23, 190, 207}}};
 
+// One style per series: a palette slot (colour), a marker and a dash pattern, all from the same
+// slot. Rule-based methods keep their slot in every plot; other labels (searched factors) take a
+// slot from their name, moved to the next free one when another series of the plot has it, so
+// overlapping series stay apart by marker and dash as well as colour.
+size_t known_slot(const std::string& label) {
+  static const std::array<const char*, 6> names = {"yarn",    "linear", "ntk",
+                                                   "dynamic", "none",   "llama3"};
+  static const std::array<size_t, 6> slots = {0, 1, 2, 3, 7, 5};
+  for (size_t i = 0; i < names.size(); ++i)
+    if (label == names[i]) return slots[i];
+  return kPalette.size();
+}
+
+std::vector<size_t> series_slots(const std::vector<PlotSeries>& series) {
+  std::vector<size_t> slots(series.size(), kPalette.size());
+  std::vector<bool> used(kPalette.size(), false);
+  for (size_t i = 0; i < series.size(); ++i)
+    if ((slots[i] = known_slot(series[i].label)) < kPalette.size()) used[slots[i]] = true;
+  for (size_t i = 0; i < series.size(); ++i) {
+    if (slots[i] < kPalette.size()) continue;
+    uint32_t h = 2166136261u;  // FNV-1a of the label
+    for (unsigned char c : series[i].label) h = (h ^ c) * 16777619u;
+    static const std::array<size_t, 4> free_slots = {4, 6, 8, 9};
+    size_t s = free_slots[h % free_slots.size()];
+    for (size_t n = 0; n < kPalette.size() && used[s]; ++n) s = (s + 1) % kPalette.size();
+    slots[i] = s;
+    used[s] = true;
+  }
+  return slots;
+}
+
+// SVG: marker path around (x, y) and the stroke-dasharray of slot s.
+std::string svg_marker(size_t s, double x, double y, const std::string& color) {
+  switch (s % 5) {
+    case 0:
+      return fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", x, y,
+                         color);
+    case 1:
+      return fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"7\" height=\"7\" fill=\"{}\"/>",
+                         x - 3.5, y - 3.5, color);
+    case 2:
+      return fmt::format("<path d=\"M{:.1f},{:.1f}l4.5,8h-9z\" fill=\"{}\"/>", x, y - 5, color);
+    case 3:
+      return fmt::format("<path d=\"M{:.1f},{:.1f}l4.5,4.5l-4.5,4.5l-4.5,-4.5z\" fill=\"{}\"/>", x,
+                         y - 4.5, color);
+    default:
+      return fmt::format(
+          "<path d=\"M{0:.1f},{1:.1f}l8,8M{0:.1f},{2:.1f}l8,-8\" stroke=\"{3}\" "
+          "stroke-width=\"2\"/>",
+          x - 4, y - 4, y + 4, color);
+  }
+}
+const char* svg_dash(size_t s) {
+  static const std::array<const char*, 4> d = {"none", "7,4", "2,3", "9,3,2,3"};
+  return d[(s / 5 + s) % d.size()];
+}
+
 // Red (0) -> yellow (0.5) -> green (1).
 std::array<int, 3> heat_colour(double v) {
   v = std::clamp(v, 0.0, 1.0);
@@ -248,9 +305,12 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       "<defs><clipPath id=\"plotarea\"><rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>"
       "</clipPath></defs>\n",
       left, top, pw, ph);
-  size_t k = 0, legend_row = 0;
-  for (const PlotSeries& se : s.series) {
-    const auto& c = kPalette[k++ % kPalette.size()];
+  size_t legend_row = 0;
+  const std::vector<size_t> slots = series_slots(s.series);
+  for (size_t si = 0; si < s.series.size(); ++si) {
+    const PlotSeries& se = s.series[si];
+    const size_t slot = slots[si];
+    const auto& c = kPalette[slot];
     const std::string color = fmt::format("rgb({},{},{})", c[0], c[1], c[2]);
     std::string pts, marks;
     for (size_t i = 0; i < se.x.size(); ++i) {
@@ -258,8 +318,7 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       const double x = px(std::log2(se.x[i]));
       const double y = py(s.log_y ? std::log10(se.y[i]) : se.y[i]);
       pts += fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", x, y);
-      marks +=
-          fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", x, y, color);
+      marks += svg_marker(slot, x, y, color);
       if (i < se.y_lo.size() && i < se.y_hi.size() && usable(se.y_lo[i], s.log_y) &&
           usable(se.y_hi[i], s.log_y)) {  // error bar with caps
         const double y0 = py(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
@@ -273,15 +332,17 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
     if (pts.empty()) continue;
     o += fmt::format(
         "<g clip-path=\"url(#plotarea)\"><polyline class=\"series\" data-label=\"{}\" "
-        "points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>{}</g>\n",
-        xml_escape(se.label), pts, color, marks);
+        "points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" "
+        "stroke-dasharray=\"{}\"/>{}</g>\n",
+        xml_escape(se.label), pts, color, svg_dash(slot), marks);
     const double ly = top + 10 + 22 * double(legend_row++);
     const double lx = left + pw + 15;
     o += fmt::format(
         "<g class=\"legend\"><line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" "
-        "stroke=\"{3}\" stroke-width=\"2\"/><circle cx=\"{4:.1f}\" cy=\"{1:.1f}\" r=\"3.5\" "
-        "fill=\"{3}\"/><text x=\"{5:.1f}\" y=\"{6:.1f}\">{7}</text></g>\n",
-        lx, ly, lx + 28, color, lx + 14, lx + 36, ly + 4, xml_escape(se.label));
+        "stroke=\"{3}\" stroke-width=\"2\" stroke-dasharray=\"{4}\"/>{5}"
+        "<text x=\"{6:.1f}\" y=\"{7:.1f}\">{8}</text></g>\n",
+        lx, ly, lx + 28, color, svg_dash(slot), svg_marker(slot, lx + 14, ly, color), lx + 36,
+        ly + 4, xml_escape(se.label));
   }
   o += "</svg>\n";
   write_file_atomically(path, o);
@@ -436,10 +497,18 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
   }
   // Series, clipped to the frame by PLplot's window.
   std::vector<std::string> labels;
-  std::vector<PLINT> colors;
-  PLINT k = 0;
-  for (const PlotSeries& se : s.series) {
-    const PLINT color = PLINT(k++ % PLINT(kPalette.size())) + 1;
+  std::vector<PLINT> colors, line_styles, symbol_codes;
+  const std::vector<size_t> slots = series_slots(s.series);
+  // PLplot line styles 1 (solid), 2, 3, 4 and plpoin codes (circle, square, triangle, diamond,
+  // cross) in the order of svg_dash and svg_marker.
+  static const std::array<PLINT, 4> kLineStyles = {1, 2, 3, 4};
+  static const std::array<PLINT, 5> kPoints = {4, 6, 7, 11, 5};
+  for (size_t si = 0; si < s.series.size(); ++si) {
+    const PlotSeries& se = s.series[si];
+    const size_t slot = slots[si];
+    const PLINT color = PLINT(slot) + 1;
+    const PLINT lsty = kLineStyles[(slot / 5 + slot) % kLineStyles.size()];
+    const PLINT point = kPoints[slot % kPoints.size()];
     std::vector<PLFLT> xs, ys;
     for (size_t i = 0; i < se.x.size(); ++i) {
       if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
@@ -449,8 +518,11 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     if (xs.empty()) continue;
     plcol0(color);
     plwidth(2.5);
+    pllsty(lsty);
     plline(PLINT(xs.size()), xs.data(), ys.data());
-    plstring(PLINT(xs.size()), xs.data(), ys.data(), "#(728)");
+    pllsty(1);
+    plssym(0, 1.3);
+    plpoin(PLINT(xs.size()), xs.data(), ys.data(), point);
     std::vector<PLFLT> ex, elo, ehi;  // error bars
     for (size_t i = 0; i < se.x.size() && i < se.y_lo.size() && i < se.y_hi.size(); ++i) {
       if (!(se.x[i] > 0) || !usable(se.y_lo[i], s.log_y) || !usable(se.y_hi[i], s.log_y)) continue;
@@ -464,15 +536,29 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     }
     labels.push_back(pl_text(se.label));
     colors.push_back(color);
+    line_styles.push_back(lsty);
+    symbol_codes.push_back(point);
   }
   plwidth(1);
   // Legend outside the frame, on the right.
   const PLINT n = PLINT(labels.size());
-  std::vector<PLINT> opt(n, PL_LEGEND_LINE | PL_LEGEND_SYMBOL), styles(n, 1), sym_numbers(n, 1),
-      box_colors(n, 0), box_patterns(n, 0);
+  std::vector<PLINT> opt(n, PL_LEGEND_LINE | PL_LEGEND_SYMBOL), sym_numbers(n, 1), box_colors(n, 0),
+      box_patterns(n, 0);
   std::vector<PLFLT> widths(n, 2.5), sym_scales(n, 1.0), box_scales(n, 0), box_widths(n, 0);
-  std::vector<const char*> texts(n), symbols(n, "#(728)");
-  for (PLINT i = 0; i < n; ++i) texts[i] = labels[i].c_str();
+  // Legend symbols as Hershey glyphs matching the plpoin codes above.
+  std::vector<std::string> glyphs;
+  for (PLINT c : symbol_codes)
+    glyphs.push_back(c == 4    ? "#(840)"
+                     : c == 6  ? "#(841)"
+                     : c == 7  ? "#(842)"
+                     : c == 11 ? "#(843)"
+                               : "#(846)");
+  std::vector<const char*> texts(n), symbols(n);
+  for (PLINT i = 0; i < n; ++i) {
+    texts[i] = labels[i].c_str();
+    symbols[i] = glyphs[size_t(i)].c_str();
+  }
+  std::vector<PLINT>& styles = line_styles;
   PLFLT lw = 0, lh = 0;
   pllegend(&lw, &lh, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
            PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.02, 0.0, 0.06, 0, 15, 1, 0, 0, n, opt.data(),
