@@ -2,6 +2,7 @@
 #include <fmt/core.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -104,7 +105,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     const int64_t n = int64_t(texts->size());
     double nll_sum = 0, seconds = 0;
     int64_t tokens = 0;
-    std::vector<double> text_ppl;
+    std::vector<double> text_ppl, window_ppl;  // window_ppl: every window of every text
     for (int64_t ti = 0; ti < n; ++ti) {
       if (needle) {  // the answers of the needle windows only
         const NeedleWindows& nws = (*needles)[size_t(ti)][li];
@@ -113,7 +114,10 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
         const double t0 = omp_get_wtime();
         const WindowLoop loop = score_windows(
             model, nws.tokens, scaling, so,
-            [&](size_t k, const std::vector<double>&) {
+            [&](size_t k, const std::vector<double>& nll) {
+              double s = 0;
+              for (double x : nll) s += x;
+              window_ppl.push_back(std::exp(s / double(nll.size())));
               if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
             },
             {}, &nws.positions);
@@ -132,14 +136,29 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
       tokens += r.tokens;
       seconds += r.seconds;
       text_ppl.push_back(r.ppl);
+      window_ppl.insert(window_ppl.end(), r.window_ppl.begin(), r.window_ppl.end());
     }
     const double mean_nll = nll_sum / double(tokens);
-    return nlohmann::json{
-        {"method", m.spec},          {"label", m.label},     {"length", len},
-        {"key", keys[mi]},           {"docs", docs},         {"fitness", needle ? "needle" : "ppl"},
-        {"ppl", std::exp(mean_nll)}, {"mean_nll", mean_nll}, {"tokens", tokens},
-        {"text_ppl", text_ppl},      {"seconds", seconds},   {"rope", scaling.describe()},
-        {"factor", scaling.factor}};
+    nlohmann::json cell = nlohmann::json{{"method", m.spec},
+                                         {"label", m.label},
+                                         {"length", len},
+                                         {"key", keys[mi]},
+                                         {"docs", docs},
+                                         {"fitness", needle ? "needle" : "ppl"},
+                                         {"ppl", std::exp(mean_nll)},
+                                         {"mean_nll", mean_nll},
+                                         {"tokens", tokens},
+                                         {"text_ppl", text_ppl},
+                                         {"seconds", seconds},
+                                         {"rope", scaling.describe()},
+                                         {"factor", scaling.factor},
+                                         {"window_ppl", window_ppl}};
+    // The spread over windows (the error bars of the plot), when there is more than one.
+    if (window_ppl.size() > 1) {
+      cell["ppl_min"] = *std::min_element(window_ppl.begin(), window_ppl.end());
+      cell["ppl_max"] = *std::max_element(window_ppl.begin(), window_ppl.end());
+    }
+    return cell;
   };
   return plan;
 }
@@ -155,7 +174,9 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
   out.stem = "ppl";
   out.plot.title = fmt::format("Perplexity vs length: {}, {} window(s) per text",
                                std::filesystem::path(cfg.model_path).filename().string(), cfg.docs);
-  out.plot.ylabel = "perplexity";
+  out.plot.ylabel = "perplexity (bars: lowest and highest window)";
+  out.lo_field = "ppl_min";
+  out.hi_field = "ppl_max";
   out.plot.log_y = true;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
   return write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));

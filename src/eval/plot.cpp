@@ -64,6 +64,12 @@ std::vector<size_t> series_slots(const std::vector<PlotSeries>& series) {
   return slots;
 }
 
+// Error bars of series si of n sit this far (log2 units) beside their point, so that bars of
+// several series at one length do not hide each other.
+double bar_dodge(size_t si, size_t n) {
+  return (double(si) - double(n - 1) / 2.0) * 0.04;
+}
+
 // SVG: marker path around (x, y) and the stroke-dasharray of slot s.
 std::string svg_marker(size_t s, double x, double y, const std::string& color) {
   switch (s % 5) {
@@ -145,6 +151,12 @@ Frame make_frame(const PlotSpec& s) {
       const double y = s.log_y ? std::log10(se.y[i]) : se.y[i];
       ymin = std::min(ymin, y);
       ymax = std::max(ymax, y);
+      for (const std::vector<double>* bar : {&se.y_lo, &se.y_hi})  // error bars in range too
+        if (i < bar->size() && usable((*bar)[i], s.log_y)) {
+          const double b = s.log_y ? std::log10((*bar)[i]) : (*bar)[i];
+          ymin = std::min(ymin, b);
+          ymax = std::max(ymax, b);
+        }
     }
   }
   if (points == 0) throw Error("plot: no data point to draw");
@@ -323,10 +335,11 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
           usable(se.y_hi[i], s.log_y)) {  // error bar with caps
         const double y0 = py(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
         const double y1 = py(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
+        const double xb = px(std::log2(se.x[i]) + bar_dodge(si, s.series.size()));
         marks += fmt::format(
             "<path class=\"errorbar\" d=\"M{0:.1f},{1:.1f}V{2:.1f}M{3:.1f},{1:.1f}H{4:.1f}M{3:.1f},"
             "{2:.1f}H{4:.1f}\" stroke=\"{5}\" stroke-width=\"1.5\" fill=\"none\"/>",
-            x, y0, y1, x - 4, x + 4, color);
+            xb, y0, y1, xb - 4, xb + 4, color);
       }
     }
     if (pts.empty()) continue;
@@ -526,7 +539,7 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     std::vector<PLFLT> ex, elo, ehi;  // error bars
     for (size_t i = 0; i < se.x.size() && i < se.y_lo.size() && i < se.y_hi.size(); ++i) {
       if (!(se.x[i] > 0) || !usable(se.y_lo[i], s.log_y) || !usable(se.y_hi[i], s.log_y)) continue;
-      ex.push_back(std::log2(se.x[i]));
+      ex.push_back(std::log2(se.x[i]) + bar_dodge(si, s.series.size()));
       elo.push_back(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
       ehi.push_back(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
     }
