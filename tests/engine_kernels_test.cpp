@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -78,25 +79,20 @@ TEST(EngineKernels, AttentionRefusesBrokenArguments) {
       }
     }
   };
-  lk::AttentionArgs a = ok;
-  a.n_head = 3;  // not a multiple of 2 kv heads
-  a.n_head_kv = 2;
-  expect(a, "3 query heads are not a positive multiple of 2 key/value heads");
-  a = ok;
-  a.n_head_kv = 0;
-  expect(a, "key/value heads");
-  a = ok;
-  a.p0 = 3;
-  expect(a, "positions [3, 5) do not fit a cache of 4");
-  a = ok;
-  a.q_stride = 7;
-  expect(a, "must hold 2 heads x 4 = 8 values");
-  a = ok;
-  a.head_dim = 0;
-  expect(a, "head_dim 0");
-  a = ok;
-  a.scale = NAN;
-  expect(a, "scale nan is not finite");
+  const std::vector<std::pair<std::function<void(lk::AttentionArgs&)>, std::string>> cases = {
+      {[](auto& a) { a.n_head = 3, a.n_head_kv = 2; },
+       "3 query heads are not a positive multiple of 2 key/value heads"},
+      {[](auto& a) { a.n_head_kv = 0; }, "key/value heads"},
+      {[](auto& a) { a.p0 = 3; }, "positions [3, 5) do not fit a cache of 4"},
+      {[](auto& a) { a.q_stride = 7; }, "must hold 2 heads x 4 = 8 values"},
+      {[](auto& a) { a.head_dim = 0; }, "head_dim 0"},
+      {[](auto& a) { a.scale = NAN; }, "scale nan is not finite"},
+  };
+  for (const auto& [broken, part] : cases) {
+    lk::AttentionArgs a = ok;
+    broken(a);
+    expect(a, part);
+  }
 }
 
 TEST(EngineKernels, GemmMatchesScalar) {

@@ -69,15 +69,23 @@ double check_switching(const std::shared_ptr<const Model>& m, const RopeScaling&
 
 }  // namespace
 
-TEST(EngineSwitch, ShortToLongIsExact) {
-  LONGROPE_REQUIRE_FILE(stories_gguf());
-  auto m = Model::load(stories_gguf().string());
+namespace {
+// A short set up to 512 and a long set above it (2048 target), with n_hat start tokens.
+RopeScaling short_to_long(int64_t n_hat) {
   RopeScaling s;
   s.method = RopeMethod::kLongrope;
   s.orig_ctx = 512;
   s.target_ctx = 2048;
-  s.n_hat = 4;
+  s.n_hat = n_hat;
   s.sets = {set({1.0, 1.0, 1.1, 1.3}, 512), set({1.0, 1.8, 3.0, 5.5}, 0)};
+  return s;
+}
+}  // namespace
+
+TEST(EngineSwitch, ShortToLongIsExact) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = Model::load(stories_gguf().string());
+  const RopeScaling s = short_to_long(4);
   const auto ids = novel_tokens(*m, 530);
   check_switching(m, s, ids, 505, {511, 512, 513, 514, 530}, 1);
 }
@@ -144,11 +152,7 @@ TEST(EngineSwitch, NewTokensNeverRecomputesTheCache) {
 TEST(EngineSwitch, AutoRecomputesALongropeSetSwitch) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = Model::load(stories_gguf().string());
-  RopeScaling s;
-  s.method = RopeMethod::kLongrope;
-  s.orig_ctx = 512;
-  s.target_ctx = 2048;
-  s.sets = {set({1.0, 1.0, 1.1, 1.3}, 512), set({1.0, 1.8, 3.0, 5.5}, 0)};
+  const RopeScaling s = short_to_long(0);
   const auto ids = novel_tokens(*m, 520);
   check_switching(m, s, ids, 505, {512, 513, 520}, 1, SwitchPolicy::kAuto);
 }
