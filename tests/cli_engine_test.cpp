@@ -122,6 +122,13 @@ TEST(CliEngine, BadInputsGiveOneClearLineAndNonZeroExit) {
            Case{"generate -m " + stories() + " --switch bogus", "bogus not in", 2},
            Case{"generate -m " + stories() + " -p hi -f " + moby(), "--prompt excludes --file", 2},
            Case{"generate -m " + stories() + " -f /nonexistent.txt", "cannot open text file"},
+           Case{"perplexity -m " + stories() + " -f " + shared_dir().string() + " -c 512",
+                "is a directory (expected a text file)"},
+           Case{
+               "perplexity -m " + stories() + " -f " + moby() + " -c 1024 --factors " +
+                   (longrope::test::source_dir() / "docs" / "factors" / "smollm2-135m-16k-ppl.json")
+                       .string(),
+               "smollm2-135m-16k-ppl.json does not fit this model: rope longrope: set 0"},
            Case{"perplexity -m " + stories() + " --tokenizer " + stories() + " -f " + moby() +
                     " -c 512",
                 "was given for a GGUF model, which carries its own"},

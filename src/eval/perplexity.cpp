@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -13,6 +14,9 @@
 namespace longrope {
 
 std::string read_text_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw Error(path + ": is a directory (expected a text file)");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error(path + ": cannot open text file (expected a readable UTF-8 text file)");
   std::ostringstream ss;

@@ -130,7 +130,13 @@ RopeScaling resolve_rope(const RopeOptions& o, const RopeScaling& model_default,
     s.n_hat = *o.n_hat;
   }
   if (o.attn_factor) s.attn_factor = *o.attn_factor;
-  s.validate(n_rot);
+  try {
+    s.validate(n_rot);
+  } catch (const Error& e) {
+    if (o.factors_path.empty()) throw;
+    throw Error(
+        fmt::format("factors file {} does not fit this model: {}", o.factors_path, e.what()));
+  }
   return s;
 }
 
