@@ -266,6 +266,12 @@ TEST(EvalSweep, MethodSpecs) {
   fs::remove(f);
 }
 
+size_t count_of(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+  return n;
+}
+
 TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   longrope::PlotSpec s;
   s.ylabel = "ppl";
@@ -280,11 +286,7 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   longrope::write_plot_svg(s, p.string() + ".svg");
   const std::string svg = slurp(p.string() + ".svg");
   EXPECT_EQ(check_svg(svg), 2);
-  size_t bars = 0;
-  for (size_t at = svg.find("class=\"errorbar\""); at != std::string::npos;
-       at = svg.find("class=\"errorbar\"", at + 1))
-    ++bars;
-  EXPECT_EQ(bars, 2u);
+  EXPECT_EQ(count_of(svg, "class=\"errorbar\""), 2u);
   ASSERT_TRUE(longrope::plot_png_supported()) << "built without PLplot (CMake requires it)";
   {
     longrope::write_plot_png(s, p.string() + ".png");
@@ -310,6 +312,15 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   EXPECT_NE(series_style(three, "searched-a"), series_style(three, "searched-b"));
   EXPECT_NE(series_style(three, "searched-a"), series_style(three, "yarn"));
   EXPECT_NE(series_style(two, "ntk"), series_style(two, "yarn"));
+  // One length only: bars side by side instead of lone points.
+  s.series = {{"yarn", {4096}, {10}, {9}, {12}}, {"ntk", {4096}, {11}, {}, {}}};
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  const std::string bars = slurp(p.string() + ".svg");
+  EXPECT_EQ(check_svg(bars), 0);
+  EXPECT_EQ(count_of(bars, "class=\"bar\""), 2u);
+  EXPECT_EQ(count_of(bars, "class=\"errorbar\""), 1u);
+  longrope::write_plot_png(s, p.string() + ".png");
+  expect_png(p.string() + ".png");
   s.series = {{"empty", {256}, {std::nan("")}, {}, {}}};
   EXPECT_THROW(longrope::write_plot_svg(s, p.string() + ".svg"), longrope::Error);
   fs::remove(p.string() + ".svg");

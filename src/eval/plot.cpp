@@ -123,6 +123,26 @@ bool usable(double y, bool log_y) {
   return std::isfinite(y) && (!log_y || y > 0);
 }
 
+// True when every point of the plot is at one length: the series are drawn as bars side by side
+// (a line through one point would be a lone marker).
+bool single_length(const PlotSpec& s) {
+  double x0 = 0;
+  for (const PlotSeries& se : s.series)
+    for (size_t i = 0; i < se.x.size() && i < se.y.size(); ++i) {
+      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
+      if (x0 == 0) x0 = se.x[i];
+      if (se.x[i] != x0) return false;
+    }
+  return x0 > 0;
+}
+// Centre of series si's bar (axis units) and the bar width: the group spans 0.5 log2 units.
+double bar_centre(double lg, size_t si, size_t n) {
+  return lg + (double(si) - double(n - 1) / 2.0) * (0.5 / double(n));
+}
+double bar_width(size_t n) {
+  return 0.5 / double(n) * 0.85;
+}
+
 // The plot in axis coordinates: x = log2(length), y = value or log10(value).
 struct Frame {
   double x0 = 0, x1 = 1, y0 = 0, y1 = 1;
@@ -319,7 +339,9 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       left, top, pw, ph);
   size_t legend_row = 0;
   const std::vector<size_t> slots = series_slots(s.series);
-  for (size_t si = 0; si < s.series.size(); ++si) {
+  const bool bars = single_length(s);
+  const size_t n_series = s.series.size();
+  for (size_t si = 0; si < n_series; ++si) {
     const PlotSeries& se = s.series[si];
     const size_t slot = slots[si];
     const auto& c = kPalette[slot];
@@ -327,8 +349,27 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
     std::string pts, marks;
     for (size_t i = 0; i < se.x.size(); ++i) {
       if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
-      const double x = px(std::log2(se.x[i]));
       const double y = py(s.log_y ? std::log10(se.y[i]) : se.y[i]);
+      if (bars) {
+        const double lg = std::log2(se.x[i]);
+        const double xc = px(bar_centre(lg, si, n_series));
+        const double w = px(f.x0 + bar_width(n_series)) - px(f.x0);
+        marks += fmt::format(
+            "<rect class=\"bar\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
+            "fill=\"{}\" fill-opacity=\"0.85\"/>",
+            xc - w / 2, y, w, top + ph - y, color);
+        if (i < se.y_lo.size() && i < se.y_hi.size() && usable(se.y_lo[i], s.log_y) &&
+            usable(se.y_hi[i], s.log_y))
+          marks += fmt::format(
+              "<path class=\"errorbar\" "
+              "d=\"M{0:.1f},{1:.1f}V{2:.1f}M{3:.1f},{1:.1f}H{4:.1f}M{3:.1f},"
+              "{2:.1f}H{4:.1f}\" stroke=\"black\" stroke-width=\"1.5\" fill=\"none\"/>",
+              xc, py(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]),
+              py(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]), xc - 4, xc + 4);
+        pts = "bar";
+        continue;
+      }
+      const double x = px(std::log2(se.x[i]));
       pts += fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", x, y);
       marks += svg_marker(slot, x, y, color);
       if (i < se.y_lo.size() && i < se.y_hi.size() && usable(se.y_lo[i], s.log_y) &&
@@ -343,11 +384,15 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       }
     }
     if (pts.empty()) continue;
-    o += fmt::format(
-        "<g clip-path=\"url(#plotarea)\"><polyline class=\"series\" data-label=\"{}\" "
-        "points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" "
-        "stroke-dasharray=\"{}\"/>{}</g>\n",
-        xml_escape(se.label), pts, color, svg_dash(slot), marks);
+    if (bars)
+      o += fmt::format("<g clip-path=\"url(#plotarea)\" class=\"bars\" data-label=\"{}\">{}</g>\n",
+                       xml_escape(se.label), marks);
+    else
+      o += fmt::format(
+          "<g clip-path=\"url(#plotarea)\"><polyline class=\"series\" data-label=\"{}\" "
+          "points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" "
+          "stroke-dasharray=\"{}\"/>{}</g>\n",
+          xml_escape(se.label), pts, color, svg_dash(slot), marks);
     const double ly = top + 10 + 22 * double(legend_row++);
     const double lx = left + pw + 15;
     o += fmt::format(
@@ -516,6 +561,7 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
   // cross) in the order of svg_dash and svg_marker.
   static const std::array<PLINT, 4> kLineStyles = {1, 2, 3, 4};
   static const std::array<PLINT, 5> kPoints = {4, 6, 7, 11, 5};
+  const bool bars = single_length(s);
   for (size_t si = 0; si < s.series.size(); ++si) {
     const PlotSeries& se = s.series[si];
     const size_t slot = slots[si];
@@ -531,20 +577,29 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     if (xs.empty()) continue;
     plcol0(color);
     plwidth(2.5);
-    pllsty(lsty);
-    plline(PLINT(xs.size()), xs.data(), ys.data());
-    pllsty(1);
-    plssym(0, 1.3);
-    plpoin(PLINT(xs.size()), xs.data(), ys.data(), point);
+    if (bars) {  // one length: a filled bar per series, from the frame's bottom
+      const double xc = bar_centre(xs[0], si, s.series.size()), w = bar_width(s.series.size());
+      PLFLT bx[4] = {xc - w / 2, xc - w / 2, xc + w / 2, xc + w / 2};
+      PLFLT by[4] = {f.y0, ys[0], ys[0], f.y0};
+      plfill(4, bx, by);
+    } else {
+      pllsty(lsty);
+      plline(PLINT(xs.size()), xs.data(), ys.data());
+      pllsty(1);
+      plssym(0, 1.3);
+      plpoin(PLINT(xs.size()), xs.data(), ys.data(), point);
+    }
     std::vector<PLFLT> ex, elo, ehi;  // error bars
     for (size_t i = 0; i < se.x.size() && i < se.y_lo.size() && i < se.y_hi.size(); ++i) {
       if (!(se.x[i] > 0) || !usable(se.y_lo[i], s.log_y) || !usable(se.y_hi[i], s.log_y)) continue;
-      ex.push_back(std::log2(se.x[i]) + bar_dodge(si, s.series.size()));
+      ex.push_back(bars ? bar_centre(std::log2(se.x[i]), si, s.series.size())
+                        : std::log2(se.x[i]) + bar_dodge(si, s.series.size()));
       elo.push_back(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
       ehi.push_back(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
     }
     if (!ex.empty()) {
       plwidth(1.5);
+      if (bars) plcol0(15);  // black bars over the coloured fill
       plerry(PLINT(ex.size()), ex.data(), elo.data(), ehi.data());
     }
     labels.push_back(pl_text(se.label));
