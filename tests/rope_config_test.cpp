@@ -153,7 +153,7 @@ TEST(RopeConfig, HfLongropePhi3) {
   bad = cfg;
   bad["rope_scaling"]["long_factor"] = ramp(47, 0.5);
   expect_error([&] { rope_from_hf_config(bad, "phi3/config.json"); },
-               {"phi3/config.json: rope longrope: set 1 (max_len 0) has 47 factors; expected 48"});
+               {"phi3/config.json: rope_scaling.short_factor: has 48 values and long_factor 47"});
   bad = cfg;
   bad["rope_scaling"]["short_factor"][3] = "x";
   expect_error([&] { rope_from_hf_config(bad); },
@@ -178,6 +178,19 @@ TEST(RopeConfig, HfErrors) {
   expect_error([] { rope_from_hf_config(json::parse(R"({"rope_scaling": [1, 2]})")); },
                {"rope_scaling: expected an object or null, got array"});
   expect_error([] { rope_from_hf_config(json::parse(R"([1])")); }, {"expected a JSON object"});
+  // Rotary dims beyond int (once undefined behaviour in the conversion).
+  expect_error(
+      [] {
+        rope_from_hf_config(
+            json::parse(R"({"head_dim": 1e12, "rope_scaling": {"type": "linear", "factor": 2}})"));
+      },
+      {"config.json: rotary dims head_dim 1000000000000", "expected a positive even number"});
+  expect_error(
+      [] {
+        rope_from_hf_config(json::parse(
+            R"({"head_dim": 64, "partial_rotary_factor": 1e300, "rope_scaling": {"type": "linear", "factor": 2}})"));
+      },
+      {"partial_rotary_factor 1e+300"});
 }
 
 // ---- GGUF metadata -----------------------------------------------------------------------------

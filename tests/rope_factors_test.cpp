@@ -107,6 +107,20 @@ TEST(RopeFactors, RoundTripOtherShapes) {
   fs::remove(p);
 }
 
+TEST(RopeFactors, RoundTripFactorOneWithoutTarget) {
+  // s = factor = 1 and no target length: the written file must still say so to be readable.
+  const json in = {{"rope_type", "longrope"},
+                   {"original_max_position_embeddings", 4},
+                   {"factor", 1},
+                   {"long_factor", {1}}};
+  const RopeScaling s = factors_from_json(in);
+  EXPECT_EQ(factors_from_json(factors_to_json(s, json())), s);
+  const fs::path p = temp_path("factor_one");
+  write_factors_file(p.string(), s);
+  EXPECT_EQ(read_factors_file(p.string()), s);
+  fs::remove(p);
+}
+
 TEST(RopeFactors, HfObjectAsIs) {
   // An HF longrope rope_scaling object (lengths inside it) read as a factors file.
   json hf = {{"rope_type", "longrope"},
@@ -147,6 +161,8 @@ TEST(RopeFactors, ReadErrorsNameFileAndField) {
   };
   const std::vector<Case> cases = {
       {"{", {"not valid JSON"}},
+      {R"({"rope_type": "longrope", "original_max_position_embeddings": 1e400})",
+       {"not valid JSON", "number overflow"}},
       {"[1, 2]", {"expected a JSON object, got array"}},
       {R"({"long_factor": [1, 2], "original_max_position_embeddings": 512, "max_position_embeddings": 4096})",
        {"rope_type: missing"}},
@@ -169,7 +185,7 @@ TEST(RopeFactors, ReadErrorsNameFileAndField) {
       {"{" + good_head + R"(, "long_factor": []})", {"long_factor: empty"}},
       {"{" + good_head + R"(, "long_factor": [1, 0.5]})", {"rope longrope: set 0 factor[1] = 0.5"}},
       {"{" + good_head + R"(, "long_factor": [1, 2], "short_factor": [1, 2, 3]})",
-       {"set 1 (max_len 0) has 2 factors; expected 3"}},
+       {"short_factor: has 3 values and long_factor 2; expected one per rotary pair in both"}},
       {"{" + good_head + R"(, "sets": []})", {"sets: expected a non-empty array"}},
       {"{" + good_head + R"(, "sets": [{"factors": [1, 2]}]})", {"sets[0].max_len: missing"}},
       {"{" + good_head + R"(, "sets": [{"max_len": 0}]})", {"sets[0].factors: missing"}},

@@ -122,6 +122,23 @@ TEST(TokenizerBpe, BytesAndUnicode) {
   }
 }
 
+TEST(TokenizerBpe, BytesWithoutATokenBecomeUnknown) {
+  // As in SmolLM2's vocabulary: no token for the byte 0x1D, the unknown token is a control token.
+  BpeVocab v;
+  const int32_t unk = v.id.at("\x1D");
+  v.spec.tokens[unk] = "<|endoftext|>";
+  v.spec.types[unk] = 3;
+  v.spec.unk = unk;
+  const std::string text = "a\035b";  // 0x1D between a and b
+  auto tok = Tokenizer::create(v.spec);
+  EXPECT_EQ(tok->encode(text), (Ids{v.id.at("a"), unk, v.id.at("b")}));
+  EXPECT_EQ(tok->decode(tok->encode(text)), "ab");
+  // Without an unknown token the byte is left out.
+  v.spec.unk = -1;
+  tok = Tokenizer::create(v.spec);
+  EXPECT_EQ(tok->encode(text), v.ids({"a", "b"}));
+}
+
 TEST(TokenizerBpe, SpecialTokensOnlyWhenParsed) {
   BpeVocab v;
   v.merge("h", "i");

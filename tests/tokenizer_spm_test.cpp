@@ -155,6 +155,18 @@ TEST(TokenizerSpm, DecodeRoundTrips) {
   }
 }
 
+TEST(TokenizerSpm, WrittenEscapedSpaceIsASpace) {
+  // U+2581 in the text is SentencePiece's escaped space: the same ids as a space, decoded as one.
+  VocabBuilder v;
+  v.add(kSp, -10);
+  for (const char* t : {"a", "b"}) v.add(t, -10);
+  v.add(kSp + "b", -1);
+  auto tok = Tokenizer::create(v.spec);
+  EXPECT_EQ(tok->encode("a" + kSp + "b"), tok->encode("a b"));
+  EXPECT_EQ(tok->decode(tok->encode("a" + kSp + "b")), "a b");
+  EXPECT_EQ(tok->decode(tok->encode(kSp)), " ");
+}
+
 TEST(TokenizerSpm, PiecesAndMetadata) {
   VocabBuilder v;
   const int32_t sp_he = v.add(kSp + "he", -1);

@@ -20,7 +20,13 @@ class Tokenizer {
   virtual std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const = 0;
   // Bytes of one token as it appears in decoded text (control tokens give "").
   virtual std::string token_to_piece(int32_t id) const = 0;
-  // Ids to text; decode(encode(x)) == x for any UTF-8 text x.
+  // Ids to text; decode(encode(x)) == x for any UTF-8 text x, with two exceptions:
+  //  - a byte (byte-level BPE) or character (SentencePiece without byte fallback) the vocabulary
+  //    has no token for is encoded as the unknown token (e.g. SmolLM2's vocabulary lacks 21 of the
+  //    256 bytes, among them the control characters 0x04 and 0x1D);
+  //  - with a SentencePiece vocabulary each U+2581 in x comes back as a space: U+2581 is how
+  //    SentencePiece writes a space, so x encodes exactly as with spaces in its place (as in
+  //    SentencePiece and llama.cpp).
   virtual std::string decode(std::span<const int32_t> ids) const = 0;
 
   int32_t bos() const { return spec_.bos; }

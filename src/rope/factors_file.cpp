@@ -264,6 +264,11 @@ RopeScaling parse_longrope_object(const json& rs, const json* top, const std::st
     }
   } else if (long_f) {
     if (short_f) {
+      if (short_f->size() != long_f->size())
+        field_error(source, prefix + "short_factor",
+                    fmt::format("has {} values and long_factor {}; expected one per rotary pair in "
+                                "both (the same count)",
+                                short_f->size(), long_f->size()));
       s.sets.push_back(FactorSet{*short_f, s.orig_ctx});
     }
     s.sets.push_back(FactorSet{*long_f, 0});
@@ -345,7 +350,8 @@ json factors_to_json(const RopeScaling& s, const json& provenance) {
   j["rope_type"] = "longrope";
   j["original_max_position_embeddings"] = s.orig_ctx;
   if (s.target_ctx > 0) j["max_position_embeddings"] = s.target_ctx;
-  if (s.factor != 1.0) j["factor"] = s.factor;
+  // Without a target length the factor is s, and a reader may need it even when it is 1.
+  if (s.factor != 1.0 || s.target_ctx == 0) j["factor"] = s.factor;
   j["short_factor"] = s.sets[longrope_set_index(s.sets, s.orig_ctx)].factors;
   j["long_factor"] = s.sets.back().factors;
   json sets = json::array();
@@ -373,7 +379,7 @@ RopeScaling read_factors_file(const std::string& path, json* provenance) {
   json j;
   try {
     j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     throw Error(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
   return factors_from_json(j, source, provenance);

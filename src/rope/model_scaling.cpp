@@ -2,6 +2,7 @@
 // Hugging Face config.json.
 #include <fmt/format.h>
 
+#include <climits>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -246,7 +247,14 @@ RopeScaling rope_from_hf_config(const json& config, const std::string& source) {
   int n_rot = 0;
   if (head_dim && *head_dim > 0) {
     double prf = opt_number(config, "partial_rotary_factor", source, "").value_or(1.0);
-    n_rot = static_cast<int>(static_cast<double>(*head_dim) * prf);
+    const double rot = static_cast<double>(*head_dim) * prf;
+    if (!(rot >= 0.0 && rot <= INT_MAX)) {  // the conversion to int below would be undefined
+      throw Error(fmt::format(
+          "{}: rotary dims head_dim {} x partial_rotary_factor {} = {}; expected a positive "
+          "even number",
+          source, *head_dim, prf, rot));
+    }
+    n_rot = static_cast<int>(rot);
   } else if (s.method == RopeMethod::kLongrope) {
     n_rot = static_cast<int>(2 * s.sets.front().factors.size());
   } else {
