@@ -1,13 +1,20 @@
 // Writes seed corpora for the fuzz targets: make_fuzz_seeds OUT_DIR [MODELS_DIR]
-//   OUT_DIR/gguf/     small valid GGUF files (every value type, every tensor type, a micro llama
-//                     model for each tokenizer kind) and, with MODELS_DIR, a truncated
-//                     stories260K.gguf and its metadata alone.
-//   OUT_DIR/llama2c/  inputs of llama2c_fuzz: a mode byte, then micro checkpoints (legacy, v1,
-//                     v2) or tokenizers.
+//   OUT_DIR/gguf/       small valid GGUF files (every value type, every tensor type, a micro llama
+//                       model for each tokenizer kind) and, with MODELS_DIR, a truncated
+//                       stories260K.gguf and its metadata alone.
+//   OUT_DIR/llama2c/    inputs of llama2c_fuzz: a mode byte, then micro checkpoints (legacy, v1,
+//                       v2) or tokenizers.
+//   OUT_DIR/text/       inputs of the tokenizer targets: ASCII, multi-byte UTF-8, special tokens,
+//                       whitespace runs, digits, invalid UTF-8, token id sequences.
+//   OUT_DIR/factors/    inputs of factors_fuzz: the factors files in docs/factors, small valid
+//                       variants and broken ones.
+//   OUT_DIR/hf_config/  inputs of hf_config_fuzz: config.json with each rope_scaling type, and
+//                       broken ones.
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -15,8 +22,10 @@
 #include "longrope/error.h"
 #include "longrope/gguf.h"
 #include "longrope/llama2c.h"
+#include "longrope/rope.h"
 
 using namespace longrope;
+using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
@@ -208,6 +217,180 @@ std::vector<uint8_t> micro_tokenizer() {
   return b;
 }
 
+void write_text(const fs::path& p, const std::string& s) {
+  write_file(p, std::vector<uint8_t>(s.begin(), s.end()));
+}
+
+std::string read_text(const fs::path& p) {
+  const auto b = read_file(p);
+  return std::string(b.begin(), b.end());
+}
+
+void write_texts(const fs::path& dir, const fs::path& shared) {
+  const std::vector<std::pair<const char*, std::string>> texts = {
+      {"ascii.txt", "Once upon a time, there was a little girl named Lily. She liked to play."},
+      {"utf8.txt",
+       "caf\xC3\xA9 na\xC3\xAFve \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E "
+       "\xD0\xBF\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82 \xF0\x9F\x99\x82 "
+       "e\xCC\x81 \xE2\x96\x81x"},
+      {"chat.txt",
+       "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!"
+       "<|im_end|>\n<|im_start|>assistant\n"},
+      {"spm_specials.txt", "<s>Hello</s> <unk> <0x41> world"},
+      {"spaces.txt", "   a  \t\tb \n\n\n  c\r\n    \xC2\xA0\xE3\x80\x80 end   "},
+      {"digits.txt", "0 12 345 6789 3.14159 1,000,000 2025-01-01 x1y22z333"},
+      {"contractions.txt", "don't I'll we've she'd THEY'RE it's O'Neil"},
+      {"punct.txt", "!!! ??? ... --- ((x)) [a]{b} \"q\" 'q' #$%&*+/<=>@\\^_`|~"},
+      {"invalid.txt", "ok \xFF\xFE bad \xC3 cut \xED\xA0\x80 sur \xF4\x90\x80\x80"},
+      {"nul.txt", std::string("a\0b\0\0c", 6)},
+      {"controls.txt", "tab\tbell\a esc\x1B gs\x1D eot\x04 plane4 \xF1\x80\x80\x80 end"},
+      {"empty.txt", ""},
+  };
+  for (const auto& [name, text] : texts) write_text(dir / name, text);
+  // Token id sequences (the same inputs read as little-endian int32 ids).
+  std::vector<uint8_t> ids;
+  for (int32_t id : {0, 1, 2, 3, 100, 255, 256, 300, 511, 1000, 49151, 49152, -1}) put32(ids, id);
+  write_file(dir / "ids.bin", ids);
+  const std::string novel = read_text(shared / "data" / "moby-dick.txt");
+  if (novel.size() > 20000) write_text(dir / "moby_dick_part.txt", novel.substr(16000, 2048));
+}
+
+// The factors files of docs/factors, variants and broken copies (each valid one must parse).
+void write_factors(const fs::path& dir, const fs::path& docs_factors) {
+  int n_docs = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(docs_factors, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() != ".json" || name.find(".ckpt.") != std::string::npos ||
+        name.find(".log.") != std::string::npos) {
+      continue;
+    }
+    const std::string text = read_text(e.path());
+    factors_from_json(json::parse(text), name);
+    write_text(dir / name, text);
+    write_text(dir / ("cut_" + name), text.substr(0, text.size() / 2));
+    ++n_docs;
+  }
+  if (n_docs == 0)
+    std::fprintf(stderr, "make_fuzz_seeds: no factors files in %s\n",
+                 docs_factors.string().c_str());
+  const json two = {{"rope_type", "longrope"},
+                    {"original_max_position_embeddings", 512},
+                    {"max_position_embeddings", 4096},
+                    {"short_factor", {1.0, 1.25}},
+                    {"long_factor", {1.5, 4.0}}};
+  json sets = two;
+  sets["format_version"] = 1;
+  sets["n_hat"] = 4;
+  sets["attention_rule"] = "yarn_log";
+  sets["attention_factor"] = 1.2;
+  sets["sets"] = {{{"max_len", 512}, {"attention_factor", 1.0}, {"factors", {1.0, 1.25}}},
+                  {{"max_len", 2048}, {"factors", {1.25, 2.0}}},
+                  {{"max_len", 0}, {"factors", {1.5, 4.0}}}};
+  sets["provenance"] = {{"tool", "longrope search"}, {"seed", 7}, {"texts", {"a.txt"}}};
+  json by_factor = {{"rope_type", "longrope"},
+                    {"original_max_position_embeddings", 512},
+                    {"factor", 8.0},
+                    {"attention_rule", "constant"},
+                    {"long_factor", {1.0, 2.0, 3.0, 4.0}}};
+  json hf_whole = {{"max_position_embeddings", 131072},
+                   {"original_max_position_embeddings", 4096},
+                   {"rope_scaling",
+                    {{"type", "su"}, {"short_factor", {1.0, 1.1}}, {"long_factor", {1.2, 3.0}}}}};
+  // s = factor = 1 without a target length (write_factors_file once dropped the factor).
+  json factor_one = {{"rope_type", "longrope"},
+                     {"original_max_position_embeddings", 4},
+                     {"factor", 1},
+                     {"long_factor", {1}}};
+  const std::vector<std::pair<const char*, json>> valid = {{"hf_object.json", two},
+                                                           {"three_sets.json", sets},
+                                                           {"by_factor.json", by_factor},
+                                                           {"factor_one.json", factor_one},
+                                                           {"hf_config.json", hf_whole}};
+  for (const auto& [name, j] : valid) {
+    factors_from_json(j, name);
+    write_text(dir / name, j.dump(2));
+  }
+  const std::vector<std::pair<const char*, std::string>> broken = {
+      {"bad_type.json", R"({"rope_type": "yarn", "long_factor": [1, 2]})"},
+      {"bad_factor.json",
+       R"({"rope_type": "longrope", "original_max_position_embeddings": 512, "max_position_embeddings": 4096, "long_factor": [1, 0.5]})"},
+      {"bad_sets.json",
+       R"({"rope_type": "longrope", "original_max_position_embeddings": 512, "max_position_embeddings": 4096, "sets": [{"max_len": 8, "factors": [1, 2]}, {"max_len": 4, "factors": [1, 2]}]})"},
+      {"bad_huge.json",
+       R"({"rope_type": "longrope", "original_max_position_embeddings": 1e400, "long_factor": [1e308, 2]})"},
+      {"bad_ints.json",
+       R"({"rope_type": "longrope", "original_max_position_embeddings": 18446744073709551615, "max_position_embeddings": -9223372036854775808, "n_hat": 4.5, "long_factor": [1]})"},
+      {"bad_nested.json", R"({"rope_type": "longrope", "provenance": [[[[{"a": [[]]}]]]]})"},
+      {"not_object.json", "[1, 2, 3]"},
+  };
+  for (const auto& [name, text] : broken) write_text(dir / name, text);
+}
+
+// HF config.json with each rope_scaling type (each valid one must parse), and broken ones.
+void write_hf_configs(const fs::path& dir) {
+  const json base = {{"architectures", {"LlamaForCausalLM"}},
+                     {"hidden_size", 576},
+                     {"num_attention_heads", 9},
+                     {"max_position_embeddings", 8192},
+                     {"rope_theta", 100000.0}};
+  std::vector<double> sf(32, 1.0), lf(32);
+  for (size_t j = 0; j < lf.size(); ++j) lf[j] = 1.0 + 0.25 * static_cast<double>(j);
+  auto with = [&](json rs, json extra = json::object()) {
+    json c = base;
+    c["rope_scaling"] = std::move(rs);
+    for (auto it = extra.begin(); it != extra.end(); ++it) c[it.key()] = it.value();
+    return c;
+  };
+  const std::vector<std::pair<const char*, json>> valid = {
+      {"none.json", base},
+      {"null.json", with(nullptr)},
+      {"default.json", with({{"rope_type", "default"}})},
+      {"linear.json", with({{"type", "linear"}, {"factor", 4.0}})},
+      {"dynamic.json", with({{"type", "dynamic"}, {"factor", 2.0}})},
+      {"yarn.json", with({{"rope_type", "yarn"},
+                          {"factor", 4.0},
+                          {"original_max_position_embeddings", 2048},
+                          {"beta_fast", 32},
+                          {"beta_slow", 1},
+                          {"mscale", 0.707},
+                          {"mscale_all_dim", 0.707},
+                          {"truncate", false}})},
+      {"llama3.json", with({{"rope_type", "llama3"},
+                            {"factor", 8.0},
+                            {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 8192}},
+                           {{"max_position_embeddings", 131072}})},
+      {"longrope.json", with({{"type", "longrope"}, {"short_factor", sf}, {"long_factor", lf}},
+                             {{"original_max_position_embeddings", 2048},
+                              {"max_position_embeddings", 32768},
+                              {"head_dim", 64}})},
+      {"longrope_factor.json",
+       with({{"rope_type", "su"}, {"factor", 8.0}, {"long_factor", lf}}, {{"head_dim", 64}})},
+      {"partial_rotary.json", with({{"type", "linear"}, {"factor", 2.0}},
+                                   {{"head_dim", 128}, {"partial_rotary_factor", 0.5}})},
+  };
+  for (const auto& [name, j] : valid) {
+    rope_from_hf_config(j, name);
+    write_text(dir / name, j.dump(2));
+  }
+  json v5 = base;
+  v5["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 2.0}, {"rope_theta", 10000.0}};
+  rope_from_hf_config(v5, "rope_parameters.json");
+  write_text(dir / "rope_parameters.json", v5.dump());
+  const std::vector<std::pair<const char*, std::string>> broken = {
+      {"bad_method.json", R"({"rope_scaling": {"type": "mrope", "factor": 2}})"},
+      {"bad_factor.json", R"({"rope_scaling": {"type": "linear", "factor": "2"}})"},
+      {"bad_llama3.json",
+       R"({"rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1, "original_max_position_embeddings": 8192}})"},
+      {"bad_head_dim.json",
+       R"({"head_dim": 1e12, "partial_rotary_factor": 1e300, "rope_scaling": {"type": "linear", "factor": 2}})"},
+      {"bad_scaling.json", R"({"rope_scaling": [1, 2]})"},
+  };
+  for (const auto& [name, text] : broken) write_text(dir / name, text);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -219,6 +402,7 @@ int main(int argc, char** argv) {
     const fs::path out = argv[1];
     fs::create_directories(out / "gguf");
     fs::create_directories(out / "llama2c");
+    for (const char* sub : {"text", "factors", "hf_config"}) fs::create_directories(out / sub);
     write_file(out / "gguf" / "all_types.gguf", all_types().to_bytes());
     write_file(out / "gguf" / "micro_spm.gguf", micro_llama(false).to_bytes());
     write_file(out / "gguf" / "micro_gpt2.gguf", micro_llama(true).to_bytes());
@@ -247,12 +431,16 @@ int main(int argc, char** argv) {
     write_file(out / "llama2c" / "v1.in", micro_checkpoint(1, false));
     write_file(out / "llama2c" / "v2.in", micro_checkpoint(2, true));
     write_file(out / "llama2c" / "tok.in", micro_tokenizer());
+    const fs::path source = LONGROPE_SOURCE_DIR;
+    write_texts(out / "text", argc > 2 ? fs::path(argv[2]) / ".." : source / ".." / "shared");
+    write_factors(out / "factors", source / "docs" / "factors");
+    write_hf_configs(out / "hf_config");
     // Each checkpoint seed must parse.
     for (int v = 0; v < 3; ++v) {
       auto b = micro_checkpoint(v, v != 1);
       parse_llama2c(b.data() + 1, b.size() - 1, "seed");
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "make_fuzz_seeds: %s\n", e.what());
     return 1;
   }
