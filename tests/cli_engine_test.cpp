@@ -122,6 +122,8 @@ TEST(CliEngine, BadInputsGiveOneClearLineAndNonZeroExit) {
            Case{"generate -m " + stories() + " --switch bogus", "bogus not in", 2},
            Case{"generate -m " + stories() + " -p hi -f " + moby(), "--prompt excludes --file", 2},
            Case{"generate -m " + stories() + " -f /nonexistent.txt", "cannot open text file"},
+           Case{"generate -m " + stories() + " --rope yarn",
+                "--rope yarn without --rope-factor at length 512: the default factor"},
            Case{"perplexity -m " + stories() + " -f " + shared_dir().string() + " -c 512",
                 "is a directory (expected a text file)"},
            Case{

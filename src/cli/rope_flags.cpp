@@ -1,5 +1,7 @@
 #include "cli/rope_flags.h"
 
+#include <fmt/format.h>
+
 #include <CLI/CLI.hpp>
 #include <string>
 
@@ -80,6 +82,14 @@ void add_rope_flags(CLI::App* cmd, RopeFlags& f) {
 RopeScaling resolve_rope_for_length(const RopeFlags& f, const Model& model, int64_t ctx) {
   RopeFlags flags = f;
   default_rope_factor(flags, ctx, model.hp().n_ctx_train);
+  // A rule whose default factor comes out as 1 extends nothing: say so instead of running the
+  // plain model under another name.
+  if (!f.factor && flags.factor && *flags.factor == 1.0 && f.method && f.factors_path.empty() &&
+      parse_rope_method(*f.method) != RopeMethod::kNone)
+    throw Error(fmt::format(
+        "--rope {} without --rope-factor at length {}: the default factor length / L_orig is 1 "
+        "(no extension; L_orig = {}); expected --rope-factor S or a length above L_orig (-c)",
+        *f.method, ctx, f.orig_ctx.value_or(model.hp().n_ctx_train)));
   RopeScaling s = resolve_rope(flags, model.default_rope(), model.hp().n_rot);
   check_scaling_for_ctx(s, ctx);
   return s;
