@@ -277,6 +277,13 @@ std::string length_label(double lg) {
 
 }  // namespace
 
+namespace {
+// Where bars start (axis units): 0 on a linear axis that shows it, else the frame's bottom.
+double bar_base(const PlotSpec& s, const Frame& f) {
+  return !s.log_y && f.y0 <= 0 && f.y1 >= 0 ? 0.0 : f.y0;
+}
+}  // namespace
+
 void write_plot_svg(const PlotSpec& s, const std::string& path) {
   const Frame f = make_frame(s);
   const double W = s.width, H = s.height;
@@ -353,11 +360,12 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       if (bars) {
         const double lg = std::log2(se.x[i]);
         const double xc = px(bar_centre(lg, si, n_series));
+        const double base = py(bar_base(s, f));
         const double w = px(f.x0 + bar_width(n_series)) - px(f.x0);
         marks += fmt::format(
             "<rect class=\"bar\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
             "fill=\"{}\" fill-opacity=\"0.85\"/>",
-            xc - w / 2, y, w, top + ph - y, color);
+            xc - w / 2, std::min(y, base), w, std::fabs(base - y), color);
         if (i < se.y_lo.size() && i < se.y_hi.size() && usable(se.y_lo[i], s.log_y) &&
             usable(se.y_hi[i], s.log_y))
           marks += fmt::format(
@@ -580,7 +588,8 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     if (bars) {  // one length: a filled bar per series, from the frame's bottom
       const double xc = bar_centre(xs[0], si, s.series.size()), w = bar_width(s.series.size());
       PLFLT bx[4] = {xc - w / 2, xc - w / 2, xc + w / 2, xc + w / 2};
-      PLFLT by[4] = {f.y0, ys[0], ys[0], f.y0};
+      const double base = bar_base(s, f);
+      PLFLT by[4] = {base, ys[0], ys[0], base};
       plfill(4, bx, by);
     } else {
       pllsty(lsty);
