@@ -10,6 +10,9 @@
 //                       variants and broken ones.
 //   OUT_DIR/hf_config/  inputs of hf_config_fuzz: config.json with each rope_scaling type, and
 //                       broken ones.
+//   OUT_DIR/safetensors/     inputs of safetensors_fuzz: small valid files and broken headers.
+//   OUT_DIR/tokenizer_json/  inputs of hf_tokenizer_fuzz: tokenizer.json of the micro models
+//                            (both kinds) and of stories260K, and broken variants.
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -21,8 +24,10 @@
 #include "io/model_file_internal.h"
 #include "longrope/error.h"
 #include "longrope/gguf.h"
+#include "longrope/hf.h"
 #include "longrope/llama2c.h"
 #include "longrope/rope.h"
+#include "longrope/safetensors.h"
 
 using namespace longrope;
 using nlohmann::json;
@@ -393,6 +398,57 @@ void write_hf_configs(const fs::path& dir) {
 
 }  // namespace
 
+void write_safetensors_seeds(const fs::path& dir) {
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6};
+  const std::vector<uint16_t> h = {0x3c00, 0xc000};
+  write_safetensors((dir / "three.safetensors").string(),
+                    {{"model.norm.weight", GgmlType::F32, {6}, a.data(), 24, {}},
+                     {"w", GgmlType::F16, {1, 2}, h.data(), 4, {}},
+                     {"b", GgmlType::BF16, {2, 1}, h.data(), 4, {}}});
+  write_safetensors((dir / "empty.safetensors").string(), {});
+  auto raw = [&](const char* name, const std::string& header, size_t data) {
+    std::vector<uint8_t> b(8 + header.size() + data, 0);
+    const uint64_t n = header.size();
+    std::memcpy(b.data(), &n, 8);
+    std::memcpy(b.data() + 8, header.data(), header.size());
+    write_file(dir / name, b);
+  };
+  raw("i64.in", R"({"w":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", 8);
+  raw("overlap.in",
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      12);
+  raw("meta.in",
+      R"({"__metadata__":{"format":"pt"},"x":{"dtype":"BF16","shape":[],"data_offsets":[0,2]}})",
+      2);
+}
+
+void write_tokenizer_seeds(const fs::path& dir, const std::vector<uint8_t>& stories) {
+  auto put = [&](const char* name, const json& j) {
+    const std::string s = j.dump();
+    write_file(dir / name, std::vector<uint8_t>(s.begin(), s.end()));
+  };
+  for (bool gpt2 : {false, true}) {
+    const ModelFile m =
+        io::model_from_gguf(GgufFile::from_memory(micro_llama(gpt2).to_bytes(), "micro"));
+    const json t = hf_tokenizer_json(m.vocab);
+    vocab_from_hf_tokenizer(t, nullptr, nullptr, 0, "seed");  // must read back
+    put(gpt2 ? "micro_gpt2.json" : "micro_spm.json", t);
+    json broken = t;
+    broken["model"]["type"] = "WordPiece";
+    put(gpt2 ? "wordpiece.json" : "wordpiece_spm.json", broken);
+  }
+  if (!stories.empty()) {
+    const ModelFile m = io::model_from_gguf(GgufFile::from_memory(stories, "stories260K"));
+    put("stories.json", hf_tokenizer_json(m.vocab));
+  }
+  json digits = json::parse(R"({"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2,"1":3},
+      "merges":[["a","b"]]},"pre_tokenizer":{"type":"Sequence","pretokenizers":[
+      {"type":"Digits","individual_digits":true},
+      {"type":"ByteLevel","add_prefix_space":false,"use_regex":true}]},
+      "added_tokens":[{"id":4,"content":"<s>","special":true}]})");
+  put("digits.json", digits);
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: %s OUT_DIR [MODELS_DIR]\n", argv[0]);
@@ -402,7 +458,9 @@ int main(int argc, char** argv) {
     const fs::path out = argv[1];
     fs::create_directories(out / "gguf");
     fs::create_directories(out / "llama2c");
-    for (const char* sub : {"text", "factors", "hf_config"}) fs::create_directories(out / sub);
+    for (const char* sub : {"text", "factors", "hf_config", "safetensors", "tokenizer_json"})
+      fs::create_directories(out / sub);
+    write_safetensors_seeds(out / "safetensors");
     write_file(out / "gguf" / "all_types.gguf", all_types().to_bytes());
     write_file(out / "gguf" / "micro_spm.gguf", micro_llama(false).to_bytes());
     write_file(out / "gguf" / "micro_gpt2.gguf", micro_llama(true).to_bytes());
@@ -412,6 +470,7 @@ int main(int argc, char** argv) {
     if (argc > 2) {
       const fs::path models = argv[2];
       const auto stories = read_file(models / "stories260K.gguf");
+      write_tokenizer_seeds(out / "tokenizer_json", stories);
       if (stories.size() > 4096) {
         write_file(out / "gguf" / "stories_head.gguf",
                    std::vector<uint8_t>(stories.begin(), stories.begin() + 4096));
@@ -432,6 +491,7 @@ int main(int argc, char** argv) {
     write_file(out / "llama2c" / "v2.in", micro_checkpoint(2, true));
     write_file(out / "llama2c" / "tok.in", micro_tokenizer());
     const fs::path source = LONGROPE_SOURCE_DIR;
+    if (argc <= 2) write_tokenizer_seeds(out / "tokenizer_json", {});
     write_texts(out / "text", argc > 2 ? fs::path(argv[2]) / ".." : source / ".." / "shared");
     write_factors(out / "factors", source / "docs" / "factors");
     write_hf_configs(out / "hf_config");

@@ -33,6 +33,8 @@ targets=(
   "spm_tokenizer_fuzz text -max_len=4096"
   "factors_fuzz factors -max_len=8192"
   "hf_config_fuzz hf_config -max_len=8192"
+  "safetensors_fuzz safetensors -max_len=4096"
+  "hf_tokenizer_fuzz tokenizer_json -max_len=16384"
 )
 failed=()
 for entry in "${targets[@]}"; do

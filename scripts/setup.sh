@@ -43,12 +43,14 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# scripts/ref_gguf_nll.py (a test's independent reference) dequantizes GGUF tensors with it.
-if ! python3 -c 'import gguf, numpy' 2>/dev/null; then
-  echo "setup: installing Python packages: gguf==0.19.0 (with numpy)"
-  if ! python3 -m pip install -q gguf==0.19.0 2>/dev/null &&
-     ! python3 -m pip install -q --user --break-system-packages gguf==0.19.0; then
-    echo "setup: error: pip install gguf==0.19.0 failed (is the PyPI registry reachable?)" >&2
+# The tests' independent references: scripts/ref_gguf_nll.py dequantizes GGUF tensors with gguf;
+# scripts/make_hf_folder.py writes HF model folders with safetensors and tokenizers.
+PY_PKGS=(gguf==0.19.0 safetensors==0.4.5 tokenizers==0.23.3)
+if ! python3 -c 'import gguf, numpy, safetensors, tokenizers' 2>/dev/null; then
+  echo "setup: installing Python packages: ${PY_PKGS[*]} (with numpy)"
+  if ! python3 -m pip install -q "${PY_PKGS[@]}" 2>/dev/null &&
+     ! python3 -m pip install -q --user --break-system-packages "${PY_PKGS[@]}"; then
+    echo "setup: error: pip install ${PY_PKGS[*]} failed (is the PyPI registry reachable?)" >&2
     exit 1
   fi
 fi

@@ -196,7 +196,8 @@ TEST_F(IoModelFile, MissingEmptyGarbageAndDirectory) {
         load_model_file(write("be.gguf", {'F', 'U', 'G', 'G', 0, 0, 0, 3}));
       },
       "big-endian GGUF");
-  expect_error([&] { load_model_file(dir_.string()); }, "not a regular file");
+  // A folder is read as an HF model folder; an empty one says what it lacks.
+  expect_error([&] { load_model_file(dir_.string()); }, {"no config.json", "Hugging Face"});
 }
 
 TEST_F(IoModelFile, TruncatedAndOversizedGguf) {

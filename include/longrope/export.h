@@ -27,6 +27,24 @@ void export_gguf(const std::string& model_path, const RopeScaling& factors,
 // (target / L_orig) and attention_factor; max_position_embeddings = target. Throws Error.
 nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors);
 
+// Writes a Llama HF folder for a loaded model file (any format) at out_dir (created if missing;
+// every file atomically): model.safetensors (F32/F16/BF16 tensors as they are, quantized ones
+// decoded to `dtype`: "f32", "f16" or "bf16"; q/k rows back in HF's half-split layout),
+// config.json (llama, or qwen2 for q/k/v biases without an o bias; `scaling` as rope_scaling:
+// none, linear, longrope, or frequency divisors as a one-set longrope), tokenizer.json and
+// tokenizer_config.json. Throws Error (one line).
+struct ModelFile;
+void write_hf_folder(const ModelFile& mf, const RopeScaling& scaling, const std::string& out_dir,
+                     const std::string& dtype);
+
+// Writes the model (GGUF, llama2.c with its tokenizer, or an HF folder) as an HF model folder at
+// out_dir (write_hf_folder, longrope/hf.h): with searched factors, a longrope rope_scaling holding
+// them (composed with the model's own frequency factors, as export_gguf does); without, the
+// model's own scaling. dtype: what quantized tensors become ("f32", "f16", "bf16").
+void export_hf_folder(const std::string& model_path, const std::string& tokenizer_path,
+                      const RopeScaling* searched, const std::string& out_dir,
+                      const std::string& dtype);
+
 // What llama.cpp (gguf = true) or transformers (false) will not do as longrope does with these
 // factors, one line each (no "warning:" prefix): start tokens (n_hat), a short set switched at
 // another length than L_orig, a short set with its own attention factor.

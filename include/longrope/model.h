@@ -25,6 +25,11 @@ struct LayerWeights {
   const float* attn_norm = nullptr;  // n_embd values
   const float* ffn_norm = nullptr;   // n_embd values
   WeightView wq, wk, wv, wo, w_gate, w_up, w_down;
+  // Projection biases (Qwen2: q, k, v; Llama with attention_bias: all four); null when absent.
+  const float* bq = nullptr;
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* bo = nullptr;
 };
 
 struct LoadOptions {

@@ -40,6 +40,10 @@ struct VocabSpec {
       types;  // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user, 6 byte
   std::vector<std::string> merges;  // gpt2: "a b" per line, in rank order
   std::string pre = "default";      // gpt2 pre-tokenizer name (tokenizer.ggml.pre)
+  // gpt2: the pre-tokenizer as regexes applied in turn (from an HF tokenizer.json); when given,
+  // they replace the rules named by `pre`.
+  std::vector<std::string> pre_regexes;
+  std::optional<bool> ignore_merges;  // gpt2: overrides the pre-tokenizer rules' choice
   int32_t bos = -1, eos = -1, unk = -1, pad = -1, eot = -1;
   bool add_bos = true;
   bool add_eos = false;
@@ -58,7 +62,7 @@ struct RopeScalingMeta {
   std::vector<float> factors_long;   // rope_factors_long.weight
   std::vector<float> factors_short;  // rope_factors_short.weight
   // longrope's own keys (written by `longrope export`; llama.cpp ignores them):
-  std::optional<int64_t> n_hat;          // longrope.n_hat: start tokens keeping the original rotation
+  std::optional<int64_t> n_hat;  // longrope.n_hat: start tokens keeping the original rotation
   std::optional<int64_t> short_max_len;  // longrope.short_max_len: longest length of the short set
   std::optional<double> short_attn_factor;  // longrope.short_attn_factor: the short set's own
 };
@@ -79,10 +83,11 @@ struct TensorRef {
 class ModelFile {
  public:
   std::string path;
-  std::string format;  // "gguf" or "llama2c"
+  std::string format;  // "gguf", "llama2c" or "hf" (a Hugging Face model folder)
   HParams hp;
   VocabSpec vocab;
-  RopeScalingMeta rope;
+  RopeScalingMeta rope;   // GGUF / llama2.c (an HF folder's scaling is in hf_config)
+  std::string hf_config;  // "hf": the text of config.json (its rope_scaling is the model's)
   std::vector<TensorRef> tensors;
 
   const TensorRef* find(const std::string& name) const;
@@ -94,8 +99,9 @@ class ModelFile {
   std::vector<std::shared_ptr<const void>> keep_alive;
 };
 
-// Opens a model, detecting the format from the file's contents (GGUF magic, llama2.c headers).
-// tokenizer_path is required for llama2.c checkpoints (tokenizer.bin) and ignored for GGUF.
+// Opens a model, detecting the format from the file's contents (GGUF magic, llama2.c headers);
+// a folder is read as a Hugging Face model folder (longrope/hf.h).
+// tokenizer_path is required for llama2.c checkpoints (tokenizer.bin) and refused otherwise.
 // Validates hyper-parameters and tensor shapes; throws Error with one clear line on any problem.
 ModelFile load_model_file(const std::string& path, const std::string& tokenizer_path = "");
 

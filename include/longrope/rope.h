@@ -130,6 +130,13 @@ RopeScaling rope_from_meta(const RopeScalingMeta& meta, int n_rot, int64_t model
 RopeScaling rope_from_hf_config(const nlohmann::json& config,
                                 const std::string& source = "config.json");
 
+// The scaling a loaded model file declares, whatever its format: rope_from_meta for GGUF and
+// llama2.c, rope_from_hf_config for an HF folder, where a llama3 rule (fixed per-pair divisors)
+// becomes freq_factors on method none, exactly as a Llama 3 GGUF carries it (rope_freqs), so
+// that every scaling chosen later composes with it.
+struct ModelFile;  // longrope/model_file.h
+RopeScaling rope_of_model_file(const ModelFile& mf);
+
 // --- LongRoPE factors file (docs/factors-format.md) ----------------------------------------------
 // Parses a factors JSON object (a superset of HF's longrope rope_scaling object; a whole HF
 // config.json with a longrope rope_scaling is accepted too). `source` names it in errors. When

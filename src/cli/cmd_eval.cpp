@@ -43,7 +43,9 @@ Runner register_eval(CLI::App& app) {
       "Perplexity of several RoPE methods at several lengths (K windows per text; with several "
       "texts ppl = exp(mean NLL over all scored tokens)); writes results.{md,csv,json} and "
       "ppl.{png,svg} to -o DIR");
-  cmd->add_option("-m,--model", a->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("-m,--model", a->model,
+                  "model: GGUF file, llama2.c checkpoint or HF model folder")
+      ->required();
   cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("-f,--file", a->texts, "text file(s), comma-separated")->required();
   cmd->add_option("--lengths", a->lengths, "window lengths, e.g. 512,1024,2k,4k")->required();

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -15,7 +16,7 @@ namespace longrope::cli {
 
 namespace {
 struct ExportArgs {
-  std::string model, factors, hf_config, output;
+  std::string model, tokenizer, factors, hf_config, output, hf_dir, hf_dtype = "f32";
 };
 }  // namespace
 
@@ -23,19 +24,64 @@ Runner register_export(CLI::App& app) {
   auto a = std::make_shared<ExportArgs>();
   CLI::App* cmd = app.add_subcommand(
       "export",
-      "Write LongRoPE factors into a GGUF model (-m) or a Hugging Face config.json (--hf-config)");
-  cmd->add_option("-m,--model", a->model, "GGUF model to copy with the factors");
+      "Write LongRoPE factors into a GGUF model (-m, -o), a Hugging Face config.json "
+      "(--hf-config, -o) or a Hugging Face model folder (-m, --hf-dir)");
+  cmd->add_option("-m,--model", a->model,
+                  "model to copy with the factors: a GGUF file (-o), or any model (--hf-dir)");
+  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin of a llama2.c -m (with --hf-dir)");
   cmd->add_option("--hf-config", a->hf_config, "HF config.json to rewrite with the factors");
-  cmd->add_option("--factors", a->factors, "factors file (longrope search output)")->required();
-  cmd->add_option("-o,--output", a->output, "output GGUF or JSON")->required();
+  cmd->add_option("--hf-dir", a->hf_dir,
+                  "write -m as an HF model folder here (config.json with the factors as "
+                  "rope_scaling, model.safetensors, tokenizer.json); --factors optional");
+  cmd->add_option("--hf-dtype", a->hf_dtype,
+                  "with --hf-dir: what quantized weights become (F32/F16/BF16 ones are copied)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}))
+      ->default_str("f32");
+  cmd->add_option("--factors", a->factors, "factors file (longrope search output)");
+  cmd->add_option("-o,--output", a->output, "output GGUF or JSON (not with --hf-dir)");
   return [a]() {
-    if (a->model.empty() == a->hf_config.empty())
-      throw Error("export: give exactly one of -m MODEL.gguf or --hf-config CONFIG.json");
-    for (const std::string& in : {a->model, a->hf_config, a->factors}) {
+    const bool to_dir = !a->hf_dir.empty();
+    if (to_dir) {
+      if (a->model.empty() || !a->hf_config.empty() || !a->output.empty())
+        throw UsageError("export",
+                         "--hf-dir writes the model given with -m (expected -m MODEL "
+                         "--hf-dir DIR, without --hf-config or -o)");
+    } else {
+      if (a->model.empty() == a->hf_config.empty())
+        throw UsageError("export", "give exactly one of -m MODEL.gguf or --hf-config CONFIG.json");
+      if (a->output.empty()) throw UsageError("export", "-o/--output is required");
+      if (a->factors.empty()) throw UsageError("export", "--factors is required");
+      if (!a->tokenizer.empty())
+        throw UsageError("export", "--tokenizer is for a llama2.c -m with --hf-dir");
+    }
+    const std::string out = to_dir ? a->hf_dir : a->output;
+    for (const std::string& in : {a->model, a->hf_config, a->factors, a->tokenizer}) {
       std::error_code ec;
-      if (!in.empty() && std::filesystem::equivalent(in, a->output, ec))
-        throw Error(fmt::format("export: the output {} is the input {} (expected a new file)",
-                                a->output, in));
+      if (!in.empty() && std::filesystem::equivalent(in, out, ec))
+        throw Error(fmt::format("export: the output {} is the input {} (expected a new {})", out,
+                                in, to_dir ? "folder" : "file"));
+    }
+    if (to_dir) {
+      std::error_code ec;
+      if (std::filesystem::exists(a->hf_dir, ec) && !std::filesystem::is_directory(a->hf_dir, ec))
+        throw Error(
+            fmt::format("export: {} exists and is not a folder (expected a folder for "
+                        "--hf-dir)",
+                        a->hf_dir));
+      std::filesystem::create_directories(a->hf_dir, ec);
+      for (const char* f :
+           {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+        check_writable((std::filesystem::path(a->hf_dir) / f).string());
+      std::optional<RopeScaling> f;
+      if (!a->factors.empty()) {
+        f = read_factors_file(a->factors);
+        for (const std::string& w : export_warnings(*f, false))
+          fmt::print(stderr, "warning: {}\n", w);
+      }
+      export_hf_folder(a->model, a->tokenizer, f ? &*f : nullptr, a->hf_dir, a->hf_dtype);
+      fmt::print("wrote {} (config.json, model.safetensors, tokenizer.json{})\n", a->hf_dir,
+                 f ? fmt::format("; longrope rope_scaling, context {}", f->target_ctx) : "");
+      return 0;
     }
     check_writable(a->output);
     const RopeScaling f = read_factors_file(a->factors);

@@ -55,7 +55,8 @@ std::string chatml(const std::string& tmpl, const std::string& system, const std
 Runner register_generate(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt");
-  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")
+  cmd->add_option("-m,--model", args->model,
+                  "model: GGUF file, llama2.c checkpoint or HF model folder")
       ->required();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   auto* prompt =

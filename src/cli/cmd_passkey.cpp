@@ -53,7 +53,9 @@ Runner register_passkey(CLI::App& app) {
       "Passkey retrieval: a random number (1..50000) hidden at a random depth of filler text, "
       "greedy decoding of up to 10 tokens after the question; accuracy per method and length with "
       "its 95% Wilson interval; writes results.{md,csv,json} and accuracy.{png,svg} to -o DIR");
-  cmd->add_option("-m,--model", a->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("-m,--model", a->model,
+                  "model: GGUF file, llama2.c checkpoint or HF model folder")
+      ->required();
   cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("--lengths", a->lengths, "prompt lengths in tokens, e.g. 1k,2k,4k")->required();
   cmd->add_option("--methods", a->methods,

@@ -32,7 +32,8 @@ Runner register_perplexity(CLI::App& app) {
       "perplexity",
       "Perplexity on long text: window k = BOS + text tokens [k*(CTX-1), (k+1)*(CTX-1)), all CTX-1 "
       "text tokens scored, ppl = exp(mean NLL)");
-  cmd->add_option("-m,--model", args->model, "model file (GGUF or llama2.c checkpoint)")
+  cmd->add_option("-m,--model", args->model,
+                  "model: GGUF file, llama2.c checkpoint or HF model folder")
       ->required();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("-f,--file", args->text, "text file (UTF-8)")->required();

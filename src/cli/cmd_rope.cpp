@@ -53,7 +53,7 @@ int run(const RopeCmd& c) {
     n_rot = mf.hp.n_rot;
     base = mf.hp.rope_base;
     model_ctx = mf.hp.n_ctx_train;
-    model_default = rope_from_meta(mf.rope, n_rot, model_ctx);
+    model_default = rope_of_model_file(mf);
   } else if (n_rot <= 0) {
     throw Error("rope: --head-dim D is required without -m MODEL (rotary dims per head)");
   }
@@ -129,7 +129,8 @@ Runner register_rope(CLI::App& app) {
       "rope",
       "Show the per-pair RoPE frequencies, wavelengths and rescale factors of a scaling (no model "
       "needed; -m takes head dim, base, context and declared scaling from a model file)");
-  cmd->add_option("-m,--model", c->model_path, "Model file (GGUF or llama2.c checkpoint)");
+  cmd->add_option("-m,--model", c->model_path,
+                  "Model: GGUF file, llama2.c checkpoint or HF model folder");
   cmd->add_option("--tokenizer", c->tokenizer_path, "tokenizer.bin (llama2.c checkpoints)");
   c->head_dim_opt = cmd->add_option("--head-dim", c->head_dim, "Rotary dims per head (without -m)")
                         ->check(in_range(1, 65536));

@@ -112,7 +112,9 @@ Runner register_search(CLI::App& app) {
   auto a = std::make_shared<SearchArgs>();
   CLI::App* cmd = app.add_subcommand(
       "search", "LongRoPE evolutionary search for per-pair RoPE rescale factors (docs/search.md)");
-  cmd->add_option("-m,--model", a->model, "model file (GGUF or llama2.c checkpoint)")->required();
+  cmd->add_option("-m,--model", a->model,
+                  "model: GGUF file, llama2.c checkpoint or HF model folder")
+      ->required();
   cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   cmd->add_option("-f,--file", a->cfg.texts, "text file(s), comma separated (UTF-8)")
       ->required()

@@ -7,10 +7,19 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "longrope/error.h"
 #include "longrope/eval.h"
 #include "longrope/model.h"
 
 namespace longrope::cli {
+
+// A flag combination a command refuses after parsing: reported like CLI11's own usage errors
+// ("error: ... (see longrope CMD --help)", exit code 2).
+class UsageError : public Error {
+ public:
+  UsageError(const std::string& cmd, const std::string& what) : Error(what), cmd(cmd) {}
+  std::string cmd;
+};
 
 // Loads a model, printing what was loaded (and how long it took) on stderr.
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,

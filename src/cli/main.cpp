@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/interrupt.h"
@@ -78,6 +79,10 @@ int run_reporting(int argc, char** argv) {
     } catch (...) {
     }
     return 130;
+  } catch (const longrope::cli::UsageError& e) {
+    if (dist::is_root())
+      fmt::print(stderr, "error: {} (see longrope {} --help)\n", e.what(), e.cmd);
+    return 2;
   } catch (const longrope::Error& e) {
     what = e.what();
   } catch (const std::bad_alloc&) {

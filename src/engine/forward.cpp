@@ -38,6 +38,14 @@ void gemm(const float* A, int64_t n, const WeightView& W, float* C, float beta,
   kernels::matmul_w(n, A, W.cols, W, C, W.rows, beta, c);
 }
 
+// Adds a bias row (cols values) to each of n rows; nothing when the layer has none.
+void add_bias(float* x, int64_t n, int64_t cols, const float* bias) {
+  if (!bias) return;
+#pragma omp parallel for schedule(static) if (n * cols > 65536)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cols; ++j) x[i * cols + j] += bias[j];
+}
+
 void resize(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
 }
@@ -139,6 +147,9 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
     gemm(ws.h.data(), n, L.wq, ws.q.data(), 0.0f, cm);
     gemm(ws.h.data(), n, L.wk, ws.k.data(), 0.0f, cm);
     gemm(ws.h.data(), n, L.wv, ws.v.data(), 0.0f, cm);
+    add_bias(ws.q.data(), n, qdim, L.bq);
+    add_bias(ws.k.data(), n, kvdim, L.bk);
+    add_bias(ws.v.data(), n, kvdim, L.bv);
     lap(st.matmul_seconds);
     kernels::rope_apply(ws.q.data(), n, qdim, int(H), int(hd), hp.n_rot, ws.cos_tab.data(),
                         ws.sin_tab.data());
@@ -159,6 +170,7 @@ void forward_layers(const Model& model, const int32_t* tokens, int64_t n, int64_
       kernels::attention(args(kv.k + off, kv.v + off));
     lap(st.attention_seconds);
     gemm(ws.att.data(), n, L.wo, ws.x.data(), 1.0f, cm);
+    add_bias(ws.x.data(), n, d, L.bo);
     lap(st.matmul_seconds);
     kernels::rmsnorm(ws.x.data(), L.ffn_norm, ws.h.data(), n, d, hp.norm_eps);
     lap(st.other_seconds);

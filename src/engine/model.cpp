@@ -70,7 +70,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
   m->file_ = load_model_file(path, opts.tokenizer_path);
   if (opts.n_threads > 0) omp_set_num_threads(opts.n_threads);
   m->tokenizer_ = Tokenizer::create(m->file_.vocab);
-  m->default_rope_ = rope_from_meta(m->file_.rope, m->file_.hp.n_rot, m->file_.hp.n_ctx_train);
+  m->default_rope_ = rope_of_model_file(m->file_);
   const HParams& hp = m->file_.hp;
   const int64_t d = hp.n_embd, qdim = int64_t(hp.n_head) * hp.head_dim,
                 kvdim = int64_t(hp.n_head_kv) * hp.head_dim, ff = hp.n_ff, V = hp.n_vocab;
@@ -104,6 +104,13 @@ std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOpti
     L.w_gate = weight(p + "ffn_gate.weight", d, ff);
     L.w_up = weight(p + "ffn_up.weight", d, ff);
     L.w_down = weight(p + "ffn_down.weight", ff, d);
+    auto bias = [&](const std::string& name, int64_t n) -> const float* {
+      return m->file_.find(name) ? vec(name, n) : nullptr;
+    };
+    L.bq = bias(p + "attn_q.bias", qdim);
+    L.bk = bias(p + "attn_k.bias", kvdim);
+    L.bv = bias(p + "attn_v.bias", kvdim);
+    L.bo = bias(p + "attn_output.bias", d);
   }
   if (m->tokenizer_->n_vocab() != hp.n_vocab)
     throw Error(path + ": tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) +

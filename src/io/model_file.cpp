@@ -9,6 +9,7 @@
 #include "io/model_file_internal.h"
 #include "longrope/error.h"
 #include "longrope/gguf.h"
+#include "longrope/hf.h"
 #include "longrope/llama2c.h"
 
 namespace longrope {
@@ -46,29 +47,9 @@ bool same_shape(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
   return true;
 }
 
-// Names of the hyper-parameters in messages: GGUF keys, or llama2.c header fields.
-struct HpNames {
-  std::string layers, embd, ff, head, head_kv, ctx, rot, base, eps, key_length;
-  static HpNames gguf(const std::string& arch) {
-    const std::string a = arch + ".";
-    return {a + "block_count",
-            a + "embedding_length",
-            a + "feed_forward_length",
-            a + "attention.head_count",
-            a + "attention.head_count_kv",
-            a + "context_length",
-            a + "rope.dimension_count",
-            a + "rope.freq_base",
-            a + "attention.layer_norm_rms_epsilon",
-            a + "attention.key_length"};
-  }
-  static HpNames llama2c() {
-    return {"n_layers", "dim",   "hidden_dim", "n_heads",  "n_kv_heads",
-            "seq_len",  "n_rot", "rope_base",  "norm_eps", "head_dim"};
-  }
-};
+}  // namespace
 
-void validate_hparams(const std::string& path, const HParams& hp, const HpNames& k) {
+void io::validate_hparams(const std::string& path, const HParams& hp, const HpNames& k) {
   auto fail = [&](const std::string& what) { throw Error(path + ": " + what); };
   auto in_range = [&](const std::string& key, int64_t v, int64_t lo, int64_t hi) {
     if (v < lo || v > hi) {
@@ -101,7 +82,7 @@ void validate_hparams(const std::string& path, const HParams& hp, const HpNames&
 }
 
 // Required tensors and their shapes; also checks every tensor's type.
-void validate_tensors(const ModelFile& m) {
+void io::validate_tensors(const ModelFile& m) {
   const HParams& hp = m.hp;
   auto fail = [&](const std::string& what) { throw Error(m.path + ": " + what); };
   for (const auto& t : m.tensors) {
@@ -146,8 +127,18 @@ void validate_tensors(const ModelFile& m) {
     expect(p + "ffn_gate.weight", {E, F}, true);
     expect(p + "ffn_down.weight", {F, E}, true);
     expect(p + "ffn_up.weight", {E, F}, true);
+    expect(p + "attn_q.bias", {Q}, false);  // Qwen2, Llama with attention_bias
+    expect(p + "attn_k.bias", {KV}, false);
+    expect(p + "attn_v.bias", {KV}, false);
+    expect(p + "attn_output.bias", {E}, false);
   }
 }
+
+namespace {
+
+using io::HpNames;
+using io::validate_hparams;
+using io::validate_tensors;
 
 int to_int(const std::string& path, const std::string& key, int64_t v) {
   if (v < -(int64_t{1} << 31) || v >= (int64_t{1} << 31)) {
@@ -393,6 +384,13 @@ ModelFile io::model_from_gguf(std::shared_ptr<const GgufFile> g) {
 }
 
 ModelFile load_model_file(const std::string& path, const std::string& tokenizer_path) {
+  if (is_hf_folder(path)) {
+    if (!tokenizer_path.empty())
+      throw Error(path + ": a tokenizer file (" + tokenizer_path +
+                  ") was given for an HF model folder, which carries its own tokenizer.json "
+                  "(expected none; --tokenizer is for llama2.c checkpoints)");
+    return load_hf_folder(path);
+  }
   auto file = io::MappedFile::open(path);
   const uint8_t* d = file->data();
   const size_t n = file->size();

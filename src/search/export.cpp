@@ -8,6 +8,7 @@
 
 #include "longrope/error.h"
 #include "longrope/gguf.h"
+#include "longrope/hf.h"
 #include "longrope/model_file.h"
 
 namespace longrope {
@@ -43,6 +44,26 @@ std::vector<uint8_t> f32_bytes(const std::vector<double>& v) {
   return out;
 }
 
+// The searched factors relative to the model's own frequencies: its rope_freqs divisors (Llama
+// 3's) are folded into every set (llama.cpp divides by one tensor, HF configs hold one factor list
+// per set). Start tokens keep the model's own rotation, which folded factors cannot express.
+RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched) {
+  check_factors(searched, mf.hp.n_rot);
+  RopeScaling factors = searched;
+  const std::vector<double> own = rope_of_model_file(mf).freq_factors;
+  if (!own.empty()) {
+    if (factors.n_hat > 0)
+      throw Error(fmt::format(
+          "export: {} has its own frequency factors (rope_freqs) and the factors file has n_hat "
+          "{}: start tokens would lose the model's rotation in the exported file; expected "
+          "factors searched with --n-hat 0",
+          mf.path, factors.n_hat));
+    for (FactorSet& s : factors.sets)
+      for (size_t j = 0; j < s.factors.size(); ++j) s.factors[j] *= own[j];
+  }
+  return factors;
+}
+
 }  // namespace
 
 void export_gguf(const std::string& model_path, const RopeScaling& searched,
@@ -61,23 +82,7 @@ void export_gguf(const std::string& model_path, const RopeScaling& searched,
   if (!mf.gguf)
     throw Error(
         fmt::format("export: {} is a {} model; expected a GGUF file", model_path, mf.format));
-  check_factors(searched, mf.hp.n_rot);
-  // Factors are relative to the model's own frequencies: its rope_freqs divisors (Llama 3's) are
-  // folded into every set (llama.cpp divides by one tensor). Start tokens keep the model's own
-  // rotation, which the folded file cannot express next to the folded factors.
-  RopeScaling factors = searched;
-  const std::vector<double> own =
-      rope_from_meta(mf.rope, mf.hp.n_rot, mf.hp.n_ctx_train).freq_factors;
-  if (!own.empty()) {
-    if (factors.n_hat > 0)
-      throw Error(fmt::format(
-          "export: {} has its own frequency factors (rope_freqs) and the factors file has n_hat "
-          "{}: start tokens would lose the model's rotation in the exported file; expected "
-          "factors searched with --n-hat 0",
-          model_path, factors.n_hat));
-    for (FactorSet& s : factors.sets)
-      for (size_t j = 0; j < s.factors.size(); ++j) s.factors[j] *= own[j];
-  }
+  const RopeScaling factors = fold_model_factors(mf, searched);
   const std::string a = mf.hp.arch + ".";
   GgufWriter w;
   w.copy_from(mf.gguf);
@@ -121,7 +126,8 @@ std::vector<std::string> export_warnings(const RopeScaling& f, bool gguf) {
         "n_hat {} cannot be represented in {} (llama.cpp and transformers have no start-token "
         "rule){}",
         f.n_hat, where,
-        gguf ? "; stored in the key longrope.n_hat, which longrope reads back" : ""));
+        gguf ? "; stored in the key longrope.n_hat, which longrope reads back"
+             : "; stored as rope_scaling.n_hat, which longrope reads back"));
   if (f.sets.size() == 2 && f.orig_ctx > 0 && f.sets[0].max_len != f.orig_ctx)
     out.push_back(fmt::format(
         "the short set serves lengths <= {} but llama.cpp and transformers switch at "
@@ -175,10 +181,24 @@ nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling&
       {"original_max_position_embeddings", factors.orig_ctx},
       {"factor", static_cast<double>(factors.target_ctx) / static_cast<double>(factors.orig_ctx)},
       {"attention_factor", resolved_attn(factors)}};
+  // Start tokens: longrope reads the key back; transformers ignores it (with a warning).
+  if (factors.n_hat > 0) out["rope_scaling"]["n_hat"] = factors.n_hat;
   out["max_position_embeddings"] = factors.target_ctx;
   if (out.contains("original_max_position_embeddings"))
     out["original_max_position_embeddings"] = factors.orig_ctx;
   return out;
+}
+
+}  // namespace longrope
+
+namespace longrope {
+
+void export_hf_folder(const std::string& model_path, const std::string& tokenizer_path,
+                      const RopeScaling* searched, const std::string& out_dir,
+                      const std::string& dtype) {
+  const ModelFile mf = load_model_file(model_path, tokenizer_path);
+  const RopeScaling scaling = searched ? fold_model_factors(mf, *searched) : rope_of_model_file(mf);
+  write_hf_folder(mf, scaling, out_dir, dtype);
 }
 
 }  // namespace longrope

@@ -12,7 +12,7 @@ namespace {
 class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(const VocabSpec& spec)
-      : Tokenizer(spec), map_(build_token_map(spec_.tokens)), specials_(spec_), pre_(spec_.pre) {
+      : Tokenizer(spec), map_(build_token_map(spec_.tokens)), specials_(spec_), pre_(spec_) {
     const auto& byte_utf8 = gpt2_byte_to_utf8();
     for (int b = 0; b < 256; ++b) {
       const auto it = map_.find(byte_utf8[b]);

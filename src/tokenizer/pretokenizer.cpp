@@ -25,8 +25,8 @@ constexpr const char* kQwen2 =
 constexpr const char* kDigit = R"(\p{N})";
 
 struct RuleSet {
-  const char* rules;
-  std::vector<const char*> regexes;
+  std::string rules;
+  std::vector<std::string> regexes;
   bool ignore_merges;
 };
 
@@ -58,10 +58,10 @@ struct Piece {
 struct PreTokenizer::Regex {
   pcre2_code* code = nullptr;
   bool jit = false;
-  explicit Regex(const char* pattern) {
+  explicit Regex(const std::string& pattern) {
     int err = 0;
     PCRE2_SIZE err_off = 0;
-    code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED,
+    code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), pattern.size(),
                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &err_off, nullptr);
     if (!code) {
       PCRE2_UCHAR msg[256];
@@ -108,9 +108,37 @@ struct PreTokenizer::Regex {
 
 PreTokenizer::PreTokenizer(const std::string& name) {
   const RuleSet set = rules_for(name);
-  rules_ = set.rules;
-  ignore_merges_ = set.ignore_merges;
-  for (const char* pattern : set.regexes) regexes_.push_back(std::make_unique<Regex>(pattern));
+  init(set.regexes, set.rules, set.ignore_merges);
+}
+
+PreTokenizer::PreTokenizer(const VocabSpec& spec) {
+  if (spec.pre_regexes.empty()) {
+    const RuleSet set = rules_for(spec.pre);
+    init(set.regexes, set.rules, spec.ignore_merges.value_or(set.ignore_merges));
+  } else {
+    init(spec.pre_regexes, "custom", spec.ignore_merges.value_or(false));
+  }
+}
+
+void PreTokenizer::init(const std::vector<std::string>& regexes, const std::string& rules,
+                        bool ignore_merges) {
+  rules_ = rules;
+  ignore_merges_ = ignore_merges;
+  for (const std::string& pattern : regexes) regexes_.push_back(std::make_unique<Regex>(pattern));
+}
+
+std::vector<std::string> pretokenizer_regexes(const VocabSpec& spec) {
+  return spec.pre_regexes.empty() ? rules_for(spec.pre).regexes : spec.pre_regexes;
+}
+
+const std::string& gpt2_pretokenizer_regex() {
+  static const std::string r = kGpt2;
+  return r;
+}
+
+const std::string& digit_pretokenizer_regex() {
+  static const std::string r = kDigit;
+  return r;
 }
 
 PreTokenizer::~PreTokenizer() = default;

@@ -90,22 +90,33 @@ class PreTokenizer {
   // rules), "llama3"/"llama-bpe", "qwen2". An unknown name falls back to the GPT-2 regex with
   // one warning line on stderr.
   explicit PreTokenizer(const std::string& name);
+  // spec.pre_regexes when given (an HF tokenizer.json's pre-tokenizer), else the rules named by
+  // spec.pre; spec.ignore_merges, when set, overrides the rule set's choice.
+  explicit PreTokenizer(const VocabSpec& spec);
   ~PreTokenizer();
   PreTokenizer(const PreTokenizer&) = delete;
   PreTokenizer& operator=(const PreTokenizer&) = delete;
 
   std::vector<std::string_view> split(std::string_view text) const;
-  // The rule set actually used ("gpt2", "smollm", "llama3" or "qwen2").
+  // The rule set actually used ("gpt2", "smollm", "llama3", "qwen2" or "custom").
   const std::string& rules() const { return rules_; }
   // Whether a pre-token that is itself a vocabulary entry skips the merges (llama3).
   bool ignore_merges() const { return ignore_merges_; }
 
  private:
   struct Regex;
+  void init(const std::vector<std::string>& regexes, const std::string& rules, bool ignore_merges);
   std::vector<std::unique_ptr<Regex>> regexes_;
   std::string rules_;
   bool ignore_merges_ = false;
 };
+
+// The regexes a spec's pre-tokenizer applies, in order (spec.pre_regexes, or those of spec.pre).
+std::vector<std::string> pretokenizer_regexes(const VocabSpec& spec);
+// GPT-2's pattern (what HF's ByteLevel pre-tokenizer with use_regex applies) and the
+// one-digit pattern (HF's Digits with individual_digits).
+const std::string& gpt2_pretokenizer_regex();
+const std::string& digit_pretokenizer_regex();
 
 std::unique_ptr<Tokenizer> make_spm_tokenizer(const VocabSpec& spec);
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(const VocabSpec& spec);
