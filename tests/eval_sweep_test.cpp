@@ -327,4 +327,52 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   fs::remove(p.string() + ".png");
 }
 
+// Tick labels cover the data: an automatic axis ends on a tick at both ends (log and linear), and
+// the legend leaves room for a long label inside the image.
+TEST(EvalPlot, AxisEndsOnTicksAndTheLegendFits) {
+  const std::string label(60, 'x');
+  const fs::path p = fs::temp_directory_path() / ("longrope_axis_" + std::to_string(::getpid()));
+  for (bool log_y : {true, false}) {
+    longrope::PlotSpec s;
+    s.log_y = log_y;
+    s.series = {{"yarn", {256, 512, 1024}, {49, 60, 170}, {}, {}},
+                {label, {256, 512, 1024}, {55, 58, 130}, {}, {}}};
+    longrope::write_plot_svg(s, p.string() + ".svg");
+    const std::string svg = slurp(p.string() + ".svg");
+    // The frame: <rect x="80" y="TOP" width="PW" height="PH" fill="none" ...>.
+    const size_t fr = svg.find("fill=\"none\" stroke=\"black\"");
+    ASSERT_NE(fr, std::string::npos);
+    const size_t rect = svg.rfind("<rect", fr);
+    double fx = 0, top = 0, pw = 0, ph = 0;
+    ASSERT_EQ(
+        std::sscanf(svg.c_str() + rect, "<rect x=\"%lf\" y=\"%lf\" width=\"%lf\" height=\"%lf\"",
+                    &fx, &top, &pw, &ph),
+        4);
+    // Horizontal grid lines (one per y tick).
+    std::vector<double> ys;
+    const size_t g0 = svg.find("<g class=\"grid\""), g1 = svg.find("</g>", g0);
+    for (size_t at = svg.find("<line", g0); at < g1; at = svg.find("<line", at + 1)) {
+      double x1, y1, x2, y2;
+      if (std::sscanf(svg.c_str() + at, "<line x1=\"%lf\" y1=\"%lf\" x2=\"%lf\" y2=\"%lf\"", &x1,
+                      &y1, &x2, &y2) == 4 &&
+          y1 == y2)
+        ys.push_back(y1);
+    }
+    ASSERT_GE(ys.size(), 3u) << log_y;
+    EXPECT_NEAR(*std::min_element(ys.begin(), ys.end()), top, 0.11) << log_y;
+    EXPECT_NEAR(*std::max_element(ys.begin(), ys.end()), top + ph, 0.11) << log_y;
+    // The long label's text starts where 60 characters of 13 px text still fit.
+    const size_t lab = svg.find(">" + label + "</text>");
+    ASSERT_NE(lab, std::string::npos);
+    const size_t tx = svg.rfind("<text x=\"", lab);
+    const double x = std::stod(svg.substr(tx + 9));
+    EXPECT_LE(x + 7.5 * 60, 900.0) << log_y;
+    EXPECT_GT(pw, 300.0);
+    longrope::write_plot_png(s, p.string() + ".png");
+    expect_png(p.string() + ".png");
+  }
+  fs::remove(p.string() + ".svg");
+  fs::remove(p.string() + ".png");
+}
+
 }  // namespace

@@ -150,6 +150,17 @@ struct Frame {
   std::vector<std::pair<double, std::string>> yticks;  // axis coords, label
 };
 
+// Width of the legend in pixels at the SVG's 13 px font: line and marker, gap, the longest label.
+double legend_width_px(const PlotSpec& s) {
+  size_t longest = 0;
+  for (const PlotSeries& se : s.series) {
+    size_t chars = 0;
+    for (unsigned char c : se.label) chars += (c & 0xC0) != 0x80;  // UTF-8 characters
+    longest = std::max(longest, chars);
+  }
+  return 36.0 + 7.5 * double(longest);
+}
+
 std::string fmt_num(double v) {
   if (v != 0 && (std::fabs(v) >= 1e6 || std::fabs(v) < 1e-3)) return fmt::format("{:.0e}", v);
   return fmt::format("{:g}", v);
@@ -199,20 +210,34 @@ Frame make_frame(const PlotSpec& s) {
   f.y1 = s.y_max ? ymax : ymax + ypad;
   for (int k = int(std::ceil(f.x0)); k <= int(std::floor(f.x1)); ++k) f.xticks.push_back(k);
   if (s.log_y) {
-    // Decades, then 1-2-5, then 1..9 per decade, whichever first gives at least 3 ticks.
+    // Decades, then 1-2-5, then 1..9 per decade, whichever first gives at least 3 ticks. An
+    // automatic end of the axis moves out to the next tick, so labels cover the data range.
     const std::vector<std::vector<int>> steps = {{1}, {1, 2, 5}, {1, 2, 3, 4, 5, 6, 7, 8, 9}};
     for (const auto& mult : steps) {
-      f.yticks.clear();
-      for (int e = int(std::floor(f.y0)) - 1; e <= int(std::ceil(f.y1)); ++e)
-        for (int m : mult) {
-          const double v = m * std::pow(10.0, e);
-          const double a = std::log10(v);
-          if (a >= f.y0 - 1e-12 && a <= f.y1 + 1e-12) f.yticks.emplace_back(a, fmt_num(v));
-        }
-      if (f.yticks.size() >= 3) break;
+      std::vector<double> cands;  // tick positions (log10) around the range
+      for (int e = int(std::floor(f.y0)) - 1; e <= int(std::ceil(f.y1)) + 1; ++e)
+        for (int m : mult) cands.push_back(std::log10(m * std::pow(10.0, e)));
+      size_t inside = 0;
+      for (double a : cands) inside += a >= f.y0 - 1e-12 && a <= f.y1 + 1e-12;
+      if (inside < 3 && &mult != &steps.back()) continue;
+      if (inside < 3) break;
+      double lo = f.y0, hi = f.y1;
+      if (!s.y_min)
+        for (double a : cands)
+          if (a <= f.y0 + 1e-12) lo = a;
+      if (!s.y_max)
+        for (auto it = cands.rbegin(); it != cands.rend(); ++it)
+          if (*it >= f.y1 - 1e-12) hi = *it;
+      f.y0 = lo;
+      f.y1 = hi;
+      for (double a : cands)
+        if (a >= f.y0 - 1e-12 && a <= f.y1 + 1e-12)
+          f.yticks.emplace_back(a, fmt_num(std::pow(10.0, a)));
+      break;
     }
     if (f.yticks.size() < 3) {  // less than a decade: nice linear values at log positions
-      const double lo = std::pow(10.0, f.y0), hi = std::pow(10.0, f.y1);
+      f.yticks.clear();
+      double lo = std::pow(10.0, f.y0), hi = std::pow(10.0, f.y1);
       const double raw = (hi - lo) / 5;
       const double mag = std::pow(10.0, std::floor(std::log10(raw)));
       double step = mag;
@@ -221,8 +246,11 @@ Frame make_frame(const PlotSpec& s) {
           step = m * mag;
           break;
         }
-      f.yticks.clear();
-      for (double v = std::ceil(lo / step) * step; v <= hi * (1 + 1e-12); v += step)
+      if (!s.y_min && std::floor(lo / step) * step > 0) lo = std::floor(lo / step) * step;
+      if (!s.y_max) hi = std::ceil(hi / step * (1 - 1e-12)) * step;
+      f.y0 = std::log10(lo);
+      f.y1 = std::log10(hi);
+      for (double v = std::ceil(lo / step * (1 - 1e-12)) * step; v <= hi * (1 + 1e-12); v += step)
         if (v > 0) f.yticks.emplace_back(std::log10(v), fmt_num(v));
     }
     if (f.yticks.size() > 12) {  // too dense: keep every other one
@@ -240,7 +268,9 @@ Frame make_frame(const PlotSpec& s) {
         step = m * mag;
         break;
       }
-    for (double v = std::ceil(f.y0 / step) * step; v <= f.y1 + step * 1e-9; v += step)
+    if (!s.y_min) f.y0 = std::floor(f.y0 / step + 1e-9) * step;  // axis ends on ticks
+    if (!s.y_max) f.y1 = std::ceil(f.y1 / step - 1e-9) * step;
+    for (double v = std::ceil(f.y0 / step - 1e-9) * step; v <= f.y1 + step * 1e-9; v += step)
       f.yticks.emplace_back(v, fmt_num(std::fabs(v) < step * 1e-9 ? 0.0 : v));
   }
   return f;
@@ -287,7 +317,9 @@ double bar_base(const PlotSpec& s, const Frame& f) {
 void write_plot_svg(const PlotSpec& s, const std::string& path) {
   const Frame f = make_frame(s);
   const double W = s.width, H = s.height;
-  const double left = 80, right = 210, top = 45, bottom = 65;
+  // The right margin holds the legend: wide enough for the longest label.
+  const double left = 80, right = std::max(210.0, 15 + legend_width_px(s) + 15), top = 45,
+               bottom = 65;
   const double pw = W - left - right, ph = H - top - bottom;
   auto px = [&](double ax) { return left + (ax - f.x0) / (f.x1 - f.x0) * pw; };
   auto py = [&](double ay) { return top + (1 - (ay - f.y0) / (f.y1 - f.y0)) * ph; };
@@ -510,6 +542,10 @@ void end_png(const std::string& path) {
 
 }  // namespace
 
+// PLplot's legend text (plschr 0.85) is wider than the SVG's 13 px font by about this factor
+// (measured on the PNGs).
+constexpr double kPngLegendScale = 1.25;
+
 bool plot_png_supported() {
   return true;
 }
@@ -523,7 +559,9 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
   plinit();
   pladv(0);
   plschr(0, 0.85);
-  const double vx0 = 0.10, vx1 = 0.74, vy0 = 0.12, vy1 = 0.90;
+  // The frame ends where the legend (outside it, on the right) still fits the image.
+  const double legend = kPngLegendScale * legend_width_px(s) / double(s.width);
+  const double vx0 = 0.10, vx1 = std::clamp(0.96 - legend, 0.45, 0.74), vy0 = 0.12, vy1 = 0.90;
   plvpor(vx0, vx1, vy0, vy1);
   plwind(f.x0, f.x1, f.y0, f.y1);
   // Grid.
@@ -687,6 +725,10 @@ void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
 }
 
 #else
+
+// PLplot's legend text (plschr 0.85) is wider than the SVG's 13 px font by about this factor
+// (measured on the PNGs).
+constexpr double kPngLegendScale = 1.25;
 
 bool plot_png_supported() {
   return false;
