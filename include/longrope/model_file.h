@@ -73,11 +73,7 @@ struct TensorRef {
   std::vector<int64_t> ne;  // ggml order: ne[0] is the innermost (row length)
   const uint8_t* data = nullptr;
   size_t nbytes = 0;
-  int64_t nelements() const {
-    int64_t n = 1;
-    for (int64_t d : ne) n *= d;
-    return n;
-  }
+  int64_t nelements() const { return element_count(ne); }
 };
 
 class ModelFile {

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace longrope {
 
@@ -34,6 +35,13 @@ int64_t ggml_block_size(GgmlType type);
 size_t ggml_type_size(GgmlType type);
 // Bytes of a row of n elements; throws Error if n is not a multiple of the block size.
 size_t ggml_row_size(GgmlType type, int64_t n);
+
+// Product of a tensor's dimensions (1 for none).
+inline int64_t element_count(const std::vector<int64_t>& dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
 
 // Dequantizes n elements (a multiple of the block size) from src into dst (FP32).
 void dequantize(GgmlType type, const void* src, float* dst, int64_t n);

@@ -20,11 +20,7 @@ struct SafetensorsTensor {
   std::vector<int64_t> shape;     // as stored: shape[0] is the outermost (rows of a matrix)
   const uint8_t* data = nullptr;
   size_t nbytes = 0;
-  int64_t nelements() const {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return n;
-  }
+  int64_t nelements() const { return element_count(shape); }
 };
 
 class SafetensorsFile {

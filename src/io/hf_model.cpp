@@ -312,32 +312,11 @@ ModelFile load_hf_folder(const std::string& dir) {
     const std::string b = fmt::format("blk.{}.", layer);
     const std::string s = name.substr(dot + 1);
     const int64_t R = rows_of(t);
-    if (s == "input_layernorm.weight")
-      add(b + "attn_norm.weight", t, 0, R, 0);
-    else if (s == "post_attention_layernorm.weight")
-      add(b + "ffn_norm.weight", t, 0, R, 0);
-    else if (s == "self_attn.q_proj.weight")
-      add(b + "attn_q.weight", t, 0, R, hp.n_head);
-    else if (s == "self_attn.k_proj.weight")
-      add(b + "attn_k.weight", t, 0, R, hp.n_head_kv);
-    else if (s == "self_attn.v_proj.weight")
-      add(b + "attn_v.weight", t, 0, R, 0);
-    else if (s == "self_attn.o_proj.weight")
-      add(b + "attn_output.weight", t, 0, R, 0);
-    else if (s == "self_attn.q_proj.bias")
-      add(b + "attn_q.bias", t, 0, R, hp.n_head);
-    else if (s == "self_attn.k_proj.bias")
-      add(b + "attn_k.bias", t, 0, R, hp.n_head_kv);
-    else if (s == "self_attn.v_proj.bias")
-      add(b + "attn_v.bias", t, 0, R, 0);
-    else if (s == "self_attn.o_proj.bias")
-      add(b + "attn_output.bias", t, 0, R, 0);
-    else if (s == "mlp.gate_proj.weight")
-      add(b + "ffn_gate.weight", t, 0, R, 0);
-    else if (s == "mlp.up_proj.weight")
-      add(b + "ffn_up.weight", t, 0, R, 0);
-    else if (s == "mlp.down_proj.weight")
-      add(b + "ffn_down.weight", t, 0, R, 0);
+    const io::HfLayerTensor* known = nullptr;
+    for (const io::HfLayerTensor& e : io::kHfLayerTensors)
+      if (s == e.hf) known = &e;
+    if (known)
+      add(b + known->gguf, t, 0, R, io::rotary_heads(known->rotary, hp));
     else if (s == "self_attn.qkv_proj.weight") {  // Phi-3: [q; k; v] rows
       if (R != qrows + 2 * kvrows)
         throw Error(fmt::format("{}: tensor {} has {} rows (expected q {} + k {} + v {})", dir,

@@ -36,6 +36,35 @@ void validate_hparams(const std::string& path, const HParams& hp, const HpNames&
 // Required tensors (GGUF names) and their shapes; also checks every tensor's type.
 void validate_tensors(const ModelFile& m);
 
+// A layer tensor's HF name (after "model.layers.N.") and GGUF name (after "blk.N."), and whether
+// its rows are a rotary projection (q: n_head heads, k: n_head_kv heads) whose rows the two
+// layouts order differently. Phi-3's fused qkv_proj / gate_up_proj are handled apart.
+enum class RotaryRows { kNone, kQ, kK };
+struct HfLayerTensor {
+  const char* hf;
+  const char* gguf;
+  RotaryRows rotary;
+};
+inline constexpr HfLayerTensor kHfLayerTensors[] = {
+    {"input_layernorm.weight", "attn_norm.weight", RotaryRows::kNone},
+    {"self_attn.q_proj.weight", "attn_q.weight", RotaryRows::kQ},
+    {"self_attn.k_proj.weight", "attn_k.weight", RotaryRows::kK},
+    {"self_attn.v_proj.weight", "attn_v.weight", RotaryRows::kNone},
+    {"self_attn.o_proj.weight", "attn_output.weight", RotaryRows::kNone},
+    {"self_attn.q_proj.bias", "attn_q.bias", RotaryRows::kQ},
+    {"self_attn.k_proj.bias", "attn_k.bias", RotaryRows::kK},
+    {"self_attn.v_proj.bias", "attn_v.bias", RotaryRows::kNone},
+    {"self_attn.o_proj.bias", "attn_output.bias", RotaryRows::kNone},
+    {"post_attention_layernorm.weight", "ffn_norm.weight", RotaryRows::kNone},
+    {"mlp.gate_proj.weight", "ffn_gate.weight", RotaryRows::kNone},
+    {"mlp.up_proj.weight", "ffn_up.weight", RotaryRows::kNone},
+    {"mlp.down_proj.weight", "ffn_down.weight", RotaryRows::kNone},
+};
+// Heads of a rotary projection (0 for other tensors).
+inline int64_t rotary_heads(RotaryRows r, const HParams& hp) {
+  return r == RotaryRows::kQ ? hp.n_head : r == RotaryRows::kK ? hp.n_head_kv : 0;
+}
+
 // Row order between HF's half-split rotary layout and the interleaved pairs of GGUF and the
 // engine: within each of `heads` heads, interleaved row 2i + h is half-split row h * n_rot/2 + i
 // (i < n_rot/2, h = 0, 1); rows past n_rot keep their place. Rows are row_bytes each (a bias:

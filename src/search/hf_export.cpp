@@ -140,19 +140,8 @@ void write_hf_folder(const ModelFile& mf, const RopeScaling& scaling, const std:
   plan("token_embd.weight", "model.embed_tokens.weight", 0);
   for (int l = 0; l < hp.n_layer; ++l) {
     const std::string b = fmt::format("blk.{}.", l), h = fmt::format("model.layers.{}.", l);
-    plan(b + "attn_norm.weight", h + "input_layernorm.weight", 0);
-    plan(b + "attn_q.weight", h + "self_attn.q_proj.weight", hp.n_head);
-    plan(b + "attn_k.weight", h + "self_attn.k_proj.weight", hp.n_head_kv);
-    plan(b + "attn_v.weight", h + "self_attn.v_proj.weight", 0);
-    plan(b + "attn_output.weight", h + "self_attn.o_proj.weight", 0);
-    plan(b + "attn_q.bias", h + "self_attn.q_proj.bias", hp.n_head);
-    plan(b + "attn_k.bias", h + "self_attn.k_proj.bias", hp.n_head_kv);
-    plan(b + "attn_v.bias", h + "self_attn.v_proj.bias", 0);
-    plan(b + "attn_output.bias", h + "self_attn.o_proj.bias", 0);
-    plan(b + "ffn_norm.weight", h + "post_attention_layernorm.weight", 0);
-    plan(b + "ffn_gate.weight", h + "mlp.gate_proj.weight", 0);
-    plan(b + "ffn_up.weight", h + "mlp.up_proj.weight", 0);
-    plan(b + "ffn_down.weight", h + "mlp.down_proj.weight", 0);
+    for (const io::HfLayerTensor& e : io::kHfLayerTensors)
+      plan(b + e.gguf, h + e.hf, io::rotary_heads(e.rotary, hp));
   }
   plan("output_norm.weight", "model.norm.weight", 0);
   plan("output.weight", "lm_head.weight", 0);
