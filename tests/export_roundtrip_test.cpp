@@ -138,7 +138,12 @@ TEST(ExportHf, ConfigHasLongropeScalingAndReadsBack) {
     EXPECT_EQ(back.sets.back().factors, f.sets.back().factors);
     EXPECT_EQ(back.sets.front().factors, f.sets.front().factors);
     EXPECT_EQ(back.attn_factor.value_or(0), 1.125);
+    EXPECT_FALSE(rs.contains("n_hat"));
   }
+  // Start tokens travel as rope_scaling.n_hat (longrope reads it back; transformers ignores it).
+  const nlohmann::json with_hat = export_hf_config(cfg, test_factors(true, 4));
+  EXPECT_EQ(with_hat["rope_scaling"]["n_hat"], 4);
+  EXPECT_EQ(rope_from_hf_config(with_hat).n_hat, 4);
 }
 
 TEST(ExportHf, CliWritesConfig) {
