@@ -392,6 +392,12 @@ TEST(IoHf, Llama3ScalingBecomesFrequencyFactors) {
   fs::remove_all(root);
 }
 
+TEST(IoHf, AFolderKeepsItsNameWithATrailingSlash) {
+  EXPECT_EQ(path_name("models/SmolLM2-hf/"), "SmolLM2-hf");
+  EXPECT_EQ(path_name("models/SmolLM2-hf"), "SmolLM2-hf");
+  EXPECT_EQ(path_name("../shared/models/stories260K.gguf"), "stories260K.gguf");
+}
+
 TEST(IoHf, ExportCommandLineErrors) {
   const std::string cli = test::cli_path().string();
   std::string log;

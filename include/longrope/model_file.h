@@ -95,6 +95,10 @@ class ModelFile {
   std::vector<std::shared_ptr<const void>> keep_alive;
 };
 
+// The last component of a path, for titles and provenance ("dir/" gives "dir": a model folder
+// given with a trailing slash keeps its name).
+std::string path_name(const std::string& path);
+
 // Opens a model, detecting the format from the file's contents (GGUF magic, llama2.c headers);
 // a folder is read as a Hugging Face model folder (longrope/hf.h).
 // tokenizer_path is required for llama2.c checkpoints (tokenizer.bin) and refused otherwise.

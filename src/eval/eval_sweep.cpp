@@ -19,10 +19,6 @@ namespace longrope {
 
 namespace {
 
-std::string file_name(const std::string& p) {
-  return std::filesystem::path(p).filename().string();
-}
-
 // Work units of a cell for the ETA: tokens, weighted for the quadratic attention cost.
 int64_t cell_work(int64_t length, int64_t windows) {
   return int64_t(double(length * windows) * (1.0 + double(length) / 8192.0));
@@ -76,8 +72,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   // Names for people; content fingerprints so that --resume never reuses a cell of another
   // model or text that happens to have the same file name.
   nlohmann::json texts_json = nlohmann::json::array();
-  for (const std::string& p : cfg.text_paths) texts_json.push_back(file_name(p));
-  nlohmann::json key = {{"model", file_name(cfg.model_path)},
+  for (const std::string& p : cfg.text_paths) texts_json.push_back(path_name(p));
+  nlohmann::json key = {{"model", path_name(cfg.model_path)},
                         {"model_fingerprint", weights_fingerprint(model)},
                         {"texts", texts_json},
                         {"texts_fingerprint", tokens_fingerprint(*texts)},
@@ -173,7 +169,7 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
   out.decimals = 3;
   out.stem = "ppl";
   out.plot.title = fmt::format("Perplexity vs length: {}, {} window(s) per text",
-                               std::filesystem::path(cfg.model_path).filename().string(), cfg.docs);
+                               path_name(cfg.model_path), cfg.docs);
   out.plot.ylabel = "perplexity (bars: lowest and highest window)";
   out.lo_field = "ppl_min";
   out.hi_field = "ppl_max";

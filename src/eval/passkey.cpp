@@ -42,10 +42,6 @@ void append(std::vector<int32_t>& out, const std::vector<int32_t>& in) {
   out.insert(out.end(), in.begin(), in.end());
 }
 
-std::string file_name(const std::string& p) {
-  return std::filesystem::path(p).filename().string();
-}
-
 bool contains_key(const std::string& text, int64_t key) {
   const std::string k = std::to_string(key);
   for (size_t pos = text.find(k); pos != std::string::npos; pos = text.find(k, pos + 1)) {
@@ -195,7 +191,7 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   };
   auto all_prompts = std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(cfg.trials));
   const nlohmann::json base_key = {
-      {"model", file_name(cfg.model_path)},
+      {"model", path_name(cfg.model_path)},
       {"model_fingerprint", weights_fingerprint(model)},
       {"seed", cfg.seed},
       {"depths", cfg.depths},
@@ -301,7 +297,7 @@ std::vector<std::string> write_passkey_heatmaps(const EvalRun& run, const Passke
   };
   for (const EvalMethod& m : run.methods) {
     HeatmapSpec h;
-    h.title = fmt::format("Passkey retrieval by depth: {}, {}", file_name(cfg.model_path), m.label);
+    h.title = fmt::format("Passkey retrieval by depth: {}, {}", path_name(cfg.model_path), m.label);
     h.xlabel = "prompt length (tokens)";
     h.ylabel = "depth of the key (0 = start, 1 = end)";
     for (int64_t len : run.lengths) h.columns.push_back(fmt::format("{}", len));
@@ -352,7 +348,7 @@ std::string write_passkey_outputs(const EvalRun& run, const Model& model,
   out.decimals = 2;
   out.stem = "accuracy";
   out.plot.title = fmt::format("Passkey retrieval: {}, {} trial(s) per cell",
-                               file_name(cfg.model_path), cfg.trials);
+                               path_name(cfg.model_path), cfg.trials);
   out.plot.ylabel = "accuracy";
   out.plot.y_min = -0.05;
   out.plot.y_max = 1.05;

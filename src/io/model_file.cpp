@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <string_view>
 #include <unordered_map>
 
@@ -13,6 +14,12 @@
 #include "longrope/llama2c.h"
 
 namespace longrope {
+
+std::string path_name(const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
 
 const TensorRef* ModelFile::find(const std::string& name) const {
   for (const auto& t : tensors) {

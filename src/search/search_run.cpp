@@ -586,7 +586,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   if (!sp.lo.empty()) search["critical_dim"] = critical_dim_of(c, p.model->hp(), p.orig);
   nlohmann::json prov = {
       {"tool", "longrope search"},
-      {"model", std::filesystem::path(c.model_path).filename().string()},
+      {"model", path_name(c.model_path)},
       {"model_fingerprint", p.fingerprint["model"]},
       {"texts", c.texts},
       {"target_ctx", c.target_ctx},
