@@ -13,6 +13,7 @@
 #include "longrope/error.h"
 #include "longrope/hf.h"
 #include "longrope/safetensors.h"
+#include "rope/json_fields.h"
 
 namespace longrope {
 
@@ -37,41 +38,25 @@ std::optional<json> read_json_opt(const fs::path& p) {
   return read_json(p);
 }
 
-// Typed config fields with errors naming the file and the key.
+// Typed config fields, with the project's JSON field rules and errors ("<file>: <key>: ...").
 struct Config {
   const json& j;
   std::string src;
   std::optional<int64_t> opt_int(const char* key) const {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return std::nullopt;
-    if (!it->is_number_integer())
-      throw Error(fmt::format("{}: {} is {} (expected an integer)", src, key, it->dump()));
-    return it->get<int64_t>();
+    return rope_detail::opt_int(j, key, src, "");
   }
   int64_t req_int(const char* key) const {
     if (auto v = opt_int(key)) return *v;
-    throw Error(fmt::format("{}: {} missing (expected an integer)", src, key));
+    rope_detail::field_error(src, key, "missing; expected an integer");
   }
   std::optional<double> opt_num(const char* key) const {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return std::nullopt;
-    if (!it->is_number())
-      throw Error(fmt::format("{}: {} is {} (expected a number)", src, key, it->dump()));
-    return it->get<double>();
+    return rope_detail::opt_number(j, key, src, "");
   }
   std::optional<bool> opt_bool(const char* key) const {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return std::nullopt;
-    if (!it->is_boolean())
-      throw Error(fmt::format("{}: {} is {} (expected true or false)", src, key, it->dump()));
-    return it->get<bool>();
+    return rope_detail::opt_bool(j, key, src, "");
   }
   std::optional<std::string> opt_str(const char* key) const {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return std::nullopt;
-    if (!it->is_string())
-      throw Error(fmt::format("{}: {} is {} (expected a string)", src, key, it->dump()));
-    return it->get<std::string>();
+    return rope_detail::opt_string(j, key, src, "");
   }
 };
 
@@ -91,13 +76,10 @@ std::vector<uint8_t> io::permute_rotary_rows(const uint8_t* src, int64_t heads, 
   const int64_t half = n_rot / 2;
   for (int64_t h = 0; h < heads; ++h) {
     for (int64_t r = 0; r < head_dim; ++r) {
-      int64_t inter = r, split = r;
-      if (r < n_rot) {
-        inter = r;
-        split = (r % 2) * half + r / 2;
-      }
-      const int64_t from = h * head_dim + (to_interleaved ? split : inter);
-      const int64_t to = h * head_dim + (to_interleaved ? inter : split);
+      // Interleaved row r holds half-split row `split`.
+      const int64_t split = r < n_rot ? (r % 2) * half + r / 2 : r;
+      const int64_t from = h * head_dim + (to_interleaved ? split : r);
+      const int64_t to = h * head_dim + (to_interleaved ? r : split);
       std::memcpy(out.data() + to * row_bytes, src + from * row_bytes, row_bytes);
     }
   }

@@ -144,20 +144,21 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsOut
                        const std::map<std::string, std::string>& metadata) {
   json h = json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
+  std::vector<uint64_t> offsets, sizes;  // data section, in the caller's order, 8-byte aligned
   uint64_t off = 0;
   for (const SafetensorsOut& t : tensors) {
     const char* dt = dtype_name(t.type);
     if (!dt)
       throw Error(fmt::format("{}: tensor {} has type {} (expected F32, F16 or BF16)", path, t.name,
                               ggml_type_name(static_cast<uint32_t>(t.type))));
-    uint64_t count = 1;
-    for (int64_t d : t.shape) count *= static_cast<uint64_t>(d);
-    const uint64_t nbytes = count * ggml_type_size(t.type);
+    const uint64_t nbytes = static_cast<uint64_t>(element_count(t.shape)) * ggml_type_size(t.type);
     if (!t.make && nbytes != t.nbytes)
       throw Error(
           fmt::format("{}: tensor {} holds {} bytes, expected {}", path, t.name, t.nbytes, nbytes));
     off = (off + 7) / 8 * 8;
     h[t.name] = {{"dtype", dt}, {"shape", t.shape}, {"data_offsets", {off, off + nbytes}}};
+    offsets.push_back(off);
+    sizes.push_back(nbytes);
     off += nbytes;
   }
   // nlohmann orders keys alphabetically; the offsets above follow the caller's order, which is
@@ -173,23 +174,19 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsOut
     put(header.data(), header.size());
     uint64_t pos = 0;
     static const char zeros[8] = {};
-    for (const SafetensorsOut& t : tensors) {
-      const uint64_t aligned = (pos + 7) / 8 * 8;
-      put(zeros, aligned - pos);
-      uint64_t n_written = t.nbytes;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const SafetensorsOut& t = tensors[i];
+      put(zeros, offsets[i] - pos);
       if (t.make) {
         const std::vector<uint8_t> bytes = t.make();
-        uint64_t count = 1;
-        for (int64_t d : t.shape) count *= static_cast<uint64_t>(d);
-        if (bytes.size() != count * ggml_type_size(t.type))
+        if (bytes.size() != sizes[i])
           throw Error(fmt::format("{}: tensor {} was made with {} bytes, expected {}", path, t.name,
-                                  bytes.size(), count * ggml_type_size(t.type)));
+                                  bytes.size(), sizes[i]));
         put(bytes.data(), bytes.size());
-        n_written = bytes.size();
       } else {
         put(t.data, t.nbytes);
       }
-      pos = aligned + n_written;
+      pos = offsets[i] + sizes[i];
     }
   });
 }

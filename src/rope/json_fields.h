@@ -1,5 +1,5 @@
-// Typed access to JSON fields with one-line errors naming the source and the field
-// (internal to src/rope).
+// Typed access to JSON fields with one-line errors naming the source and the field (internal:
+// the readers of JSON files in src/rope, src/io and src/tokenizer).
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>

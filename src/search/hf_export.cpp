@@ -19,27 +19,30 @@ using nlohmann::json;
 
 namespace {
 
-json hf_rope_scaling(const RopeScaling& s, const HParams& hp, json& config) {
+// Sets config's rope_scaling (and, for longrope, max_position_embeddings) for a scaling.
+void set_rope_scaling(json& config, const RopeScaling& s, const HParams& hp) {
   const bool has_ff = !s.freq_factors.empty();
-  if (s.method == RopeMethod::kNone && !has_ff) return nullptr;
-  if (s.method == RopeMethod::kLinear && !has_ff)
-    return {{"rope_type", "linear"}, {"factor", s.factor}};
-  if (s.method == RopeMethod::kLongrope && !has_ff) {
+  if (s.method == RopeMethod::kNone && !has_ff) {
+    config["rope_scaling"] = nullptr;
+  } else if (s.method == RopeMethod::kLinear && !has_ff) {
+    config["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.factor}};
+  } else if (s.method == RopeMethod::kLongrope && !has_ff) {
     config = export_hf_config(config, s);
-    return config["rope_scaling"];
-  }
-  if (s.method == RopeMethod::kNone) {
+  } else if (s.method == RopeMethod::kNone) {
     // Fixed per-pair divisors (a Llama 3 GGUF's rope_freqs): longrope's form for them, one set
     // used at every length, attention factor 1.
-    std::vector<double> f = s.freq_factors;
-    return {{"rope_type", "longrope"}, {"short_factor", f},
-            {"long_factor", f},        {"original_max_position_embeddings", hp.n_ctx_train},
-            {"factor", 1.0},           {"attention_factor", 1.0}};
+    config["rope_scaling"] = {{"rope_type", "longrope"},
+                              {"short_factor", s.freq_factors},
+                              {"long_factor", s.freq_factors},
+                              {"original_max_position_embeddings", hp.n_ctx_train},
+                              {"factor", 1.0},
+                              {"attention_factor", 1.0}};
+  } else {
+    throw Error(fmt::format(
+        "export: the scaling {} cannot be written to an HF config (expected none, linear or "
+        "longrope; frequency factors only with none)",
+        s.describe()));
   }
-  throw Error(fmt::format(
-      "export: the scaling {} cannot be written to an HF config (expected none, linear or "
-      "longrope; frequency factors only with none)",
-      s.describe()));
 }
 
 }  // namespace
@@ -83,15 +86,14 @@ void write_hf_folder(const ModelFile& mf, const RopeScaling& scaling, const std:
               {"vocab_size", hp.n_vocab},
               {"tie_word_embeddings", tied},
               {"hidden_act", "silu"},
-              {"torch_dtype", torch_dtype},
-              {"rope_scaling", nullptr}};
+              {"torch_dtype", torch_dtype}};
   if (qwen2) cfg["use_sliding_window"] = false;
   if (!qwen2) cfg["attention_bias"] = biases;
   if (hp.n_rot != hp.head_dim)
     cfg["partial_rotary_factor"] = static_cast<double>(hp.n_rot) / hp.head_dim;
   if (mf.vocab.bos >= 0) cfg["bos_token_id"] = mf.vocab.bos;
   if (mf.vocab.eos >= 0) cfg["eos_token_id"] = mf.vocab.eos;
-  cfg["rope_scaling"] = hf_rope_scaling(scaling, hp, cfg);
+  set_rope_scaling(cfg, scaling, hp);
   if (biases != (mf.find("blk.0.attn_k.bias") != nullptr))
     throw Error(
         "export: the model has some of the q/k/v biases but not all (expected all or none)");

@@ -7,6 +7,7 @@
 
 #include "longrope/error.h"
 #include "longrope/hf.h"
+#include "rope/json_fields.h"
 #include "tokenizer/tokenizer_internal.h"
 
 namespace longrope {
@@ -17,10 +18,7 @@ namespace {
 
 const std::string kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
-[[noreturn]] void fail(const std::string& source, const std::string& field,
-                       const std::string& what) {
-  throw Error(fmt::format("{}: {}: {}", source, field, what));
-}
+using rope_detail::field_error;
 
 // A token given as a string or as {"content": ...} (tokenizer_config.json's two spellings).
 std::optional<std::string> token_text(const json& obj, const char* key) {
@@ -66,9 +64,9 @@ std::vector<std::string> byte_level_regexes(const json& pre, const std::string& 
     const std::string type = s.is_object() ? s.value("type", "") : "";
     if (type == "ByteLevel") {
       if (s.value("add_prefix_space", false))
-        fail(source, "pre_tokenizer",
-             "ByteLevel with add_prefix_space is not supported "
-             "(expected add_prefix_space false)");
+        field_error(source, "pre_tokenizer",
+                    "ByteLevel with add_prefix_space is not supported "
+                    "(expected add_prefix_space false)");
       if (s.value("use_regex", true)) out.push_back(tok::gpt2_pretokenizer_regex());
       byte_level = true;
     } else if (type == "Digits") {
@@ -77,20 +75,21 @@ std::vector<std::string> byte_level_regexes(const json& pre, const std::string& 
     } else if (type == "Split") {
       const json& p = s.contains("pattern") ? s["pattern"] : json();
       if (!p.is_object() || !p.contains("Regex") || !p["Regex"].is_string())
-        fail(source, "pre_tokenizer", "a Split without a Regex pattern is not supported");
+        field_error(source, "pre_tokenizer", "a Split without a Regex pattern is not supported");
       if (s.value("behavior", "") != "Isolated" || s.value("invert", false))
-        fail(source, "pre_tokenizer",
-             fmt::format("Split behavior {} (invert {}) is not supported (expected Isolated)",
-                         s.value("behavior", "?"), s.value("invert", false)));
+        field_error(
+            source, "pre_tokenizer",
+            fmt::format("Split behavior {} (invert {}) is not supported (expected Isolated)",
+                        s.value("behavior", "?"), s.value("invert", false)));
       out.push_back(p["Regex"].get<std::string>());
     } else {
-      fail(source, "pre_tokenizer",
-           fmt::format("{} is not supported (expected ByteLevel, Digits or Split)",
-                       type.empty() ? s.dump().substr(0, 60) : type));
+      field_error(source, "pre_tokenizer",
+                  fmt::format("{} is not supported (expected ByteLevel, Digits or Split)",
+                              type.empty() ? s.dump().substr(0, 60) : type));
     }
   }
   if (!byte_level)
-    fail(source, "pre_tokenizer", "no ByteLevel step (expected a byte-level BPE tokenizer)");
+    field_error(source, "pre_tokenizer", "no ByteLevel step (expected a byte-level BPE tokenizer)");
   return out;
 }
 
@@ -98,7 +97,7 @@ std::vector<std::string> read_merges(const json& model, const std::string& sourc
   std::vector<std::string> out;
   const auto it = model.find("merges");
   if (it == model.end()) return out;
-  if (!it->is_array()) fail(source, "model.merges", "expected an array");
+  if (!it->is_array()) field_error(source, "model.merges", "expected an array");
   out.reserve(it->size());
   for (size_t k = 0; k < it->size(); ++k) {
     const json& m = (*it)[k];
@@ -107,7 +106,7 @@ std::vector<std::string> read_merges(const json& model, const std::string& sourc
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       out.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
     } else {
-      fail(source, fmt::format("model.merges[{}]", k), "expected \"a b\" or [\"a\", \"b\"]");
+      field_error(source, fmt::format("model.merges[{}]", k), "expected \"a b\" or [\"a\", \"b\"]");
     }
   }
   return out;
@@ -117,21 +116,22 @@ std::vector<std::string> read_merges(const json& model, const std::string& sourc
 
 VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const json& config,
                                   int64_t n_vocab, const std::string& source) {
-  if (!tok.is_object()) fail(source, "(top)", "expected a JSON object");
+  if (!tok.is_object()) field_error(source, "(top)", "expected a JSON object");
   const json& model = tok.contains("model") ? tok["model"] : json();
-  if (!model.is_object()) fail(source, "model", "missing (expected the tokenizer model object)");
+  if (!model.is_object())
+    field_error(source, "model", "missing (expected the tokenizer model object)");
   const std::string type = model.value("type", "BPE");
   if (type != "BPE")
-    fail(source, "model.type", fmt::format("{} is not supported (expected BPE)", type));
+    field_error(source, "model.type", fmt::format("{} is not supported (expected BPE)", type));
   const auto vit = model.find("vocab");
   if (vit == model.end() || !vit->is_object())
-    fail(source, "model.vocab", "missing (expected an object token -> id)");
+    field_error(source, "model.vocab", "missing (expected an object token -> id)");
 
   // Ids: the vocabulary, then the added tokens (which may also extend it).
   std::map<int64_t, std::string> by_id;
   for (const auto& [text, id] : vit->items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
-      fail(source, "model.vocab." + text, "expected a non-negative integer id");
+      field_error(source, "model.vocab." + text, "expected a non-negative integer id");
     by_id[id.get<int64_t>()] = text;
   }
   std::map<int64_t, bool> added;  // id -> special
@@ -139,32 +139,36 @@ VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const
     for (const json& a : tok["added_tokens"]) {
       if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
           !a.contains("content") || !a["content"].is_string())
-        fail(source, "added_tokens", "expected objects with an integer id and a content string");
+        field_error(source, "added_tokens",
+                    "expected objects with an integer id and a content string");
       const int64_t id = a["id"].get<int64_t>();
-      if (id < 0) fail(source, "added_tokens", fmt::format("id {} is negative", id));
+      if (id < 0) field_error(source, "added_tokens", fmt::format("id {} is negative", id));
       by_id[id] = a["content"].get<std::string>();
       added[id] = a.value("special", false);
     }
   }
-  if (by_id.empty()) fail(source, "model.vocab", "empty (expected at least one token)");
+  if (by_id.empty()) field_error(source, "model.vocab", "empty (expected at least one token)");
   const int64_t n_tok = by_id.rbegin()->first + 1;
   if (n_vocab > 0 && n_tok > n_vocab)
-    fail(source, "model.vocab",
-         fmt::format("token id {} is beyond the model's vocab_size {} (expected ids below it)",
-                     n_tok - 1, n_vocab));
+    field_error(
+        source, "model.vocab",
+        fmt::format("token id {} is beyond the model's vocab_size {} (expected ids below it)",
+                    n_tok - 1, n_vocab));
   const auto given = static_cast<int64_t>(by_id.size());
   if (n_vocab <= 0 && n_tok != given)
-    fail(source, "model.vocab",
-         fmt::format("ids run to {} but only {} tokens are given (expected ids 0..{} without gaps, "
-                     "or the model's vocab_size)",
-                     n_tok - 1, given, given - 1));
+    field_error(
+        source, "model.vocab",
+        fmt::format("ids run to {} but only {} tokens are given (expected ids 0..{} without gaps, "
+                    "or the model's vocab_size)",
+                    n_tok - 1, given, given - 1));
   // Padding ids (Qwen2 rounds its embedding up) are filled below; a vocab_size far beyond the
   // tokenizer is a broken file, not padding.
   if (n_vocab > 2 * given + 1024)
-    fail(source, "model.vocab",
-         fmt::format("{} tokens for a model vocab_size of {} (expected the tokenizer to cover "
-                     "nearly all of it)",
-                     given, n_vocab));
+    field_error(
+        source, "model.vocab",
+        fmt::format("{} tokens for a model vocab_size of {} (expected the tokenizer to cover "
+                    "nearly all of it)",
+                    given, n_vocab));
   const int64_t n = std::max(n_tok, n_vocab);
 
   VocabSpec v;
@@ -194,7 +198,7 @@ VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const
   const json pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : json();
   const json norm = tok.contains("normalizer") ? tok["normalizer"] : json();
   bool spm = model.value("byte_fallback", false);
-  bool prepend = false, metaspace = false;
+  bool prepend = false;
   for (const json& s : steps(norm, "normalizers")) {
     const std::string t = s.is_object() ? s.value("type", "") : "";
     if (t == "Prepend" && s.value("prepend", "") == kSpace) {
@@ -204,15 +208,15 @@ VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const
     } else if (t == "NFC") {
       // Text is taken as it comes (NFC-normal text, the usual case, is unaffected).
     } else {
-      fail(source, "normalizer",
-           fmt::format("{} is not supported (expected none, NFC, or SentencePiece's "
-                       "Prepend/Replace of U+2581)",
-                       t.empty() ? s.dump().substr(0, 60) : t));
+      field_error(source, "normalizer",
+                  fmt::format("{} is not supported (expected none, NFC, or SentencePiece's "
+                              "Prepend/Replace of U+2581)",
+                              t.empty() ? s.dump().substr(0, 60) : t));
     }
   }
   for (const json& s : steps(pre, "pretokenizers")) {
     if (s.is_object() && s.value("type", "") == "Metaspace") {
-      metaspace = spm = true;
+      spm = true;
       const std::string scheme = s.value("prepend_scheme", "");
       prepend = prepend || scheme == "always" || scheme == "first" ||
                 (scheme.empty() && s.value("add_prefix_space", true));
@@ -220,7 +224,6 @@ VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const
   }
 
   if (spm) {
-    (void)metaspace;
     v.kind = VocabSpec::Kind::kSpm;
     v.add_space_prefix = prepend;
     // SentencePiece merges the pair whose concatenation scores highest; HF BPE the pair with the
@@ -262,14 +265,15 @@ VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const
       v.pre = "custom";
     }
     v.add_space_prefix = false;
-    if (v.merges.empty()) fail(source, "model.merges", "missing or empty (expected BPE merges)");
+    if (v.merges.empty())
+      field_error(source, "model.merges", "missing or empty (expected BPE merges)");
   }
 
   // Special ids: config.json first, then tokenizer_config.json's token texts.
   auto special_id = [&](const char* id_key, const char* text_key) -> int32_t {
     if (auto id = config_id(config, id_key)) {
       if (*id < 0 || *id >= n)
-        fail(source, id_key, fmt::format("{} is not a token id below {}", *id, n));
+        field_error(source, id_key, fmt::format("{} is not a token id below {}", *id, n));
       return static_cast<int32_t>(*id);
     }
     if (auto text = token_text(tok_config, text_key)) return find_id(*text);
@@ -421,11 +425,11 @@ json hf_tokenizer_json(const VocabSpec& v) {
     model["unk_token"] = nullptr;
     model["fuse_unk"] = false;
     model["byte_fallback"] = false;
-    tok::PreTokenizer pre(v);
-    model["ignore_merges"] = pre.ignore_merges();
+    const tok::PreTokenizerRules rules = tok::pretokenizer_rules(v);
+    model["ignore_merges"] = rules.ignore_merges;
     model["merges"] = v.merges;
     json steps = json::array();
-    for (const std::string& r : tok::pretokenizer_regexes(v))
+    for (const std::string& r : rules.regexes)
       steps.push_back({{"type", "Split"},
                        {"pattern", {{"Regex", r}}},
                        {"behavior", "Isolated"},

@@ -24,13 +24,7 @@ constexpr const char* kQwen2 =
 // SmolLM / StarCoder: every digit on its own first, then GPT-2's pattern.
 constexpr const char* kDigit = R"(\p{N})";
 
-struct RuleSet {
-  std::string rules;
-  std::vector<std::string> regexes;
-  bool ignore_merges;
-};
-
-RuleSet rules_for(const std::string& name) {
+PreTokenizerRules rules_for(const std::string& name) {
   if (name.empty() || name == "default" || name == "gpt2" || name == "gpt-2") {
     return {"gpt2", {kGpt2}, false};
   }
@@ -106,29 +100,27 @@ struct PreTokenizer::Regex {
   }
 };
 
+PreTokenizerRules pretokenizer_rules(const VocabSpec& spec) {
+  if (!spec.pre_regexes.empty())
+    return {"custom", spec.pre_regexes, spec.ignore_merges.value_or(false)};
+  PreTokenizerRules set = rules_for(spec.pre);
+  if (spec.ignore_merges) set.ignore_merges = *spec.ignore_merges;
+  return set;
+}
+
 PreTokenizer::PreTokenizer(const std::string& name) {
-  const RuleSet set = rules_for(name);
-  init(set.regexes, set.rules, set.ignore_merges);
+  init(rules_for(name));
 }
 
 PreTokenizer::PreTokenizer(const VocabSpec& spec) {
-  if (spec.pre_regexes.empty()) {
-    const RuleSet set = rules_for(spec.pre);
-    init(set.regexes, set.rules, spec.ignore_merges.value_or(set.ignore_merges));
-  } else {
-    init(spec.pre_regexes, "custom", spec.ignore_merges.value_or(false));
-  }
+  init(pretokenizer_rules(spec));
 }
 
-void PreTokenizer::init(const std::vector<std::string>& regexes, const std::string& rules,
-                        bool ignore_merges) {
-  rules_ = rules;
-  ignore_merges_ = ignore_merges;
-  for (const std::string& pattern : regexes) regexes_.push_back(std::make_unique<Regex>(pattern));
-}
-
-std::vector<std::string> pretokenizer_regexes(const VocabSpec& spec) {
-  return spec.pre_regexes.empty() ? rules_for(spec.pre).regexes : spec.pre_regexes;
+void PreTokenizer::init(const PreTokenizerRules& set) {
+  rules_ = set.rules;
+  ignore_merges_ = set.ignore_merges;
+  for (const std::string& pattern : set.regexes)
+    regexes_.push_back(std::make_unique<Regex>(pattern));
 }
 
 const std::string& gpt2_pretokenizer_regex() {

@@ -81,6 +81,18 @@ const std::array<uint32_t, 256>& gpt2_byte_to_codepoint();
 // The same table as UTF-8 strings.
 const std::array<std::string, 256>& gpt2_byte_to_utf8();
 
+// A pre-tokenizer: its rule set's name ("gpt2", "smollm", "llama3", "qwen2" or "custom"), the
+// regexes applied in turn, and whether a pre-token that is itself a vocabulary entry skips the
+// merges.
+struct PreTokenizerRules {
+  std::string rules;
+  std::vector<std::string> regexes;
+  bool ignore_merges;
+};
+// The rules of a spec: spec.pre_regexes when given (an HF tokenizer.json's pre-tokenizer), else
+// those named by spec.pre; spec.ignore_merges, when set, overrides the rule set's choice.
+PreTokenizerRules pretokenizer_rules(const VocabSpec& spec);
+
 // Splits text into pre-tokens with a sequence of Unicode regexes (PCRE2, UTF + UCP), as
 // llama.cpp and HF tokenizers do: each regex further splits every piece produced by the previous
 // ones, keeping both the matches and the text between them.
@@ -90,8 +102,7 @@ class PreTokenizer {
   // rules), "llama3"/"llama-bpe", "qwen2". An unknown name falls back to the GPT-2 regex with
   // one warning line on stderr.
   explicit PreTokenizer(const std::string& name);
-  // spec.pre_regexes when given (an HF tokenizer.json's pre-tokenizer), else the rules named by
-  // spec.pre; spec.ignore_merges, when set, overrides the rule set's choice.
+  // pretokenizer_rules(spec).
   explicit PreTokenizer(const VocabSpec& spec);
   ~PreTokenizer();
   PreTokenizer(const PreTokenizer&) = delete;
@@ -105,14 +116,12 @@ class PreTokenizer {
 
  private:
   struct Regex;
-  void init(const std::vector<std::string>& regexes, const std::string& rules, bool ignore_merges);
+  void init(const PreTokenizerRules& set);
   std::vector<std::unique_ptr<Regex>> regexes_;
   std::string rules_;
   bool ignore_merges_ = false;
 };
 
-// The regexes a spec's pre-tokenizer applies, in order (spec.pre_regexes, or those of spec.pre).
-std::vector<std::string> pretokenizer_regexes(const VocabSpec& spec);
 // GPT-2's pattern (what HF's ByteLevel pre-tokenizer with use_regex applies) and the
 // one-digit pattern (HF's Digits with individual_digits).
 const std::string& gpt2_pretokenizer_regex();
