@@ -337,6 +337,10 @@ TEST(IoHf, BrokenFoldersAreOneLineErrors) {
   edit_json(d / "tokenizer.json", [](json& j) { j["model"]["type"] = "WordPiece"; });
   test::expect_error([&] { load(d); }, {"tokenizer.json", "model.type", "WordPiece"});
 
+  d = broken_copy(good, root, "nontext");  // a field of the wrong JSON type
+  edit_json(d / "tokenizer.json", [](json& j) { j["normalizer"] = {{"type", 5}}; });
+  test::expect_error([&] { load(d); }, {"tokenizer.json", "unexpected type"});
+
   d = broken_copy(good, root, "noweights");
   fs::remove(d / "model.safetensors");
   test::expect_error([&] { load(d); }, {"no model.safetensors"});

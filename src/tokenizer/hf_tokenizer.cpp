@@ -112,10 +112,8 @@ std::vector<std::string> read_merges(const json& model, const std::string& sourc
   return out;
 }
 
-}  // namespace
-
-VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const json& config,
-                                  int64_t n_vocab, const std::string& source) {
+VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config, int64_t n_vocab,
+                     const std::string& source) {
   if (!tok.is_object()) field_error(source, "(top)", "expected a JSON object");
   const json& model = tok.contains("model") ? tok["model"] : json();
   if (!model.is_object())
@@ -326,6 +324,18 @@ VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const
   }
   tok::validate_spec(v);
   return v;
+}
+
+}  // namespace
+
+VocabSpec vocab_from_hf_tokenizer(const json& tok, const json& tok_config, const json& config,
+                                  int64_t n_vocab, const std::string& source) {
+  try {
+    return read_vocab(tok, tok_config, config, n_vocab, source);
+  } catch (const json::exception& e) {
+    // A field of another JSON type than the reader expects (nlohmann's value()/get() throw).
+    throw Error(fmt::format("{}: a field has an unexpected type ({})", source, e.what()));
+  }
 }
 
 namespace {
