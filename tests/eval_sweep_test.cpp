@@ -2,8 +2,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -368,6 +370,125 @@ TEST(EvalPlot, AxisEndsOnTicksAndTheLegendFits) {
     const double x = std::stod(svg.substr(tx + 9));
     EXPECT_LE(x + 7.5 * 60, 900.0) << log_y;
     EXPECT_GT(pw, 300.0);
+    longrope::write_plot_png(s, p.string() + ".png");
+    expect_png(p.string() + ".png");
+  }
+  fs::remove(p.string() + ".svg");
+  fs::remove(p.string() + ".png");
+}
+
+// Points (pixel x, y) of the polyline of the series with this label; empty when there is none.
+std::vector<std::pair<double, double>> polyline_points(const std::string& svg,
+                                                       const std::string& label) {
+  std::vector<std::pair<double, double>> out;
+  const size_t at = svg.find("<polyline class=\"series\" data-label=\"" + label + "\"");
+  if (at == std::string::npos) return out;
+  const size_t a = svg.find("points=\"", at) + 8, b = svg.find('"', a);
+  std::istringstream in(svg.substr(a, b - a));
+  std::string xy;
+  while (in >> xy) {
+    const size_t comma = xy.find(',');
+    out.emplace_back(std::stod(xy.substr(0, comma)), std::stod(xy.substr(comma + 1)));
+  }
+  return out;
+}
+
+// The x axis' tick labels (text-anchor middle in the ticks group) and their pixel x, left to right.
+std::vector<std::pair<double, std::string>> x_ticks(const std::string& svg) {
+  std::vector<std::pair<double, std::string>> out;
+  const size_t g0 = svg.find("<g class=\"ticks\">"), g1 = svg.find("</g>", g0);
+  const std::string open = "<text x=\"";
+  for (size_t at = svg.find(open, g0); at < g1; at = svg.find(open, at + 1)) {
+    const size_t gt = svg.find('>', at), end = svg.find("</text>", gt);
+    if (svg.substr(at, gt - at).find("text-anchor=\"middle\"") == std::string::npos) continue;
+    out.emplace_back(std::stod(svg.substr(at + open.size())), svg.substr(gt + 1, end - gt - 1));
+  }
+  return out;
+}
+
+std::vector<std::string> tick_labels(const std::string& svg) {
+  std::vector<std::string> out;
+  for (const auto& t : x_ticks(svg)) out.push_back(t.second);
+  return out;
+}
+
+// A linear x axis (a training loss over optimizer steps): x used as it is, 0 and negatives
+// included, evenly spaced steps evenly spaced in pixels, nice ticks, no "(log2 scale)".
+TEST(EvalPlot, LinearXAxis) {
+  const fs::path p = fs::temp_directory_path() / ("longrope_linx_" + std::to_string(::getpid()));
+  const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
+  longrope::PlotSpec s;
+  s.log_x = false;
+  s.xlabel = "optimizer step";
+  s.ylabel = "loss";
+  s.vline_x = 50;
+  s.vline_label = "warmup end";
+  longrope::PlotSeries train{"train", {}, {}, {}, {}};
+  for (int i = 0; i <= 10; ++i) {
+    train.x.push_back(10.0 * i);
+    train.y.push_back(4.0 / (1 + 0.3 * i));
+    train.y_lo.push_back(i % 2 ? nan : train.y.back() - 0.1);  // 6 error bars
+    train.y_hi.push_back(i % 2 ? nan : train.y.back() + 0.1);
+  }
+  s.series = {train, {"val", {0, nan, 50, inf, 100, -inf}, {3.9, 3.0, 2.5, 2.0, 1.9, 1.0}, {}, {}}};
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  std::string svg = slurp(p.string() + ".svg");
+  EXPECT_EQ(check_svg(svg), 2);
+  const auto pts = polyline_points(svg, "train");
+  ASSERT_EQ(pts.size(), 11u);
+  const double dx = (pts.back().first - pts.front().first) / 10;
+  EXPECT_GT(dx, 40.0);
+  for (size_t i = 1; i < pts.size(); ++i)
+    EXPECT_NEAR(pts[i].first - pts[i - 1].first, dx, 0.01) << i;
+  EXPECT_EQ(polyline_points(svg, "val").size(), 3u);  // NaN and infinite x are gaps
+  EXPECT_EQ(tick_labels(svg), (std::vector<std::string>{"0", "20", "40", "60", "80", "100"}));
+  const auto ticks = x_ticks(svg);
+  EXPECT_NEAR(ticks.front().first, pts.front().first, 0.06);  // tick "0" under the point x = 0
+  EXPECT_NEAR(ticks.back().first, pts.back().first, 0.06);    // tick "100" under x = 100
+  EXPECT_EQ(svg.find("log2 scale"), std::string::npos);
+  EXPECT_NE(svg.find(">optimizer step</text>"), std::string::npos);
+  EXPECT_EQ(count_of(svg, "class=\"errorbar\""), 6u);
+  EXPECT_EQ(count_of(svg, "class=\"legend\""), 2u);
+  EXPECT_EQ(count_of(svg, "class=\"bar\""), 0u);
+  // The vertical line at step 50: half way between steps 0 and 100.
+  const size_t vl = svg.find("<line class=\"vline\" x1=\"");
+  ASSERT_NE(vl, std::string::npos);
+  EXPECT_NEAR(std::stod(svg.substr(vl + 24)), (pts.front().first + pts.back().first) / 2, 0.06);
+  EXPECT_NE(svg.find(">warmup end</text>"), std::string::npos);
+  ASSERT_TRUE(longrope::plot_png_supported());
+  longrope::write_plot_png(s, p.string() + ".png");
+  expect_png(p.string() + ".png");
+
+  // The same data on the default log2 axis: x = 0 stays a gap there.
+  s.log_x = true;
+  s.vline_x.reset();
+  s.series = {{"train", {0, 256, 512, 1024}, {4, 3, 2, 1}, {}, {}}};
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  svg = slurp(p.string() + ".svg");
+  EXPECT_EQ(polyline_points(svg, "train").size(), 3u);
+  EXPECT_NE(svg.find(">optimizer step (log2 scale)</text>"), std::string::npos);
+  EXPECT_EQ(tick_labels(svg), (std::vector<std::string>{"256", "512", "1k"}));
+  s.log_x = false;  // ... and a point on a linear one
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  EXPECT_EQ(polyline_points(slurp(p.string() + ".svg"), "train").size(), 4u);
+
+  // Tick rules: negative x and a step of 5; fractions with integers written without decimals;
+  // thousands; one x only (lines, not bars, around a padded range).
+  const std::vector<std::pair<std::vector<double>, std::vector<std::string>>> cases = {
+      {{-20, -10, 0, 10}, {"-20", "-15", "-10", "-5", "0", "5", "10"}},
+      {{0, 0.5, 1}, {"0", "0.2", "0.4", "0.6", "0.8", "1"}},
+      {{0, 2500, 5000}, {"0", "1000", "2000", "3000", "4000", "5000"}},
+      {{100}, {"90", "95", "100", "105", "110"}},
+  };
+  for (const auto& [xs, labels] : cases) {
+    s.series = {{"a", xs, std::vector<double>(xs.size(), 1.0), {}, {}},
+                {"b", xs, std::vector<double>(xs.size(), 2.0), {}, {}}};
+    longrope::write_plot_svg(s, p.string() + ".svg");
+    svg = slurp(p.string() + ".svg");
+    EXPECT_EQ(check_svg(svg), 2) << xs.front();
+    EXPECT_EQ(count_of(svg, "class=\"bar\""), 0u) << xs.front();
+    EXPECT_EQ(tick_labels(svg), labels) << xs.front();
+    EXPECT_EQ(polyline_points(svg, "a").size(), xs.size()) << xs.front();
     longrope::write_plot_png(s, p.string() + ".png");
     expect_png(p.string() + ".png");
   }

@@ -122,10 +122,19 @@ std::string cell_text(const HeatmapSpec& h, size_t r, size_t c) {
 bool usable(double y, bool log_y) {
   return std::isfinite(y) && (!log_y || y > 0);
 }
+// Whether x is a point on the x axis: > 0 on a log2 axis, finite on a linear one.
+bool usable_x(double x, bool log_x) {
+  return log_x ? x > 0 : std::isfinite(x);
+}
+// x in axis coordinates: log2(x) or x itself.
+double axis_x(double x, bool log_x) {
+  return log_x ? std::log2(x) : x;
+}
 
 // True when every point of the plot is at one length: the series are drawn as bars side by side
-// (a line through one point would be a lone marker).
+// (a line through one point would be a lone marker). Only on a log2 x axis.
 bool single_length(const PlotSpec& s) {
+  if (!s.log_x) return false;
   double x0 = 0;
   for (const PlotSeries& se : s.series)
     for (size_t i = 0; i < se.x.size() && i < se.y.size(); ++i) {
@@ -143,12 +152,18 @@ double bar_width(size_t n) {
   return 0.5 / double(n) * 0.85;
 }
 
-// The plot in axis coordinates: x = log2(length), y = value or log10(value).
+// The plot in axis coordinates: x = log2(length) or x, y = value or log10(value).
 struct Frame {
   double x0 = 0, x1 = 1, y0 = 0, y1 = 1;
-  std::vector<double> xticks;                          // axis coords
+  std::vector<std::pair<double, std::string>> xticks;  // axis coords, label
   std::vector<std::pair<double, std::string>> yticks;  // axis coords, label
 };
+
+// Error bars of series si of n sit this far (axis units) beside their point: bar_dodge's log2
+// units on a log2 axis; on a linear one the same share of a typical log2 plot's width (7 units).
+double dodge(const PlotSpec& s, const Frame& f, size_t si, size_t n) {
+  return s.log_x ? bar_dodge(si, n) : bar_dodge(si, n) * (f.x1 - f.x0) / 7.0;
+}
 
 // Width of the legend in pixels at the SVG's 13 px font: line and marker, gap, the longest label.
 double legend_width_px(const PlotSpec& s) {
@@ -166,6 +181,52 @@ std::string fmt_num(double v) {
   return fmt::format("{:g}", v);
 }
 
+std::string length_label(double lg) {
+  const double v = std::pow(2.0, lg);
+  if (v >= 1024 && std::fmod(v, 1024.0) == 0) return fmt::format("{:g}k", v / 1024);
+  return fmt::format("{:g}", v);
+}
+
+// A tick label on a linear x axis with ticks step apart: integers without decimals, other values
+// with the decimals the step needs (trailing zeros dropped); huge or tiny values in e notation.
+std::string linear_label(double v, double step) {
+  if (std::fabs(v) < step * 1e-9) return "0";
+  if (std::fabs(v) >= 1e15 || step < 1e-6) return fmt::format("{:.6g}", v);
+  if (v == std::round(v)) return fmt::format("{:.0f}", v);
+  const int decimals = std::max(0, int(-std::floor(std::log10(step) + 1e-9)));
+  std::string t = fmt::format("{:.{}f}", v, decimals);
+  if (t.find('.') != std::string::npos) {
+    t.erase(t.find_last_not_of('0') + 1);
+    if (t.back() == '.') t.pop_back();
+  }
+  return t;
+}
+
+// A linear x axis over [xmin, xmax]: the range padded by 3% on each side (a single value by 10% of
+// itself, at least 0.5), ticks 1, 2 or 5 x 10^k apart: the smallest such step that gives at most
+// 10 ticks.
+void linear_x_axis(double xmin, double xmax, Frame& f) {
+  double pad = 0.03 * (xmax - xmin);
+  if (!(pad > 0)) pad = std::max(0.5, std::fabs(xmin) * 0.1);
+  f.x0 = xmin - pad;
+  f.x1 = xmax + pad;
+  const double range = f.x1 - f.x0;
+  if (!std::isfinite(range) || !(range > 0))
+    throw Error(fmt::format("plot: cannot draw a linear x axis from {} to {}", xmin, xmax));
+  const double mag = std::pow(10.0, std::floor(std::log10(range / 10)));
+  double step = mag, first = 0, count = 0;
+  for (double m : {1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0}) {
+    step = m * mag;
+    first = std::ceil(f.x0 / step - 1e-9);
+    count = std::floor(f.x1 / step + 1e-9) - first + 1;
+    if (count <= 10) break;
+  }
+  for (int i = 0; i < int(std::clamp(count, 0.0, 10.0)); ++i) {
+    const double v = (first + i) * step;
+    f.xticks.emplace_back(v, linear_label(v, step));
+  }
+}
+
 Frame make_frame(const PlotSpec& s) {
   double xmin = std::numeric_limits<double>::infinity(), xmax = -xmin;
   double ymin = xmin, ymax = -xmin;
@@ -175,7 +236,7 @@ Frame make_frame(const PlotSpec& s) {
       throw Error(fmt::format("plot: series '{}' has {} x and {} y values", se.label, se.x.size(),
                               se.y.size()));
     for (size_t i = 0; i < se.x.size(); ++i) {
-      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
+      if (!usable_x(se.x[i], s.log_x) || !usable(se.y[i], s.log_y)) continue;
       ++points;
       xmin = std::min(xmin, se.x[i]);
       xmax = std::max(xmax, se.x[i]);
@@ -191,15 +252,21 @@ Frame make_frame(const PlotSpec& s) {
     }
   }
   if (points == 0) throw Error("plot: no data point to draw");
-  if (s.vline_x && *s.vline_x > 0) {
+  if (s.vline_x && usable_x(*s.vline_x, s.log_x)) {
     xmin = std::min(xmin, *s.vline_x);
     xmax = std::max(xmax, *s.vline_x);
   }
   if (s.y_min) ymin = s.log_y ? std::log10(*s.y_min) : *s.y_min;
   if (s.y_max) ymax = s.log_y ? std::log10(*s.y_max) : *s.y_max;
   Frame f;
-  f.x0 = std::log2(xmin) - 0.3;
-  f.x1 = std::log2(xmax) + 0.3;
+  if (s.log_x) {
+    f.x0 = std::log2(xmin) - 0.3;
+    f.x1 = std::log2(xmax) + 0.3;
+    for (int k = int(std::ceil(f.x0)); k <= int(std::floor(f.x1)); ++k)
+      f.xticks.emplace_back(k, length_label(k));
+  } else {
+    linear_x_axis(xmin, xmax, f);
+  }
   if (ymax - ymin < 1e-9) {
     const double pad = s.log_y ? 0.1 : std::max(0.5, std::fabs(ymin) * 0.1);
     ymin -= pad;
@@ -208,7 +275,6 @@ Frame make_frame(const PlotSpec& s) {
   const double ypad = (s.y_min && s.y_max) ? 0.0 : 0.05 * (ymax - ymin);
   f.y0 = s.y_min ? ymin : ymin - ypad;
   f.y1 = s.y_max ? ymax : ymax + ypad;
-  for (int k = int(std::ceil(f.x0)); k <= int(std::floor(f.x1)); ++k) f.xticks.push_back(k);
   if (s.log_y) {
     // Decades, then 1-2-5, then 1..9 per decade, whichever first gives at least 3 ticks. An
     // automatic end of the axis moves out to the next tick, so labels cover the data range.
@@ -299,12 +365,6 @@ std::string xml_escape(const std::string& s) {
   return out;
 }
 
-std::string length_label(double lg) {
-  const double v = std::pow(2.0, lg);
-  if (v >= 1024 && std::fmod(v, 1024.0) == 0) return fmt::format("{:g}k", v / 1024);
-  return fmt::format("{:g}", v);
-}
-
 }  // namespace
 
 namespace {
@@ -335,16 +395,16 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
                   left + pw / 2, xml_escape(s.title));
   // Grid, ticks and tick labels.
   o += "<g class=\"grid\" stroke=\"#dddddd\" stroke-width=\"1\">\n";
-  for (double t : f.xticks)
+  for (const auto& [t, lab] : f.xticks)
     o += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\"/>\n", px(t),
                      top, top + ph);
   for (const auto& [t, lab] : f.yticks)
     o += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\"/>\n", left,
                      py(t), left + pw);
   o += "</g>\n<g class=\"ticks\">\n";
-  for (double t : f.xticks)
+  for (const auto& [t, lab] : f.xticks)
     o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n", px(t),
-                     top + ph + 18, length_label(t));
+                     top + ph + 18, xml_escape(lab));
   for (const auto& [t, lab] : f.yticks)
     o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", left - 6,
                      py(t) + 4, xml_escape(lab));
@@ -353,13 +413,13 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
       "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n", left,
       top, pw, ph);
   o += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n",
-                   left + pw / 2, H - 20, xml_escape(s.xlabel + " (log2 scale)"));
+                   left + pw / 2, H - 20, xml_escape(s.xlabel + (s.log_x ? " (log2 scale)" : "")));
   o += fmt::format(
       "<text x=\"18\" y=\"{0:.1f}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {0:.1f})\">"
       "{1}</text>\n",
       top + ph / 2, xml_escape(s.ylabel + (s.log_y ? " (log scale)" : "")));
-  if (s.vline_x && *s.vline_x > 0) {
-    const double x = px(std::log2(*s.vline_x));
+  if (s.vline_x && usable_x(*s.vline_x, s.log_x)) {
+    const double x = px(axis_x(*s.vline_x, s.log_x));
     o += fmt::format(
         "<line class=\"vline\" x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" "
         "stroke=\"black\" stroke-dasharray=\"6,4\"/>\n",
@@ -387,7 +447,7 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
     const std::string color = fmt::format("rgb({},{},{})", c[0], c[1], c[2]);
     std::string pts, marks;
     for (size_t i = 0; i < se.x.size(); ++i) {
-      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
+      if (!usable_x(se.x[i], s.log_x) || !usable(se.y[i], s.log_y)) continue;
       const double y = py(s.log_y ? std::log10(se.y[i]) : se.y[i]);
       if (bars) {
         const double lg = std::log2(se.x[i]);
@@ -409,14 +469,16 @@ void write_plot_svg(const PlotSpec& s, const std::string& path) {
         pts = "bar";
         continue;
       }
-      const double x = px(std::log2(se.x[i]));
-      pts += fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", x, y);
+      const double x = px(axis_x(se.x[i], s.log_x));
+      // A linear axis keeps x to 1/1000 px, so that evenly spaced steps stay evenly spaced.
+      pts += s.log_x ? fmt::format("{}{:.1f},{:.1f}", pts.empty() ? "" : " ", x, y)
+                     : fmt::format("{}{:.3f},{:.1f}", pts.empty() ? "" : " ", x, y);
       marks += svg_marker(slot, x, y, color);
       if (i < se.y_lo.size() && i < se.y_hi.size() && usable(se.y_lo[i], s.log_y) &&
           usable(se.y_hi[i], s.log_y)) {  // error bar with caps
         const double y0 = py(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
         const double y1 = py(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
-        const double xb = px(std::log2(se.x[i]) + bar_dodge(si, s.series.size()));
+        const double xb = px(axis_x(se.x[i], s.log_x) + dodge(s, f, si, s.series.size()));
         marks += fmt::format(
             "<path class=\"errorbar\" d=\"M{0:.1f},{1:.1f}V{2:.1f}M{3:.1f},{1:.1f}H{4:.1f}M{3:.1f},"
             "{2:.1f}H{4:.1f}\" stroke=\"{5}\" stroke-width=\"1.5\" fill=\"none\"/>",
@@ -567,27 +629,27 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
   // Grid.
   plcol0(14);
   plwidth(1);
-  for (double t : f.xticks) pljoin(t, f.y0, t, f.y1);
+  for (const auto& [t, lab] : f.xticks) pljoin(t, f.y0, t, f.y1);
   for (const auto& [t, lab] : f.yticks) pljoin(f.x0, t, f.x1, t);
   // Frame, ticks, labels.
   plcol0(15);
   plbox("bc", 0, 0, "bc", 0, 0);
   const double tx = (f.x1 - f.x0) * 0.012, ty = (f.y1 - f.y0) * 0.018;
-  for (double t : f.xticks) {
+  for (const auto& [t, lab] : f.xticks) {
     pljoin(t, f.y0, t, f.y0 + ty);
-    plmtex("b", 1.6, (t - f.x0) / (f.x1 - f.x0), 0.5, length_label(t).c_str());
+    plmtex("b", 1.6, (t - f.x0) / (f.x1 - f.x0), 0.5, pl_text(lab).c_str());
   }
   for (const auto& [t, lab] : f.yticks) {
     pljoin(f.x0, t, f.x0 + tx, t);
     plmtex("lv", 0.8, (t - f.y0) / (f.y1 - f.y0), 1.0, pl_text(lab).c_str());
   }
-  plmtex("b", 3.4, 0.5, 0.5, pl_text(s.xlabel + " (log2 scale)").c_str());
+  plmtex("b", 3.4, 0.5, 0.5, pl_text(s.xlabel + (s.log_x ? " (log2 scale)" : "")).c_str());
   plmtex("l", 5.0, 0.5, 0.5, pl_text(s.ylabel + (s.log_y ? " (log scale)" : "")).c_str());
   plschr(0, 0.9);
   plmtex("t", 1.5, 0.5, 0.5, pl_text(s.title).c_str());
   plschr(0, 0.85);
-  if (s.vline_x && *s.vline_x > 0) {
-    const double x = std::log2(*s.vline_x);
+  if (s.vline_x && usable_x(*s.vline_x, s.log_x)) {
+    const double x = axis_x(*s.vline_x, s.log_x);
     pllsty(2);
     pljoin(x, f.y0, x, f.y1);
     pllsty(1);
@@ -616,8 +678,8 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     const PLINT point = kPoints[slot % kPoints.size()];
     std::vector<PLFLT> xs, ys;
     for (size_t i = 0; i < se.x.size(); ++i) {
-      if (!(se.x[i] > 0) || !usable(se.y[i], s.log_y)) continue;
-      xs.push_back(std::log2(se.x[i]));
+      if (!usable_x(se.x[i], s.log_x) || !usable(se.y[i], s.log_y)) continue;
+      xs.push_back(axis_x(se.x[i], s.log_x));
       ys.push_back(s.log_y ? std::log10(se.y[i]) : se.y[i]);
     }
     if (xs.empty()) continue;
@@ -638,9 +700,11 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
     }
     std::vector<PLFLT> ex, elo, ehi;  // error bars
     for (size_t i = 0; i < se.x.size() && i < se.y_lo.size() && i < se.y_hi.size(); ++i) {
-      if (!(se.x[i] > 0) || !usable(se.y_lo[i], s.log_y) || !usable(se.y_hi[i], s.log_y)) continue;
+      if (!usable_x(se.x[i], s.log_x) || !usable(se.y_lo[i], s.log_y) ||
+          !usable(se.y_hi[i], s.log_y))
+        continue;
       ex.push_back(bars ? bar_centre(std::log2(se.x[i]), si, s.series.size())
-                        : std::log2(se.x[i]) + bar_dodge(si, s.series.size()));
+                        : axis_x(se.x[i], s.log_x) + dodge(s, f, si, s.series.size()));
       elo.push_back(s.log_y ? std::log10(se.y_lo[i]) : se.y_lo[i]);
       ehi.push_back(s.log_y ? std::log10(se.y_hi[i]) : se.y_hi[i]);
     }
