@@ -22,6 +22,12 @@ namespace longrope {
 void export_gguf(const std::string& model_path, const RopeScaling& factors,
                  const std::string& out_path);
 
+// The metadata and rope tensors of export_gguf, set on a writer holding a copy of mf's GGUF (for
+// tools that also replace the weights, such as finetune).
+struct ModelFile;
+class GgufWriter;
+void set_gguf_factors(GgufWriter& w, const ModelFile& mf, const RopeScaling& factors);
+
 // The HF config with a longrope rope_scaling: rope_type, short_factor (the first set; the long
 // factors when there is one set), long_factor, original_max_position_embeddings, factor
 // (target / L_orig) and attention_factor; max_position_embeddings = target. Throws Error.

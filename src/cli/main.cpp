@@ -31,6 +31,7 @@ int run(int argc, char** argv) {
   add(&longrope::cli::register_export);
   add(&longrope::cli::register_eval);
   add(&longrope::cli::register_passkey);
+  add(&longrope::cli::register_finetune);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

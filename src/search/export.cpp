@@ -66,26 +66,9 @@ RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched)
 
 }  // namespace
 
-void export_gguf(const std::string& model_path, const RopeScaling& searched,
-                 const std::string& out_path) {
-  {
-    // Before loading: a llama2.c checkpoint would first ask for its tokenizer.
-    char magic[4] = {};
-    std::ifstream in(model_path, std::ios::binary);
-    if (in && (!in.read(magic, 4) || std::memcmp(magic, "GGUF", 4) != 0))
-      throw Error(fmt::format(
-          "export: {} is not a GGUF file (export copies a GGUF model with the factors; a llama2.c "
-          "checkpoint has no place for them: use --factors with it instead)",
-          model_path));
-  }
-  const ModelFile mf = load_model_file(model_path);
-  if (!mf.gguf)
-    throw Error(
-        fmt::format("export: {} is a {} model; expected a GGUF file", model_path, mf.format));
+void set_gguf_factors(GgufWriter& w, const ModelFile& mf, const RopeScaling& searched) {
   const RopeScaling factors = fold_model_factors(mf, searched);
   const std::string a = mf.hp.arch + ".";
-  GgufWriter w;
-  w.copy_from(mf.gguf);
   for (const char* t :
        {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
     w.remove_tensor(t);
@@ -115,6 +98,27 @@ void export_gguf(const std::string& model_path, const RopeScaling& searched,
     w.set_u32("longrope.short_max_len", static_cast<uint32_t>(factors.sets[0].max_len));
   if (factors.sets.size() == 2 && factors.sets[0].attn_factor)
     w.set_f32("longrope.short_attn_factor", static_cast<float>(*factors.sets[0].attn_factor));
+}
+
+void export_gguf(const std::string& model_path, const RopeScaling& searched,
+                 const std::string& out_path) {
+  {
+    // Before loading: a llama2.c checkpoint would first ask for its tokenizer.
+    char magic[4] = {};
+    std::ifstream in(model_path, std::ios::binary);
+    if (in && (!in.read(magic, 4) || std::memcmp(magic, "GGUF", 4) != 0))
+      throw Error(fmt::format(
+          "export: {} is not a GGUF file (export copies a GGUF model with the factors; a llama2.c "
+          "checkpoint has no place for them: use --factors with it instead)",
+          model_path));
+  }
+  const ModelFile mf = load_model_file(model_path);
+  if (!mf.gguf)
+    throw Error(
+        fmt::format("export: {} is a {} model; expected a GGUF file", model_path, mf.format));
+  GgufWriter w;
+  w.copy_from(mf.gguf);
+  set_gguf_factors(w, mf, searched);
   w.write(out_path);
 }
 

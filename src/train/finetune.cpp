@@ -1,0 +1,430 @@
+// The fine-tuning loop (include/longrope/finetune.h): sequences sampled from the token stream by
+// (seed, step, sequence) alone, gradient accumulation, AdamW, the training state and the output.
+#include "longrope/finetune.h"
+
+#include <fmt/core.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "longrope/atomic_file.h"
+#include "longrope/error.h"
+#include "longrope/export.h"
+#include "longrope/fingerprint.h"
+#include "longrope/gguf.h"
+#include "longrope/interrupt.h"
+#include "longrope/perplexity.h"
+#include "longrope/plot.h"
+#include "longrope/quant.h"
+
+namespace longrope {
+
+namespace {
+
+constexpr char kStateMagic[8] = {'L', 'R', 'T', 'R', 'A', 'I', 'N', '1'};
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Sequence `seq` of step `step`: whether it is short and where it starts. Depends on the seed,
+// step and sequence only, so a resumed run sees the same data as an uninterrupted one.
+struct Draw {
+  bool is_short = false;
+  uint64_t start_u = 0;
+};
+Draw draw(uint64_t seed, int64_t step, int64_t seq, double short_share) {
+  const uint64_t h =
+      splitmix64(seed ^ splitmix64(uint64_t(step) * 0x100000001b3ull + uint64_t(seq)));
+  const uint64_t h2 = splitmix64(h);
+  Draw d;
+  d.is_short = short_share > 0 && double(h >> 11) * 0x1.0p-53 < short_share;
+  d.start_u = h2;
+  return d;
+}
+
+const char* decay_name(train::Decay d) {
+  return d == train::Decay::kConstant ? "constant"
+         : d == train::Decay::kLinear ? "linear"
+                                      : "cosine";
+}
+
+uint32_t ggml_type_of(const std::string& t) {
+  if (t == "f32") return 0;
+  if (t == "f16") return 1;
+  if (t == "bf16") return 30;
+  throw Error(fmt::format("finetune: output type '{}' (expected f32, f16 or bf16)", t));
+}
+
+// Everything a resumed run must share with the run that wrote the state.
+nlohmann::json settings_json(const FinetuneConfig& c, const Model& model,
+                             const std::string& data_fp, double min_lr, int64_t warmup,
+                             int64_t short_ctx) {
+  return {{"model", model_fingerprint(model)},
+          {"data", data_fp},
+          {"rope", c.rope.describe()},
+          {"ctx", c.ctx},
+          {"steps", c.steps},
+          {"batch", c.batch},
+          {"lr", c.lr},
+          {"min_lr", min_lr},
+          {"warmup", warmup},
+          {"decay", decay_name(c.decay)},
+          {"beta1", c.adam.beta1},
+          {"beta2", c.adam.beta2},
+          {"eps", c.adam.eps},
+          {"weight_decay", c.adam.weight_decay},
+          {"clip", c.clip},
+          {"seed", c.seed},
+          {"short_share", c.short_share},
+          {"short_ctx", short_ctx},
+          {"checkpoint_activations", c.checkpoint_activations}};
+}
+
+struct State {
+  std::vector<float> params, m, v;
+  int64_t step = 0;
+  nlohmann::json history = nlohmann::json::array();
+};
+
+void save_state(const std::string& path, const nlohmann::json& settings, const State& s) {
+  const nlohmann::json head = {{"format", "longrope training state"},
+                               {"settings", settings},
+                               {"step", s.step},
+                               {"params", s.params.size()},
+                               {"history", s.history}};
+  const std::string h = head.dump();
+  write_file_atomically(path, [&](std::FILE* f, const std::string& tmp) {
+    const uint64_t len = h.size();
+    auto put = [&](const void* p, size_t n) {
+      if (std::fwrite(p, 1, n, f) != n) throw Error(fmt::format("{}: write failed", tmp));
+    };
+    put(kStateMagic, sizeof kStateMagic);
+    put(&len, sizeof len);
+    put(h.data(), h.size());
+    for (const auto* a : {&s.params, &s.m, &s.v}) put(a->data(), a->size() * sizeof(float));
+  });
+}
+
+State load_state(const std::string& path, const nlohmann::json& settings, size_t total) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f)
+    throw Error(
+        fmt::format("{}: cannot open the training state to resume (expected the file a "
+                    "finetune run writes; run without --resume to start anew)",
+                    path));
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> guard(f, std::fclose);
+  auto bad = [&](const std::string& what) {
+    return Error(fmt::format("{}: {} (expected a longrope training state)", path, what));
+  };
+  char magic[8];
+  uint64_t len = 0;
+  if (std::fread(magic, 1, 8, f) != 8 || std::memcmp(magic, kStateMagic, 8) != 0)
+    throw bad("not a training state");
+  if (std::fread(&len, sizeof len, 1, f) != 1 || len > (uint64_t(1) << 30))
+    throw bad("truncated header");
+  std::string h(len, '\0');
+  if (std::fread(h.data(), 1, len, f) != len) throw bad("truncated header");
+  nlohmann::json head;
+  try {
+    head = nlohmann::json::parse(h);
+  } catch (const nlohmann::json::exception&) {
+    throw bad("unreadable header");
+  }
+  if (!head.contains("settings") || !head.contains("step") || !head.contains("params"))
+    throw bad("header without settings, step or params");
+  if (head["settings"] != settings) {
+    std::string diff;
+    for (auto it = settings.begin(); it != settings.end(); ++it)
+      if (!head["settings"].contains(it.key()) || head["settings"][it.key()] != it.value()) {
+        diff = fmt::format(
+            "{} was {}, now {}", it.key(),
+            head["settings"].contains(it.key()) ? head["settings"][it.key()].dump() : "absent",
+            it.value().dump());
+        break;
+      }
+    throw Error(fmt::format(
+        "{}: written by a run with other settings ({}); resume with the same model, texts and "
+        "flags, or run without --resume",
+        path, diff));
+  }
+  if (head["params"].get<size_t>() != total) throw bad("parameter count differs");
+  State s;
+  s.step = head["step"].get<int64_t>();
+  s.history = head.value("history", nlohmann::json::array());
+  for (auto* a : {&s.params, &s.m, &s.v}) {
+    a->resize(total);
+    if (std::fread(a->data(), sizeof(float), total, f) != total) throw bad("truncated tensors");
+  }
+  return s;
+}
+
+void write_output_gguf(const ModelFile& mf, const train::ParamLayout& P, const float* params,
+                       const RopeScaling& factors, const std::string& type,
+                       const std::string& path) {
+  const uint32_t gt = ggml_type_of(type);
+  GgufWriter w;
+  w.copy_from(mf.gguf);
+  for (const train::ParamTensor& t : P.tensors) {
+    const float* src = params + t.offset;
+    const size_t n = t.size();
+    std::vector<uint8_t> bytes;
+    if (gt == 0) {
+      bytes.resize(n * 4);
+      std::memcpy(bytes.data(), src, n * 4);
+    } else {
+      bytes.resize(n * 2);
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t h = gt == 1 ? fp32_to_fp16(src[i]) : fp32_to_bf16(src[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+      }
+    }
+    // Norms and biases stay F32 (as llama.cpp's converters write them).
+    const bool vector = t.rows == 1;
+    std::vector<int64_t> ne =
+        vector ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.cols, t.rows};
+    if (vector && gt != 0) {
+      bytes.resize(n * 4);
+      std::memcpy(bytes.data(), src, n * 4);
+      w.add_tensor(t.name, 0, ne, std::move(bytes));
+    } else {
+      w.add_tensor(t.name, gt, ne, std::move(bytes));
+    }
+  }
+  if (factors.method == RopeMethod::kLongrope) set_gguf_factors(w, mf, factors);
+  w.set_u32("general.file_type", gt == 0 ? 0u : gt == 1 ? 1u : 32u);
+  w.write(path);
+}
+
+void write_loss_plot(const nlohmann::json& history, const std::string& title,
+                     const std::string& stem, FinetuneResult& r) {
+  PlotSeries lng{"loss", {}, {}, {}, {}}, shrt{"loss (short sequences only)", {}, {}, {}, {}};
+  for (const auto& h : history) {
+    const double x = h["step"].get<double>();
+    (h.value("short_seqs", 0) > 0 && h.value("long_seqs", 1) == 0 ? shrt : lng).x.push_back(x);
+    (h.value("short_seqs", 0) > 0 && h.value("long_seqs", 1) == 0 ? shrt : lng)
+        .y.push_back(h["loss"].get<double>());
+  }
+  PlotSpec spec;
+  spec.title = title;
+  spec.xlabel = "optimizer step";
+  spec.ylabel = "training loss (mean NLL per token)";
+  spec.log_x = false;
+  if (!lng.x.empty()) spec.series.push_back(lng);
+  if (!shrt.x.empty()) spec.series.push_back(shrt);
+  if (spec.series.empty()) return;
+  r.plot_svg = stem + ".svg";
+  write_plot_svg(spec, r.plot_svg);
+  if (plot_png_supported()) {
+    r.plot_png = stem + ".png";
+    write_plot_png(spec, r.plot_png);
+  }
+}
+
+}  // namespace
+
+RopeScaling as_factor_scaling(const RopeScaling& rope, const HParams& hp, int64_t ctx) {
+  if (rope.method == RopeMethod::kLongrope) return rope;
+  const RopeTables t = rope.tables(ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+  RopeScaling f;
+  f.method = RopeMethod::kLongrope;
+  f.orig_ctx = rope.orig_ctx > 0 ? rope.orig_ctx : hp.n_ctx_train;
+  f.target_ctx = std::max<int64_t>(ctx, f.orig_ctx);
+  std::vector<double> lam(t.inv_freq.size());
+  for (size_t j = 0; j < lam.size(); ++j) lam[j] = t.inv_freq_orig[j] / t.inv_freq[j];
+  f.sets.emplace_back(std::move(lam), 0, t.attn_factor);
+  f.attn_factor = t.attn_factor;
+  f.longrope_attn = LongropeAttn::kConstant;
+  return f;
+}
+
+FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
+                            const std::function<void(const FinetuneStep&)>& on_step) {
+  // ---- settings, before any work
+  if (c.ctx < 2) throw Error(fmt::format("finetune: -c {} (expected at least 2 tokens)", c.ctx));
+  if (c.steps < 1) throw Error(fmt::format("finetune: --steps {} (expected >= 1)", c.steps));
+  if (c.batch < 1) throw Error(fmt::format("finetune: --batch {} (expected >= 1)", c.batch));
+  if (!(c.lr > 0) || !std::isfinite(c.lr))
+    throw Error(fmt::format("finetune: --lr {} (expected a positive number)", c.lr));
+  if (!(c.short_share >= 0 && c.short_share < 1))
+    throw Error(
+        fmt::format("finetune: --short-share {} (expected a share in [0, 1))", c.short_share));
+  if (c.texts.empty()) throw Error("finetune: no training text (expected -f TEXT[,TEXT...])");
+  if (c.output.empty()) throw Error("finetune: no output (expected -o OUT.gguf)");
+  ggml_type_of(c.out_type);
+  const std::string state_path = c.state_path.empty() ? c.output + ".train" : c.state_path;
+  const std::string log_path = c.output + ".log.json";
+  check_writable(c.output);
+  check_writable(state_path);
+  check_writable(log_path);
+  if (c.n_threads > 0) omp_set_num_threads(c.n_threads);
+
+  const Model* model = &model_ref;
+  const ModelFile& mf = model->file();
+  if (!mf.gguf)
+    throw Error(fmt::format(
+        "finetune: {} is a {} model; the output is a copy of a GGUF model with new weights "
+        "(expected a GGUF file)",
+        c.model_path, mf.format));
+  const HParams& hp = model->hp();
+  c.rope.validate(hp.n_rot);
+  if (c.rope.method == RopeMethod::kLongrope && c.rope.n_hat >= c.ctx)
+    throw Error(
+        fmt::format("finetune: n_hat {} must be smaller than the context {}", c.rope.n_hat, c.ctx));
+  const train::ParamLayout P = train::param_layout(*model);
+  const int64_t orig_ctx = c.rope.orig_ctx > 0 ? c.rope.orig_ctx : hp.n_ctx_train;
+  const int64_t short_ctx = c.short_ctx > 0 ? c.short_ctx : orig_ctx;
+  if (c.short_share > 0 && (short_ctx < 2 || short_ctx > c.ctx))
+    throw Error(fmt::format("finetune: --short-ctx {} (expected 2..{})", short_ctx, c.ctx));
+  const double min_lr = c.min_lr.value_or(c.lr / 10);
+  const int64_t warmup = c.warmup >= 0 ? c.warmup : c.steps / 10;
+
+  // ---- data: one token stream; a sequence is BOS + len - 1 consecutive tokens
+  std::vector<int32_t> stream;
+  for (const std::string& path : c.texts) {
+    const std::vector<int32_t> t =
+        model->tokenizer().encode(normalize_newlines(read_text_file(path)));
+    stream.insert(stream.end(), t.begin(), t.end());
+  }
+  const int32_t bos = model->tokenizer().bos();
+  if (bos < 0)
+    throw Error(
+        "finetune: the model's vocabulary has no BOS token (needed to start each sequence)");
+  if (int64_t(stream.size()) < c.ctx)
+    throw Error(fmt::format(
+        "finetune: the training texts hold {} tokens, fewer than one sequence of {} (expected "
+        "longer or more texts)",
+        stream.size(), c.ctx));
+  const std::string data_fp = tokens_fingerprint({stream});
+  const nlohmann::json settings = settings_json(c, *model, data_fp, min_lr, warmup, short_ctx);
+
+  // Rotary tables: the scaling at ctx; short sequences use the scaling's short set when it has
+  // one that serves short_ctx, else the model's own RoPE.
+  const RopeTables long_tables = c.rope.tables(c.ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+  const bool has_short_set = c.rope.method == RopeMethod::kLongrope && c.rope.sets.size() > 1 &&
+                             short_ctx <= c.rope.sets.front().max_len;
+  const RopeTables short_tables =
+      has_short_set
+          ? c.rope.tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train)
+          : model->default_rope().tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+
+  // ---- state
+  State s;
+  FinetuneResult r;
+  if (c.resume) {
+    s = load_state(state_path, settings, P.total);
+    r.resumed_from = s.step;
+  } else {
+    s.params = train::load_params<float>(*model, P);
+    s.m.assign(P.total, 0.0f);
+    s.v.assign(P.total, 0.0f);
+  }
+  std::vector<float> grad(P.total, 0.0f);
+  r.state_bytes = 4 * sizeof(float) * P.total;
+  train::TrainWorkspace<float> ws;
+  const train::LossOptions lo{c.checkpoint_activations};
+
+  const double t_start = omp_get_wtime();
+  double last_save = t_start;
+  const double elapsed_before = s.history.empty() ? 0.0 : s.history.back().value("elapsed", 0.0);
+  int64_t tokens_done = 0;
+  std::vector<int32_t> seq;
+  auto save = [&] { save_state(state_path, settings, s); };
+  while (s.step < c.steps) {
+    if (stop_requested()) {
+      save();
+      throw Interrupted(fmt::format(
+          "interrupted after step {} of {}; the training state is in {} (resume with --resume)",
+          s.step, c.steps, state_path));
+    }
+    const int64_t step = s.step + 1;
+    const double t0 = omp_get_wtime();
+    std::fill(grad.begin(), grad.end(), 0.0f);
+    // Every sequence's gradient is scaled by 1 / (all predicted tokens of the step): the step's
+    // gradient is that of the mean NLL per token.
+    std::vector<Draw> draws;
+    int64_t predicted = 0, n_short = 0;
+    for (int64_t b = 0; b < c.batch; ++b) {
+      draws.push_back(draw(c.seed, step, b, c.short_share));
+      const int64_t len = draws.back().is_short ? short_ctx : c.ctx;
+      predicted += len - 1;
+      n_short += draws.back().is_short;
+    }
+    double nll = 0;
+    for (int64_t b = 0; b < c.batch; ++b) {
+      const int64_t len = draws[size_t(b)].is_short ? short_ctx : c.ctx;
+      const uint64_t span = uint64_t(int64_t(stream.size()) - (len - 1)) + 1;
+      const int64_t start = int64_t(draws[size_t(b)].start_u % span);
+      seq.assign(1, bos);
+      seq.insert(seq.end(), stream.begin() + start, stream.begin() + start + (len - 1));
+      nll += train::loss_and_grad<float>(P, s.params.data(), seq.data(), len,
+                                         draws[size_t(b)].is_short ? short_tables : long_tables,
+                                         grad.data(), 1.0f / float(predicted), ws, lo);
+    }
+    const double loss = nll / double(predicted);
+    if (!std::isfinite(loss))
+      throw Error(fmt::format(
+          "finetune: the loss is {} at step {} (expected a finite number; try a lower --lr); the "
+          "state of step {} is in {}",
+          loss, step, s.step, state_path));
+    const double gnorm = train::clip_grad_norm(grad.data(), grad.size(), c.clip);
+    const double lr = train::schedule_lr(c.lr, min_lr, warmup, c.steps, c.decay, step);
+    train::adamw_update(P, c.adam, lr, step, s.params.data(), grad.data(), s.m.data(), s.v.data());
+    s.step = step;
+    const double t1 = omp_get_wtime();
+    tokens_done += predicted;
+    FinetuneStep st{step,    c.steps, loss,
+                    lr,      gnorm,   predicted,
+                    n_short, t1 - t0, elapsed_before + (t1 - t_start)};
+    s.history.push_back({{"step", step},
+                         {"loss", loss},
+                         {"lr", lr},
+                         {"grad_norm", gnorm},
+                         {"tokens", predicted},
+                         {"short_seqs", n_short},
+                         {"long_seqs", c.batch - n_short},
+                         {"seconds", st.seconds},
+                         {"elapsed", st.elapsed}});
+    if (r.first_loss == 0) r.first_loss = loss;
+    r.last_loss = loss;
+    if (on_step) on_step(st);
+    const bool due = c.save_every > 0 ? step % c.save_every == 0 : t1 - last_save > 600.0;
+    if (due || step == c.steps) {
+      save();
+      last_save = omp_get_wtime();
+    }
+  }
+  r.steps_done = s.step;
+  r.seconds = omp_get_wtime() - t_start;
+  r.tokens_per_second = r.seconds > 0 ? double(tokens_done) / r.seconds : 0;
+  r.workspace_bytes = ws.bytes();
+
+  // ---- outputs
+  write_output_gguf(
+      mf, P, s.params.data(),
+      c.rope.method == RopeMethod::kNone ? c.rope : as_factor_scaling(c.rope, hp, c.ctx),
+      c.out_type, c.output);
+  nlohmann::json log = {{"model", path_name(c.model_path)},
+                        {"texts", c.texts},
+                        {"rope_label", c.rope_label},
+                        {"settings", settings},
+                        {"output", c.output},
+                        {"out_type", c.out_type},
+                        {"steps", s.history}};
+  write_file_atomically(log_path, log.dump(1) + "\n");
+  r.log_path = log_path;
+  write_loss_plot(s.history,
+                  fmt::format("fine-tuning {} at {} tokens ({})", path_name(c.model_path), c.ctx,
+                              c.rope_label.empty() ? c.rope.describe() : c.rope_label),
+                  c.output + ".loss", r);
+  return r;
+}
+
+}  // namespace longrope
