@@ -82,6 +82,26 @@ TEST(SearchOps, SeedsAreValidAndMatchRules) {
   EXPECT_EQ(seeds[1].second.lambda[0], 100);  // NTK keeps the fastest pair
 }
 
+TEST(SearchOps, ExtraSeedsAreRoundedClampedAndMadeMonotone) {
+  SearchSpace sp = test_space();
+  std::vector<double> lam(static_cast<size_t>(sp.n_pairs), 2.0);
+  lam[0] = 1.234;    // rounds to 123
+  lam[1] = 1.1;      // below its predecessor: raised to 123
+  lam.back() = 1e6;  // above lambda_max: clamped
+  sp.extra_seeds.push_back({"prev", lam, 7, 1.07});
+  const auto seeds = rule_seeds(sp);
+  ASSERT_EQ(seeds.size(), 5u);
+  EXPECT_EQ(seeds[4].first, "prev");
+  const Individual& ind = seeds[4].second;
+  expect_valid(sp, ind);
+  EXPECT_EQ(ind.lambda[0], 123);
+  EXPECT_EQ(ind.lambda[1], 123);
+  EXPECT_EQ(ind.lambda[2], 200);
+  EXPECT_EQ(ind.lambda.back(), sp.lambda_max);
+  sp.extra_seeds[0].lambda.pop_back();
+  test::expect_error([&] { rule_seeds(sp); }, {"seed factors prev have", "one per rotary pair"});
+}
+
 TEST(SearchOps, MutationAndCrossoverKeepMonotoneAndBounds) {
   const SearchSpace sp = test_space();
   SearchSettings st;

@@ -1,5 +1,6 @@
 // The whole-model loss and gradient, AdamW, and the fine-tuning loop on stories260K
 // (include/longrope/train.h, include/longrope/finetune.h).
+#include <fmt/core.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -275,6 +276,75 @@ TEST(TrainFinetune, BadSettingsFailBeforeTraining) {
   c = small_run(dir, 2);
   c.resume = true;
   test::expect_error([&] { run_finetune(*m, c); }, {"cannot open the training state"});
+}
+
+}  // namespace
+}  // namespace longrope
+
+namespace longrope {
+namespace {
+
+int finetune_cli(const std::string& args, std::string* out) {
+  return test::run_command(
+      fmt::format("'{}' finetune --no-progress -t 1 {}", test::cli_path().string(), args), out);
+}
+
+TEST(TrainCli, FinetunesAndWritesAModelThatEvaluates) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  const auto dir = test::fresh_temp_dir("ft_cli");
+  const std::string out_gguf = (dir / "ft.gguf").string();
+  std::string out;
+  ASSERT_EQ(finetune_cli(fmt::format("-m '{}' -f '{}' -c 256 --steps 3 --rope yarn --rope-factor 2 "
+                                     "--out-type bf16 --json -o '{}'",
+                                     stories_gguf().string(),
+                                     shared_text("pride_and_prejudice.txt").string(), out_gguf),
+                         &out),
+            0)
+      << out;
+  const auto j = nlohmann::json::parse(out.substr(out.rfind("\n{") + 1));
+  EXPECT_EQ(j["steps"], 3);
+  EXPECT_LT(j["last_loss"].get<double>(), 10.0);
+  // The output runs in longrope with the trained scaling inside (YaRN as one factor set).
+  std::string ppl;
+  ASSERT_EQ(test::run_command(fmt::format("'{}' perplexity -m '{}' -f '{}' -c 512 --docs 1 -t 1 "
+                                          "--no-progress",
+                                          test::cli_path().string(), out_gguf,
+                                          shared_text("moby-dick.txt").string()),
+                              &ppl),
+            0)
+      << ppl;
+  EXPECT_NE(ppl.find("ppl = "), std::string::npos) << ppl;
+  EXPECT_TRUE(std::filesystem::exists(dir / "ft.gguf.log.json"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "ft.gguf.train"));
+}
+
+TEST(TrainCli, ErrorsAreOneLine) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  const auto dir = test::fresh_temp_dir("ft_cli_err");
+  std::string out;
+  const std::string text = shared_text("pride_and_prejudice.txt").string();
+  // A llama2.c checkpoint: the output is a GGUF copy, so the input must be one.
+  const auto bin = test::shared_dir() / "models" / "stories260K.bin";
+  EXPECT_EQ(
+      finetune_cli(
+          fmt::format("-m '{}' --tokenizer '{}' -f '{}' -c 256 -o '{}/x.gguf'", bin.string(),
+                      (test::shared_dir() / "models" / "tok512.bin").string(), text, dir.string()),
+          &out),
+      1)
+      << out;
+  EXPECT_NE(out.find("is a llama2c model; the output is a copy of a GGUF model"), std::string::npos)
+      << out;
+  EXPECT_EQ(finetune_cli(fmt::format("-m '{}' -f '{}' -c 256 --out-type q4 -o '{}/x.gguf'",
+                                     stories_gguf().string(), text, dir.string()),
+                         &out),
+            2)
+      << out;
+  EXPECT_EQ(finetune_cli(fmt::format("-m '{}' -f '{}' -c 256 --resume -o '{}/x.gguf'",
+                                     stories_gguf().string(), text, dir.string()),
+                         &out),
+            1)
+      << out;
+  EXPECT_NE(out.find("cannot open the training state"), std::string::npos) << out;
 }
 
 }  // namespace

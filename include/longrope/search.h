@@ -131,6 +131,15 @@ struct SearchSpace {
   // Per-pair bounds in hundredths (empty: every pair in [100, lambda_max]); set by
   // apply_critical_dim().
   std::vector<int> lo, hi;
+  // Factor vectors added to the initial population after the rule seeds (e.g. a previous
+  // stage's factors for progressive extension); rule_seeds() rounds and clamps them.
+  struct Seed {
+    std::string name;
+    std::vector<double> lambda;  // n_pairs factors
+    int64_t n_hat = 0;           // the nearest candidate is used
+    double attn_factor = 1.0;    // the nearest candidate is used
+  };
+  std::vector<Seed> extra_seeds;
   int lo_of(int j) const { return lo.empty() ? 100 : lo[static_cast<size_t>(j)]; }
   int hi_of(int j) const { return hi.empty() ? lambda_max : hi[static_cast<size_t>(j)]; }
 };
@@ -165,7 +174,8 @@ RopeScaling to_scaling(const SearchSpace& space, const Individual& ind);
 
 // Seeds: PI, NTK, dynamic NTK at length L and YaRN with s = L / L_orig, lambda_j = w_j / w'_j
 // rounded to the grid, clamped into the bounds, made non-decreasing; n_hat 0; attention factor
-// the candidate nearest to the rule's own. Returned with their names.
+// the candidate nearest to the rule's own. Then space.extra_seeds, rounded and clamped alike, with
+// the candidates nearest to their n_hat and attention factor. Returned with their names.
 std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& space);
 
 // True if lambda is non-decreasing and within [100, lambda_max].

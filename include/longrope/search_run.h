@@ -49,7 +49,11 @@ struct SearchRunConfig {
   std::string fitness = "ppl";
   int needles = 4;
   uint64_t needle_seed = 1234;
-  double critical_margin = 0.25;        // pairs below it in [1, s + margin]
+  double critical_margin = 0.25;  // pairs below it in [1, s + margin]
+  // Factors files added to the initial population (progressive extension: the previous stage's
+  // factors), each twice: as it is, and with every factor times target_ctx / its own target
+  // (position interpolation on top, the previous stage stretched to this length).
+  std::vector<std::string> seed_factors;
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;
   int n_threads = 0;

@@ -40,6 +40,8 @@ Runner register_finetune(CLI::App& app) {
       "Full fine-tuning of a Llama-architecture GGUF model at length CTX with a RoPE scaling "
       "(AdamW, FP32 master weights; docs/finetune.md)");
   cmd->add_option("-m,--model", a->model, "model: a GGUF file")->required();
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "tokenizer.bin for llama2.c checkpoints (refused: the output copies a GGUF)");
   cmd->add_option("-f,--file", c.texts, "training text file(s), comma separated (UTF-8)")
       ->required()
       ->delimiter(',');

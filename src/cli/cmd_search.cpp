@@ -167,6 +167,10 @@ Runner register_search(CLI::App& app) {
                   "upper bound of the short factors (default 1.25*N/L_orig; for N <= L_orig giving "
                   "it searches the short set instead of keeping the plain model)");
   cmd->add_option("--seed", a->cfg.settings.seed, "random seed")->capture_default_str();
+  cmd->add_option("--seed-factors", a->cfg.seed_factors,
+                  "factors file(s) added to the initial population, each as it is and stretched "
+                  "by target / its target (progressive extension: the previous stage's factors)")
+      ->delimiter(',');
   cmd->add_option("--reject-margin", a->cfg.settings.reject_margin,
                   "early reject cuts a child only when its first stage is worse than the "
                   "parents' loosest by more than this fraction")

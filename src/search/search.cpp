@@ -308,6 +308,31 @@ bool is_valid(const SearchSpace& sp, const Individual& ind) {
          ind.attn_idx >= 0 && ind.attn_idx < static_cast<int>(sp.attn_candidates.size());
 }
 
+namespace {
+// An individual from factors: rounded to the grid, clamped into the bounds, non-decreasing; the
+// candidates nearest to n_hat and the attention factor.
+Individual seed_individual(const SearchSpace& sp, const std::vector<double>& lambda, int64_t n_hat,
+                           double attn) {
+  Individual ind;
+  int prev = 100;
+  for (int j = 0; j < sp.n_pairs; ++j) {
+    int v = static_cast<int>(std::lround(lambda[static_cast<size_t>(j)] * 100.0));
+    v = std::clamp(v, std::max(prev, sp.lo_of(j)), std::min(sp.lambda_max, sp.hi_of(j)));
+    ind.lambda.push_back(v);
+    prev = v;
+  }
+  auto nearest = [](const auto& cands, double x) {
+    size_t best = 0;
+    for (size_t k = 1; k < cands.size(); ++k)
+      if (std::abs(double(cands[k]) - x) < std::abs(double(cands[best]) - x)) best = k;
+    return static_cast<int>(best);
+  };
+  ind.n_hat_idx = nearest(sp.n_hat_candidates, double(n_hat));
+  ind.attn_idx = nearest(sp.attn_candidates, attn);
+  return ind;
+}
+}  // namespace
+
 std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& sp) {
   const double s =
       std::max(1.0, static_cast<double>(sp.target_ctx) / static_cast<double>(sp.orig_ctx));
@@ -320,25 +345,15 @@ std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& sp
     r.factor = s;
     r.orig_ctx = sp.orig_ctx;
     const RopeTables t = r.tables(sp.target_ctx, sp.n_rot, sp.rope_base, sp.orig_ctx);
-    Individual ind;
-    int prev = 100;
-    for (int j = 0; j < sp.n_pairs; ++j) {
-      const double lam = w[j] / t.inv_freq[j];
-      int v = static_cast<int>(std::lround(lam * 100.0));
-      v = std::clamp(v, std::max(prev, sp.lo_of(j)), std::min(sp.lambda_max, sp.hi_of(j)));
-      ind.lambda.push_back(v);
-      prev = v;
-    }
-    ind.n_hat_idx = 0;
-    for (size_t k = 0; k < sp.n_hat_candidates.size(); ++k)
-      if (sp.n_hat_candidates[k] == 0) ind.n_hat_idx = static_cast<int>(k);
-    size_t best = 0;
-    for (size_t k = 1; k < sp.attn_candidates.size(); ++k)
-      if (std::abs(sp.attn_candidates[k] - t.attn_factor) <
-          std::abs(sp.attn_candidates[best] - t.attn_factor))
-        best = k;
-    ind.attn_idx = static_cast<int>(best);
-    out.emplace_back(rope_method_name(m), std::move(ind));
+    std::vector<double> lam(static_cast<size_t>(sp.n_pairs));
+    for (int j = 0; j < sp.n_pairs; ++j) lam[size_t(j)] = w[size_t(j)] / t.inv_freq[size_t(j)];
+    out.emplace_back(rope_method_name(m), seed_individual(sp, lam, 0, t.attn_factor));
+  }
+  for (const SearchSpace::Seed& e : sp.extra_seeds) {
+    if (static_cast<int>(e.lambda.size()) != sp.n_pairs)
+      throw Error(fmt::format("seed factors {} have {} values, expected {} (one per rotary pair)",
+                              e.name, e.lambda.size(), sp.n_pairs));
+    out.emplace_back(e.name, seed_individual(sp, e.lambda, e.n_hat, e.attn_factor));
   }
   return out;
 }

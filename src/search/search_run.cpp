@@ -36,6 +36,11 @@ nlohmann::json space_json(const SearchSpace& sp) {
     j["lo"] = sp.lo;
     j["hi"] = sp.hi;
   }
+  for (const SearchSpace::Seed& e : sp.extra_seeds)  // likewise
+    j["seeds"].push_back({{"name", e.name},
+                          {"lambda", e.lambda},
+                          {"n_hat", e.n_hat},
+                          {"attn_factor", e.attn_factor}});
   return j;
 }
 
@@ -327,6 +332,20 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   if (!c.attn_candidates.empty()) sp.attn_candidates = c.attn_candidates;
   if (const int k = critical_dim_of(c, hp, p.orig); k >= 0)
     apply_critical_dim(sp, k, c.critical_margin);
+  for (const std::string& f : c.seed_factors) {
+    const RopeScaling prev = read_factors_file(f);
+    const std::string name = path_name(f);
+    const double attn =
+        prev.tables(prev.target_ctx > 0 ? prev.target_ctx : L, hp.n_rot, hp.rope_base, p.orig)
+            .attn_factor;
+    std::vector<double> lam = prev.sets.back().factors;
+    sp.extra_seeds.push_back({name, lam, prev.n_hat, attn});
+    if (prev.target_ctx > 0 && prev.target_ctx < L) {
+      const double r = double(L) / double(prev.target_ctx);
+      for (double& x : lam) x *= r;
+      sp.extra_seeds.push_back({fmt::format("{} x {:g}", name, r), lam, prev.n_hat, attn});
+    }
+  }
   validate_space(sp);
 
   p.fingerprint = {{"model", model_fingerprint(*p.model)},
