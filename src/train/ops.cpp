@@ -231,10 +231,13 @@ void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* dy, int64_
 
 // ---- RoPE
 
+namespace {
+// Rotates each pair by the table's angle (sign +1) or by its negative (sign -1: the transpose,
+// since a rotation's inverse is its transpose and the attention factor is a common scale).
 template <class T>
-void rope_forward(T* x, int64_t n, int64_t row_stride, int n_heads, int head_dim, int n_rot,
-                  const float* cos_tab, const float* sin_tab) {
-  check_rope("rope_forward", n, row_stride, n_heads, head_dim, n_rot);
+void rotate_pairs(const char* fn, T* x, int64_t n, int64_t row_stride, int n_heads, int head_dim,
+                  int n_rot, const float* cos_tab, const float* sin_tab, T sign) {
+  check_rope(fn, n, row_stride, n_heads, head_dim, n_rot);
   const int half = n_rot / 2;
 #pragma omp parallel for schedule(static) if (n > 64)
   for (int64_t r = 0; r < n; ++r) {
@@ -243,32 +246,26 @@ void rope_forward(T* x, int64_t n, int64_t row_stride, int n_heads, int head_dim
     for (int h = 0; h < n_heads; ++h) {
       T* v = x + r * row_stride + int64_t(h) * head_dim;
       for (int j = 0; j < half; ++j) {
-        const T a = v[2 * j], b = v[2 * j + 1], cj = T(c[j]), sj = T(s[j]);
+        const T a = v[2 * j], b = v[2 * j + 1], cj = T(c[j]), sj = sign * T(s[j]);
         v[2 * j] = a * cj - b * sj;
         v[2 * j + 1] = a * sj + b * cj;
       }
     }
   }
 }
+}  // namespace
+
+template <class T>
+void rope_forward(T* x, int64_t n, int64_t row_stride, int n_heads, int head_dim, int n_rot,
+                  const float* cos_tab, const float* sin_tab) {
+  rotate_pairs("rope_forward", x, n, row_stride, n_heads, head_dim, n_rot, cos_tab, sin_tab, T(1));
+}
 
 template <class T>
 void rope_backward(T* dx, int64_t n, int64_t row_stride, int n_heads, int head_dim, int n_rot,
                    const float* cos_tab, const float* sin_tab) {
-  check_rope("rope_backward", n, row_stride, n_heads, head_dim, n_rot);
-  const int half = n_rot / 2;
-#pragma omp parallel for schedule(static) if (n > 64)
-  for (int64_t r = 0; r < n; ++r) {
-    const float* c = cos_tab + r * half;
-    const float* s = sin_tab + r * half;
-    for (int h = 0; h < n_heads; ++h) {
-      T* v = dx + r * row_stride + int64_t(h) * head_dim;
-      for (int j = 0; j < half; ++j) {
-        const T a = v[2 * j], b = v[2 * j + 1], cj = T(c[j]), sj = T(s[j]);
-        v[2 * j] = a * cj + b * sj;
-        v[2 * j + 1] = b * cj - a * sj;
-      }
-    }
-  }
+  rotate_pairs("rope_backward", dx, n, row_stride, n_heads, head_dim, n_rot, cos_tab, sin_tab,
+               T(-1));
 }
 
 // ---- SwiGLU
