@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "longrope/error.h"
+#include "longrope/eval.h"
 #include "longrope/export.h"
 #include "longrope/gguf.h"
 #include "longrope/model.h"
@@ -79,6 +80,9 @@ TEST(RopeFreqs, FactorsRulesSearchAndExportComposeWithTheModelsOwn) {
   for (size_t j = 0; j < lam.size(); ++j) folded[j] = lam[j] * kOwn[j];
   const double want = ppl(*plain, longrope_of(folded), 2048);
   EXPECT_EQ(ppl(*rf, composed, 2048), want);
+  // eval's LABEL=FILE methods compose alike.
+  const EvalMethod em = parse_eval_methods({"f=" + f}, *rf)[0];
+  EXPECT_EQ(ppl(*rf, eval_scaling(em, *rf, 2048, {}), 2048), want);
   // lambda = 1 (attention factor 1) is the trained model, not the raw base frequencies.
   RopeScaling ones = longrope_of({1, 1, 1, 1});
   ones.attn_factor = 1.0;

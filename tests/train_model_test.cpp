@@ -166,6 +166,24 @@ TEST(TrainModel, OverfitsAFixedBatch) {
   EXPECT_LT(last, first / 10) << first << " -> " << last;
 }
 
+TEST(TrainModel, RuleMethodsBecomeTheFactorsTheyAmountTo) {
+  HParams hp;
+  hp.n_rot = 64;
+  hp.rope_base = 100000;
+  hp.n_ctx_train = 8192;
+  for (const char* m : {"linear", "ntk", "dynamic", "yarn", "llama3"}) {
+    RopeScaling r;
+    r.method = parse_rope_method(m);
+    r.factor = 4;
+    const RopeScaling f = as_factor_scaling(r, hp, 32768);
+    ASSERT_EQ(f.method, RopeMethod::kLongrope) << m;
+    const RopeTables a = r.tables(32768, 64, 100000, 8192), b = f.tables(32768, 64, 100000, 8192);
+    EXPECT_DOUBLE_EQ(a.attn_factor, b.attn_factor) << m;
+    for (size_t j = 0; j < a.inv_freq.size(); ++j)
+      EXPECT_NEAR(b.inv_freq[j] / a.inv_freq[j], 1.0, 1e-12) << m << " pair " << j;
+  }
+}
+
 TEST(TrainModel, ScheduleWarmsUpAndDecays) {
   using train::Decay;
   EXPECT_DOUBLE_EQ(train::schedule_lr(1.0, 0.1, 10, 110, Decay::kCosine, 1), 0.1);
@@ -316,6 +334,42 @@ TEST(TrainCli, FinetunesAndWritesAModelThatEvaluates) {
   EXPECT_NE(ppl.find("ppl = "), std::string::npos) << ppl;
   EXPECT_TRUE(std::filesystem::exists(dir / "ft.gguf.log.json"));
   EXPECT_TRUE(std::filesystem::exists(dir / "ft.gguf.train"));
+}
+
+TEST(TrainCli, ProgressiveScriptRunsEveryStage) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  const auto dir = test::fresh_temp_dir("progressive");
+  std::string out;
+  ASSERT_EQ(
+      test::run_command(
+          fmt::format("LONGROPE_BIN='{}' '{}' -m '{}' -f '{}' -s '{}' -e '{}' --l1 1024 "
+                      "--l2 2048 -o '{}' --steps 2 --population 4 --iterations 1 --threads 1",
+                      test::cli_path().string(),
+                      (test::source_dir() / "scripts" / "progressive.sh").string(),
+                      stories_gguf().string(), shared_text("pride_and_prejudice.txt").string(),
+                      shared_text("ulysses.txt").string(), shared_text("moby-dick.txt").string(),
+                      dir.string()),
+          &out),
+      0)
+      << out;
+  for (const char* f :
+       {"factors-1024.json", "ft-1024.gguf", "ft-1024.gguf.log.json", "factors-2048.json",
+        "eval-finetuned/results.md", "eval-original/results.md", "ft-1024-2048.gguf"})
+    EXPECT_TRUE(std::filesystem::exists(dir / f)) << f << "\n" << out;
+  // The exported model runs as the fine-tuned one with the second search's factors on top of
+  // its own (the first factors).
+  auto ft = Model::load((dir / "ft-1024.gguf").string());
+  auto m = Model::load((dir / "ft-1024-2048.gguf").string());
+  EXPECT_EQ(m->hp().n_ctx_train, 2048);
+  RopeOptions o;
+  o.factors_path = (dir / "factors-2048.json").string();
+  const RopeTables want = resolve_rope(o, ft->default_rope(), ft->hp().n_rot)
+                              .tables(2048, ft->hp().n_rot, ft->hp().rope_base, 1024);
+  const RopeTables got = m->default_rope().tables(2048, m->hp().n_rot, m->hp().rope_base, 2048);
+  ASSERT_EQ(got.inv_freq.size(), want.inv_freq.size());
+  for (size_t j = 0; j < want.inv_freq.size(); ++j)
+    EXPECT_NEAR(got.inv_freq[j] / want.inv_freq[j], 1.0, 1e-6) << j;
+  EXPECT_NEAR(got.attn_factor, want.attn_factor, 1e-6);
 }
 
 TEST(TrainCli, ErrorsAreOneLine) {

@@ -109,6 +109,9 @@ RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length
   if (m.method == RopeMethod::kLongrope) {
     opts.factors_path = m.factors_path;
     RopeScaling s = m.factors;
+    // On top of the model's own frequency divisors (rope_freqs: Llama 3's, or a fine-tuned
+    // model's first factors), as --factors and the search apply them.
+    s.freq_factors = model.default_rope().freq_factors;
     s.validate(model.hp().n_rot);
     check_scaling_for_ctx(s, length);
     return s;

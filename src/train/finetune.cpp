@@ -207,10 +207,10 @@ void write_loss_plot(const nlohmann::json& history, const std::string& title,
                      const std::string& stem, FinetuneResult& r) {
   PlotSeries lng{"loss", {}, {}, {}, {}}, shrt{"loss (short sequences only)", {}, {}, {}, {}};
   for (const auto& h : history) {
-    const double x = h["step"].get<double>();
-    (h.value("short_seqs", 0) > 0 && h.value("long_seqs", 1) == 0 ? shrt : lng).x.push_back(x);
-    (h.value("short_seqs", 0) > 0 && h.value("long_seqs", 1) == 0 ? shrt : lng)
-        .y.push_back(h["loss"].get<double>());
+    const bool only_short = h.value("short_seqs", 0) > 0 && h.value("long_seqs", 1) == 0;
+    PlotSeries& se = only_short ? shrt : lng;
+    se.x.push_back(h["step"].get<double>());
+    se.y.push_back(h["loss"].get<double>());
   }
   PlotSpec spec;
   spec.title = title;

@@ -107,6 +107,18 @@ struct Attn {
         qs(int64_t(shape.n_head) * shape.head_dim),
         ks(int64_t(shape.n_head_kv) * shape.head_dim),
         scale(T(shape.scale)) {}
+  // Task t of a (head, query tile) loop: the longest (last) query tiles first, for balance under
+  // the causal mask.
+  struct QueryTask {
+    int h, kvh;
+    int64_t i0, bq;
+  };
+  QueryTask query_task(int64_t t) const {
+    const int64_t n_qt = (s.n + kTileQ - 1) / kTileQ;
+    const int64_t tile = n_qt - 1 - t / s.n_head;
+    const int h = int(t % s.n_head);
+    return {h, h / group, tile * kTileQ, std::min(kTileQ, s.n - tile * kTileQ)};
+  }
 };
 
 // For query rows [i0, i0+bq) of head h and keys [k0, k0+bk): P = exp(scale q.k - lse) on the
@@ -307,11 +319,7 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
     std::vector<T> sc(kTileQ * kTileK), o(kTileQ * hd), m(kTileQ), l(kTileQ);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < total; ++t) {
-      // Longest (last) query tiles first: better balance under the causal mask.
-      const int64_t tile = n_qt - 1 - t / s.n_head;
-      const int h = int(t % s.n_head);
-      const int kvh = h / a.group;
-      const int64_t i0 = tile * kTileQ, bq = std::min(kTileQ, n - i0);
+      const auto [h, kvh, i0, bq] = a.query_task(t);
       const T* Q = q + i0 * a.qs + int64_t(h) * hd;
       const T* K = k + int64_t(kvh) * hd;
       const T* V = v + int64_t(kvh) * hd;
@@ -411,10 +419,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
     // Pass 2: dQ of each (head, query tile) over the key tiles up to the diagonal.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < q_tasks; ++t) {
-      const int64_t tile = n_qt - 1 - t / s.n_head;
-      const int h = int(t % s.n_head);
-      const int kvh = h / a.group;
-      const int64_t i0 = tile * kTileQ, bq = std::min(kTileQ, n - i0);
+      const auto [h, kvh, i0, bq] = a.query_task(t);
       T* dQt = acc0.data();
       std::fill(dQt, dQt + bq * hd, T(0));
       attention_delta(a, out, dout, h, i0, bq, D.data());
