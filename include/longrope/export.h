@@ -24,7 +24,7 @@ void export_gguf(const std::string& model_path, const RopeScaling& factors,
 
 // The metadata and rope tensors of export_gguf, set on a writer holding a copy of mf's GGUF (for
 // tools that also replace the weights, such as finetune).
-struct ModelFile;
+class ModelFile;
 class GgufWriter;
 void set_gguf_factors(GgufWriter& w, const ModelFile& mf, const RopeScaling& factors);
 
@@ -39,7 +39,6 @@ nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling&
 // config.json (llama, or qwen2 for q/k/v biases without an o bias; `scaling` as rope_scaling:
 // none, linear, longrope, or frequency divisors as a one-set longrope), tokenizer.json and
 // tokenizer_config.json. Throws Error (one line).
-struct ModelFile;
 void write_hf_folder(const ModelFile& mf, const RopeScaling& scaling, const std::string& out_dir,
                      const std::string& dtype);
 

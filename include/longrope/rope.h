@@ -134,7 +134,7 @@ RopeScaling rope_from_hf_config(const nlohmann::json& config,
 // llama2.c, rope_from_hf_config for an HF folder, where a llama3 rule (fixed per-pair divisors)
 // becomes freq_factors on method none, exactly as a Llama 3 GGUF carries it (rope_freqs), so
 // that every scaling chosen later composes with it.
-struct ModelFile;  // longrope/model_file.h
+class ModelFile;  // longrope/model_file.h
 RopeScaling rope_of_model_file(const ModelFile& mf);
 
 // --- LongRoPE factors file (docs/factors-format.md) ----------------------------------------------
