@@ -15,8 +15,8 @@ std::atomic<bool> g_stop{false};
 extern "C" void on_stop_signal(int) {
   if (g_stop.exchange(true)) _exit(130);  // the second signal: now
   static const char msg[] =
-      "\nstopping after the running evaluation (saving the checkpoint); signal again to quit "
-      "at once\n";
+      "\nstopping after the running evaluation or training step (saving the checkpoint); signal "
+      "again to quit at once\n";
   const ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
   (void)n;
 }
