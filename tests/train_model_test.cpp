@@ -91,7 +91,7 @@ TEST(TrainModel, WholeModelGradientMatchesFiniteDifferences) {
                            << g[at];
     }
   }
-  // Measured: worst relative error 2.0e-9 over 12 x 50 coordinates.
+  // Measured: worst relative error 3.1e-7 over 5 x 50 coordinates (tolerance 1e-6).
   std::printf("[measured] whole-model gradient: worst relative error %.2e\n", worst);
   EXPECT_EQ(checked, 5 * int(P.tensors.size()));
 }
@@ -115,7 +115,7 @@ TEST(TrainModel, LossEqualsTheInferenceEngine) {
   double sum = 0;
   for (double x : nll) sum += x;
   std::printf("[measured] training loss vs engine: %.3e relative\n", std::abs(loss / sum - 1));
-  // Measured: relative difference 2.4e-7 (FP32 both, different kernels and summation orders).
+  // Measured: relative difference 5.4e-8 (FP32 both, different kernels and summation orders).
   EXPECT_NEAR(loss / sum, 1.0, 5e-6) << loss << " vs " << sum;
 }
 
@@ -162,7 +162,7 @@ TEST(TrainModel, OverfitsAFixedBatch) {
     train::adamw_update(P, opt, 3e-3, step, p.data(), g.data(), mo.data(), v.data());
   }
   std::printf("[measured] fixed batch: loss %.4f -> %.4f\n", first, last);
-  // Measured: 3.90 -> 0.044 in 150 steps.
+  // Measured: 4.90 -> below 1e-4 in 150 steps.
   EXPECT_LT(last, first / 10) << first << " -> " << last;
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,5 +53,11 @@ uint16_t fp32_to_fp16(float f);
 float bf16_to_fp32(uint16_t h);
 // Round to nearest even; nan stays a (quiet) nan. (Added by io.)
 uint16_t fp32_to_bf16(float f);
+
+// "f32", "f16" or "bf16" -> F32, F16 or BF16; nullopt for any other name (callers say what was
+// expected in their own error line).
+std::optional<GgmlType> float_type_by_name(const std::string& name);
+// n FP32 values encoded as F32, F16 or BF16 bytes (little-endian); throws Error for another type.
+std::vector<uint8_t> encode_floats(const float* src, size_t n, GgmlType type);
 
 }  // namespace longrope

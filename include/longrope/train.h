@@ -54,7 +54,7 @@ template <class T>
 struct TrainWorkspace {
   std::vector<T> xs;               // the input of every layer and the final hidden states
   std::vector<LayerActs<T>> acts;  // one layer's (checkpointing) or every layer's
-  std::vector<T> xf, rstd_f, dy, dx, dxmid, dh, datt, dq, dk, dv, da, dg, du, tmp;
+  std::vector<T> xf, rstd_f, dy, dx, dxmid, dh, datt, dq, dk, dv, da, dg, du;
   std::vector<int32_t> target;
   std::vector<float> cos_tab, sin_tab;
   size_t bytes() const;  // held now

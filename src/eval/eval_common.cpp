@@ -105,17 +105,17 @@ std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs
 
 RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length,
                          const ScaleOptions& so) {
-  RopeOptions opts;
   if (m.method == RopeMethod::kLongrope) {
-    opts.factors_path = m.factors_path;
+    // The file read once by parse_eval_methods, put on top of the model's own frequency
+    // divisors (rope_freqs: Llama 3's, or a fine-tuned model's first factors) as resolve_rope
+    // does for --factors.
     RopeScaling s = m.factors;
-    // On top of the model's own frequency divisors (rope_freqs: Llama 3's, or a fine-tuned
-    // model's first factors), as --factors and the search apply them.
     s.freq_factors = model.default_rope().freq_factors;
     s.validate(model.hp().n_rot);
     check_scaling_for_ctx(s, length);
     return s;
   }
+  RopeOptions opts;
   opts.method = rope_method_name(m.method);
   if (m.method != RopeMethod::kNone) {
     opts.orig_ctx = so.orig_ctx;

@@ -186,6 +186,29 @@ uint16_t fp32_to_bf16(float f) {
   return static_cast<uint16_t>(rounded >> 16);
 }
 
+std::optional<GgmlType> float_type_by_name(const std::string& name) {
+  if (name == "f32") return GgmlType::F32;
+  if (name == "f16") return GgmlType::F16;
+  if (name == "bf16") return GgmlType::BF16;
+  return std::nullopt;
+}
+
+std::vector<uint8_t> encode_floats(const float* src, size_t n, GgmlType type) {
+  if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::BF16)
+    throw Error("encode_floats: type " + ggml_type_name(static_cast<uint32_t>(type)) +
+                " (expected F32, F16 or BF16)");
+  std::vector<uint8_t> bytes(n * ggml_type_size(type));
+  if (type == GgmlType::F32) {
+    if (n) std::memcpy(bytes.data(), src, n * sizeof(float));
+    return bytes;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = type == GgmlType::F16 ? fp32_to_fp16(src[i]) : fp32_to_bf16(src[i]);
+    std::memcpy(bytes.data() + 2 * i, &h, 2);
+  }
+  return bytes;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dequantization
 

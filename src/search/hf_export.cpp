@@ -49,15 +49,10 @@ void set_rope_scaling(json& config, const RopeScaling& s, const HParams& hp) {
 
 void write_hf_folder(const ModelFile& mf, const RopeScaling& scaling, const std::string& out_dir,
                      const std::string& dtype) {
-  GgmlType want;
-  if (dtype == "f32")
-    want = GgmlType::F32;
-  else if (dtype == "f16")
-    want = GgmlType::F16;
-  else if (dtype == "bf16")
-    want = GgmlType::BF16;
-  else
+  const std::optional<GgmlType> type_of_dtype = float_type_by_name(dtype);
+  if (!type_of_dtype)
     throw Error(fmt::format("export: dtype {} (expected f32, f16 or bf16)", dtype));
+  const GgmlType want = *type_of_dtype;
   const HParams& hp = mf.hp;
   const fs::path d(out_dir);
   std::error_code ec;
@@ -122,14 +117,7 @@ void write_hf_folder(const ModelFile& mf, const RopeScaling& scaling, const std:
       } else {
         std::vector<float> f(static_cast<size_t>(t->nelements()));
         dequantize(t->type, t->data, f.data(), t->nelements());
-        bytes.resize(f.size() * ggml_type_size(type));
-        if (type == GgmlType::F32) {
-          std::memcpy(bytes.data(), f.data(), bytes.size());
-        } else {
-          auto* h = reinterpret_cast<uint16_t*>(bytes.data());
-          for (size_t i = 0; i < f.size(); ++i)
-            h[i] = type == GgmlType::F16 ? fp32_to_fp16(f[i]) : fp32_to_bf16(f[i]);
-        }
+        bytes = encode_floats(f.data(), f.size(), type);
       }
       if (heads > 0) {
         const size_t row_bytes = static_cast<size_t>(row_elems) * ggml_type_size(type);

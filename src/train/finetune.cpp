@@ -56,10 +56,8 @@ const char* decay_name(train::Decay d) {
                                       : "cosine";
 }
 
-uint32_t ggml_type_of(const std::string& t) {
-  if (t == "f32") return 0;
-  if (t == "f16") return 1;
-  if (t == "bf16") return 30;
+GgmlType output_type(const std::string& t) {
+  if (const std::optional<GgmlType> g = float_type_by_name(t)) return *g;
   throw Error(fmt::format("finetune: output type '{}' (expected f32, f16 or bf16)", t));
 }
 
@@ -169,37 +167,21 @@ State load_state(const std::string& path, const nlohmann::json& settings, size_t
 void write_output_gguf(const ModelFile& mf, const train::ParamLayout& P, const float* params,
                        const RopeScaling& factors, const std::string& type,
                        const std::string& path) {
-  const uint32_t gt = ggml_type_of(type);
+  const GgmlType gt = output_type(type);
   GgufWriter w;
   w.copy_from(mf.gguf);
   for (const train::ParamTensor& t : P.tensors) {
-    const float* src = params + t.offset;
-    const size_t n = t.size();
-    std::vector<uint8_t> bytes;
-    if (gt == 0) {
-      bytes.resize(n * 4);
-      std::memcpy(bytes.data(), src, n * 4);
-    } else {
-      bytes.resize(n * 2);
-      for (size_t i = 0; i < n; ++i) {
-        const uint16_t h = gt == 1 ? fp32_to_fp16(src[i]) : fp32_to_bf16(src[i]);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-      }
-    }
     // Norms and biases stay F32 (as llama.cpp's converters write them).
     const bool vector = t.rows == 1;
+    const GgmlType tt = vector ? GgmlType::F32 : gt;
     std::vector<int64_t> ne =
         vector ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.cols, t.rows};
-    if (vector && gt != 0) {
-      bytes.resize(n * 4);
-      std::memcpy(bytes.data(), src, n * 4);
-      w.add_tensor(t.name, 0, ne, std::move(bytes));
-    } else {
-      w.add_tensor(t.name, gt, ne, std::move(bytes));
-    }
+    w.add_tensor(t.name, static_cast<uint32_t>(tt), std::move(ne),
+                 encode_floats(params + t.offset, t.size(), tt));
   }
   if (factors.method == RopeMethod::kLongrope) set_gguf_factors(w, mf, factors);
-  w.set_u32("general.file_type", gt == 0 ? 0u : gt == 1 ? 1u : 32u);
+  // llama.cpp's file types: ALL_F32 0, MOSTLY_F16 1, MOSTLY_BF16 32.
+  w.set_u32("general.file_type", gt == GgmlType::F32 ? 0u : gt == GgmlType::F16 ? 1u : 32u);
   w.write(path);
 }
 
@@ -245,7 +227,7 @@ RopeScaling as_factor_scaling(const RopeScaling& rope, const HParams& hp, int64_
   return f;
 }
 
-FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
+FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
                             const std::function<void(const FinetuneStep&)>& on_step) {
   // ---- settings, before any work
   if (c.ctx < 2) throw Error(fmt::format("finetune: -c {} (expected at least 2 tokens)", c.ctx));
@@ -258,7 +240,7 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
         fmt::format("finetune: --short-share {} (expected a share in [0, 1))", c.short_share));
   if (c.texts.empty()) throw Error("finetune: no training text (expected -f TEXT[,TEXT...])");
   if (c.output.empty()) throw Error("finetune: no output (expected -o OUT.gguf)");
-  ggml_type_of(c.out_type);
+  output_type(c.out_type);
   const std::string state_path = c.state_path.empty() ? c.output + ".train" : c.state_path;
   const std::string log_path = c.output + ".log.json";
   check_writable(c.output);
@@ -266,19 +248,18 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
   check_writable(log_path);
   if (c.n_threads > 0) omp_set_num_threads(c.n_threads);
 
-  const Model* model = &model_ref;
-  const ModelFile& mf = model->file();
+  const ModelFile& mf = model.file();
   if (!mf.gguf)
     throw Error(fmt::format(
         "finetune: {} is a {} model; the output is a copy of a GGUF model with new weights "
         "(expected a GGUF file)",
         c.model_path, mf.format));
-  const HParams& hp = model->hp();
+  const HParams& hp = model.hp();
   c.rope.validate(hp.n_rot);
   if (c.rope.method == RopeMethod::kLongrope && c.rope.n_hat >= c.ctx)
     throw Error(
         fmt::format("finetune: n_hat {} must be smaller than the context {}", c.rope.n_hat, c.ctx));
-  const train::ParamLayout P = train::param_layout(*model);
+  const train::ParamLayout P = train::param_layout(model);
   const int64_t orig_ctx = c.rope.orig_ctx > 0 ? c.rope.orig_ctx : hp.n_ctx_train;
   const int64_t short_ctx = c.short_ctx > 0 ? c.short_ctx : orig_ctx;
   if (c.short_share > 0 && (short_ctx < 2 || short_ctx > c.ctx))
@@ -290,10 +271,10 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
   std::vector<int32_t> stream;
   for (const std::string& path : c.texts) {
     const std::vector<int32_t> t =
-        model->tokenizer().encode(normalize_newlines(read_text_file(path)));
+        model.tokenizer().encode(normalize_newlines(read_text_file(path)));
     stream.insert(stream.end(), t.begin(), t.end());
   }
-  const int32_t bos = model->tokenizer().bos();
+  const int32_t bos = model.tokenizer().bos();
   if (bos < 0)
     throw Error(
         "finetune: the model's vocabulary has no BOS token (needed to start each sequence)");
@@ -303,7 +284,7 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
         "longer or more texts)",
         stream.size(), c.ctx));
   const std::string data_fp = tokens_fingerprint({stream});
-  const nlohmann::json settings = settings_json(c, *model, data_fp, min_lr, warmup, short_ctx);
+  const nlohmann::json settings = settings_json(c, model, data_fp, min_lr, warmup, short_ctx);
 
   // Rotary tables: the scaling at ctx; short sequences use the scaling's short set when it has
   // one that serves short_ctx, else the model's own RoPE.
@@ -313,7 +294,7 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
   const RopeTables short_tables =
       has_short_set
           ? c.rope.tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train)
-          : model->default_rope().tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+          : model.default_rope().tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
 
   // ---- state
   State s;
@@ -322,7 +303,7 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
     s = load_state(state_path, settings, P.total);
     r.resumed_from = s.step;
   } else {
-    s.params = train::load_params<float>(*model, P);
+    s.params = train::load_params<float>(model, P);
     s.m.assign(P.total, 0.0f);
     s.v.assign(P.total, 0.0f);
   }
@@ -372,8 +353,8 @@ FinetuneResult run_finetune(const Model& model_ref, const FinetuneConfig& c,
     if (!std::isfinite(loss))
       throw Error(fmt::format(
           "finetune: the loss is {} at step {} (expected a finite number; try a lower --lr); the "
-          "state of step {} is in {}",
-          loss, step, s.step, state_path));
+          "last saved state is in {}",
+          loss, step, state_path));
     const double gnorm = train::clip_grad_norm(grad.data(), grad.size(), c.clip);
     const double lr = train::schedule_lr(c.lr, min_lr, warmup, c.steps, c.decay, step);
     train::adamw_update(P, c.adam, lr, step, s.params.data(), grad.data(), s.m.data(), s.v.data());

@@ -73,7 +73,7 @@ std::vector<T> load_params(const Model& model, const ParamLayout& P) {
     std::copy(buf.begin(), buf.end(), out.begin() + static_cast<std::ptrdiff_t>(off));
   };
   auto vec = [&](const float* v, size_t off, int64_t n) {
-    if (off == ParamLayout::kNone) return;
+    if (off == ParamLayout::kNone) return;  // an absent bias
     std::copy(v, v + n, out.begin() + static_cast<std::ptrdiff_t>(off));
   };
   const HParams& hp = P.hp;
@@ -88,10 +88,10 @@ std::vector<T> load_params(const Model& model, const ParamLayout& P) {
     matrix(W.wk, L.wk);
     matrix(W.wv, L.wv);
     matrix(W.wo, L.wo);
-    if (W.bq) vec(W.bq, L.bq, qdim);
-    if (W.bk) vec(W.bk, L.bk, kvdim);
-    if (W.bv) vec(W.bv, L.bv, kvdim);
-    if (W.bo) vec(W.bo, L.bo, d);
+    vec(W.bq, L.bq, qdim);
+    vec(W.bk, L.bk, kvdim);
+    vec(W.bv, L.bv, kvdim);
+    vec(W.bo, L.bo, d);
     vec(W.ffn_norm, L.ffn_norm, d);
     matrix(W.w_gate, L.w_gate);
     matrix(W.w_up, L.w_up);
@@ -107,7 +107,7 @@ size_t TrainWorkspace<T>::bytes() const {
   size_t b = 0;
   auto add = [&](const auto& v) { b += v.capacity() * sizeof(v[0]); };
   for (const auto* v :
-       {&xs, &xf, &rstd_f, &dy, &dx, &dxmid, &dh, &datt, &dq, &dk, &dv, &da, &dg, &du, &tmp})
+       {&xs, &xf, &rstd_f, &dy, &dx, &dxmid, &dh, &datt, &dq, &dk, &dv, &da, &dg, &du})
     add(*v);
   for (const LayerActs<T>& a : acts)
     for (const auto* v : {&a.h1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.xmid, &a.h2,
@@ -266,8 +266,8 @@ double loss_and_grad(const ParamLayout& P, const T* p, const int32_t* tokens, in
   grow(ws.target, n);
   for (int64_t i = 0; i + 1 < n; ++i) ws.target[size_t(i)] = tokens[i + 1];
   ws.target[size_t(n - 1)] = -1;
-  for (auto* v : {&ws.dy, &ws.dx, &ws.dxmid, &ws.dh}) grow(*v, n * d);
   if (grad) {
+    for (auto* v : {&ws.dy, &ws.dx, &ws.dxmid, &ws.dh}) grow(*v, n * d);
     for (auto* v : {&ws.datt, &ws.dq}) grow(*v, n * D.qdim);
     for (auto* v : {&ws.dk, &ws.dv}) grow(*v, n * D.kvdim);
     for (auto* v : {&ws.da, &ws.dg, &ws.du}) grow(*v, n * D.ff);
