@@ -36,6 +36,8 @@ struct FinetuneConfig {
   double short_share = 0.0;
   int64_t short_ctx = 0;  // default: the original context (the scaling's or the model's)
   bool checkpoint_activations = true;
+  // Arithmetic of the linear layers and the LM head (train::LossOptions::compute).
+  kernels::Compute compute = kernels::Compute::kF32;
   std::string output;            // the GGUF written at the end
   std::string out_type = "f32";  // f32, f16 or bf16
   std::string state_path;        // default OUTPUT.train: the training state

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
 
@@ -64,6 +65,9 @@ struct LossOptions {
   // Keep only each layer's input during the forward pass and recompute the layer in the backward
   // pass (activation memory ~ n_layer x n x n_embd instead of ~ n_layer x n x (8 n_embd + 3 n_ff)).
   bool checkpoint = true;
+  // Arithmetic of the linear layers and the LM head (train_ops.h): kBF16 rounds both operands of
+  // each product to bf16 and accumulates in FP32 (float only, CPUs with AVX512_BF16).
+  kernels::Compute compute = kernels::Compute::kF32;
 };
 
 // Next-token loss of one sequence: tokens[0, n) are the inputs at positions 0..n-1, tokens[r + 1]

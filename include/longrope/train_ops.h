@@ -1,7 +1,10 @@
 // The operations of a Llama training step, forward and backward, as pure functions over row-major
 // arrays. Each is a template over the element type: float for training, double for the
 // finite-difference checks of the tests (tests/train_ops_test.cpp). The matrix products go
-// through BLAS (sgemm / dgemm).
+// through BLAS (sgemm / dgemm); the linear layers and the LM head can instead round both operands
+// of each product to bf16 and accumulate in FP32 (kernels::gemm_bf16_nt: oneDNN, AMX where the
+// CPU has it), `compute` = kernels::Compute::kBF16, float only and on CPUs with AVX512_BF16.
+// Attention, norms, RoPE, SwiGLU and the softmax stay FP32 either way.
 //
 // Conventions: n rows (sequence positions); weights stored [out][in] as in the model files.
 // Gradients of weights ACCUMULATE (+=) so that gradient accumulation and tied weights need no
@@ -10,16 +13,20 @@
 #pragma once
 #include <cstdint>
 
+#include "longrope/kernels.h"
+
 namespace longrope::train {
 
 // ---- Linear: Y[n][out] = X[n][in] * W[out][in]^T (+ b[out] when b is not null).
 template <class T>
-void linear_forward(const T* X, int64_t n, int64_t in, const T* W, int64_t out, const T* b, T* Y);
+void linear_forward(const T* X, int64_t n, int64_t in, const T* W, int64_t out, const T* b, T* Y,
+                    kernels::Compute compute = kernels::Compute::kF32);
 // dX[n][in] = dY * W (or += with accumulate_dx; skipped when dX is null), dW += dY^T * X,
 // db += column sums of dY (when db is not null).
 template <class T>
 void linear_backward(const T* X, int64_t n, int64_t in, const T* W, int64_t out, const T* dY, T* dX,
-                     bool accumulate_dx, T* dW, T* db);
+                     bool accumulate_dx, T* dW, T* db,
+                     kernels::Compute compute = kernels::Compute::kF32);
 
 // ---- RMSNorm: y = x / sqrt(mean(x^2) + eps) * w per row of d values; rstd[r] = the row's
 // 1 / sqrt(mean(x^2) + eps) (saved for the backward pass).
@@ -85,8 +92,8 @@ void attention_backward_reference(const AttentionShape& s, const T* q, const T* 
 // chunk x V, never n x V. dh and dW may be null (loss only).
 template <class T>
 double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64_t V,
-                             const int32_t* target, T grad_scale, T* dh, T* dW,
-                             int64_t chunk = 256);
+                             const int32_t* target, T grad_scale, T* dh, T* dW, int64_t chunk = 256,
+                             kernels::Compute compute = kernels::Compute::kF32);
 
 // ---- Embedding: dE[tokens[r]] += dx[r] for n rows of d values.
 template <class T>

@@ -2,7 +2,6 @@
 #include <fmt/core.h>
 
 #include <cmath>
-#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -21,6 +20,7 @@ struct FinetuneArgs {
   FinetuneConfig cfg;
   std::string decay = "cosine";
   bool no_checkpoint = false;
+  std::string compute = "f32";
   bool json = false;
   bool progress = true;
   RopeFlags rope;
@@ -85,6 +85,11 @@ Runner register_finetune(CLI::App& app) {
   cmd->add_flag("--no-grad-checkpoint", a->no_checkpoint,
                 "keep every layer's activations instead of recomputing them (more memory, "
                 "about 25% less time)");
+  cmd->add_option("--compute", a->compute,
+                  "arithmetic of the linear layers and LM head: f32, or bf16 (bf16 products, FP32 "
+                  "sums; needs AVX512_BF16; attention, norms and the loss stay FP32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_option("-o,--output", c.output, "GGUF to write")->required();
   cmd->add_option("--out-type", c.out_type, "weight type of the output")
       ->capture_default_str()
@@ -103,20 +108,24 @@ Runner register_finetune(CLI::App& app) {
     c.model_path = a->model;
     c.decay = train::parse_decay(a->decay);
     c.checkpoint_activations = !a->no_checkpoint;
+    c.compute = kernels::parse_compute(a->compute);
     c.n_threads = resolve_threads(c.n_threads);
     auto model = load_model_verbose(a->model, a->tokenizer, c.n_threads);
     c.rope = resolve_rope_for_length(a->rope, *model, c.ctx);
     c.rope_label = a->rope.factors_path.empty() ? c.rope.describe() : a->rope.factors_path;
     fmt::print(stderr, "finetune: {} steps x {} sequence(s) of {} tokens, rope: {}\n", c.steps,
                c.batch, c.ctx, c.rope.describe());
-    std::unique_ptr<Progress> bar;
+    // Made before the run so that the first step's time counts in the ETA and its line shows.
+    Progress bar("finetune", c.steps, a->progress);
+    bool first = true;
     const StopOnSignal stop_on_signal;  // Ctrl-C: save the training state, then exit 130
     const FinetuneResult r = run_finetune(*model, c, [&](const FinetuneStep& s) {
-      if (!bar) bar = std::make_unique<Progress>("finetune", s.steps, a->progress);
-      bar->update(s.step, fmt::format("loss {:.4f} lr {:.2e} |g| {:.3f} {:.0f} tok/s", s.loss, s.lr,
-                                      s.grad_norm, double(s.tokens) / s.seconds));
+      if (first) bar.resumed_at(s.step - 1);
+      first = false;
+      bar.update(s.step, fmt::format("loss {:.4f} lr {:.2e} |g| {:.3f} {:.0f} tok/s", s.loss, s.lr,
+                                     s.grad_norm, double(s.tokens) / s.seconds));
     });
-    if (bar) bar->finish();
+    bar.finish();
     if (a->json) {
       fmt::print("{}\n", nlohmann::json{{"output", c.output},
                                         {"log", r.log_path},

@@ -122,7 +122,7 @@ void Progress::update(int64_t done, const std::string& extra) {
   const int width = 30;
   const int fill = total_ > 0 ? int(width * std::clamp<int64_t>(done, 0, total_) / total_) : 0;
   const double el = now - start_;
-  const double eta = done > 0 ? el * double(total_ - done) / double(done) : 0.0;
+  const double eta = done > before_ ? el * double(total_ - done) / double(done - before_) : 0.0;
   const std::string bar =
       fmt::format("{} [{}{}] {}/{} {} ETA {:.0f}s", label_, std::string(fill, '#'),
                   std::string(width - fill, '.'), done, total_, extra, eta);

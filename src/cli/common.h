@@ -59,6 +59,8 @@ class Progress {
  public:
   Progress(std::string label, int64_t total, bool enabled);
   void update(int64_t done, const std::string& extra = "");
+  // Work finished by an earlier run that this one resumes: the ETA counts only this run's pace.
+  void resumed_at(int64_t done_before) { before_ = done_before; }
   void finish();
 
  private:
@@ -69,6 +71,7 @@ class Progress {
   bool tty_;
   double start_;
   double last_line_;
+  int64_t before_ = 0;
 };
 
 // The part of `eval` and `passkey` after the flags, on every MPI rank (run_distributed): loads

@@ -83,7 +83,8 @@ nlohmann::json settings_json(const FinetuneConfig& c, const Model& model,
           {"seed", c.seed},
           {"short_share", c.short_share},
           {"short_ctx", short_ctx},
-          {"checkpoint_activations", c.checkpoint_activations}};
+          {"checkpoint_activations", c.checkpoint_activations},
+          {"compute", kernels::compute_name(c.compute)}};
 }
 
 struct State {
@@ -241,6 +242,7 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   if (c.texts.empty()) throw Error("finetune: no training text (expected -f TEXT[,TEXT...])");
   if (c.output.empty()) throw Error("finetune: no output (expected -o OUT.gguf)");
   output_type(c.out_type);
+  kernels::require_compute(c.compute);
   const std::string state_path = c.state_path.empty() ? c.output + ".train" : c.state_path;
   const std::string log_path = c.output + ".log.json";
   check_writable(c.output);
@@ -310,7 +312,7 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   std::vector<float> grad(P.total, 0.0f);
   r.state_bytes = 4 * sizeof(float) * P.total;
   train::TrainWorkspace<float> ws;
-  const train::LossOptions lo{c.checkpoint_activations};
+  const train::LossOptions lo{c.checkpoint_activations, c.compute};
 
   const double t_start = omp_get_wtime();
   double last_save = t_start;

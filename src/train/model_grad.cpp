@@ -170,59 +170,62 @@ void size_acts(LayerActs<T>& A, const Dims& D) {
 // x_out = layer l (x); A receives what the backward pass needs.
 template <class T>
 void layer_forward(const ParamLayout& P, const T* p, int l, const Dims& D, const T* x,
-                   const float* cos_tab, const float* sin_tab, T eps, LayerActs<T>& A, T* x_out) {
+                   const float* cos_tab, const float* sin_tab, T eps, kernels::Compute cm,
+                   LayerActs<T>& A, T* x_out) {
   const ParamLayout::Layer& L = P.layers[size_t(l)];
   const int64_t n = D.n, d = D.d;
   rmsnorm_forward(x, p + L.attn_norm, n, d, eps, A.h1.data(), A.rstd1.data());
-  linear_forward(A.h1.data(), n, d, p + L.wq, D.qdim, at(p, L.bq), A.q.data());
-  linear_forward(A.h1.data(), n, d, p + L.wk, D.kvdim, at(p, L.bk), A.k.data());
-  linear_forward(A.h1.data(), n, d, p + L.wv, D.kvdim, at(p, L.bv), A.v.data());
+  linear_forward(A.h1.data(), n, d, p + L.wq, D.qdim, at(p, L.bq), A.q.data(), cm);
+  linear_forward(A.h1.data(), n, d, p + L.wk, D.kvdim, at(p, L.bk), A.k.data(), cm);
+  linear_forward(A.h1.data(), n, d, p + L.wv, D.kvdim, at(p, L.bv), A.v.data(), cm);
   rope_forward(A.q.data(), n, D.qdim, int(D.H), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
   rope_forward(A.k.data(), n, D.kvdim, int(D.KV), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
   attention_forward(D.att, A.q.data(), A.k.data(), A.v.data(), A.att.data(), A.lse.data());
-  linear_forward(A.att.data(), n, D.qdim, p + L.wo, d, at(p, L.bo), A.xmid.data());
+  linear_forward(A.att.data(), n, D.qdim, p + L.wo, d, at(p, L.bo), A.xmid.data(), cm);
   for (int64_t i = 0; i < n * d; ++i) A.xmid[size_t(i)] += x[i];
   rmsnorm_forward(A.xmid.data(), p + L.ffn_norm, n, d, eps, A.h2.data(), A.rstd2.data());
-  linear_forward(A.h2.data(), n, d, p + L.w_gate, D.ff, static_cast<const T*>(nullptr), A.g.data());
-  linear_forward(A.h2.data(), n, d, p + L.w_up, D.ff, static_cast<const T*>(nullptr), A.u.data());
+  linear_forward(A.h2.data(), n, d, p + L.w_gate, D.ff, static_cast<const T*>(nullptr), A.g.data(),
+                 cm);
+  linear_forward(A.h2.data(), n, d, p + L.w_up, D.ff, static_cast<const T*>(nullptr), A.u.data(),
+                 cm);
   swiglu_forward(A.g.data(), A.u.data(), A.a.data(), n * D.ff);
-  linear_forward(A.a.data(), n, D.ff, p + L.w_down, d, static_cast<const T*>(nullptr), x_out);
+  linear_forward(A.a.data(), n, D.ff, p + L.w_down, d, static_cast<const T*>(nullptr), x_out, cm);
   for (int64_t i = 0; i < n * d; ++i) x_out[i] += A.xmid[size_t(i)];
 }
 
 // dx = d(loss)/d(layer input) from dy = d(loss)/d(layer output); weight gradients += into g.
 template <class T>
 void layer_backward(const ParamLayout& P, const T* p, int l, const Dims& D, const T* x,
-                    const float* cos_tab, const float* sin_tab, const LayerActs<T>& A, const T* dy,
-                    T* dx, T* g, TrainWorkspace<T>& ws) {
+                    const float* cos_tab, const float* sin_tab, kernels::Compute cm,
+                    const LayerActs<T>& A, const T* dy, T* dx, T* g, TrainWorkspace<T>& ws) {
   const ParamLayout::Layer& L = P.layers[size_t(l)];
   const int64_t n = D.n, d = D.d, ff = D.ff;
   T* dxmid = ws.dxmid.data();
   std::copy(dy, dy + n * d, dxmid);
   // x_out = xmid + swiglu(h2 Wg, h2 Wu) Wd^T
   linear_backward(A.a.data(), n, ff, p + L.w_down, d, dy, ws.da.data(), false, g + L.w_down,
-                  static_cast<T*>(nullptr));
+                  static_cast<T*>(nullptr), cm);
   swiglu_backward(A.g.data(), A.u.data(), ws.da.data(), ws.dg.data(), ws.du.data(), n * ff);
   linear_backward(A.h2.data(), n, d, p + L.w_gate, ff, ws.dg.data(), ws.dh.data(), false,
-                  g + L.w_gate, static_cast<T*>(nullptr));
+                  g + L.w_gate, static_cast<T*>(nullptr), cm);
   linear_backward(A.h2.data(), n, d, p + L.w_up, ff, ws.du.data(), ws.dh.data(), true, g + L.w_up,
-                  static_cast<T*>(nullptr));
+                  static_cast<T*>(nullptr), cm);
   rmsnorm_backward(A.xmid.data(), p + L.ffn_norm, A.rstd2.data(), ws.dh.data(), n, d, dxmid, true,
                    g + L.ffn_norm);
   // xmid = x + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo^T
   std::copy(dxmid, dxmid + n * d, dx);
   linear_backward(A.att.data(), n, D.qdim, p + L.wo, d, dxmid, ws.datt.data(), false, g + L.wo,
-                  at(g, L.bo));
+                  at(g, L.bo), cm);
   attention_backward(D.att, A.q.data(), A.k.data(), A.v.data(), A.att.data(), A.lse.data(),
                      ws.datt.data(), ws.dq.data(), ws.dk.data(), ws.dv.data());
   rope_backward(ws.dq.data(), n, D.qdim, int(D.H), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
   rope_backward(ws.dk.data(), n, D.kvdim, int(D.KV), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
   linear_backward(A.h1.data(), n, d, p + L.wq, D.qdim, ws.dq.data(), ws.dh.data(), false, g + L.wq,
-                  at(g, L.bq));
+                  at(g, L.bq), cm);
   linear_backward(A.h1.data(), n, d, p + L.wk, D.kvdim, ws.dk.data(), ws.dh.data(), true, g + L.wk,
-                  at(g, L.bk));
+                  at(g, L.bk), cm);
   linear_backward(A.h1.data(), n, d, p + L.wv, D.kvdim, ws.dv.data(), ws.dh.data(), true, g + L.wv,
-                  at(g, L.bv));
+                  at(g, L.bv), cm);
   rmsnorm_backward(x, p + L.attn_norm, A.rstd1.data(), ws.dh.data(), n, d, dx, true,
                    g + L.attn_norm);
 }
@@ -242,6 +245,7 @@ double loss_and_grad(const ParamLayout& P, const T* p, const int32_t* tokens, in
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
       throw Error(
           fmt::format("token id {} at position {} out of range [0, {})", tokens[i], i, hp.n_vocab));
+  kernels::require_compute(opts.compute);
   const Dims D = dims_of(hp, n);
   const int64_t d = D.d, NL = hp.n_layer;
   const T eps = static_cast<T>(hp.norm_eps);
@@ -258,7 +262,8 @@ double loss_and_grad(const ParamLayout& P, const T* p, const int32_t* tokens, in
     std::copy(p + P.tok_embd + size_t(tokens[i]) * size_t(d),
               p + P.tok_embd + size_t(tokens[i] + 1) * size_t(d), xs(0) + i * d);
   for (int l = 0; l < NL; ++l)
-    layer_forward(P, p, l, D, xs(l), cs, sn, eps, ws.acts[ckpt ? 0 : size_t(l)], xs(l + 1));
+    layer_forward(P, p, l, D, xs(l), cs, sn, eps, opts.compute, ws.acts[ckpt ? 0 : size_t(l)],
+                  xs(l + 1));
 
   grow(ws.xf, n * d);
   grow(ws.rstd_f, n);
@@ -275,15 +280,16 @@ double loss_and_grad(const ParamLayout& P, const T* p, const int32_t* tokens, in
   // dy = d(loss)/d(normed final hidden states)
   const double loss = lm_head_cross_entropy(
       ws.xf.data(), n, d, p + P.output, int64_t(hp.n_vocab), ws.target.data(), grad_scale,
-      grad ? ws.dy.data() : nullptr, grad ? grad + P.output : nullptr);
+      grad ? ws.dy.data() : nullptr, grad ? grad + P.output : nullptr, 256, opts.compute);
   if (!grad) return loss;
   rmsnorm_backward(xs(NL), p + P.output_norm, ws.rstd_f.data(), ws.dy.data(), n, d, ws.dx.data(),
                    false, grad + P.output_norm);
   // ws.dx holds d(loss)/d(output of layer l); the layer's backward writes its input's into dy.
   for (int l = int(NL) - 1; l >= 0; --l) {
     LayerActs<T>& A = ws.acts[ckpt ? 0 : size_t(l)];
-    if (ckpt) layer_forward(P, p, l, D, xs(l), cs, sn, eps, A, xs(l + 1));
-    layer_backward(P, p, l, D, xs(l), cs, sn, A, ws.dx.data(), ws.dy.data(), grad, ws);
+    if (ckpt) layer_forward(P, p, l, D, xs(l), cs, sn, eps, opts.compute, A, xs(l + 1));
+    layer_backward(P, p, l, D, xs(l), cs, sn, opts.compute, A, ws.dx.data(), ws.dy.data(), grad,
+                   ws);
     std::swap(ws.dx, ws.dy);
   }
   embedding_backward(tokens, n, d, ws.dx.data(), grad + P.tok_embd);

@@ -1,5 +1,6 @@
 // The operations of a training step, forward and backward (include/longrope/train_ops.h).
-// Matrix products go through BLAS; every parallel loop writes disjoint outputs in a fixed order,
+// Matrix products go through BLAS, or through kernels::gemm_bf16_nt for the bf16 linear layers and
+// LM head; every parallel loop writes disjoint outputs in a fixed order,
 // so the results do not depend on the number of threads.
 #include <cblas.h>
 #include <fmt/format.h>
@@ -7,10 +8,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "engine/kernels/vec_math.h"
 #include "longrope/error.h"
+#include "longrope/kernels.h"
+#include "longrope/quant.h"
 #include "longrope/train_ops.h"
 
 namespace longrope::train {
@@ -56,6 +60,56 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
 
 [[noreturn]] void fail(const char* fn, const std::string& what) {
   throw Error(fmt::format("{}: {}", fn, what));
+}
+
+// ---- bf16 products
+
+// dst = the rows x cols matrix op(src) in bf16 (round to nearest even), dense (row stride cols):
+// op(src)[r][c] = src[r * ld + c], or src[c * ld + r] with `transpose` (src is then cols x rows).
+void to_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, bool transpose,
+             std::vector<uint16_t>& dst) {
+  dst.resize(size_t(rows * cols));
+  uint16_t* out = dst.data();
+  if (!transpose) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (int64_t r = 0; r < rows; ++r) kernels::f32_to_bf16(src + r * ld, out + r * cols, cols);
+    return;
+  }
+  constexpr int64_t kB = 64;  // square blocks: both sides stay in cache
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r0 = 0; r0 < rows; r0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB)
+      for (int64_t c = c0; c < std::min(cols, c0 + kB); ++c)
+        for (int64_t r = r0; r < std::min(rows, r0 + kB); ++r)
+          out[r * cols + c] = fp32_to_bf16(src[c * ld + r]);
+}
+
+// C[M][N] = op(A) op(B) + beta C with both operands rounded to bf16 and FP32 accumulation
+// (op as in gemm). The operands are converted into buffers of the calling thread, kept between
+// calls (the training step calls this from one thread; the product itself is parallel).
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (gemm_trivial(M, N, K, beta, C, ldc)) return;
+  static thread_local std::vector<uint16_t> a16, b16;
+  to_bf16(A, lda, M, K, ta, a16);
+  to_bf16(B, ldb, N, K, !tb, b16);  // gemm_bf16_nt wants B as N rows of K
+  kernels::gemm_bf16_nt(M, N, K, a16.data(), K, b16.data(), K, C, ldc, beta);
+}
+
+// C = op(A) op(B) + beta C in the arithmetic `compute` asks for (bf16: float only).
+template <class T>
+void product(kernels::Compute compute, const char* fn, bool ta, bool tb, int64_t M, int64_t N,
+             int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+             int64_t ldc) {
+  if (compute == kernels::Compute::kBF16) {
+    if constexpr (std::is_same_v<T, float>) {
+      gemm_bf16(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+      return;
+    } else {
+      fail(fn, "bf16 compute is for float training only");
+    }
+  }
+  gemm(ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
 void check_rows(const char* fn, int64_t n, int64_t d) {
@@ -167,22 +221,27 @@ void attention_delta(const Attn<T>& a, const T* out, const T* dout, int h, int64
 // ---- Linear
 
 template <class T>
-void linear_forward(const T* X, int64_t n, int64_t in, const T* W, int64_t out, const T* b, T* Y) {
+void linear_forward(const T* X, int64_t n, int64_t in, const T* W, int64_t out, const T* b, T* Y,
+                    kernels::Compute compute) {
   check_rows("linear_forward", n, in);
   if (out < 0) fail("linear_forward", fmt::format("output width {} is negative", out));
   if (b) {
     for (int64_t r = 0; r < n; ++r) std::copy(b, b + out, Y + r * out);
   }
-  gemm(false, true, n, out, in, T(1), X, in, W, in, b ? T(1) : T(0), Y, out);
+  product(compute, "linear_forward", false, true, n, out, in, X, in, W, in, b ? T(1) : T(0), Y,
+          out);
 }
 
 template <class T>
 void linear_backward(const T* X, int64_t n, int64_t in, const T* W, int64_t out, const T* dY, T* dX,
-                     bool accumulate_dx, T* dW, T* db) {
-  check_rows("linear_backward", n, in);
+                     bool accumulate_dx, T* dW, T* db, kernels::Compute compute) {
+  constexpr const char* fn = "linear_backward";
+  check_rows(fn, n, in);
   if (out < 0) fail("linear_backward", fmt::format("output width {} is negative", out));
-  if (dX) gemm(false, false, n, in, out, T(1), dY, out, W, in, accumulate_dx ? T(1) : T(0), dX, in);
-  gemm(true, false, out, in, n, T(1), dY, out, X, in, T(1), dW, in);
+  if (dX)
+    product(compute, fn, false, false, n, in, out, dY, out, W, in, accumulate_dx ? T(1) : T(0), dX,
+            in);
+  product(compute, fn, true, false, out, in, n, dY, out, X, in, T(1), dW, in);
   if (db) {
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < out; ++j) db[j] += dY[r * out + j];
@@ -531,7 +590,8 @@ void attention_backward_reference(const AttentionShape& s, const T* q, const T* 
 
 template <class T>
 double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64_t V,
-                             const int32_t* target, T grad_scale, T* dh, T* dW, int64_t chunk) {
+                             const int32_t* target, T grad_scale, T* dh, T* dW, int64_t chunk,
+                             kernels::Compute compute) {
   constexpr const char* fn = "lm_head_cross_entropy";
   check_rows(fn, n, d);
   if (V < 0) fail(fn, fmt::format("vocabulary size {} is negative", V));
@@ -541,6 +601,17 @@ double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64
       fail(fn, fmt::format("target id {} at row {} is outside the vocabulary [0, {})", target[r], r,
                            V));
   const bool grads = dh || dW;
+  // bf16: W is converted once per call, in both layouts the products need (not once per chunk).
+  const bool bf = compute == kernels::Compute::kBF16;
+  std::vector<uint16_t> w16, wt16, a16, b16;
+  if (bf) {
+    if constexpr (std::is_same_v<T, float>) {
+      to_bf16(W, d, V, d, false, w16);
+      if (dh) to_bf16(W, d, d, V, true, wt16);
+    } else {
+      fail(fn, "bf16 compute is for float training only");
+    }
+  }
   const int64_t rows = std::min(chunk, n);
   std::vector<T> logits(size_t(rows * V));
   std::vector<double> nll(static_cast<size_t>(rows));
@@ -554,7 +625,14 @@ double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64
       if (dh) std::fill(dh + r0 * d, dh + (r0 + c) * d, T(0));
       continue;
     }
-    gemm(false, true, c, V, d, T(1), hc, d, W, d, T(0), logits.data(), V);
+    if (bf) {
+      if constexpr (std::is_same_v<T, float>) {
+        to_bf16(hc, d, c, d, false, a16);
+        kernels::gemm_bf16_nt(c, V, d, a16.data(), d, w16.data(), d, logits.data(), V, 0.0f);
+      }
+    } else {
+      gemm(false, true, c, V, d, T(1), hc, d, W, d, T(0), logits.data(), V);
+    }
 #pragma omp parallel for schedule(static) if (c * V > 65536)
     for (int64_t r = 0; r < c; ++r) {
       T* row = logits.data() + r * V;
@@ -580,8 +658,22 @@ double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64
       }
     }
     for (int64_t r = 0; r < c; ++r) total += nll[r];
-    if (dh) gemm(false, false, c, d, V, T(1), logits.data(), V, W, d, T(0), dh + r0 * d, d);
-    if (dW) gemm(true, false, V, d, c, T(1), logits.data(), V, hc, d, T(1), dW, d);
+    if (bf) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (dh) {
+          to_bf16(logits.data(), V, c, V, false, a16);
+          kernels::gemm_bf16_nt(c, d, V, a16.data(), V, wt16.data(), V, dh + r0 * d, d, 0.0f);
+        }
+        if (dW) {
+          to_bf16(logits.data(), V, V, c, true, a16);
+          to_bf16(hc, d, d, c, true, b16);
+          kernels::gemm_bf16_nt(V, d, c, a16.data(), c, b16.data(), c, dW, d, 1.0f);
+        }
+      }
+    } else {
+      if (dh) gemm(false, false, c, d, V, T(1), logits.data(), V, W, d, T(0), dh + r0 * d, d);
+      if (dW) gemm(true, false, V, d, c, T(1), logits.data(), V, hc, d, T(1), dW, d);
+    }
   }
   return total;
 }
@@ -612,9 +704,10 @@ void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const T* dx
 // ---- Instantiations
 
 #define LONGROPE_TRAIN_OPS(T)                                                                      \
-  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, int64_t, const T*, T*);    \
+  template void linear_forward<T>(const T*, int64_t, int64_t, const T*, int64_t, const T*, T*,     \
+                                  kernels::Compute);                                               \
   template void linear_backward<T>(const T*, int64_t, int64_t, const T*, int64_t, const T*, T*,    \
-                                   bool, T*, T*);                                                  \
+                                   bool, T*, T*, kernels::Compute);                                \
   template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, T, T*, T*);               \
   template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*,  \
                                     bool, T*);                                                     \
@@ -630,7 +723,7 @@ void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const T* dx
   template void attention_backward_reference<T>(const AttentionShape&, const T*, const T*,         \
                                                 const T*, const T*, T*, T*, T*);                   \
   template double lm_head_cross_entropy<T>(const T*, int64_t, int64_t, const T*, int64_t,          \
-                                           const int32_t*, T, T*, T*, int64_t);                    \
+                                           const int32_t*, T, T*, T*, int64_t, kernels::Compute);  \
   template void embedding_backward<T>(const int32_t*, int64_t, int64_t, const T*, T*);
 
 LONGROPE_TRAIN_OPS(float)
