@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "longrope/error.h"
+#include "longrope/kernels.h"
+#include "longrope/quant.h"
 #include "test_paths.h"
 
 namespace lt = longrope::train;
@@ -493,6 +495,70 @@ TEST(TrainOpsFloat, AgreesWithDouble) {
     lt::embedding_backward(tokens.data(), 5, in, dxf.data(), dEf.data());
     expect_below(rel_err(dEf, dE), 3e-7, "float embedding");  // measured 4.5e-8
   }
+}
+
+// ---- bf16 products (compute = kBF16): the same results as the double path on operands rounded
+// to bf16, i.e. only the rounding of the inputs differs from FP32 (this checks every transposed
+// operand of the backward products), and a double instantiation refuses bf16.
+
+Vec round_bf16(const Vec& v) {
+  Vec r(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    r[i] = double(longrope::bf16_to_fp32(longrope::fp32_to_bf16(float(v[i]))));
+  return r;
+}
+
+TEST(TrainOpsBf16, LinearEqualsRoundedOperands) {
+  if (!longrope::kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  // Odd sizes: partial blocks of the transposes and of the GEMM.
+  const int64_t n = 77, in = 45, out = 70;
+  const Vec X = randn(sz(n * in), 101), W = randn(sz(out * in), 102, 0.3), b = randn(sz(out), 103),
+            G = randn(sz(n * out), 104), dX0 = randn(sz(n * in), 105);
+  const Vec Xr = round_bf16(X), Wr = round_bf16(W), Gr = round_bf16(G);
+  Vec Y(sz(n * out)), dX = dX0, dW(W.size(), 0.5), db(b.size(), 0.0);
+  lt::linear_forward(Xr.data(), n, in, Wr.data(), out, b.data(), Y.data());
+  lt::linear_backward(Xr.data(), n, in, Wr.data(), out, Gr.data(), dX.data(), true, dW.data(),
+                      static_cast<double*>(nullptr));
+  for (int64_t r = 0; r < n; ++r)  // the bias gradient is a plain FP32 sum of the unrounded dY
+    for (int64_t j = 0; j < out; ++j) db[sz(j)] += G[sz(r * out + j)];
+  const VecF Xf = to_float(X), Wf = to_float(W), bf = to_float(b), Gf = to_float(G);
+  VecF Yf(Y.size()), dXf = to_float(dX0), dWf(dW.size(), 0.5f), dbf(db.size(), 0.0f);
+  const auto c = longrope::kernels::Compute::kBF16;
+  lt::linear_forward(Xf.data(), n, in, Wf.data(), out, bf.data(), Yf.data(), c);
+  lt::linear_backward(Xf.data(), n, in, Wf.data(), out, Gf.data(), dXf.data(), true, dWf.data(),
+                      dbf.data(), c);
+  // Measured 8.3e-8: what remains is FP32 accumulation order.
+  expect_below(std::max({rel_err(Yf, Y), rel_err(dXf, dX), rel_err(dWf, dW), rel_err(dbf, db)}),
+               1e-6, "bf16 linear");
+  const Vec Wd = W;
+  Vec Yd(Y.size());
+  expect_error([&] { lt::linear_forward(X.data(), n, in, Wd.data(), out, b.data(), Yd.data(), c); },
+               {"bf16 compute is for float training only"});
+}
+
+TEST(TrainOpsBf16, LmHeadLossEqualsRoundedOperandsAndGradientsTrackFp32) {
+  if (!longrope::kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  const int64_t n = 41, d = 37, V = 300;
+  const Vec H = randn(sz(n * d), 111), W = randn(sz(V * d), 112, 0.5);
+  std::vector<int32_t> target(sz(n));
+  for (int64_t r = 0; r < n; ++r) target[sz(r)] = r % 7 == 3 ? -1 : int32_t((r * 37) % V);
+  const Vec Hr = round_bf16(H), Wr = round_bf16(W);
+  const double nll_r =
+      lt::lm_head_cross_entropy(Hr.data(), n, d, Wr.data(), V, target.data(), 1.0,
+                                static_cast<double*>(nullptr), static_cast<double*>(nullptr), 16);
+  Vec dh(H.size()), dW(W.size(), 0.0);
+  const double nll = lt::lm_head_cross_entropy(H.data(), n, d, W.data(), V, target.data(), 1.0,
+                                               dh.data(), dW.data(), 16);
+  const VecF Hf = to_float(H), Wf = to_float(W);
+  VecF dhf(dh.size()), dWf(dW.size(), 0.0f);
+  const double nllf =
+      lt::lm_head_cross_entropy(Hf.data(), n, d, Wf.data(), V, target.data(), 1.0f, dhf.data(),
+                                dWf.data(), 16, longrope::kernels::Compute::kBF16);
+  // The loss: measured 5.4e-9 from the rounded-operand double loss, 1.2e-4 from the unrounded one.
+  expect_below(std::fabs(nllf - nll_r) / nll_r, 1e-7, "bf16 lm_head loss");
+  EXPECT_GT(std::fabs(nllf - nll) / nll, 1e-5);
+  // The gradients also round the softmax probabilities: measured 4.6e-3 from FP32.
+  expect_below(std::max(rel_err(dhf, dh), rel_err(dWf, dW)), 2e-2, "bf16 lm_head gradients");
 }
 
 // ---- Accumulation
