@@ -11,6 +11,7 @@
 #include <random>
 
 #include "longrope/context.h"
+#include "longrope/export.h"
 #include "longrope/finetune.h"
 #include "longrope/interrupt.h"
 #include "longrope/kernels.h"
@@ -333,6 +334,61 @@ TEST(TrainFinetune, OutputLoadsWithTheTrainedWeightsAndTheFactors) {
   EXPECT_EQ(train::load_params<float>(*out2, P), after);
 }
 
+// The HF folder output holds the model the GGUF output holds: the same FP32 weights and the same
+// rotary tables (a rule with an attention factor, written as one factor set); `export --hf-dir` of
+// the GGUF output keeps the attention factor too. A llama2.c checkpoint trains into a folder.
+TEST(TrainFinetune, HfFolderHoldsTheSameModelAsTheGguf) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = stories();
+  const auto dir = test::fresh_temp_dir("ft_hf");
+  FinetuneConfig c = small_run(dir, 1);
+  c.short_share = 0;
+  c.ctx = 512;
+  c.rope = RopeScaling{};
+  c.rope.method = RopeMethod::kYarn;
+  c.rope.factor = 4;
+  c.hf_dir = (dir / "hf").string();
+  run_finetune(*m, c);
+  const auto g = Model::load(c.output);
+  const auto h = Model::load(c.hf_dir);
+  const auto P = train::param_layout(*g);
+  EXPECT_EQ(train::load_params<float>(*h, P), train::load_params<float>(*g, P));
+  EXPECT_NE(train::load_params<float>(*m, P), train::load_params<float>(*g, P));
+  export_hf_folder(c.output, "", nullptr, (dir / "hf-export").string(), "f32");
+  const auto e = Model::load((dir / "hf-export").string());
+  const HParams& hp = g->hp();
+  const RopeTables want = c.rope.tables(1500, hp.n_rot, hp.rope_base, m->hp().n_ctx_train);
+  for (const auto& other : {g, h, e}) {
+    const RopeTables got =
+        other->default_rope().tables(1500, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+    ASSERT_EQ(got.inv_freq.size(), want.inv_freq.size());
+    for (size_t j = 0; j < want.inv_freq.size(); ++j)
+      EXPECT_NEAR(got.inv_freq[j] / want.inv_freq[j], 1.0, 1e-6) << other->file().path << " " << j;
+    // The factors and attention factor are stored as F32 in the GGUF.
+    EXPECT_NEAR(got.attn_factor, want.attn_factor, 1e-7) << other->file().path;
+  }
+  EXPECT_GT(want.attn_factor, 1.1);  // YaRN at s = 4: 0.1 ln 4 + 1
+
+  // A llama2.c checkpoint: only the folder can be written.
+  const auto models = test::shared_dir() / "models";
+  LoadOptions lo;
+  lo.tokenizer_path = (models / "tok512.bin").string();
+  const auto l2c = Model::load((models / "stories260K.bin").string(), lo);
+  FinetuneConfig cl = small_run(dir, 1);
+  cl.model_path = (models / "stories260K.bin").string();
+  test::expect_error([&] { run_finetune(*l2c, cl); },
+                     {"is a llama2c model", "--hf-dir DIR to write an HF model folder"});
+  cl.output.clear();
+  cl.hf_dir = (dir / "from-llama2c").string() + "/";
+  cl.state_path.clear();
+  run_finetune(*l2c, cl);
+  EXPECT_TRUE(std::filesystem::exists(dir / "from-llama2c.train"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "from-llama2c.log.json"));
+  const auto hl = Model::load((dir / "from-llama2c").string());
+  EXPECT_EQ(hl->hp().n_layer, m->hp().n_layer);
+  EXPECT_NE(train::load_params<float>(*hl, P), train::load_params<float>(*m, P));
+}
+
 TEST(TrainFinetune, BadSettingsFailBeforeTraining) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = stories();
@@ -441,7 +497,8 @@ TEST(TrainCli, ErrorsAreOneLine) {
           &out),
       1)
       << out;
-  EXPECT_NE(out.find("is a llama2c model; the output is a copy of a GGUF model"), std::string::npos)
+  EXPECT_NE(out.find("is a llama2c model; the -o output is a copy of a GGUF model"),
+            std::string::npos)
       << out;
   EXPECT_EQ(finetune_cli(fmt::format("-m '{}' -f '{}' -c 256 --out-type q4 -o '{}/x.gguf'",
                                      stories_gguf().string(), text, dir.string()),

@@ -8,6 +8,8 @@
 
 namespace longrope {
 
+class ModelFile;
+
 // Writes a copy of the GGUF model at model_path to out_path that llama.cpp (and longrope) load at
 // the extended context:
 //  - one factor set: tensor rope_freqs.weight (F32, n_rot/2 values = the factors);
@@ -24,9 +26,13 @@ void export_gguf(const std::string& model_path, const RopeScaling& factors,
 
 // The metadata and rope tensors of export_gguf, set on a writer holding a copy of mf's GGUF (for
 // tools that also replace the weights, such as finetune).
-class ModelFile;
 class GgufWriter;
 void set_gguf_factors(GgufWriter& w, const ModelFile& mf, const RopeScaling& factors);
+
+// Searched factors relative to the model's own frequencies: its rope_freqs divisors (Llama 3's)
+// folded into every set, as export_gguf and export_hf_folder write them. Throws Error when the
+// model has such divisors and the factors have start tokens (n_hat > 0).
+RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched);
 
 // The HF config with a longrope rope_scaling: rope_type, short_factor (the first set; the long
 // factors when there is one set), long_factor, original_max_position_embeddings, factor

@@ -39,6 +39,7 @@ struct FinetuneConfig {
   // Arithmetic of the linear layers and the LM head (train::LossOptions::compute).
   kernels::Compute compute = kernels::Compute::kF32;
   std::string output;            // the GGUF written at the end
+  std::string hf_dir;            // an HF model folder written at the end (any input format)
   std::string out_type = "f32";  // f32, f16 or bf16
   std::string state_path;        // default OUTPUT.train: the training state
   int64_t save_every = 0;        // steps between state saves; 0: every 10 minutes and at the end
@@ -71,9 +72,10 @@ struct FinetuneResult {
 
 // Runs the fine-tuning; on_step is called after every optimizer step (progress). Saves the
 // training state every save_every steps (or 10 minutes), on Ctrl-C (then throws Interrupted) and
-// at the end; writes OUTPUT (GGUF), OUTPUT.log.json and the loss plot OUTPUT.loss.svg/.png.
+// at the end; writes OUTPUT (GGUF) and/or the HF folder hf_dir, and BASE.log.json and the loss
+// plot BASE.loss.svg/.png, BASE being OUTPUT, else hf_dir.
 // Throws Error (one line) on bad settings or inputs, before any training.
-// model: a GGUF model (the output is a copy of its file with new weights).
+// model: any format for hf_dir; OUTPUT (a copy of the model's file with new weights) needs a GGUF.
 FinetuneResult run_finetune(const Model& model, const FinetuneConfig& cfg,
                             const std::function<void(const FinetuneStep&)>& on_step = {});
 

@@ -37,11 +37,14 @@ Runner register_finetune(CLI::App& app) {
   FinetuneConfig& c = a->cfg;
   CLI::App* cmd = app.add_subcommand(
       "finetune",
-      "Full fine-tuning of a Llama-architecture GGUF model at length CTX with a RoPE scaling "
+      "Full fine-tuning of a Llama-architecture model at length CTX with a RoPE scaling "
       "(AdamW, FP32 master weights; docs/finetune.md)");
-  cmd->add_option("-m,--model", a->model, "model: a GGUF file")->required();
+  cmd->add_option("-m,--model", a->model,
+                  "model: a GGUF file, a llama2.c checkpoint or an HF model folder (the last two "
+                  "with --hf-dir only)")
+      ->required();
   cmd->add_option("--tokenizer", a->tokenizer,
-                  "tokenizer.bin for llama2.c checkpoints (refused: the output copies a GGUF)");
+                  "tokenizer.bin for llama2.c checkpoints (with --hf-dir: -o copies a GGUF)");
   cmd->add_option("-f,--file", c.texts, "training text file(s), comma separated (UTF-8)")
       ->required()
       ->delimiter(',');
@@ -90,7 +93,11 @@ Runner register_finetune(CLI::App& app) {
                   "sums; needs AVX512_BF16; attention, norms and the loss stay FP32)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_option("-o,--output", c.output, "GGUF to write")->required();
+  cmd->add_option("-o,--output", c.output,
+                  "GGUF to write: a copy of the model's GGUF with the trained weights and scaling");
+  cmd->add_option("--hf-dir", c.hf_dir,
+                  "HF model folder to write (safetensors, config.json with the scaling, tokenizer; "
+                  "any input format)");
   cmd->add_option("--out-type", c.out_type, "weight type of the output")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
@@ -128,6 +135,7 @@ Runner register_finetune(CLI::App& app) {
     bar.finish();
     if (a->json) {
       fmt::print("{}\n", nlohmann::json{{"output", c.output},
+                                        {"hf_dir", c.hf_dir},
                                         {"log", r.log_path},
                                         {"steps", r.steps_done},
                                         {"resumed_from", r.resumed_from},
@@ -145,8 +153,11 @@ Runner register_finetune(CLI::App& app) {
           r.steps_done, r.resumed_from ? fmt::format(" (resumed at step {})", r.resumed_from) : "",
           r.first_loss, r.last_loss, r.seconds, r.tokens_per_second, gib(r.state_bytes),
           gib(r.workspace_bytes));
-      fmt::print("wrote {} (log {}, loss plot {})\n", c.output, r.log_path,
-                 r.plot_png.empty() ? r.plot_svg : r.plot_svg + ", " + r.plot_png);
+      fmt::print("wrote {} (log {}, loss plot {})\n",
+                 c.output.empty()   ? c.hf_dir
+                 : c.hf_dir.empty() ? c.output
+                                    : c.output + " and " + c.hf_dir,
+                 r.log_path, r.plot_png.empty() ? r.plot_svg : r.plot_svg + ", " + r.plot_png);
     }
     return 0;
   };

@@ -44,9 +44,11 @@ std::vector<uint8_t> f32_bytes(const std::vector<double>& v) {
   return out;
 }
 
-// The searched factors relative to the model's own frequencies: its rope_freqs divisors (Llama
-// 3's) are folded into every set (llama.cpp divides by one tensor, HF configs hold one factor list
-// per set). Start tokens keep the model's own rotation, which folded factors cannot express.
+}  // namespace
+
+// llama.cpp divides by one tensor and HF configs hold one factor list per set, so the model's own
+// divisors are folded in. Start tokens keep the model's own rotation, which folded factors cannot
+// express.
 RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched) {
   check_factors(searched, mf.hp.n_rot);
   RopeScaling factors = searched;
@@ -63,8 +65,6 @@ RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched)
   }
   return factors;
 }
-
-}  // namespace
 
 void set_gguf_factors(GgufWriter& w, const ModelFile& mf, const RopeScaling& searched) {
   const RopeScaling factors = fold_model_factors(mf, searched);

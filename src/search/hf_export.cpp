@@ -29,14 +29,14 @@ void set_rope_scaling(json& config, const RopeScaling& s, const HParams& hp) {
   } else if (s.method == RopeMethod::kLongrope && !has_ff) {
     config = export_hf_config(config, s);
   } else if (s.method == RopeMethod::kNone) {
-    // Fixed per-pair divisors (a Llama 3 GGUF's rope_freqs): longrope's form for them, one set
-    // used at every length, attention factor 1.
+    // Fixed per-pair divisors (a Llama 3 GGUF's rope_freqs, a fine-tuned model's factors):
+    // longrope's form for them, one set used at every length, with the model's attention factor.
     config["rope_scaling"] = {{"rope_type", "longrope"},
                               {"short_factor", s.freq_factors},
                               {"long_factor", s.freq_factors},
                               {"original_max_position_embeddings", hp.n_ctx_train},
                               {"factor", 1.0},
-                              {"attention_factor", 1.0}};
+                              {"attention_factor", s.attn_factor.value_or(1.0)}};
   } else {
     throw Error(fmt::format(
         "export: the scaling {} cannot be written to an HF config (expected none, linear or "

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "longrope/atomic_file.h"
@@ -17,6 +18,7 @@
 #include "longrope/fingerprint.h"
 #include "longrope/gguf.h"
 #include "longrope/interrupt.h"
+#include "longrope/model_file.h"
 #include "longrope/perplexity.h"
 #include "longrope/plot.h"
 #include "longrope/quant.h"
@@ -186,6 +188,36 @@ void write_output_gguf(const ModelFile& mf, const train::ParamLayout& P, const f
   w.write(path);
 }
 
+std::string trim_trailing_slashes(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+// An HF model folder (write_hf_folder) of the model with the trained weights (matrices in `type`,
+// norms and biases F32) and the trained scaling, folded onto the model's own frequencies.
+void write_output_hf(const ModelFile& mf, const train::ParamLayout& P, const float* params,
+                     const RopeScaling& trained, const std::string& type, const std::string& dir) {
+  const GgmlType gt = output_type(type);
+  ModelFile out = mf;
+  std::vector<std::vector<uint8_t>> bytes;
+  bytes.reserve(P.tensors.size());
+  for (const train::ParamTensor& t : P.tensors) {
+    const GgmlType tt = t.rows == 1 ? GgmlType::F32 : gt;
+    bytes.push_back(encode_floats(params + t.offset, t.size(), tt));
+    auto it = std::find_if(out.tensors.begin(), out.tensors.end(),
+                           [&](const TensorRef& r) { return r.name == t.name; });
+    if (it == out.tensors.end())
+      throw Error(fmt::format("finetune: trained tensor {} is not in {}", t.name, mf.path));
+    it->type = tt;
+    it->data = bytes.back().data();
+    it->nbytes = bytes.back().size();
+  }
+  write_hf_folder(out,
+                  trained.method == RopeMethod::kNone ? rope_of_model_file(mf)
+                                                      : fold_model_factors(mf, trained),
+                  dir, type);
+}
+
 void write_loss_plot(const nlohmann::json& history, const std::string& title,
                      const std::string& stem, FinetuneResult& r) {
   PlotSeries lng{"loss", {}, {}, {}, {}}, shrt{"loss (short sequences only)", {}, {}, {}, {}};
@@ -240,21 +272,29 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
     throw Error(
         fmt::format("finetune: --short-share {} (expected a share in [0, 1))", c.short_share));
   if (c.texts.empty()) throw Error("finetune: no training text (expected -f TEXT[,TEXT...])");
-  if (c.output.empty()) throw Error("finetune: no output (expected -o OUT.gguf)");
+  if (c.output.empty() && c.hf_dir.empty())
+    throw Error("finetune: no output (expected -o OUT.gguf, --hf-dir DIR or both)");
   output_type(c.out_type);
   kernels::require_compute(c.compute);
-  const std::string state_path = c.state_path.empty() ? c.output + ".train" : c.state_path;
-  const std::string log_path = c.output + ".log.json";
-  check_writable(c.output);
+  // The state, log and plot are named after the GGUF output, else after the HF folder.
+  const std::string base = !c.output.empty() ? c.output : trim_trailing_slashes(c.hf_dir);
+  const std::string state_path = c.state_path.empty() ? base + ".train" : c.state_path;
+  const std::string log_path = base + ".log.json";
+  if (!c.output.empty()) check_writable(c.output);
   check_writable(state_path);
   check_writable(log_path);
+  if (!c.hf_dir.empty()) {
+    std::error_code ec;
+    if (std::filesystem::exists(c.hf_dir, ec) && !std::filesystem::is_directory(c.hf_dir, ec))
+      throw Error(fmt::format("finetune: --hf-dir {} exists and is not a folder", c.hf_dir));
+  }
   if (c.n_threads > 0) omp_set_num_threads(c.n_threads);
 
   const ModelFile& mf = model.file();
-  if (!mf.gguf)
+  if (!mf.gguf && !c.output.empty())
     throw Error(fmt::format(
-        "finetune: {} is a {} model; the output is a copy of a GGUF model with new weights "
-        "(expected a GGUF file)",
+        "finetune: {} is a {} model; the -o output is a copy of a GGUF model with new weights "
+        "(expected a GGUF file, or --hf-dir DIR to write an HF model folder)",
         c.model_path, mf.format));
   const HParams& hp = model.hp();
   c.rope.validate(hp.n_rot);
@@ -390,15 +430,16 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   r.workspace_bytes = ws.bytes();
 
   // ---- outputs
-  write_output_gguf(
-      mf, P, s.params.data(),
-      c.rope.method == RopeMethod::kNone ? c.rope : as_factor_scaling(c.rope, hp, c.ctx),
-      c.out_type, c.output);
+  const RopeScaling trained =
+      c.rope.method == RopeMethod::kNone ? c.rope : as_factor_scaling(c.rope, hp, c.ctx);
+  if (!c.output.empty()) write_output_gguf(mf, P, s.params.data(), trained, c.out_type, c.output);
+  if (!c.hf_dir.empty()) write_output_hf(mf, P, s.params.data(), trained, c.out_type, c.hf_dir);
   nlohmann::json log = {{"model", path_name(c.model_path)},
                         {"texts", c.texts},
                         {"rope_label", c.rope_label},
                         {"settings", settings},
                         {"output", c.output},
+                        {"hf_dir", c.hf_dir},
                         {"out_type", c.out_type},
                         {"steps", s.history}};
   write_file_atomically(log_path, log.dump(1) + "\n");
@@ -406,7 +447,7 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   write_loss_plot(s.history,
                   fmt::format("fine-tuning {} at {} tokens ({})", path_name(c.model_path), c.ctx,
                               c.rope_label.empty() ? c.rope.describe() : c.rope_label),
-                  c.output + ".loss", r);
+                  base + ".loss", r);
   return r;
 }
 
