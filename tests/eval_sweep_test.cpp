@@ -331,16 +331,29 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
 
 // Tick labels cover the data: an automatic axis ends on a tick at both ends (log and linear), and
 // the legend leaves room for a long label inside the image.
-TEST(EvalPlot, AxisEndsOnTicksAndTheLegendFits) {
+TEST(EvalPlot, AxisEndsOnTicksAndTheLegendAndTitleFit) {
   const std::string label(60, 'x');
   const fs::path p = fs::temp_directory_path() / ("longrope_axis_" + std::to_string(::getpid()));
   for (bool log_y : {true, false}) {
     longrope::PlotSpec s;
     s.log_y = log_y;
+    s.title = std::string(130, 't');  // wider than the image at 16 px
     s.series = {{"yarn", {256, 512, 1024}, {49, 60, 170}, {}, {}},
                 {label, {256, 512, 1024}, {55, 58, 130}, {}, {}}};
     longrope::write_plot_svg(s, p.string() + ".svg");
     const std::string svg = slurp(p.string() + ".svg");
+    // The title: centred on the 900 px image, its font shrunk so that it fits (9.2 px per
+    // character at 16 px).
+    const size_t ti = svg.find(">" + s.title + "</text>");
+    ASSERT_NE(ti, std::string::npos);
+    double title_x = 0, title_size = 0;
+    ASSERT_EQ(std::sscanf(svg.c_str() + svg.rfind("<text x=\"", ti),
+                          "<text x=\"%lf\" y=\"25\" text-anchor=\"middle\" font-size=\"%lf\"",
+                          &title_x, &title_size),
+              2);
+    EXPECT_EQ(title_x, 450.0);
+    EXPECT_LT(title_size, 16.0);
+    EXPECT_LE(130 * 9.2 * title_size / 16, 900.0 - 20 + 0.5);  // the size is printed to 0.01
     // The frame: <rect x="80" y="TOP" width="PW" height="PH" fill="none" ...>.
     const size_t fr = svg.find("fill=\"none\" stroke=\"black\"");
     ASSERT_NE(fr, std::string::npos);

@@ -61,9 +61,9 @@ struct FinetuneStep {
 
 struct FinetuneResult {
   int64_t steps_done = 0;
-  int64_t resumed_from = 0;  // the step a resumed run started from (0: fresh)
-  double first_loss = 0, last_loss = 0;
-  double seconds = 0;  // this process's training time
+  int64_t resumed_from = 0;              // the step a resumed run started from (0: fresh)
+  double first_loss = 0, last_loss = 0;  // the run's first and last steps (resumed ones too)
+  double seconds = 0;                    // this process's training time
   double tokens_per_second = 0;
   size_t workspace_bytes = 0;  // activations and scratch at the largest sequence
   size_t state_bytes = 0;      // weights, gradient and moments

@@ -147,12 +147,17 @@ Runner register_finetune(CLI::App& app) {
                                         {"state_bytes", r.state_bytes}}
                              .dump());
     } else {
-      fmt::print(
-          "{} steps{}: loss {:.4f} -> {:.4f}; {:.1f}s, {:.1f} tokens/s; memory: weights, "
-          "gradient and moments {}, activations {}\n",
-          r.steps_done, r.resumed_from ? fmt::format(" (resumed at step {})", r.resumed_from) : "",
-          r.first_loss, r.last_loss, r.seconds, r.tokens_per_second, gib(r.state_bytes),
-          gib(r.workspace_bytes));
+      if (r.steps_done == r.resumed_from)
+        fmt::print("all {} steps were done already (loss {:.4f} -> {:.4f}); nothing trained\n",
+                   r.steps_done, r.first_loss, r.last_loss);
+      else
+        fmt::print(
+            "{} steps{}: loss {:.4f} -> {:.4f}; {:.1f}s, {:.1f} tokens/s; memory: weights, "
+            "gradient and moments {}, activations {}\n",
+            r.steps_done,
+            r.resumed_from ? fmt::format(" (resumed at step {})", r.resumed_from) : "",
+            r.first_loss, r.last_loss, r.seconds, r.tokens_per_second, gib(r.state_bytes),
+            gib(r.workspace_bytes));
       fmt::print("wrote {} (log {}, loss plot {})\n",
                  c.output.empty()   ? c.hf_dir
                  : c.hf_dir.empty() ? c.output

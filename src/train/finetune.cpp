@@ -141,6 +141,9 @@ State load_state(const std::string& path, const nlohmann::json& settings, size_t
   }
   if (!head.contains("settings") || !head.contains("step") || !head.contains("params"))
     throw bad("header without settings, step or params");
+  // States written before --compute existed trained in FP32.
+  if (head["settings"].is_object() && !head["settings"].contains("compute"))
+    head["settings"]["compute"] = "f32";
   if (head["settings"] != settings) {
     std::string diff;
     for (auto it = settings.begin(); it != settings.end(); ++it)
@@ -344,6 +347,10 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   if (c.resume) {
     s = load_state(state_path, settings, P.total);
     r.resumed_from = s.step;
+    if (!s.history.empty()) {  // the losses describe the whole run, earlier segments included
+      r.first_loss = s.history.front().value("loss", 0.0);
+      r.last_loss = s.history.back().value("loss", 0.0);
+    }
   } else {
     s.params = train::load_params<float>(model, P);
     s.m.assign(P.total, 0.0f);
