@@ -20,7 +20,7 @@ struct FinetuneArgs {
   FinetuneConfig cfg;
   std::string decay = "cosine";
   bool no_checkpoint = false;
-  std::string compute = "f32";
+  std::string compute = "auto";
   bool json = false;
   bool progress = true;
   RopeFlags rope;
@@ -89,10 +89,11 @@ Runner register_finetune(CLI::App& app) {
                 "keep every layer's activations instead of recomputing them (more memory, "
                 "about 25% less time)");
   cmd->add_option("--compute", a->compute,
-                  "arithmetic of the linear layers and LM head: f32, or bf16 (bf16 products, FP32 "
-                  "sums; needs AVX512_BF16; attention, norms and the loss stay FP32)")
+                  "arithmetic of the linear layers and LM head: bf16 (bf16 products, FP32 sums; "
+                  "needs AVX512_BF16; attention, norms and the loss stay FP32), f32, or auto = "
+                  "bf16 where the CPU has it")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "bf16"}));
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
   cmd->add_option("-o,--output", c.output,
                   "GGUF to write: a copy of the model's GGUF with the trained weights and scaling");
   cmd->add_option("--hf-dir", c.hf_dir,
@@ -115,13 +116,15 @@ Runner register_finetune(CLI::App& app) {
     c.model_path = a->model;
     c.decay = train::parse_decay(a->decay);
     c.checkpoint_activations = !a->no_checkpoint;
-    c.compute = kernels::parse_compute(a->compute);
+    c.compute = a->compute == "auto" ? (kernels::cpu_has_avx512_bf16() ? kernels::Compute::kBF16
+                                                                       : kernels::Compute::kF32)
+                                     : kernels::parse_compute(a->compute);
     c.n_threads = resolve_threads(c.n_threads);
     auto model = load_model_verbose(a->model, a->tokenizer, c.n_threads);
     c.rope = resolve_rope_for_length(a->rope, *model, c.ctx);
     c.rope_label = a->rope.factors_path.empty() ? c.rope.describe() : a->rope.factors_path;
-    fmt::print(stderr, "finetune: {} steps x {} sequence(s) of {} tokens, rope: {}\n", c.steps,
-               c.batch, c.ctx, c.rope.describe());
+    fmt::print(stderr, "finetune: {} steps x {} sequence(s) of {} tokens, {} products, rope: {}\n",
+               c.steps, c.batch, c.ctx, kernels::compute_name(c.compute), c.rope.describe());
     // Made before the run so that the first step's time counts in the ETA and its line shows.
     Progress bar("finetune", c.steps, a->progress);
     bool first = true;

@@ -14,7 +14,6 @@
 #include "engine/kernels/vec_math.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
-#include "longrope/quant.h"
 #include "longrope/train_ops.h"
 
 namespace longrope::train {
@@ -75,13 +74,21 @@ void to_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, bool tran
     for (int64_t r = 0; r < rows; ++r) kernels::f32_to_bf16(src + r * ld, out + r * cols, cols);
     return;
   }
-  constexpr int64_t kB = 64;  // square blocks: both sides stay in cache
+  // Convert src's rows (vectorised) into a scratch of the calling thread, then transpose the
+  // 16-bit values in square blocks that stay in cache.
+  static thread_local std::vector<uint16_t> tmp;
+  tmp.resize(size_t(rows * cols));
+  uint16_t* t = tmp.data();
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t c = 0; c < cols; ++c) kernels::f32_to_bf16(src + c * ld, t + c * rows, rows);
+  constexpr int64_t kB = 64;
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
   for (int64_t r0 = 0; r0 < rows; r0 += kB)
-    for (int64_t c0 = 0; c0 < cols; c0 += kB)
-      for (int64_t c = c0; c < std::min(cols, c0 + kB); ++c)
-        for (int64_t r = r0; r < std::min(rows, r0 + kB); ++r)
-          out[r * cols + c] = fp32_to_bf16(src[c * ld + r]);
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) out[r * cols + c] = t[c * rows + r];
+    }
 }
 
 // C[M][N] = op(A) op(B) + beta C with both operands rounded to bf16 and FP32 accumulation
