@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -387,6 +389,46 @@ TEST(TrainFinetune, HfFolderHoldsTheSameModelAsTheGguf) {
   const auto hl = Model::load((dir / "from-llama2c").string());
   EXPECT_EQ(hl->hp().n_layer, m->hp().n_layer);
   EXPECT_NE(train::load_params<float>(*hl, P), train::load_params<float>(*m, P));
+}
+
+// A state written before --compute existed (no "compute" in its settings) trained in FP32: it
+// resumes as f32 and is refused as bf16, naming the setting.
+TEST(TrainFinetune, AStateWithoutComputeResumesAsF32) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  auto m = stories();
+  const auto dir = test::fresh_temp_dir("ft_old_state");
+  FinetuneConfig c = small_run(dir, 1);
+  c.short_share = 0;
+  c.ctx = 256;
+  run_finetune(*m, c);
+  // Layout: 8 magic bytes, a u64 header length, the JSON header, the tensors.
+  const std::string path = c.output + ".train";
+  const std::string bytes = test::slurp(path);
+  uint64_t len = 0;
+  std::memcpy(&len, bytes.data() + 8, sizeof len);
+  nlohmann::json head = nlohmann::json::parse(bytes.substr(16, len));
+  ASSERT_EQ(head["settings"]["compute"], "f32");
+  head["settings"].erase("compute");
+  const std::string h = head.dump();
+  const uint64_t new_len = h.size();
+  std::string old_state = bytes.substr(0, 8);
+  old_state.append(reinterpret_cast<const char*>(&new_len), sizeof new_len);
+  old_state += h;
+  old_state += bytes.substr(16 + len);
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(old_state.data(), std::streamsize(old_state.size()));
+  }
+  c.resume = true;  // the same settings (steps too): nothing left to train, the output is rewritten
+  if (kernels::cpu_has_avx512_bf16()) {
+    c.compute = kernels::Compute::kBF16;
+    test::expect_error([&] { run_finetune(*m, c); }, {"compute was \"f32\", now \"bf16\""});
+  }
+  c.compute = kernels::Compute::kF32;
+  const FinetuneResult r = run_finetune(*m, c);
+  EXPECT_EQ(r.resumed_from, 1);
+  EXPECT_EQ(r.steps_done, 1);
+  EXPECT_GT(r.first_loss, 0.0);  // the loaded run's losses
 }
 
 TEST(TrainFinetune, BadSettingsFailBeforeTraining) {
