@@ -116,9 +116,8 @@ Runner register_finetune(CLI::App& app) {
     c.model_path = a->model;
     c.decay = train::parse_decay(a->decay);
     c.checkpoint_activations = !a->no_checkpoint;
-    c.compute = a->compute == "auto" ? (kernels::cpu_has_avx512_bf16() ? kernels::Compute::kBF16
-                                                                       : kernels::Compute::kF32)
-                                     : kernels::parse_compute(a->compute);
+    c.compute =
+        a->compute == "auto" ? kernels::default_compute() : kernels::parse_compute(a->compute);
     c.n_threads = resolve_threads(c.n_threads);
     auto model = load_model_verbose(a->model, a->tokenizer, c.n_threads);
     c.rope = resolve_rope_for_length(a->rope, *model, c.ctx);

@@ -170,6 +170,17 @@ State load_state(const std::string& path, const nlohmann::json& settings, size_t
   return s;
 }
 
+// A trained tensor's bytes in the output type; norms and biases (vectors) stay F32, as
+// llama.cpp's converters write them.
+struct TrainedTensor {
+  GgmlType type;
+  std::vector<uint8_t> bytes;
+};
+TrainedTensor encode_trained(const train::ParamTensor& t, const float* params, GgmlType out) {
+  const GgmlType type = t.rows == 1 ? GgmlType::F32 : out;
+  return {type, encode_floats(params + t.offset, t.size(), type)};
+}
+
 void write_output_gguf(const ModelFile& mf, const train::ParamLayout& P, const float* params,
                        const RopeScaling& factors, const std::string& type,
                        const std::string& path) {
@@ -177,13 +188,10 @@ void write_output_gguf(const ModelFile& mf, const train::ParamLayout& P, const f
   GgufWriter w;
   w.copy_from(mf.gguf);
   for (const train::ParamTensor& t : P.tensors) {
-    // Norms and biases stay F32 (as llama.cpp's converters write them).
-    const bool vector = t.rows == 1;
-    const GgmlType tt = vector ? GgmlType::F32 : gt;
+    TrainedTensor e = encode_trained(t, params, gt);
     std::vector<int64_t> ne =
-        vector ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.cols, t.rows};
-    w.add_tensor(t.name, static_cast<uint32_t>(tt), std::move(ne),
-                 encode_floats(params + t.offset, t.size(), tt));
+        t.rows == 1 ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.cols, t.rows};
+    w.add_tensor(t.name, static_cast<uint32_t>(e.type), std::move(ne), std::move(e.bytes));
   }
   if (factors.method == RopeMethod::kLongrope) set_gguf_factors(w, mf, factors);
   // llama.cpp's file types: ALL_F32 0, MOSTLY_F16 1, MOSTLY_BF16 32.
@@ -202,18 +210,17 @@ void write_output_hf(const ModelFile& mf, const train::ParamLayout& P, const flo
                      const RopeScaling& trained, const std::string& type, const std::string& dir) {
   const GgmlType gt = output_type(type);
   ModelFile out = mf;
-  std::vector<std::vector<uint8_t>> bytes;
-  bytes.reserve(P.tensors.size());
+  std::vector<TrainedTensor> encoded;
+  encoded.reserve(P.tensors.size());
   for (const train::ParamTensor& t : P.tensors) {
-    const GgmlType tt = t.rows == 1 ? GgmlType::F32 : gt;
-    bytes.push_back(encode_floats(params + t.offset, t.size(), tt));
+    const TrainedTensor& e = encoded.emplace_back(encode_trained(t, params, gt));
     auto it = std::find_if(out.tensors.begin(), out.tensors.end(),
                            [&](const TensorRef& r) { return r.name == t.name; });
     if (it == out.tensors.end())
       throw Error(fmt::format("finetune: trained tensor {} is not in {}", t.name, mf.path));
-    it->type = tt;
-    it->data = bytes.back().data();
-    it->nbytes = bytes.back().size();
+    it->type = e.type;
+    it->data = e.bytes.data();
+    it->nbytes = e.bytes.size();
   }
   write_hf_folder(out,
                   trained.method == RopeMethod::kNone ? rope_of_model_file(mf)

@@ -91,16 +91,26 @@ void to_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, bool tran
     }
 }
 
+// C[M][N] = op(A) B16^T + beta C, B16 being a matrix already in bf16 as N dense rows of K (as
+// gemm_bf16_nt wants it); A is rounded to bf16, the sums are FP32. The operands are converted
+// into buffers of the calling thread, kept between calls (the training step calls this from one
+// thread; the product itself is parallel).
+void gemm_bf16_b16(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                   const uint16_t* B16, float beta, float* C, int64_t ldc) {
+  if (gemm_trivial(M, N, K, beta, C, ldc)) return;
+  static thread_local std::vector<uint16_t> a16;
+  to_bf16(A, lda, M, K, ta, a16);
+  kernels::gemm_bf16_nt(M, N, K, a16.data(), K, B16, K, C, ldc, beta);
+}
+
 // C[M][N] = op(A) op(B) + beta C with both operands rounded to bf16 and FP32 accumulation
-// (op as in gemm). The operands are converted into buffers of the calling thread, kept between
-// calls (the training step calls this from one thread; the product itself is parallel).
+// (op as in gemm).
 void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (gemm_trivial(M, N, K, beta, C, ldc)) return;
-  static thread_local std::vector<uint16_t> a16, b16;
-  to_bf16(A, lda, M, K, ta, a16);
-  to_bf16(B, ldb, N, K, !tb, b16);  // gemm_bf16_nt wants B as N rows of K
-  kernels::gemm_bf16_nt(M, N, K, a16.data(), K, b16.data(), K, C, ldc, beta);
+  static thread_local std::vector<uint16_t> b16;
+  to_bf16(B, ldb, N, K, !tb, b16);
+  gemm_bf16_b16(ta, M, N, K, A, lda, b16.data(), beta, C, ldc);
 }
 
 // C = op(A) op(B) + beta C in the arithmetic `compute` asks for (bf16: float only).
@@ -244,7 +254,7 @@ void linear_backward(const T* X, int64_t n, int64_t in, const T* W, int64_t out,
                      bool accumulate_dx, T* dW, T* db, kernels::Compute compute) {
   constexpr const char* fn = "linear_backward";
   check_rows(fn, n, in);
-  if (out < 0) fail("linear_backward", fmt::format("output width {} is negative", out));
+  if (out < 0) fail(fn, fmt::format("output width {} is negative", out));
   if (dX)
     product(compute, fn, false, false, n, in, out, dY, out, W, in, accumulate_dx ? T(1) : T(0), dX,
             in);
@@ -608,9 +618,10 @@ double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64
       fail(fn, fmt::format("target id {} at row {} is outside the vocabulary [0, {})", target[r], r,
                            V));
   const bool grads = dh || dW;
-  // bf16: W is converted once per call, in both layouts the products need (not once per chunk).
+  // bf16: W is converted once per call, in both layouts the logits and dh need (not once per
+  // chunk); dW converts its operands per chunk anyway (product).
   const bool bf = compute == kernels::Compute::kBF16;
-  std::vector<uint16_t> w16, wt16, a16, b16;
+  std::vector<uint16_t> w16, wt16;
   if (bf) {
     if constexpr (std::is_same_v<T, float>) {
       to_bf16(W, d, V, d, false, w16);
@@ -633,10 +644,8 @@ double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64
       continue;
     }
     if (bf) {
-      if constexpr (std::is_same_v<T, float>) {
-        to_bf16(hc, d, c, d, false, a16);
-        kernels::gemm_bf16_nt(c, V, d, a16.data(), d, w16.data(), d, logits.data(), V, 0.0f);
-      }
+      if constexpr (std::is_same_v<T, float>)
+        gemm_bf16_b16(false, c, V, d, hc, d, w16.data(), 0.0f, logits.data(), V);
     } else {
       gemm(false, true, c, V, d, T(1), hc, d, W, d, T(0), logits.data(), V);
     }
@@ -665,22 +674,15 @@ double lm_head_cross_entropy(const T* h, int64_t n, int64_t d, const T* W, int64
       }
     }
     for (int64_t r = 0; r < c; ++r) total += nll[r];
-    if (bf) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (dh) {
-          to_bf16(logits.data(), V, c, V, false, a16);
-          kernels::gemm_bf16_nt(c, d, V, a16.data(), V, wt16.data(), V, dh + r0 * d, d, 0.0f);
-        }
-        if (dW) {
-          to_bf16(logits.data(), V, V, c, true, a16);
-          to_bf16(hc, d, d, c, true, b16);
-          kernels::gemm_bf16_nt(V, d, c, a16.data(), c, b16.data(), c, dW, d, 1.0f);
-        }
+    if (dh) {
+      if (bf) {
+        if constexpr (std::is_same_v<T, float>)
+          gemm_bf16_b16(false, c, d, V, logits.data(), V, wt16.data(), 0.0f, dh + r0 * d, d);
+      } else {
+        gemm(false, false, c, d, V, T(1), logits.data(), V, W, d, T(0), dh + r0 * d, d);
       }
-    } else {
-      if (dh) gemm(false, false, c, d, V, T(1), logits.data(), V, W, d, T(0), dh + r0 * d, d);
-      if (dW) gemm(true, false, V, d, c, T(1), logits.data(), V, hc, d, T(1), dW, d);
     }
+    if (dW) product(compute, fn, true, false, V, d, c, logits.data(), V, hc, d, T(1), dW, d);
   }
   return total;
 }
