@@ -8,6 +8,7 @@
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "longrope/error.h"
@@ -39,6 +40,14 @@ std::string slurp(const std::filesystem::path& p);
 std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f);
 // An empty directory <tmp>/longrope_TAG_<pid>, created afresh.
 std::filesystem::path fresh_temp_dir(const std::string& tag);
+// Removes a directory when it goes out of scope, also when an ASSERT leaves the test early.
+struct RemoveOnExit {
+  std::filesystem::path dir;
+  ~RemoveOnExit() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+};
 
 // Runs f, which must throw a one-line longrope::Error whose message contains every part.
 void expect_error_parts(const std::function<void()>& f, const std::vector<std::string>& parts);

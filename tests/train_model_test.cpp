@@ -281,6 +281,7 @@ TEST(TrainFinetune, AKilledRunResumesToTheSameWeights) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = stories();
   const auto d1 = test::fresh_temp_dir("ft_whole"), d2 = test::fresh_temp_dir("ft_resumed");
+  const test::RemoveOnExit clean1{d1}, clean2{d2};
   const FinetuneResult whole = run_finetune(*m, small_run(d1, 4));
   EXPECT_EQ(whole.steps_done, 4);
   FinetuneConfig c = small_run(d2, 4);
@@ -313,6 +314,7 @@ TEST(TrainFinetune, OutputLoadsWithTheTrainedWeightsAndTheFactors) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = stories();
   const auto dir = test::fresh_temp_dir("ft_out");
+  const test::RemoveOnExit clean{dir};
   FinetuneConfig c = small_run(dir, 2);
   c.short_share = 0;
   run_finetune(*m, c);
@@ -343,6 +345,7 @@ TEST(TrainFinetune, HfFolderHoldsTheSameModelAsTheGguf) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = stories();
   const auto dir = test::fresh_temp_dir("ft_hf");
+  const test::RemoveOnExit clean{dir};
   FinetuneConfig c = small_run(dir, 1);
   c.short_share = 0;
   c.ctx = 512;
@@ -397,6 +400,7 @@ TEST(TrainFinetune, AStateWithoutComputeResumesAsF32) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = stories();
   const auto dir = test::fresh_temp_dir("ft_old_state");
+  const test::RemoveOnExit clean{dir};
   FinetuneConfig c = small_run(dir, 1);
   c.short_share = 0;
   c.ctx = 256;
@@ -435,6 +439,7 @@ TEST(TrainFinetune, BadSettingsFailBeforeTraining) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = stories();
   const auto dir = test::fresh_temp_dir("ft_bad");
+  const test::RemoveOnExit clean{dir};
   FinetuneConfig c = small_run(dir, 2);
   c.out_type = "q4_0";
   test::expect_error([&] { run_finetune(*m, c); }, {"output type 'q4_0'", "f32, f16 or bf16"});
@@ -463,6 +468,7 @@ int finetune_cli(const std::string& args, std::string* out) {
 TEST(TrainCli, FinetunesAndWritesAModelThatEvaluates) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   const auto dir = test::fresh_temp_dir("ft_cli");
+  const test::RemoveOnExit clean{dir};
   const std::string out_gguf = (dir / "ft.gguf").string();
   std::string out;
   ASSERT_EQ(finetune_cli(fmt::format("-m '{}' -f '{}' -c 256 --steps 3 --rope yarn --rope-factor 2 "
@@ -492,6 +498,7 @@ TEST(TrainCli, FinetunesAndWritesAModelThatEvaluates) {
 TEST(TrainCli, ProgressiveScriptRunsEveryStage) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   const auto dir = test::fresh_temp_dir("progressive");
+  const test::RemoveOnExit clean{dir};
   std::string out;
   ASSERT_EQ(
       test::run_command(
@@ -528,6 +535,7 @@ TEST(TrainCli, ProgressiveScriptRunsEveryStage) {
 TEST(TrainCli, ErrorsAreOneLine) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   const auto dir = test::fresh_temp_dir("ft_cli_err");
+  const test::RemoveOnExit clean{dir};
   std::string out;
   const std::string text = shared_text("pride_and_prejudice.txt").string();
   // A llama2.c checkpoint: the output is a GGUF copy, so the input must be one.
