@@ -82,6 +82,51 @@ TEST(EvalNeedle, WindowsHoldTheFactsAndScoreTheAnswers) {
     for (int64_t p : positions[k]) sum += nll[size_t(p)];
   }
   EXPECT_NEAR(r.ppl, std::exp(sum / double(answers)), 1e-6 * r.ppl);
+
+  // The mixed fitness scores every token of the same windows and weighs the answers by w: the
+  // same NLLs as the whole windows scored directly (the same arithmetic: measured bit-identical).
+  const double w8 = 0.1;
+  PerplexityEvaluator mix(model, windows, positions, 1, 512, w8);
+  EXPECT_TRUE(mix.stage().on());
+  const EvalResult m = mix.evaluate(s, std::numeric_limits<double>::infinity());
+  double all_sum = 0, ans_sum = 0;
+  int64_t all = 0;
+  MixedNll stage0;  // window 0 beyond the original context: the first stage
+  for (size_t k = 0; k < windows.size(); ++k) {
+    const auto nll = score_window(*model, windows[k], s);
+    for (double x : nll) all_sum += x;
+    all += int64_t(nll.size());
+    for (int64_t p : positions[k]) ans_sum += nll[size_t(p)];
+    if (k == 0) stage0.add(nll, positions[0], 511);
+  }
+  EXPECT_EQ(m.tokens, all);
+  const double want = std::exp(0.9 * all_sum / double(all) + 0.1 * ans_sum / double(answers));
+  EXPECT_NEAR(m.ppl, want, 1e-12 * want);
+  // Its parts are nothing like each other, so the weight matters.
+  EXPECT_GT(std::exp(ans_sum / double(answers)) / std::exp(all_sum / double(all)), 2.0);
+  EXPECT_NEAR(m.stage_ppl, stage0.fitness(w8), 1e-12 * m.stage_ppl);
+  EXPECT_GT(stage0.all, 0);
+  EXPECT_LT(stage0.all, int64_t(windows[0].size()) - 1);  // only the tokens beyond 512
+  // A bound below the stage cuts after window 0, on the mixed stage value.
+  const EvalResult cut = mix.evaluate(s, m.stage_ppl * 0.999);
+  EXPECT_TRUE(cut.rejected);
+  EXPECT_NEAR(cut.ppl, m.stage_ppl, 1e-12 * m.stage_ppl);
+  EXPECT_EQ(cut.tokens, int64_t(windows[0].size()) - 1);
+  for (double bad : {0.0, 1.5, -0.1})
+    test::expect_error([&] { PerplexityEvaluator(model, windows, positions, 1, 512, bad); },
+                       "--needle-weight");
+}
+
+TEST(EvalNeedle, MixedNllCountsFromTheFirstScoredIndex) {
+  MixedNll m;
+  m.add({1.0, 2.0, 3.0, 4.0}, std::vector<int64_t>{1, 3}, 2);
+  EXPECT_EQ(m.all, 2);
+  EXPECT_DOUBLE_EQ(m.all_sum, 7.0);
+  EXPECT_EQ(m.answers, 1);
+  EXPECT_DOUBLE_EQ(m.answer_sum, 4.0);
+  EXPECT_DOUBLE_EQ(m.fitness(0.25), std::exp(0.75 * 3.5 + 0.25 * 4.0));
+  EXPECT_TRUE(std::isnan(MixedNll{}.fitness(0.1)));
+  test::expect_error([&] { m.add({1.0}, std::vector<int64_t>{3}); }, "answer position 3");
 }
 
 }  // namespace
@@ -124,6 +169,27 @@ TEST(EvalNeedle, EvalScoresTheAnswersAndKeepsItsCellsApart) {
   EXPECT_EQ(run_eval(*model, cfg).computed, 2);
   cfg.fitness = "needle";
   EXPECT_EQ(run_eval(*model, cfg).computed, 0);
+
+  // The mixed fitness: the same windows scored whole; its answers' part is the needle cells'
+  // value, and the cell holds exp((1 - w) ln all + w ln needle). Another weight is another cell.
+  cfg.fitness = "mix";
+  cfg.needle_weight = 0.2;
+  const EvalRun mixed = run_eval(*model, cfg);
+  ASSERT_EQ(mixed.computed, 2);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& c = mixed.cells[i];
+    EXPECT_EQ(c["fitness"], "mix");
+    const double all = c["all_ppl"], needle = c["needle_ppl"], v = c["ppl"];
+    EXPECT_NEAR(needle, run.cells[i]["ppl"].get<double>(), 1e-6 * needle);
+    EXPECT_NEAR(v, std::exp(0.8 * std::log(all) + 0.2 * std::log(needle)), 1e-12 * v);
+    EXPECT_EQ(c["tokens"].get<int64_t>(), 2 * 1023);
+    ASSERT_EQ(c["window_ppl"].size(), 2u);
+  }
+  EXPECT_EQ(run_eval(*model, cfg).computed, 0);
+  cfg.needle_weight = 0.3;
+  EXPECT_EQ(run_eval(*model, cfg).computed, 2);
+  cfg.needle_weight = 1.0;
+  test::expect_error([&] { run_eval(*model, cfg); }, "--needle-weight 1");
   std::filesystem::remove_all(dir);
 }
 

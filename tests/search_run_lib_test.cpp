@@ -9,6 +9,7 @@
 #include <string>
 
 #include "longrope/error.h"
+#include "longrope/eval.h"
 #include "longrope/interrupt.h"
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
@@ -166,6 +167,56 @@ TEST(SearchRunLib, InterruptedMidIterationResumesToTheSameFiles) {
   more.resume = true;
   EXPECT_EQ(SearchRun(model, more).run().best_ppl, 1.25);
   ::unsetenv("SOURCE_DATE_EPOCH");
+  fs::remove_all(d);
+}
+
+// --fitness mix: the best fitness the search records is what `eval --fitness mix` measures for
+// its factors file (same needle windows, every token scored, the answers weighing w), the file
+// says how it was found, and a resume with another weight is refused.
+TEST(SearchRunLib, MixedFitnessIsWhatEvalMeasures) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  const fs::path d = test::fresh_temp_dir("searchmix");
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRunConfig c = tiny(d / "mix.json", 1);
+  c.short_ctx.reset();
+  c.fitness = "mix";
+  c.needles = 3;
+  c.needle_weight = 0.2;
+  const SearchRunResult r = SearchRun(model, c).run();
+  const auto file = nlohmann::json::parse(test::slurp(d / "mix.json"));
+  const auto& search = file["provenance"]["search"];
+  EXPECT_EQ(search["fitness"], "mix");
+  EXPECT_EQ(search["needle_weight"].get<double>(), 0.2);
+  EXPECT_EQ(search["needles"].get<int>(), 3);
+
+  EvalConfig e;
+  e.model_path = c.model_path;
+  e.text_paths = c.texts;
+  e.lengths = {c.target_ctx};
+  e.methods = {"best=" + (d / "mix.json").string()};
+  e.n_threads = 1;
+  e.fitness = "mix";
+  e.needles = 3;
+  e.needle_weight = 0.2;
+  const EvalRun run = run_eval(*model, e);
+  ASSERT_EQ(run.cells.size(), 1u);
+  EXPECT_NEAR(run.cells[0]["ppl"].get<double>(), r.best_ppl, 1e-12 * r.best_ppl);
+  // The mixed value lies between its parts (every token, the answers only).
+  const double all = run.cells[0]["all_ppl"], needle = run.cells[0]["needle_ppl"];
+  EXPECT_GT(r.best_ppl, std::min(all, needle));
+  EXPECT_LT(r.best_ppl, std::max(all, needle));
+
+  SearchRunConfig other = tiny(d / "mix.json", 2);
+  other.short_ctx.reset();
+  other.fitness = "mix";
+  other.needles = 3;
+  other.needle_weight = 0.3;
+  other.resume = true;
+  test::expect_error([&] { SearchRun(model, other).run(); }, "other search settings");
+  other.needle_weight = 0;
+  other.resume = false;
+  test::expect_error([&] { SearchRun(model, other); }, "--needle-weight 0");
   fs::remove_all(d);
 }
 

@@ -129,10 +129,12 @@ struct EvalConfig {
   std::string out_dir;  // "" = write nothing
   bool resume = false;
   // "ppl": every token of plain windows; "needle": the answers of needle windows only
-  // (include/longrope/needle.h), as `longrope search --fitness needle` scores them.
+  // (include/longrope/needle.h), as `longrope search --fitness needle` scores them; "mix": needle
+  // windows scored whole, the answers weighing needle_weight (MixedNll), as search --fitness mix.
   std::string fitness = "ppl";
   int needles = 4;
   uint64_t needle_seed = 1234;
+  double needle_weight = 0.1;
 };
 
 // Cell fields: method (spec), label, length, docs, texts, ppl, mean_nll, tokens, seconds, rope

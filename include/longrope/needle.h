@@ -31,4 +31,22 @@ struct NeedleWindows {
 NeedleWindows make_needle_windows(const Tokenizer& tok, std::span<const int32_t> text_tokens,
                                   int64_t length, int64_t windows, int needles, uint64_t seed);
 
+// The mixed fitness (`--fitness mix`): needle windows scored whole, and
+//   fitness = exp((1 - w) * mean NLL of every token + w * mean NLL of the answers),
+// the weighted geometric mean of their perplexity and their needle perplexity. Perplexity alone
+// rewards local prediction and trades retrieval away; the needle fitness alone pays for retrieval
+// with perplexity; a small w (the default 0.1) makes the search keep both (docs/search.md).
+struct MixedNll {
+  double all_sum = 0, answer_sum = 0;
+  int64_t all = 0, answers = 0;
+  // Adds the NLLs of one window scored whole (nll[i] predicts token i + 1) from index `from` on,
+  // and those of its answers (positions, as NeedleWindows holds them) from `from` on.
+  void add(const std::vector<double>& nll, std::span<const int64_t> positions, int64_t from = 0);
+  // exp((1 - w) * all_sum / all + w * answer_sum / answers); NaN when either count is 0.
+  double fitness(double w) const;
+};
+
+// Throws Error naming the flag unless 0 < w < 1 (w = 0 is --fitness ppl, w = 1 --fitness needle).
+void check_needle_weight(double w);
+
 }  // namespace longrope

@@ -92,11 +92,13 @@ class PerplexityEvaluator : public Evaluator {
  public:
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
                       int n_threads, int64_t orig_ctx, int64_t first_stage_tokens = 0);
-  // A needle fitness: only the given NLL indices of each window are scored (NeedleWindows). The
-  // first stage is window 0 (its scored positions beyond orig_ctx) when there are several windows,
-  // else there is none.
+  // A needle fitness: only the given NLL indices of each window are scored (NeedleWindows). With
+  // answer_weight < 1 the mixed fitness instead (MixedNll in needle.h): every token is scored and
+  // the answers weigh answer_weight. The first stage is window 0 (its scored positions beyond
+  // orig_ctx) when there are several windows, else there is none.
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
-                      std::vector<std::vector<int64_t>> positions, int n_threads, int64_t orig_ctx);
+                      std::vector<std::vector<int64_t>> positions, int n_threads, int64_t orig_ctx,
+                      double answer_weight = 1.0);
   EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
   const FirstStage& stage() const { return stage_; }
@@ -107,6 +109,8 @@ class PerplexityEvaluator : public Evaluator {
   int n_threads_;
   FirstStage stage_;
   std::vector<std::vector<int64_t>> positions_;  // needle fitness: scored NLL indices per window
+  double answer_weight_ = 1.0;                   // < 1: the mixed fitness
+  bool mixed() const { return !positions_.empty() && answer_weight_ < 1.0; }
 };
 
 // ---- the search space -------------------------------------------------------------------------

@@ -45,10 +45,12 @@ struct SearchRunConfig {
   // (critical_dim()), else the pair index.
   int critical_dim = -1;
   // "ppl": perplexity of every token; "needle": of the answers of needle windows only
-  // (include/longrope/needle.h), `needles` per window, built from needle_seed.
+  // (include/longrope/needle.h), `needles` per window, built from needle_seed; "mix": needle
+  // windows scored whole, the answers weighing needle_weight (MixedNll).
   std::string fitness = "ppl";
   int needles = 4;
   uint64_t needle_seed = 1234;
+  double needle_weight = 0.1;
   double critical_margin = 0.25;  // pairs below it in [1, s + margin]
   // Factors files added to the initial population (progressive extension: the previous stage's
   // factors), each twice: as it is, and with every factor times target_ctx / its own target

@@ -24,6 +24,7 @@ struct EvalArgs {
   std::string fitness = "ppl";
   int needles = 4;
   uint64_t needle_seed = 1234;
+  double needle_weight = 0.1;
 };
 
 std::vector<std::string> split_paths(const std::string& s) {
@@ -64,10 +65,14 @@ Runner register_eval(CLI::App& app) {
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
       ->check(in_range(1.0, 1e6));
   cmd->add_option("--fitness", a->fitness,
-                  "ppl: every token; needle: the answers of needle windows only (as search "
-                  "--fitness needle)")
+                  "ppl: every token; needle: the answers of needle windows only; mix: needle "
+                  "windows scored whole, exp((1-w) mean NLL + w mean answer NLL) (as search "
+                  "--fitness)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"ppl", "needle"}));
+      ->check(CLI::IsMember({"ppl", "needle", "mix"}));
+  cmd->add_option("--needle-weight", a->needle_weight,
+                  "weight w of the answers in --fitness mix (0 < w < 1)")
+      ->capture_default_str();
   cmd->add_option("--needles", a->needles, "key facts per needle window")
       ->capture_default_str()
       ->check(in_range(1, 8));
@@ -95,6 +100,7 @@ Runner register_eval(CLI::App& app) {
     cfg.fitness = a->fitness;
     cfg.needles = a->needles;
     cfg.needle_seed = a->needle_seed;
+    cfg.needle_weight = a->needle_weight;
     cfg.n_threads = resolve_threads(a->threads);
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,

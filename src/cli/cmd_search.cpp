@@ -85,10 +85,15 @@ int lead(const SearchArgs& a, SearchRun& run) {
   } else {
     std::string f;
     for (double x : result.sets.back().factors) f += fmt::format("{} ", x);
-    fmt::print("best ppl {:.4f} at {} (n_hat {}, attn {:.4f}); factors: {}\n", r.best_ppl,
+    // What the fitness values are: perplexity, needle perplexity or the mixed fitness.
+    const std::string what = cfg.fitness == "ppl" ? "ppl"
+                             : cfg.fitness == "needle"
+                                 ? "needle ppl"
+                                 : fmt::format("mix (w {:g})", cfg.needle_weight);
+    fmt::print("best {} {:.4f} at {} (n_hat {}, attn {:.4f}); factors: {}\n", what, r.best_ppl,
                sp.target_ctx, result.n_hat, *result.attn_factor, f);
     for (const auto& [name, v] : r.seed_ppl.items())
-      fmt::print("  seed {:8s} ppl {:.4f}\n", name, v.get<double>());
+      fmt::print("  seed {:8s} {} {:.4f}\n", name, what, v.get<double>());
     // Evaluation time is the run's total (earlier runs of a resumed search included); wall time
     // is this process's.
     fmt::print(
@@ -192,9 +197,13 @@ Runner register_search(CLI::App& app) {
   cmd->add_option("--fitness", a->cfg.fitness,
                   "ppl: perplexity of every token of the windows; needle: perplexity of the "
                   "answers only, in windows with key facts spread over the text and questions at "
-                  "the end (include/longrope/needle.h)")
+                  "the end (include/longrope/needle.h); mix: needle windows scored whole, "
+                  "exp((1-w) mean NLL + w mean answer NLL), w = --needle-weight")
       ->capture_default_str()
-      ->check(CLI::IsMember({"ppl", "needle"}));
+      ->check(CLI::IsMember({"ppl", "needle", "mix"}));
+  cmd->add_option("--needle-weight", a->cfg.needle_weight,
+                  "weight w of the answers in --fitness mix (0 < w < 1)")
+      ->capture_default_str();
   cmd->add_option("--needles", a->cfg.needles, "key facts per needle window")
       ->capture_default_str()
       ->check(in_range(1, 8));

@@ -42,9 +42,12 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
     scalings->push_back(std::move(row));
   }
-  const bool needle = cfg.fitness == "needle";
+  const bool needle = cfg.fitness == "needle" || cfg.fitness == "mix";  // needle windows
+  const bool mix = cfg.fitness == "mix";
+  const double weight = cfg.needle_weight;
   if (!needle && cfg.fitness != "ppl")
-    throw Error(fmt::format("--fitness {} (expected ppl or needle)", cfg.fitness));
+    throw Error(fmt::format("--fitness {} (expected ppl, needle or mix)", cfg.fitness));
+  if (mix) check_needle_weight(weight);
   auto texts = std::make_shared<std::vector<std::vector<int32_t>>>();
   // Needle fitness: the windows of each [text][length] and their scored positions.
   auto needles = std::make_shared<std::vector<std::vector<NeedleWindows>>>();
@@ -81,7 +84,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                         {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
                         {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
   if (needle)  // absent for the perplexity fitness: cells of older results files still match
-    key["fitness"] = {{"kind", "needle"}, {"needles", cfg.needles}, {"seed", cfg.needle_seed}};
+    key["fitness"] = {{"kind", cfg.fitness}, {"needles", cfg.needles}, {"seed", cfg.needle_seed}};
+  if (mix) key["fitness"]["weight"] = weight;
   plan.keys = cell_keys(key, plan.methods);
   plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths] {
     return sweep_fingerprint(model, *texts, keys, lengths);
@@ -90,72 +94,87 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   const int64_t docs = cfg.docs, n_texts = int64_t(texts->size());
   const int n_threads = cfg.n_threads;
   plan.work = [docs, n_texts](int64_t len) { return cell_work(len, docs * n_texts); };
-  plan.compute_cell = [&model, scalings, texts, needles, needle, docs, n_threads,
-                       methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
-                          size_t mi, size_t li,
-                          const std::function<void(double, const std::string&)>& progress,
-                          const nlohmann::json& /*prefix: perplexity cells have no units*/) {
-    const EvalMethod& m = methods[mi];
-    const int64_t len = lengths[li];
-    const RopeScaling& scaling = (*scalings)[mi][li];
-    const int64_t n = int64_t(texts->size());
-    double nll_sum = 0, seconds = 0;
-    int64_t tokens = 0;
-    std::vector<double> text_ppl, window_ppl;  // window_ppl: every window of every text
-    for (int64_t ti = 0; ti < n; ++ti) {
-      if (needle) {  // the answers of the needle windows only
-        const NeedleWindows& nws = (*needles)[size_t(ti)][li];
-        ScoreOptions so;
-        so.n_threads = n_threads;
-        const double t0 = omp_get_wtime();
-        const WindowLoop loop = score_windows(
-            model, nws.tokens, scaling, so,
-            [&](size_t k, const std::vector<double>& nll) {
-              double s = 0;
-              for (double x : nll) s += x;
-              window_ppl.push_back(std::exp(s / double(nll.size())));
-              if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
-            },
-            {}, &nws.positions);
-        nll_sum += loop.nll_sum;
-        tokens += loop.tokens;
-        seconds += omp_get_wtime() - t0;
-        text_ppl.push_back(loop.ppl());
-        continue;
-      }
-      const PerplexityResult r =
-          perplexity(model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
-                     [&](int64_t done, int64_t, double) {
-                       if (progress) progress(double(ti * docs + done) / double(n * docs), "");
-                     });
-      nll_sum += r.mean_nll * double(r.tokens);
-      tokens += r.tokens;
-      seconds += r.seconds;
-      text_ppl.push_back(r.ppl);
-      window_ppl.insert(window_ppl.end(), r.window_ppl.begin(), r.window_ppl.end());
-    }
-    const double mean_nll = nll_sum / double(tokens);
-    nlohmann::json cell = nlohmann::json{{"method", m.spec},
-                                         {"label", m.label},
-                                         {"length", len},
-                                         {"key", keys[mi]},
-                                         {"docs", docs},
-                                         {"fitness", needle ? "needle" : "ppl"},
-                                         {"ppl", std::exp(mean_nll)},
-                                         {"mean_nll", mean_nll},
-                                         {"tokens", tokens},
-                                         {"text_ppl", text_ppl},
-                                         {"seconds", seconds},
-                                         {"rope", scaling.describe()},
-                                         {"factor", scaling.factor},
-                                         {"window_ppl", window_ppl}};
-    // The spread over windows (the error bars of the plot), when there is more than one.
-    if (window_ppl.size() > 1) {
-      cell["ppl_min"] = *std::min_element(window_ppl.begin(), window_ppl.end());
-      cell["ppl_max"] = *std::max_element(window_ppl.begin(), window_ppl.end());
-    }
-    return cell;
-  };
+  plan.compute_cell =
+      [&model, scalings, texts, needles, needle, mix, weight, docs, n_threads,
+       cfg_fitness = cfg.fitness, methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
+          size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
+          const nlohmann::json& /*prefix: perplexity cells have no units*/) {
+        const EvalMethod& m = methods[mi];
+        const int64_t len = lengths[li];
+        const RopeScaling& scaling = (*scalings)[mi][li];
+        const int64_t n = int64_t(texts->size());
+        double nll_sum = 0, seconds = 0;
+        int64_t tokens = 0;
+        std::vector<double> text_ppl, window_ppl;  // window_ppl: every window of every text
+        MixedNll mixed;                            // mix: over every text
+        for (int64_t ti = 0; ti < n; ++ti) {
+          if (needle) {  // the answers of the needle windows only, or (mix) every token
+            const NeedleWindows& nws = (*needles)[size_t(ti)][li];
+            ScoreOptions so;
+            so.n_threads = n_threads;
+            const double t0 = omp_get_wtime();
+            MixedNll text_mix;
+            const WindowLoop loop = score_windows(
+                model, nws.tokens, scaling, so,
+                [&](size_t k, const std::vector<double>& nll) {
+                  if (mix) {
+                    MixedNll w;
+                    w.add(nll, nws.positions[k]);
+                    text_mix.add(nll, nws.positions[k]);
+                    mixed.add(nll, nws.positions[k]);
+                    window_ppl.push_back(w.fitness(weight));
+                  } else {
+                    double s = 0;
+                    for (double x : nll) s += x;
+                    window_ppl.push_back(std::exp(s / double(nll.size())));
+                  }
+                  if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
+                },
+                {}, mix ? nullptr : &nws.positions);
+            nll_sum += loop.nll_sum;
+            tokens += loop.tokens;
+            seconds += omp_get_wtime() - t0;
+            text_ppl.push_back(mix ? text_mix.fitness(weight) : loop.ppl());
+            continue;
+          }
+          const PerplexityResult r =
+              perplexity(model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
+                         [&](int64_t done, int64_t, double) {
+                           if (progress) progress(double(ti * docs + done) / double(n * docs), "");
+                         });
+          nll_sum += r.mean_nll * double(r.tokens);
+          tokens += r.tokens;
+          seconds += r.seconds;
+          text_ppl.push_back(r.ppl);
+          window_ppl.insert(window_ppl.end(), r.window_ppl.begin(), r.window_ppl.end());
+        }
+        // mix: the cell's value is the mixed fitness; its two parts are kept beside it.
+        const double mean_nll = mix ? std::log(mixed.fitness(weight)) : nll_sum / double(tokens);
+        nlohmann::json cell = nlohmann::json{{"method", m.spec},
+                                             {"label", m.label},
+                                             {"length", len},
+                                             {"key", keys[mi]},
+                                             {"docs", docs},
+                                             {"fitness", cfg_fitness},
+                                             {"ppl", std::exp(mean_nll)},
+                                             {"mean_nll", mean_nll},
+                                             {"tokens", tokens},
+                                             {"text_ppl", text_ppl},
+                                             {"seconds", seconds},
+                                             {"rope", scaling.describe()},
+                                             {"factor", scaling.factor},
+                                             {"window_ppl", window_ppl}};
+        // The spread over windows (the error bars of the plot), when there is more than one.
+        if (mix) {
+          cell["all_ppl"] = std::exp(mixed.all_sum / double(mixed.all));
+          cell["needle_ppl"] = std::exp(mixed.answer_sum / double(mixed.answers));
+        }
+        if (window_ppl.size() > 1) {
+          cell["ppl_min"] = *std::min_element(window_ppl.begin(), window_ppl.end());
+          cell["ppl_max"] = *std::max_element(window_ppl.begin(), window_ppl.end());
+        }
+        return cell;
+      };
   return plan;
 }
 

@@ -4,6 +4,8 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -93,6 +95,35 @@ NeedleWindows make_needle_windows(const Tokenizer& tok, std::span<const int32_t>
           fmt::format("needle window has {} tokens, expected {} (internal)", win.size(), length));
   }
   return out;
+}
+
+void MixedNll::add(const std::vector<double>& nll, std::span<const int64_t> positions,
+                   int64_t from) {
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(from, 0)); i < nll.size(); ++i) {
+    all_sum += nll[i];
+    ++all;
+  }
+  for (int64_t p : positions) {
+    if (p < from) continue;
+    if (p < 0 || static_cast<size_t>(p) >= nll.size())
+      throw Error(fmt::format("mixed fitness: answer position {} outside a window of {} NLLs", p,
+                              nll.size()));
+    answer_sum += nll[static_cast<size_t>(p)];
+    ++answers;
+  }
+}
+
+double MixedNll::fitness(double w) const {
+  if (all == 0 || answers == 0) return std::numeric_limits<double>::quiet_NaN();
+  return std::exp((1.0 - w) * all_sum / static_cast<double>(all) +
+                  w * answer_sum / static_cast<double>(answers));
+}
+
+void check_needle_weight(double w) {
+  if (!(w > 0.0 && w < 1.0))
+    throw Error(fmt::format(
+        "--needle-weight {} (expected 0 < w < 1; --fitness ppl is w = 0, --fitness needle w = 1)",
+        w));
 }
 
 }  // namespace longrope

@@ -10,6 +10,7 @@
 
 #include "longrope/context.h"
 #include "longrope/error.h"
+#include "longrope/needle.h"
 #include "longrope/perplexity.h"
 
 namespace longrope {
@@ -43,8 +44,10 @@ PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
 PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
                                          std::vector<std::vector<int32_t>> windows,
                                          std::vector<std::vector<int64_t>> positions, int n_threads,
-                                         int64_t orig_ctx)
+                                         int64_t orig_ctx, double answer_weight)
     : PerplexityEvaluator(std::move(model), std::move(windows), n_threads, orig_ctx) {
+  if (answer_weight != 1.0) check_needle_weight(answer_weight);
+  answer_weight_ = answer_weight;
   if (positions.size() != windows_.size())
     throw Error("perplexity evaluator: one list of scored positions per window expected");
   for (size_t k = 0; k < positions.size(); ++k) {
@@ -99,6 +102,11 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   // The stage's perplexity: of the NLLs [first_scored, fs - 1) of window 0 (or of its prefix);
   // with scored positions, of window 0's scored positions from first_scored on.
   auto stage_ppl_of = [&](const std::vector<double>& nll) {
+    if (mixed()) {
+      MixedNll m;
+      m.add(nll, positions_[0], stage_.first_scored);
+      return m.fitness(answer_weight_);
+    }
     double sum = 0;
     int64_t count = 0;
     if (!positions_.empty()) {
@@ -123,7 +131,7 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
   if (stage_.on() && std::isfinite(reject_above)) {
     ScoreOptions so = opts;
-    if (!positions_.empty()) so.positions = positions_[0];
+    if (!positions_.empty() && !mixed()) so.positions = positions_[0];
     std::vector<double> nll = score_window(
         *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, so);
     r.tokens += static_cast<int64_t>(nll.size());
@@ -141,14 +149,16 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   }
   // A prefix of fs tokens scores the same tokens as the start of the whole window (causal
   // attention; equal up to rounding).
+  MixedNll mix;
   const WindowLoop loop = score_windows(
       *model_, windows_, scaling, opts,
       [&](size_t k, const std::vector<double>& nll) {
         if (k == 0 && stage_.on() && std::isnan(r.stage_ppl)) r.stage_ppl = stage_ppl_of(nll);
+        if (mixed()) mix.add(nll, positions_[k]);
       },
-      std::move(first), positions_.empty() ? nullptr : &positions_);
+      std::move(first), positions_.empty() || mixed() ? nullptr : &positions_);
   r.tokens += loop.computed_tokens;
-  r.ppl = loop.ppl();
+  r.ppl = mixed() ? mix.fitness(answer_weight_) : loop.ppl();
   return finish(r);
 }
 

@@ -294,9 +294,12 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     tokens.insert(tokens.end(), t.begin(), t.end());
   }
   const int32_t bos = p.model->file().vocab.bos;
-  const bool needle = c.fitness == "needle";
+  // needle: needle windows (for --fitness needle and mix).
+  const bool needle = c.fitness == "needle" || c.fitness == "mix";
+  const bool mix = c.fitness == "mix";
   if (!needle && c.fitness != "ppl")
-    throw Error(fmt::format("search: --fitness {} (expected ppl or needle)", c.fitness));
+    throw Error(fmt::format("search: --fitness {} (expected ppl, needle or mix)", c.fitness));
+  if (mix) check_needle_weight(c.needle_weight);
   // The evaluator of windows of ctx tokens (for a needle fitness, needle windows and their
   // scored positions).
   auto evaluator_for = [&](int64_t ctx) {
@@ -314,7 +317,8 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     }
     if (needle)
       return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens),
-                                                   std::move(w.positions), c.n_threads, p.orig);
+                                                   std::move(w.positions), c.n_threads, p.orig,
+                                                   mix ? c.needle_weight : 1.0);
     return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens), c.n_threads, p.orig,
                                                  c.reject_stage);
   };
@@ -366,8 +370,9 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   p.ck_settings["stage"] = "beyond-orig";
   if (needle) {  // absent for the perplexity fitness: older checkpoints still match
     p.ck_settings["fitness"] = {
-        {"kind", "needle"}, {"needles", c.needles}, {"seed", c.needle_seed}};
-    p.fingerprint["fitness"] = "needle";
+        {"kind", c.fitness}, {"needles", c.needles}, {"seed", c.needle_seed}};
+    if (mix) p.ck_settings["fitness"]["weight"] = c.needle_weight;
+    p.fingerprint["fitness"] = c.fitness;
   }
 
   if (c.settings.early_reject) {
@@ -375,9 +380,9 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
       if (ev.stage().on()) return;
       if (needle) {
         p.warnings.push_back(fmt::format(
-            "early reject is off for the {} search: a needle fitness cuts on window 0, which "
+            "early reject is off for the {} search: a {} fitness cuts on window 0, which "
             "needs --docs 2 or more",
-            phase));
+            phase, c.fitness));
         return;
       }
       p.warnings.push_back(fmt::format(
@@ -598,9 +603,10 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   search["space"] = space_json(sp);
   search["reject_stage"] = c.reject_stage;
   search["fitness"] = c.fitness;
-  if (c.fitness == "needle") {
+  if (c.fitness != "ppl") {
     search["needles"] = c.needles;
     search["needle_seed"] = c.needle_seed;
+    if (c.fitness == "mix") search["needle_weight"] = c.needle_weight;
   }
   if (!sp.lo.empty()) search["critical_dim"] = critical_dim_of(c, p.model->hp(), p.orig);
   nlohmann::json prov = {
