@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "longrope/tokenizer.h"
@@ -45,6 +46,10 @@ struct MixedNll {
   // exp((1 - w) * all_sum / all + w * answer_sum / answers); NaN when either count is 0.
   double fitness(double w) const;
 };
+
+// What a fitness's values are, for people: "perplexity", "needle perplexity" (the answers only)
+// or "mixed fitness (w W)".
+std::string fitness_name(const std::string& fitness, double needle_weight);
 
 // Throws Error naming the flag unless 0 < w < 1 (w = 0 is --fitness ppl, w = 1 --fitness needle).
 void check_needle_weight(double w);

@@ -11,6 +11,7 @@
 #include "longrope/error.h"
 #include "longrope/fingerprint.h"
 #include "longrope/interrupt.h"
+#include "longrope/needle.h"
 #include "longrope/search_run.h"
 
 namespace longrope::cli {
@@ -85,11 +86,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
   } else {
     std::string f;
     for (double x : result.sets.back().factors) f += fmt::format("{} ", x);
-    // What the fitness values are: perplexity, needle perplexity or the mixed fitness.
-    const std::string what = cfg.fitness == "ppl" ? "ppl"
-                             : cfg.fitness == "needle"
-                                 ? "needle ppl"
-                                 : fmt::format("mix (w {:g})", cfg.needle_weight);
+    const std::string what = fitness_name(cfg.fitness, cfg.needle_weight);
     fmt::print("best {} {:.4f} at {} (n_hat {}, attn {:.4f}); factors: {}\n", what, r.best_ppl,
                sp.target_ctx, result.n_hat, *result.attn_factor, f);
     for (const auto& [name, v] : r.seed_ppl.items())

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -187,9 +188,12 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
   out.field = "ppl";
   out.decimals = 3;
   out.stem = "ppl";
-  out.plot.title = fmt::format("Perplexity vs length: {}, {} window(s) per text",
-                               path_name(cfg.model_path), cfg.docs);
-  out.plot.ylabel = "perplexity (bars: lowest and highest window)";
+  // What the cells hold: perplexity of every token, of the needle answers, or the mix of both.
+  const std::string what = fitness_name(cfg.fitness, cfg.needle_weight);
+  out.plot.title = fmt::format("{}{} vs length: {}, {} window(s) per text",
+                               char(std::toupper(static_cast<unsigned char>(what[0]))),
+                               what.substr(1), path_name(cfg.model_path), cfg.docs);
+  out.plot.ylabel = what + " (bars: lowest and highest window)";
   out.lo_field = "ppl_min";
   out.hi_field = "ppl_max";
   out.plot.log_y = true;

@@ -119,6 +119,12 @@ double MixedNll::fitness(double w) const {
                   w * answer_sum / static_cast<double>(answers));
 }
 
+std::string fitness_name(const std::string& fitness, double needle_weight) {
+  if (fitness == "needle") return "needle perplexity";
+  if (fitness == "mix") return fmt::format("mixed fitness (w {:g})", needle_weight);
+  return "perplexity";
+}
+
 void check_needle_weight(double w) {
   if (!(w > 0.0 && w < 1.0))
     throw Error(fmt::format(
