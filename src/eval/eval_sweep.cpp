@@ -96,10 +96,11 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   const int n_threads = cfg.n_threads;
   plan.work = [docs, n_texts](int64_t len) { return cell_work(len, docs * n_texts); };
   plan.compute_cell =
-      [&model, scalings, texts, needles, needle, mix, weight, docs, n_threads,
-       cfg_fitness = cfg.fitness, methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
+      [&model, scalings, texts, needles, docs, n_threads, weight, methods = plan.methods,
+       lengths = plan.lengths, keys = plan.keys, fitness = cfg.fitness](
           size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
           const nlohmann::json& /*prefix: perplexity cells have no units*/) {
+        const bool mix = fitness == "mix", needle = mix || fitness == "needle";
         const EvalMethod& m = methods[mi];
         const int64_t len = lengths[li];
         const RopeScaling& scaling = (*scalings)[mi][li];
@@ -156,7 +157,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                                              {"length", len},
                                              {"key", keys[mi]},
                                              {"docs", docs},
-                                             {"fitness", cfg_fitness},
+                                             {"fitness", fitness},
                                              {"ppl", std::exp(mean_nll)},
                                              {"mean_nll", mean_nll},
                                              {"tokens", tokens},
