@@ -616,8 +616,8 @@ void end_png(const std::string& path) {
 }  // namespace
 
 // PLplot's legend text (plschr 0.85) is wider than the SVG's 13 px font by about this factor
-// (measured on the PNGs).
-constexpr double kPngLegendScale = 1.25;
+// (measured on the PNGs; 1.25 cut the box of a 19-character label).
+constexpr double kPngLegendScale = 1.4;
 
 bool plot_png_supported() {
   return true;
@@ -804,8 +804,8 @@ void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
 #else
 
 // PLplot's legend text (plschr 0.85) is wider than the SVG's 13 px font by about this factor
-// (measured on the PNGs).
-constexpr double kPngLegendScale = 1.25;
+// (measured on the PNGs; 1.25 cut the box of a 19-character label).
+constexpr double kPngLegendScale = 1.4;
 
 bool plot_png_supported() {
   return false;
