@@ -618,6 +618,8 @@ void end_png(const std::string& path) {
 // PLplot's legend text (plschr 0.85) is wider than the SVG's 13 px font by about this factor
 // (measured on the PNGs; 1.25 cut the box of a 19-character label).
 constexpr double kPngLegendScale = 1.4;
+// Width of PLplot's title characters at plschr 0.9, in pixels (measured on the PNGs).
+constexpr double kPngTitlePxPerChar = 11.5;
 
 bool plot_png_supported() {
   return true;
@@ -656,9 +658,8 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
   }
   plmtex("b", 3.4, 0.5, 0.5, pl_text(s.xlabel + (s.log_x ? " (log2 scale)" : "")).c_str());
   plmtex("l", 5.0, 0.5, 0.5, pl_text(s.ylabel + (s.log_y ? " (log scale)" : "")).c_str());
-  // The title centred on the image, shrunk to fit it (PLplot's characters at 0.9 are about
-  // kPngLegendScale x 9.2 px wide).
-  plschr(0, 0.9 * title_scale(s.title, s.width, kPngLegendScale * 9.2));
+  // The title centred on the image, shrunk to fit it.
+  plschr(0, 0.9 * title_scale(s.title, s.width, kPngTitlePxPerChar));
   plmtex("t", 1.5, (0.5 - vx0) / (vx1 - vx0), 0.5, pl_text(s.title).c_str());
   plschr(0, 0.85);
   if (s.vline_x && usable_x(*s.vline_x, s.log_x)) {
@@ -802,10 +803,6 @@ void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
 }
 
 #else
-
-// PLplot's legend text (plschr 0.85) is wider than the SVG's 13 px font by about this factor
-// (measured on the PNGs; 1.25 cut the box of a 19-character label).
-constexpr double kPngLegendScale = 1.4;
 
 bool plot_png_supported() {
   return false;
