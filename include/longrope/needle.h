@@ -12,6 +12,7 @@
 // window has exactly `length` tokens.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +44,8 @@ struct MixedNll {
   // Adds the NLLs of one window scored whole (nll[i] predicts token i + 1) from index `from` on,
   // and those of its answers (positions, as NeedleWindows holds them) from `from` on.
   void add(const std::vector<double>& nll, std::span<const int64_t> positions, int64_t from = 0);
+  // Adds another accumulator's sums (e.g. a window's into its text's).
+  void add(const MixedNll& o);
   // exp((1 - w) * all_sum / all + w * answer_sum / answers); NaN when either count is 0.
   double fitness(double w) const;
 };
@@ -53,5 +56,10 @@ std::string fitness_name(const std::string& fitness, double needle_weight);
 
 // Throws Error naming the flag unless 0 < w < 1 (w = 0 is --fitness ppl, w = 1 --fitness needle).
 void check_needle_weight(double w);
+
+// A fitness ("ppl", "needle" or "mix") checked, as search checkpoints and eval cells key it:
+// null for "ppl" (so keys written before the needle fitnesses still match), else {kind, needles,
+// seed} and, for "mix", the weight. Throws Error for another fitness or (mix) a bad weight.
+nlohmann::json fitness_key(const std::string& fitness, int needles, uint64_t seed, double weight);
 
 }  // namespace longrope

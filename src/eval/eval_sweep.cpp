@@ -43,12 +43,10 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
     scalings->push_back(std::move(row));
   }
-  const bool needle = cfg.fitness == "needle" || cfg.fitness == "mix";  // needle windows
-  const bool mix = cfg.fitness == "mix";
+  const nlohmann::json fitness_json =
+      fitness_key(cfg.fitness, cfg.needles, cfg.needle_seed, cfg.needle_weight);
+  const bool needle = !fitness_json.is_null();  // needle windows (--fitness needle and mix)
   const double weight = cfg.needle_weight;
-  if (!needle && cfg.fitness != "ppl")
-    throw Error(fmt::format("--fitness {} (expected ppl, needle or mix)", cfg.fitness));
-  if (mix) check_needle_weight(weight);
   auto texts = std::make_shared<std::vector<std::vector<int32_t>>>();
   // Needle fitness: the windows of each [text][length] and their scored positions.
   auto needles = std::make_shared<std::vector<std::vector<NeedleWindows>>>();
@@ -85,8 +83,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                         {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
                         {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
   if (needle)  // absent for the perplexity fitness: cells of older results files still match
-    key["fitness"] = {{"kind", cfg.fitness}, {"needles", cfg.needles}, {"seed", cfg.needle_seed}};
-  if (mix) key["fitness"]["weight"] = weight;
+    key["fitness"] = fitness_json;
   plan.keys = cell_keys(key, plan.methods);
   plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths] {
     return sweep_fingerprint(model, *texts, keys, lengths);
@@ -122,9 +119,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                   if (mix) {
                     MixedNll w;
                     w.add(nll, nws.positions[k]);
-                    text_mix.add(nll, nws.positions[k]);
-                    mixed.add(nll, nws.positions[k]);
                     window_ppl.push_back(w.fitness(weight));
+                    text_mix.add(w);
                   } else {
                     double s = 0;
                     for (double x : nll) s += x;
@@ -137,6 +133,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
             tokens += loop.tokens;
             seconds += omp_get_wtime() - t0;
             text_ppl.push_back(mix ? text_mix.fitness(weight) : loop.ppl());
+            mixed.add(text_mix);
             continue;
           }
           const PerplexityResult r =

@@ -113,6 +113,13 @@ void MixedNll::add(const std::vector<double>& nll, std::span<const int64_t> posi
   }
 }
 
+void MixedNll::add(const MixedNll& o) {
+  all_sum += o.all_sum;
+  all += o.all;
+  answer_sum += o.answer_sum;
+  answers += o.answers;
+}
+
 double MixedNll::fitness(double w) const {
   if (all == 0 || answers == 0) return std::numeric_limits<double>::quiet_NaN();
   return std::exp((1.0 - w) * all_sum / static_cast<double>(all) +
@@ -130,6 +137,18 @@ void check_needle_weight(double w) {
     throw Error(fmt::format(
         "--needle-weight {} (expected 0 < w < 1; --fitness ppl is w = 0, --fitness needle w = 1)",
         w));
+}
+
+nlohmann::json fitness_key(const std::string& fitness, int needles, uint64_t seed, double weight) {
+  if (fitness == "ppl") return nullptr;
+  if (fitness != "needle" && fitness != "mix")
+    throw Error(fmt::format("--fitness {} (expected ppl, needle or mix)", fitness));
+  nlohmann::json key = {{"kind", fitness}, {"needles", needles}, {"seed", seed}};
+  if (fitness == "mix") {
+    check_needle_weight(weight);
+    key["weight"] = weight;
+  }
+  return key;
 }
 
 }  // namespace longrope

@@ -294,12 +294,14 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     tokens.insert(tokens.end(), t.begin(), t.end());
   }
   const int32_t bos = p.model->file().vocab.bos;
-  // needle: needle windows (for --fitness needle and mix).
-  const bool needle = c.fitness == "needle" || c.fitness == "mix";
+  nlohmann::json fitness;  // null for perplexity
+  try {
+    fitness = fitness_key(c.fitness, c.needles, c.needle_seed, c.needle_weight);
+  } catch (const Error& e) {
+    throw Error(fmt::format("search: {}", e.what()));
+  }
+  const bool needle = !fitness.is_null();  // needle windows (--fitness needle and mix)
   const bool mix = c.fitness == "mix";
-  if (!needle && c.fitness != "ppl")
-    throw Error(fmt::format("search: --fitness {} (expected ppl, needle or mix)", c.fitness));
-  if (mix) check_needle_weight(c.needle_weight);
   // The evaluator of windows of ctx tokens (for a needle fitness, needle windows and their
   // scored positions).
   auto evaluator_for = [&](int64_t ctx) {
@@ -369,9 +371,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   // those of checkpoints written before (whole-prefix stages).
   p.ck_settings["stage"] = "beyond-orig";
   if (needle) {  // absent for the perplexity fitness: older checkpoints still match
-    p.ck_settings["fitness"] = {
-        {"kind", c.fitness}, {"needles", c.needles}, {"seed", c.needle_seed}};
-    if (mix) p.ck_settings["fitness"]["weight"] = c.needle_weight;
+    p.ck_settings["fitness"] = fitness;
     p.fingerprint["fitness"] = c.fitness;
   }
 
