@@ -122,6 +122,7 @@ TEST(SearchCli, ClearErrors) {
   expect_error(f + "--target-ctx 1024 --lambda-max 0.5", "lambda-max");
   expect_error(f + "--target-ctx 1024 --attn-factor 1 --attn-candidates 0.9,1", "at most one");
   expect_error(f + "--target-ctx 1024 --attn-candidates 0.9,-1", "attention factor -1");
+  expect_error(f + "--target-ctx 1024 --blend 1.5", "--blend");
   // An unwritable output fails before any evaluation.
   expect_error("-f '" + text_path() + "' -o /nonexistent/dir/x.json --target-ctx 1024",
                "cannot write /nonexistent/dir/x.json");
@@ -134,6 +135,9 @@ TEST(SearchCli, ClearErrors) {
   expect_error(f + "--target-ctx 2048 --docs 1 --population 8 --parents 4 --mutations 2 "
                    "--crossovers 2 --seed 5 --resume",
                "checkpoint is for another target_ctx");
+  // ... and one written with another blend probability (the operator changes the children).
+  expect_error(std::string(kTiny) + f + "--iterations 1 --blend 0.5 --resume",
+               "other search settings");
   fs::remove_all(d);
 }
 

@@ -122,6 +122,85 @@ TEST(SearchOps, MutationAndCrossoverKeepMonotoneAndBounds) {
   }
 }
 
+TEST(SearchOps, BlendIsTheGeometricMeanAndStaysValid) {
+  SearchSpace sp = test_space();
+  const auto seeds = rule_seeds(sp);
+  const Individual& a = seeds[0].second;  // PI: every pair 400
+  const Individual& b = seeds[1].second;  // NTK: rising from 100
+  const Individual mid = blend(a, b, 0.5);
+  expect_valid(sp, mid);
+  for (size_t j = 0; j < mid.lambda.size(); ++j)
+    EXPECT_EQ(mid.lambda[j], std::lround(std::sqrt(double(a.lambda[j]) * b.lambda[j]))) << j;
+  EXPECT_EQ(blend(a, b, 0.0), a);
+  EXPECT_EQ(blend(a, b, 1.0).lambda, b.lambda);
+  Individual x = a, y = b;
+  x.n_hat_idx = 1;
+  y.n_hat_idx = 5;
+  x.attn_idx = 0;
+  y.attn_idx = 2;
+  EXPECT_EQ(blend(x, y, 0.5).n_hat_idx, 3);
+  EXPECT_EQ(blend(x, y, 0.5).attn_idx, 1);
+  EXPECT_EQ(blend(x, y, 0.25).n_hat_idx, 2);
+}
+
+TEST(SearchOps, BlendCrossoverChildrenLieBetweenTheirParents) {
+  const SearchSpace sp = test_space();
+  SearchSettings st;
+  st.seed = 3;
+  st.blend_prob = 1.0;
+  EvolutionSearch s(sp, st);
+  const auto seeds = rule_seeds(sp);
+  const Individual& a = seeds[0].second;
+  const Individual& b = seeds[1].second;
+  int strictly_inside = 0;
+  for (int i = 0; i < 20; ++i) {
+    std::optional<Individual> c = s.crossover(a, b);
+    ASSERT_TRUE(c.has_value());
+    expect_valid(sp, *c);
+    for (size_t j = 0; j < c->lambda.size(); ++j) {
+      EXPECT_GE(c->lambda[j], std::min(a.lambda[j], b.lambda[j]));
+      EXPECT_LE(c->lambda[j], std::max(a.lambda[j], b.lambda[j]));
+      // a pair-wise mix only ever copies a parent's value; t in [0.25, 0.75] never does here
+      if (c->lambda[j] != a.lambda[j] && c->lambda[j] != b.lambda[j]) ++strictly_inside;
+    }
+  }
+  EXPECT_GT(strictly_inside, 20 * 6);
+  SearchSettings bad;
+  bad.blend_prob = 1.5;
+  test::expect_error([&] { EvolutionSearch(sp, bad); }, {"blend probability 1.5"});
+}
+
+// Two seeds on either side of the bowl's centre (a factor 1.5 below and above it): crossovers
+// alone, mixing pairs, can only combine the seeds' values; blending reaches the centre.
+TEST(SearchRun, BlendCrossoverFindsTheOptimumBetweenTwoSeeds) {
+  auto run = [](double blend_prob) {
+    SearchSpace sp = test_space();
+    std::vector<double> lo, hi;
+    for (int j = 0; j < sp.n_pairs; ++j) {
+      const double t = 1.0 + 0.45 * j;  // FakeEvaluator's centre
+      lo.push_back(std::max(1.0, t / 1.5));
+      hi.push_back(std::min(5.0, t * 1.5));
+    }
+    sp.extra_seeds = {{"below", lo, 0, 1.1}, {"above", hi, 0, 1.1}};
+    SearchSettings st;
+    st.population = 6;
+    st.parents = 6;
+    st.mutations = 0;
+    st.crossovers = 6;
+    st.seed = 7;
+    st.early_reject = false;
+    st.blend_prob = blend_prob;
+    FakeEvaluator ev;
+    EvolutionSearch s(sp, st);
+    while (!s.finished(5)) s.step(ev);
+    return s.best_ppl();
+  };
+  const double mixed = run(0.0), blended = run(1.0);
+  // measured: 1.149 blended (the floor is 1 plus the attention term), 2.024 mixed
+  EXPECT_LT(blended, 1.25) << "blending two seeds should land near the centre";
+  EXPECT_GT(mixed, blended + 0.5);
+}
+
 TEST(SearchOps, TightBoundsStayInside) {
   SearchSpace sp = test_space(4);
   sp.lambda_max = 102;  // three grid values

@@ -182,6 +182,12 @@ RopeScaling to_scaling(const SearchSpace& space, const Individual& ind);
 // the candidates nearest to their n_hat and attention factor. Returned with their names.
 std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& space);
 
+// The geometric blend of two individuals at t in [0, 1]: lambda_j = round(a_j^(1-t) * b_j^t) (in
+// the grid's hundredths), n_hat and attention-factor indices round((1-t) * a + t * b). Valid
+// whenever a and b are: the blend of two non-decreasing sequences is non-decreasing, and each
+// value lies between its parents' values.
+Individual blend(const Individual& a, const Individual& b, double t);
+
 // True if lambda is non-decreasing and within [100, lambda_max].
 bool is_valid(const SearchSpace& space, const Individual& ind);
 
@@ -193,6 +199,12 @@ struct SearchSettings {
   int crossovers = 16;
   double mutation_prob = 0.3;
   double crossover_prob = 0.15;
+  // Probability that a crossover child is a geometric blend of its two parents instead of the
+  // pair-wise mix: lambda_j = a_j^(1-t) * b_j^t with one t uniform in [0.25, 0.75] for every
+  // pair (non-decreasing and within the bounds whenever both parents are), n_hat and the
+  // attention factor interpolated on their candidate grids. 0 (default) = the paper's operator
+  // only. docs/search.md, "Blend crossover".
+  double blend_prob = 0;
   uint64_t seed = 0;
   bool early_reject = true;
   // A child is cut only when its first stage is worse than the parents' loosest first stage by

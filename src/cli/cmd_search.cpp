@@ -149,6 +149,11 @@ Runner register_search(CLI::App& app) {
       ->check(in_range(0, 1 << 20));
   cmd->add_option("--mutation-prob", a->cfg.settings.mutation_prob, "per-pair mutation probability")
       ->capture_default_str();
+  cmd->add_option("--blend", a->cfg.settings.blend_prob,
+                  "probability that a crossover child is a geometric blend of its parents "
+                  "(a^(1-t) b^t per pair, t in [0.25, 0.75]) instead of a pair-wise mix")
+      ->capture_default_str()
+      ->check(in_range(0.0, 1.0));
   cmd->add_option("--lambda-max", a->cfg.lambda_max, "upper bound of the factors (default 1.25*s)");
   cmd->add_option("--n-hat", a->cfg.n_hat,
                   "start-token candidates, comma separated (default "

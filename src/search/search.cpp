@@ -379,6 +379,7 @@ nlohmann::json SearchSettings::to_json() const {
                       {"early_reject", early_reject}};
   if (steady_state) j["steady_state"] = true;  // absent when off: older checkpoints still match
   if (reject_margin != 0.0) j["reject_margin"] = reject_margin;  // likewise
+  if (blend_prob != 0.0) j["blend_prob"] = blend_prob;           // likewise
   return j;
 }
 
@@ -405,11 +406,12 @@ EvolutionSearch::EvolutionSearch(SearchSpace space, SearchSettings settings)
     throw Error(fmt::format("search: reject margin {} (expected a fraction in [0, 1], e.g. 0.01)",
                             settings_.reject_margin));
   if (!(settings_.mutation_prob > 0 && settings_.mutation_prob <= 1) ||
-      !(settings_.crossover_prob >= 0 && settings_.crossover_prob <= 1))
-    throw Error(
-        fmt::format("search: mutation probability {} / crossover probability {} (expected in "
-                    "(0, 1] and [0, 1])",
-                    settings_.mutation_prob, settings_.crossover_prob));
+      !(settings_.crossover_prob >= 0 && settings_.crossover_prob <= 1) ||
+      !(settings_.blend_prob >= 0 && settings_.blend_prob <= 1))
+    throw Error(fmt::format(
+        "search: mutation probability {} / crossover probability {} / blend probability {} "
+        "(expected in (0, 1], [0, 1] and [0, 1])",
+        settings_.mutation_prob, settings_.crossover_prob, settings_.blend_prob));
 }
 
 std::optional<Individual> EvolutionSearch::mutate(const Individual& parent) {
@@ -439,8 +441,31 @@ std::optional<Individual> EvolutionSearch::mutate(const Individual& parent) {
   return std::nullopt;
 }
 
+Individual blend(const Individual& a, const Individual& b, double t) {
+  Individual c = a;
+  for (size_t j = 0; j < c.lambda.size(); ++j)
+    c.lambda[j] =
+        static_cast<int>(std::lround(std::exp((1 - t) * std::log(static_cast<double>(a.lambda[j])) +
+                                              t * std::log(static_cast<double>(b.lambda[j])))));
+  auto mid = [t](int x, int y) {
+    return static_cast<int>(std::lround((1 - t) * static_cast<double>(x) + t * y));
+  };
+  c.n_hat_idx = mid(a.n_hat_idx, b.n_hat_idx);
+  c.attn_idx = mid(a.attn_idx, b.attn_idx);
+  return c;
+}
+
 std::optional<Individual> EvolutionSearch::crossover(const Individual& a, const Individual& b) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
+  // No draw when blending is off: runs without it keep their random stream (and results).
+  if (settings_.blend_prob > 0 && u(rng_) < settings_.blend_prob) {
+    for (int tries = 0; tries < 20; ++tries) {
+      Individual c = blend(a, b, std::uniform_real_distribution<double>(0.25, 0.75)(rng_));
+      if (!is_valid(space_, c)) continue;
+      if (seen_.insert(c.key()).second) return c;
+    }
+    return mutate(a);
+  }
   for (int tries = 0; tries < 20; ++tries) {
     Individual c = a;
     for (size_t j = 0; j < c.lambda.size(); ++j)
