@@ -170,37 +170,6 @@ TEST(SearchOps, BlendCrossoverChildrenLieBetweenTheirParents) {
   test::expect_error([&] { EvolutionSearch(sp, bad); }, {"blend probability 1.5"});
 }
 
-// Two seeds on either side of the bowl's centre (a factor 1.5 below and above it): crossovers
-// alone, mixing pairs, can only combine the seeds' values; blending reaches the centre.
-TEST(SearchRun, BlendCrossoverFindsTheOptimumBetweenTwoSeeds) {
-  auto run = [](double blend_prob) {
-    SearchSpace sp = test_space();
-    std::vector<double> lo, hi;
-    for (int j = 0; j < sp.n_pairs; ++j) {
-      const double t = 1.0 + 0.45 * j;  // FakeEvaluator's centre
-      lo.push_back(std::max(1.0, t / 1.5));
-      hi.push_back(std::min(5.0, t * 1.5));
-    }
-    sp.extra_seeds = {{"below", lo, 0, 1.1}, {"above", hi, 0, 1.1}};
-    SearchSettings st;
-    st.population = 6;
-    st.parents = 6;
-    st.mutations = 0;
-    st.crossovers = 6;
-    st.seed = 7;
-    st.early_reject = false;
-    st.blend_prob = blend_prob;
-    FakeEvaluator ev;
-    EvolutionSearch s(sp, st);
-    while (!s.finished(5)) s.step(ev);
-    return s.best_ppl();
-  };
-  const double mixed = run(0.0), blended = run(1.0);
-  // measured: 1.149 blended (the floor is 1 plus the attention term), 2.024 mixed
-  EXPECT_LT(blended, 1.25) << "blending two seeds should land near the centre";
-  EXPECT_GT(mixed, blended + 0.5);
-}
-
 TEST(SearchOps, TightBoundsStayInside) {
   SearchSpace sp = test_space(4);
   sp.lambda_max = 102;  // three grid values
@@ -243,6 +212,35 @@ SearchSettings small_settings(bool early) {
   st.early_reject = early;
   st.reject_margin = 0;  // bounds are exactly the parents' stages (the margin has its own test)
   return st;
+}
+
+// Two seeds on either side of the bowl's centre (a factor 1.5 below and above it): crossovers
+// alone, mixing pairs, can only combine the seeds' values; blending reaches the centre.
+TEST(SearchRun, BlendCrossoverFindsTheOptimumBetweenTwoSeeds) {
+  auto run = [](double blend_prob) {
+    SearchSpace sp = test_space();
+    std::vector<double> lo, hi;
+    for (int j = 0; j < sp.n_pairs; ++j) {
+      const double t = 1.0 + 0.45 * j;  // FakeEvaluator's centre
+      lo.push_back(std::max(1.0, t / 1.5));
+      hi.push_back(std::min(5.0, t * 1.5));
+    }
+    sp.extra_seeds = {{"below", lo, 0, 1.1}, {"above", hi, 0, 1.1}};
+    SearchSettings st = small_settings(false);
+    st.population = st.parents = 6;
+    st.mutations = 0;
+    st.crossovers = 6;
+    st.seed = 7;
+    st.blend_prob = blend_prob;
+    FakeEvaluator ev;
+    EvolutionSearch s(sp, st);
+    while (!s.finished(5)) s.step(ev);
+    return s.best_ppl();
+  };
+  const double mixed = run(0.0), blended = run(1.0);
+  // measured: 1.149 blended (the floor is 1 plus the attention term), 2.024 mixed
+  EXPECT_LT(blended, 1.25) << "blending two seeds should land near the centre";
+  EXPECT_GT(mixed, blended + 0.5);
 }
 
 TEST(SearchRun, MemoNeverEvaluatesTwice) {
