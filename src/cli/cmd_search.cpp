@@ -51,6 +51,8 @@ int lead(const SearchArgs& a, SearchRun& run) {
   const double t0 = wall_seconds();
   const StopOnSignal stop_on_signal;  // Ctrl-C: save the checkpoint, then exit 130
   const SearchRunResult r = run.run([&](const SearchProgress& p) {
+    // Counts are recorded when an iteration ends; evals_done counts the current one.
+    const int64_t done = p.full_evals + p.partial_evals + p.evals_done;
     if (phase != p.phase) {
       if (bar) bar->finish();
       phase = p.phase;
@@ -59,9 +61,10 @@ int lead(const SearchArgs& a, SearchRun& run) {
       const SearchSettings& st = cfg.settings;
       bar = std::make_unique<Progress>(
           phase, st.population + int64_t(T) * (st.mutations + st.crossovers), a.progress);
+      // The first report of a phase comes before its first evaluation: what it counts was
+      // restored from a checkpoint, and the ETA follows this run's pace only.
+      bar->resumed_at(done);
     }
-    // Counts are recorded when an iteration ends; evals_done counts the current one.
-    const int64_t done = p.full_evals + p.partial_evals + p.evals_done;
     bar->update(done,
                 fmt::format("it {}/{} ({}/{}) best {}", p.iteration, T, p.evals_done, p.evals_total,
                             std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl)
