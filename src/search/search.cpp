@@ -458,20 +458,20 @@ Individual blend(const Individual& a, const Individual& b, double t) {
 std::optional<Individual> EvolutionSearch::crossover(const Individual& a, const Individual& b) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
   // No draw when blending is off: runs without it keep their random stream (and results).
-  if (settings_.blend_prob > 0 && u(rng_) < settings_.blend_prob) {
-    for (int tries = 0; tries < 20; ++tries) {
-      Individual c = blend(a, b, std::uniform_real_distribution<double>(0.25, 0.75)(rng_));
-      if (!is_valid(space_, c)) continue;
-      if (seen_.insert(c.key()).second) return c;
-    }
-    return mutate(a);
-  }
-  for (int tries = 0; tries < 20; ++tries) {
+  const bool blending = settings_.blend_prob > 0 && u(rng_) < settings_.blend_prob;
+  // A blend of a and b, or a pair-wise mix: parent a with each pair taken from b with
+  // probability crossover_prob, n_hat and the attention factor each with probability 0.5.
+  auto child = [&] {
+    if (blending) return blend(a, b, std::uniform_real_distribution<double>(0.25, 0.75)(rng_));
     Individual c = a;
     for (size_t j = 0; j < c.lambda.size(); ++j)
       if (u(rng_) < settings_.crossover_prob) c.lambda[j] = b.lambda[j];
     if (u(rng_) < 0.5) c.n_hat_idx = b.n_hat_idx;
     if (u(rng_) < 0.5) c.attn_idx = b.attn_idx;
+    return c;
+  };
+  for (int tries = 0; tries < 20; ++tries) {
+    Individual c = child();
     if (!is_valid(space_, c)) continue;
     if (seen_.insert(c.key()).second) return c;
   }
