@@ -123,6 +123,8 @@ TEST(SearchCli, ClearErrors) {
   expect_error(f + "--target-ctx 1024 --attn-factor 1 --attn-candidates 0.9,1", "at most one");
   expect_error(f + "--target-ctx 1024 --attn-candidates 0.9,-1", "attention factor -1");
   expect_error(f + "--target-ctx 1024 --blend 1.5", "--blend");
+  expect_error(f + "--target-ctx 1024 --seed-blends 1.5", "seed blend 1.5");
+  expect_error(f + "--target-ctx 1024 --seed-blends 0.5", "at least two seed factor sets");
   // An unwritable output fails before any evaluation.
   expect_error("-f '" + text_path() + "' -o /nonexistent/dir/x.json --target-ctx 1024",
                "cannot write /nonexistent/dir/x.json");
@@ -137,6 +139,15 @@ TEST(SearchCli, ClearErrors) {
                "checkpoint is for another target_ctx");
   // ... and one written with another blend probability (the operator changes the children).
   expect_error(std::string(kTiny) + f + "--iterations 1 --blend 0.5 --resume",
+               "other search settings");
+  // ... and one written without seed blends (they change the initial population).
+  const std::string seeds = "--seed-factors '" + (d / "x.json").string() + "," +
+                            (d / "x.json").string() + "' -o '" + (d / "y.json").string() + "' ";
+  ASSERT_EQ(
+      search(std::string(kTiny) + "-f '" + text_path() + "' " + seeds + "--iterations 0", &out), 0)
+      << out;
+  expect_error(std::string(kTiny) + "-f '" + text_path() + "' " + seeds +
+                   "--iterations 0 --seed-blends 0.5 --resume",
                "other search settings");
   fs::remove_all(d);
 }

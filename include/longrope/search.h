@@ -144,6 +144,10 @@ struct SearchSpace {
     double attn_factor = 1.0;    // the nearest candidate is used
   };
   std::vector<Seed> extra_seeds;
+  // For each t here (in (0, 1)), the geometric blend(a, b, t) of every two extra seeds a before b
+  // joins the initial population after them: points between earlier searched sets, which the
+  // crossovers of a short search rarely draw (docs/search.md, "Seed blends").
+  std::vector<double> seed_blends;
   int lo_of(int j) const { return lo.empty() ? 100 : lo[static_cast<size_t>(j)]; }
   int hi_of(int j) const { return hi.empty() ? lambda_max : hi[static_cast<size_t>(j)]; }
 };
@@ -179,7 +183,9 @@ RopeScaling to_scaling(const SearchSpace& space, const Individual& ind);
 // Seeds: PI, NTK, dynamic NTK at length L and YaRN with s = L / L_orig, lambda_j = w_j / w'_j
 // rounded to the grid, clamped into the bounds, made non-decreasing; n_hat 0; attention factor
 // the candidate nearest to the rule's own. Then space.extra_seeds, rounded and clamped alike, with
-// the candidates nearest to their n_hat and attention factor. Returned with their names.
+// the candidates nearest to their n_hat and attention factor. Then, for each t of
+// space.seed_blends in order, blend(a, b, t) of every two extra seeds a before b, named
+// "blend(a, b, t)". Returned with their names.
 std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& space);
 
 // The geometric blend of two individuals at t in [0, 1]: lambda_j = round(a_j^(1-t) * b_j^t) (in

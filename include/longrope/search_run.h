@@ -56,6 +56,8 @@ struct SearchRunConfig {
   // factors), each twice: as it is, and with every factor times target_ctx / its own target
   // (position interpolation on top, the previous stage stretched to this length).
   std::vector<std::string> seed_factors;
+  // Blends of every two seed sets at each t (SearchSpace::seed_blends), after them.
+  std::vector<double> seed_blends;
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;
   int n_threads = 0;

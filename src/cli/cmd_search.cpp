@@ -181,6 +181,10 @@ Runner register_search(CLI::App& app) {
                   "factors file(s) added to the initial population, each as it is and stretched "
                   "by target / its target (progressive extension: the previous stage's factors)")
       ->delimiter(',');
+  cmd->add_option("--seed-blends", a->cfg.seed_blends,
+                  "t values in (0, 1), comma separated: the geometric blend a^(1-t) b^t of every "
+                  "two --seed-factors sets joins the initial population too")
+      ->delimiter(',');
   cmd->add_option("--reject-margin", a->cfg.settings.reject_margin,
                   "early reject cuts a child only when its first stage is worse than the "
                   "parents' loosest by more than this fraction")

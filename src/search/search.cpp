@@ -228,6 +228,14 @@ void validate_space(const SearchSpace& sp) {
         "search: lambda-max {:.2f} < 1 admits no factor vector (factors must lie in [1, "
         "lambda-max]; expected lambda-max >= 1)",
         sp.lambda_max / 100.0));
+  for (double t : sp.seed_blends)
+    if (!(t > 0 && t < 1))
+      throw Error(fmt::format("search: seed blend {:g} (expected t in (0, 1), e.g. 0.5)", t));
+  if (!sp.seed_blends.empty() && sp.extra_seeds.size() < 2)
+    throw Error(fmt::format(
+        "search: seed blends need at least two seed factor sets to blend, got {} (expected "
+        "--seed-factors A,B[,...])",
+        sp.extra_seeds.size()));
   if (!sp.lo.empty() || !sp.hi.empty()) {
     if (sp.lo.size() != static_cast<size_t>(sp.n_pairs) ||
         sp.hi.size() != static_cast<size_t>(sp.n_pairs))
@@ -365,6 +373,12 @@ std::vector<std::pair<std::string, Individual>> rule_seeds(const SearchSpace& sp
                               e.name, e.lambda.size(), sp.n_pairs));
     out.emplace_back(e.name, seed_individual(sp, e.lambda, e.n_hat, e.attn_factor));
   }
+  const size_t first = out.size() - sp.extra_seeds.size(), end = out.size();
+  for (double t : sp.seed_blends)
+    for (size_t a = first; a < end; ++a)
+      for (size_t b = a + 1; b < end; ++b)
+        out.emplace_back(fmt::format("blend({}, {}, {:g})", out[a].first, out[b].first, t),
+                         blend(out[a].second, out[b].second, t));
   return out;
 }
 

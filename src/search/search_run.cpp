@@ -41,6 +41,7 @@ nlohmann::json space_json(const SearchSpace& sp) {
                           {"lambda", e.lambda},
                           {"n_hat", e.n_hat},
                           {"attn_factor", e.attn_factor}});
+  if (!sp.seed_blends.empty()) j["seed_blends"] = sp.seed_blends;  // likewise
   return j;
 }
 
@@ -352,6 +353,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
       sp.extra_seeds.push_back({fmt::format("{} x {:g}", name, r), lam, prev.n_hat, attn});
     }
   }
+  sp.seed_blends = c.seed_blends;
   validate_space(sp);
 
   p.fingerprint = {{"model", model_fingerprint(*p.model)},
