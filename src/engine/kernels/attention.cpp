@@ -83,6 +83,7 @@ void attention(const AttentionArgs& a) {
             continue;
           }
           float mx = m[r];
+#pragma omp simd reduction(max : mx)
           for (int64_t c = 0; c < visible; ++c) mx = std::max(mx, sr[c]);
           const float corr = fast_exp(m[r] - mx);  // 0 when m[r] was -inf
           float sum = 0.0f;
