@@ -90,11 +90,14 @@ TEST(TrainModel, WholeModelGradientMatchesFiniteDifferences) {
       const double err = std::abs(fd - g[at]) / std::max(1e-3, std::abs(fd) + std::abs(g[at]));
       worst = std::max(worst, err);
       ++checked;
-      EXPECT_LT(err, 1e-6) << t.name << "[" << i << "]: finite difference " << fd << ", backward "
+      EXPECT_LT(err, 3e-6) << t.name << "[" << i << "]: finite difference " << fd << ", backward "
                            << g[at];
     }
   }
-  // Measured: worst relative error 3.1e-7 over 5 x 50 coordinates (tolerance 1e-6).
+  // Measured: worst relative error 3.1e-7 over 5 x 50 coordinates on an AVX-512 machine, 1.26e-6
+  // on an AVX2 one (the round-off of the two losses differs with the BLAS kernels; the same
+  // coordinates, an absolute difference of 1.3e-9): tolerance 3e-6. A wrong backward op is off by
+  // orders of magnitude more.
   std::printf("[measured] whole-model gradient: worst relative error %.2e\n", worst);
   EXPECT_EQ(checked, 5 * int(P.tensors.size()));
 }
