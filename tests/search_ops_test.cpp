@@ -248,18 +248,24 @@ SearchSettings small_settings(bool early) {
   return st;
 }
 
-// Two seeds on either side of the bowl's centre (a factor 1.5 below and above it): crossovers
-// alone, mixing pairs, can only combine the seeds' values; blending reaches the centre.
+// Two seeds on either side of FakeEvaluator's centre, a factor `ratio` below and above it, kept
+// inside [1, 5] (where the centre is the geometric mean of the two, blending reaches it).
+std::vector<SearchSpace::Seed> seeds_around_centre(const SearchSpace& sp, double ratio) {
+  std::vector<double> lo, hi;
+  for (int j = 0; j < sp.n_pairs; ++j) {
+    const double t = 1.0 + 0.45 * j;  // FakeEvaluator's centre
+    lo.push_back(std::max(1.0, t / ratio));
+    hi.push_back(std::min(5.0, t * ratio));
+  }
+  return {{"below", lo, 0, 1.1}, {"above", hi, 0, 1.1}};
+}
+
+// Two seeds a factor 1.5 below and above the bowl's centre: crossovers alone, mixing pairs, can
+// only combine the seeds' values; blending reaches the centre.
 TEST(SearchRun, BlendCrossoverFindsTheOptimumBetweenTwoSeeds) {
   auto run = [](double blend_prob) {
     SearchSpace sp = test_space();
-    std::vector<double> lo, hi;
-    for (int j = 0; j < sp.n_pairs; ++j) {
-      const double t = 1.0 + 0.45 * j;  // FakeEvaluator's centre
-      lo.push_back(std::max(1.0, t / 1.5));
-      hi.push_back(std::min(5.0, t * 1.5));
-    }
-    sp.extra_seeds = {{"below", lo, 0, 1.1}, {"above", hi, 0, 1.1}};
+    sp.extra_seeds = seeds_around_centre(sp, 1.5);
     SearchSettings st = small_settings(false);
     st.population = st.parents = 6;
     st.mutations = 0;
@@ -277,18 +283,13 @@ TEST(SearchRun, BlendCrossoverFindsTheOptimumBetweenTwoSeeds) {
   EXPECT_GT(mixed, blended + 0.5);
 }
 
-// The same two seeds: their blend at t = 0.5 sits at the bowl's centre, so seeding it puts the
-// optimum into the initial population, where the seeds alone (and mutants of them) stay far.
+// Two seeds a factor 1.2 below and above the centre (inside [1, 5] from pair 1 on): their blend at
+// t = 0.5 sits at the centre, so seeding it puts the optimum into the initial population, where
+// the seeds alone (and mutants of them) stay far.
 TEST(SearchRun, SeedBlendsPutTheMidpointIntoTheInitialPopulation) {
   auto initial_best = [](std::vector<double> seed_blends) {
     SearchSpace sp = test_space();
-    std::vector<double> lo, hi;
-    for (int j = 0; j < sp.n_pairs; ++j) {
-      const double t = 1.0 + 0.45 * j;
-      lo.push_back(t / 1.2);  // inside [1, 5] from pair 1 on, where sqrt(lo * hi) = t
-      hi.push_back(t * 1.2);
-    }
-    sp.extra_seeds = {{"below", lo, 0, 1.1}, {"above", hi, 0, 1.1}};
+    sp.extra_seeds = seeds_around_centre(sp, 1.2);
     sp.seed_blends = std::move(seed_blends);
     SearchSettings st = small_settings(false);
     st.population = 8;  // 4 rules, 2 seeds, the blend, one mutant
