@@ -146,7 +146,7 @@ struct SearchSpace {
   std::vector<Seed> extra_seeds;
   // For each t here (in (0, 1)), the geometric blend(a, b, t) of every two extra seeds a before b
   // joins the initial population after them: points between earlier searched sets, which the
-  // crossovers of a short search rarely draw (docs/search.md, "Seed blends").
+  // crossovers of a short search rarely draw (docs/search.md, "The algorithm": initial population).
   std::vector<double> seed_blends;
   int lo_of(int j) const { return lo.empty() ? 100 : lo[static_cast<size_t>(j)]; }
   int hi_of(int j) const { return hi.empty() ? lambda_max : hi[static_cast<size_t>(j)]; }
