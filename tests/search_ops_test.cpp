@@ -34,7 +34,12 @@ std::string scaling_key(const RopeScaling& s) {
   return k;
 }
 
-// Smooth bowl around a target vector; the first stage reports the same value as the whole
+// FakeEvaluator's optimum: factor of pair j.
+double fake_centre(int j) {
+  return 1.0 + 0.45 * static_cast<double>(j);
+}
+
+// Smooth bowl around fake_centre; the first stage reports the same value as the whole
 // evaluation (a "consistent" evaluator), so early reject cannot change the winner.
 class FakeEvaluator : public Evaluator {
  public:
@@ -44,7 +49,7 @@ class FakeEvaluator : public Evaluator {
     double v = 1.0;
     const auto& f = s.sets.at(0).factors;
     for (size_t j = 0; j < f.size(); ++j) {
-      const double t = 1.0 + 0.45 * static_cast<double>(j);
+      const double t = fake_centre(static_cast<int>(j));
       v += (f[j] - t) * (f[j] - t);
     }
     v += 0.001 * static_cast<double>(s.n_hat) + std::abs(*s.attn_factor - 1.1);
@@ -253,7 +258,7 @@ SearchSettings small_settings(bool early) {
 std::vector<SearchSpace::Seed> seeds_around_centre(const SearchSpace& sp, double ratio) {
   std::vector<double> lo, hi;
   for (int j = 0; j < sp.n_pairs; ++j) {
-    const double t = 1.0 + 0.45 * j;  // FakeEvaluator's centre
+    const double t = fake_centre(j);
     lo.push_back(std::max(1.0, t / ratio));
     hi.push_back(std::min(5.0, t * ratio));
   }
