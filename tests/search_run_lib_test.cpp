@@ -220,6 +220,107 @@ TEST(SearchRunLib, MixedFitnessIsWhatEvalMeasures) {
   fs::remove_all(d);
 }
 
+// --fitness ppl,needle: the factors file holds the picked set and the whole front (each set
+// with both values, which eval measures again), the checkpoint holds the front, a resumed run
+// writes the same files, and --pick chooses another set of the same front.
+TEST(SearchRunLib, MultiObjectiveRunWritesTheFrontAndThePick) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchfront");
+  auto model = Model::load(test::stories_gguf().string());
+  auto cfg = [&](const fs::path& out, int iterations) {
+    SearchRunConfig c = tiny(out, iterations);
+    c.short_ctx.reset();
+    c.fitness = "ppl,needle";
+    c.settings.objectives = 2;
+    c.needles = 3;
+    c.pick = "ppl:needle<=yarn";
+    return c;
+  };
+  const SearchRunResult r = SearchRun(model, cfg(d / "a.json", 2)).run();
+  SearchRun(model, cfg(d / "b.json", 1)).run();
+  SearchRunConfig more = cfg(d / "b.json", 2);
+  more.resume = true;
+  SearchRun(model, more).run();
+  ::unsetenv("SOURCE_DATE_EPOCH");
+  for (const char* ext : {"", ".log.json", ".ckpt.json"})
+    EXPECT_EQ(test::slurp(d / (std::string("a.json") + ext)),
+              test::slurp(d / (std::string("b.json") + ext)))
+        << ext;
+
+  const auto file = nlohmann::json::parse(test::slurp(d / "a.json"));
+  ASSERT_TRUE(file.contains("front"));
+  const auto& front = file["front"];
+  ASSERT_GE(front.size(), 1u);
+  EXPECT_EQ(front.size(), r.front.size());
+  EXPECT_EQ(file["provenance"]["objectives"], nlohmann::json({"ppl", "needle"}));
+  const auto ckpt = nlohmann::json::parse(test::slurp(d / "a.json.ckpt.json"));
+  EXPECT_EQ(ckpt["long"]["front"].size(), front.size());
+  // No set on the front dominates another, and exactly one is picked: the file's own set.
+  int picked = 0;
+  for (const auto& e : front) {
+    for (const auto& o : front)
+      EXPECT_FALSE(o["objectives"]["ppl"] <= e["objectives"]["ppl"] &&
+                   o["objectives"]["needle"] <= e["objectives"]["needle"] && o != e);
+    if (e.value("picked", false)) {
+      ++picked;
+      EXPECT_EQ(e["factors"], file["long_factor"]);
+      EXPECT_EQ(e["n_hat"], file["n_hat"]);
+      EXPECT_EQ(e["objectives"]["ppl"], file["provenance"]["picked"]["ppl"]);
+    }
+  }
+  EXPECT_EQ(picked, 1);
+  // The rule: the best perplexity among the sets whose needle value is at most the yarn seed's
+  // (or, when none is, the lowest needle value).
+  const double yarn = file["provenance"]["seed_ppl"]["yarn"]["needle"];
+  const double picked_ppl = r.picked[0];
+  bool any = false;
+  for (const auto& e : front)
+    if (e["objectives"]["needle"].get<double>() <= yarn) {
+      any = true;
+      EXPECT_LE(picked_ppl, e["objectives"]["ppl"].get<double>());
+    }
+  if (any) {
+    EXPECT_LE(r.picked[1], yarn);
+    EXPECT_TRUE(r.pick_note.empty());
+  }
+
+  // The front's values are what eval measures for the picked set (perplexity fitness).
+  EvalConfig e;
+  e.model_path = test::stories_gguf().string();
+  e.text_paths = {test::shared_text("pride_and_prejudice.txt").string()};
+  e.lengths = {1024};
+  e.methods = {"best=" + (d / "a.json").string()};
+  e.n_threads = 1;
+  const EvalRun run = run_eval(*model, e);
+  ASSERT_EQ(run.cells.size(), 1u);
+  EXPECT_NEAR(run.cells[0]["ppl"].get<double>(), picked_ppl, 1e-9 * picked_ppl);
+
+  // Another rule on the finished run: the same front, the set with the best perplexity.
+  SearchRunConfig best = cfg(d / "a.json", 2);
+  best.resume = true;
+  best.pick = "ppl";
+  const SearchRunResult rb = SearchRun(model, best).run();
+  EXPECT_EQ(rb.front.size(), r.front.size());
+  EXPECT_DOUBLE_EQ(rb.picked[0], rb.front[0]["objectives"]["ppl"].get<double>());
+  EXPECT_EQ(rb.best_ppl, rb.picked[0]);
+
+  // Bad rules fail before any work.
+  SearchRunConfig bad = cfg(d / "c.json", 1);
+  bad.pick = "ppl:needle<=nope";
+  test::expect_error([&] { SearchRun(model, bad); }, {"--pick ppl:needle<=nope", "no seed named"});
+  bad.pick = "mix";
+  test::expect_error([&] { SearchRun(model, bad); }, "no objective mix");
+  bad = tiny(d / "c.json", 1);
+  bad.pick = "ppl";
+  test::expect_error([&] { SearchRun(model, bad); }, "needs several objectives");
+  bad = cfg(d / "c.json", 1);
+  bad.fitness = "ppl,ppl";
+  test::expect_error([&] { SearchRun(model, bad); }, "ppl given twice");
+  fs::remove_all(d);
+}
+
 TEST(SearchRunLib, BadSettingsFailAtConstruction) {
   LONGROPE_REQUIRE_FILE(test::stories_gguf());
   LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));

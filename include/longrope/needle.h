@@ -62,4 +62,9 @@ void check_needle_weight(double w);
 // seed} and, for "mix", the weight. Throws Error for another fitness or (mix) a bad weight.
 nlohmann::json fitness_key(const std::string& fitness, int needles, uint64_t seed, double weight);
 
+// A --fitness value split at commas: one name (the single-fitness search) or several distinct
+// ones (the objectives of a multi-objective search), each ppl, needle or mix. Throws Error with
+// one line for an empty, unknown or repeated name.
+std::vector<std::string> split_fitness(const std::string& fitness);
+
 }  // namespace longrope

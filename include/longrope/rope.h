@@ -150,6 +150,9 @@ RopeScaling read_factors_file(const std::string& path, nlohmann::json* provenanc
 // Writes atomically (temporary file + rename); doubles are printed so that they read back exactly.
 void write_factors_file(const std::string& path, const RopeScaling& scaling,
                         const nlohmann::json& provenance);
+// With a multi-objective search's Pareto front (key "front", after the sets; null: none).
+void write_factors_file(const std::string& path, const RopeScaling& scaling,
+                        const nlohmann::json& provenance, const nlohmann::json& front);
 void write_factors_file(const std::string& path, const RopeScaling& scaling);
 
 // --- Choosing a scaling from user options (the CLI's --rope flags, see src/cli/rope_flags.h) ----

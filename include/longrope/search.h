@@ -3,6 +3,7 @@
 // attention factor, found by minimising perplexity. The search only sees an Evaluator: it knows
 // nothing of models, threads or kernels.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -34,6 +35,9 @@ struct EvalResult {
   // the evaluator has no stages.
   double stage_ppl = std::numeric_limits<double>::quiet_NaN();
   double seconds = 0;  // wall time of the evaluation
+  // A multi-objective evaluator (MultiObjectiveEvaluator): each objective's value, lower is
+  // better; ppl == objectives[0]. Empty for one objective.
+  std::vector<double> objectives;
 };
 
 class Evaluator {
@@ -112,6 +116,61 @@ class PerplexityEvaluator : public Evaluator {
   double answer_weight_ = 1.0;                   // < 1: the mixed fitness
   bool mixed() const { return !positions_.empty() && answer_weight_ < 1.0; }
 };
+
+// Several fitnesses of one candidate at once (a multi-objective search, SearchSettings::
+// objectives): each part scores the candidate on its own windows, without early reject (a cut on
+// one objective could drop a set that the other objectives put on the front). EvalResult::
+// objectives holds the parts' values in order, ppl the first one, tokens and seconds the sums.
+class MultiObjectiveEvaluator : public Evaluator {
+ public:
+  explicit MultiObjectiveEvaluator(std::vector<std::unique_ptr<Evaluator>> parts);
+  EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
+  size_t objectives() const { return parts_.size(); }
+  Evaluator& part(size_t k) { return *parts_.at(k); }
+
+ private:
+  std::vector<std::unique_ptr<Evaluator>> parts_;
+};
+
+// ---- Pareto fronts (NSGA-II, Deb et al. 2002) ---------------------------------------------------
+// Every objective is minimised. a dominates b when it is no worse in every objective and better
+// in at least one.
+bool dominates(std::span<const double> a, std::span<const double> b);
+// Non-dominated sorting: rank 0 for the points no other point dominates, rank 1 for those
+// dominated only by rank-0 points, and so on.
+std::vector<int> pareto_ranks(const std::vector<std::vector<double>>& points);
+// NSGA-II's crowding distance of each point within its own rank: for each objective, the points
+// of a rank sorted by it; the two ends get infinity, an inner point adds the gap between its
+// neighbours divided by the rank's range of that objective (nothing where the range is 0).
+std::vector<double> crowding_distances(const std::vector<std::vector<double>>& points,
+                                       const std::vector<int>& ranks);
+// The area dominated by a two-objective front and bounded by the reference point `ref` (points
+// not below ref in both objectives add nothing): the hypervolume indicator (Zitzler & Thiele).
+double hypervolume_2d(std::vector<std::array<double, 2>> points, std::array<double, 2> ref);
+
+// How a multi-objective search chooses the one set that -o gets from its front (--pick):
+//   knee          the front's knee: objectives scaled to [0, 1] over the front, the point
+//                 farthest below the line through the two ends; with fewer than three points
+//                 or more than two objectives, the point whose objectives exceed the front's
+//                 best values by the least (root sum of squares of the relative excesses);
+//   OBJ           the best value of objective OBJ (e.g. ppl);
+//   OBJ:B<=REF    the best OBJ among the sets whose objective B is at most REF, a number or the
+//                 name of a rule seed (pi, ntk, dynamic, yarn) or seed file, whose own value
+//                 of B is used (e.g. ppl:needle<=yarn).
+struct PickRule {
+  enum class Kind { kKnee, kBest, kBounded } kind = Kind::kKnee;
+  int objective = 0;        // kBest, kBounded: the objective minimised
+  int bound_objective = 0;  // kBounded
+  std::string bound_ref;    // kBounded: a seed name, or empty when bound_value is a number
+  double bound_value = 0;
+  std::string text;  // as given
+};
+// Parses --pick against the objectives' names; throws Error with one line.
+PickRule parse_pick(const std::string& text, const std::vector<std::string>& objective_names);
+// The index of the picked point among `front` (each a vector of objective values). A bounded
+// rule that no point meets picks the point with the lowest bound objective and says so in *note.
+size_t pick_from_front(const std::vector<std::vector<double>>& front, const PickRule& rule,
+                       std::string* note = nullptr);
 
 // ---- the search space -------------------------------------------------------------------------
 // lambda in hundredths (lambda_j = grid[j] / 100).
@@ -225,6 +284,10 @@ struct SearchSettings {
   // Sum the evaluations' wall times into the log and checkpoint; off, they record 0 so that
   // both are byte-identical across runs (SearchRun turns it off under SOURCE_DATE_EPOCH).
   bool record_seconds = true;
+  // Objectives of the fitness (EvalResult::objectives): 1 = the single-fitness search; more =
+  // NSGA-II survival (non-dominated rank, then crowding distance), the front of every complete
+  // evaluation kept (EvolutionSearch::front()), and no early reject.
+  int objectives = 1;
   nlohmann::json to_json() const;  // without iterations and record_seconds
 };
 
@@ -235,6 +298,8 @@ struct Fitness {
   double partial = 0;  // rejected: first-stage perplexity (for the log only)
   // Complete: first-stage perplexity (EvalResult::stage_ppl; infinity when unknown).
   double stage = std::numeric_limits<double>::infinity();
+  // Complete, multi-objective: each objective's value (obj[0] == ppl).
+  std::vector<double> obj;
   // Ordering key: rejected candidates rank after every complete one.
   bool better_than(const Fitness& o) const;
 };
@@ -245,6 +310,7 @@ struct IterationLog {
   double median_ppl = 0;                      // of the population's complete evaluations
   int64_t full_evals = 0, partial_evals = 0;  // cumulative
   double elapsed_seconds = 0;                 // cumulative evaluation time
+  int front_size = 0;                         // multi-objective: sets on the front
 };
 
 // One search (one factor set). Deterministic for a given seed and evaluator.
@@ -268,6 +334,10 @@ class EvolutionSearch {
   double eval_seconds() const { return eval_seconds_; }
   const std::map<std::string, Fitness>& memo() const { return memo_; }
   const std::vector<Individual>& population() const { return population_; }
+  // Multi-objective: the Pareto front of every complete evaluation so far (no set that was on it
+  // and is not dominated is ever dropped), in order of objective 0, then key. Empty for one
+  // objective.
+  const std::vector<Individual>& front() const { return front_; }
 
   // Operators (public for tests). They return a valid individual never seen before (and mark it
   // seen), or nullopt when none was found.
@@ -311,6 +381,10 @@ class EvolutionSearch {
   std::vector<Individual> population_;
   Individual best_;
   Fitness best_fit_;
+  std::vector<Individual> front_;
+  // Adds a complete multi-objective evaluation to the front (when nothing there dominates it)
+  // and drops what it dominates.
+  void update_front(const Individual& ind, const Fitness& f);
   std::vector<IterationLog> log_;
   int done_ = 0;
   int64_t full_evals_ = 0, partial_evals_ = 0;

@@ -46,8 +46,11 @@ struct SearchRunConfig {
   int critical_dim = -1;
   // "ppl": perplexity of every token; "needle": of the answers of needle windows only
   // (include/longrope/needle.h), `needles` per window, built from needle_seed; "mix": needle
-  // windows scored whole, the answers weighing needle_weight (MixedNll).
+  // windows scored whole, the answers weighing needle_weight (MixedNll). Several, comma
+  // separated (e.g. "ppl,needle"): a multi-objective search (settings.objectives must be their
+  // number) that keeps the Pareto front and writes the set `pick` chooses from it.
   std::string fitness = "ppl";
+  std::string pick = "knee";  // parse_pick(); several objectives only
   int needles = 4;
   uint64_t needle_seed = 1234;
   double needle_weight = 0.1;
@@ -70,14 +73,21 @@ struct SearchProgress {
   int iterations = 0;                   // SearchSettings::iterations
   int evals_done = 0, evals_total = 0;  // in this iteration
   int64_t full_evals = 0, partial_evals = 0;
-  double best_ppl = 0;
+  double best_ppl = 0;  // the best value of the first objective
+  int front_size = 0;   // several objectives: sets on the front
 };
 
 struct SearchRunResult {
   RopeScaling scaling;  // as written to the factors file
   double best_ppl = 0;
   std::optional<double> short_best_ppl;
-  nlohmann::json seed_ppl;  // {method: ppl} of the rule-based seeds
+  nlohmann::json seed_ppl;  // {method: ppl} of the rule-based seeds ({method: {objective: value}})
+  // Several objectives: their names, the front as written to the factors file ("front"), the
+  // picked set's values, and a note when the pick rule could not be met.
+  std::vector<std::string> objectives;
+  nlohmann::json front;
+  std::vector<double> picked;
+  std::string pick_note;
   int64_t full_evals = 0, partial_evals = 0;
   double eval_seconds = 0;  // summed evaluation wall times (0 under SOURCE_DATE_EPOCH)
   std::string log_path, checkpoint_path;

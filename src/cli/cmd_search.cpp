@@ -48,6 +48,8 @@ int lead(const SearchArgs& a, SearchRun& run) {
   for (const std::string& w : run.warnings()) fmt::print(stderr, "warning: {}\n", w);
   std::unique_ptr<Progress> bar;
   std::string phase;
+  const std::vector<std::string> objectives = split_fitness(cfg.fitness);
+  const bool multi = objectives.size() > 1;
   const double t0 = wall_seconds();
   const StopOnSignal stop_on_signal;  // Ctrl-C: save the checkpoint, then exit 130
   const SearchRunResult r = run.run([&](const SearchProgress& p) {
@@ -65,10 +67,13 @@ int lead(const SearchArgs& a, SearchRun& run) {
       // restored from a checkpoint, and the ETA follows this run's pace only.
       bar->resumed_at(done);
     }
-    bar->update(done,
-                fmt::format("it {}/{} ({}/{}) best {}", p.iteration, T, p.evals_done, p.evals_total,
-                            std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl)
-                                                      : std::string("-")));
+    const std::string best =
+        std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl) : std::string("-");
+    bar->update(done, fmt::format("iteration {}/{} (candidate {}/{}) {}", p.iteration, T,
+                                  p.evals_done, p.evals_total,
+                                  multi ? fmt::format("front {} sets, best {} {}", p.front_size,
+                                                      objectives[0], best)
+                                        : "best " + best));
   });
   if (bar) bar->finish();
   const double wall = wall_seconds() - t0;
@@ -85,7 +90,50 @@ int lead(const SearchArgs& a, SearchRun& run) {
                         {"wall_seconds", wall},           {"ranks", w.size},
                         {"seed_ppl", r.seed_ppl}};
     if (r.short_best_ppl) j["short_best_ppl"] = *r.short_best_ppl;
+    if (multi) {
+      j["objectives"] = r.objectives;
+      j["picked"] = r.picked;
+      j["front_size"] = r.front.size();
+      if (!r.pick_note.empty()) j["pick_note"] = r.pick_note;
+    }
     fmt::print("{}\n", j.dump());
+  } else if (multi) {
+    auto values = [&](const std::vector<double>& v) {
+      std::string out;
+      for (size_t k = 0; k < v.size(); ++k)
+        out += fmt::format("{}{} {:.4f}", k ? ", " : "", objectives[k], v[k]);
+      return out;
+    };
+    std::string f;
+    for (double x : result.sets.back().factors) f += fmt::format("{} ", x);
+    fmt::print("front: {} sets at {} (objectives {})\n", r.front.size(), sp.target_ctx,
+               cfg.fitness);
+    for (const auto& e : r.front) {
+      std::vector<double> v;
+      for (const std::string& o : objectives) v.push_back(e["objectives"][o].get<double>());
+      fmt::print("  {} {} (n_hat {}, attn {:.4f})\n", e.value("picked", false) ? "*" : " ",
+                 values(v), e["n_hat"].get<int64_t>(), e["attention_factor"].get<double>());
+    }
+    fmt::print("picked by --pick {}: {} (n_hat {}, attn {:.4f}); factors: {}\n", cfg.pick,
+               values(r.picked), result.n_hat, *result.attn_factor, f);
+    if (!r.pick_note.empty()) fmt::print("note: {}\n", r.pick_note);
+    for (const auto& [name, v] : r.seed_ppl.items()) {
+      std::vector<double> x;
+      for (const std::string& o : objectives) x.push_back(v[o].get<double>());
+      fmt::print("  seed {:8s} {}\n", name, values(x));
+    }
+    fmt::print(
+        "{} evaluations{}; this run {:.1f}s wall\n", r.full_evals,
+        spe > 0 ? fmt::format(" in {:.1f}s ({:.3f}s per evaluation)", r.eval_seconds, spe) : "",
+        wall);
+    if (r.short_best_ppl)
+      fmt::print("short set (<= {}): best {} {:.4f}\n", *cfg.short_ctx, objectives[0],
+                 *r.short_best_ppl);
+    else if (cfg.short_ctx)
+      fmt::print("short set (<= {}): the plain model (factors 1, attention factor 1)\n",
+                 *cfg.short_ctx);
+    fmt::print("wrote {} (the picked set and the front; log {}, checkpoint {})\n", cfg.output,
+               r.log_path, r.checkpoint_path);
   } else {
     std::string f;
     for (double x : result.sets.back().factors) f += fmt::format("{} ", x);
@@ -207,9 +255,15 @@ Runner register_search(CLI::App& app) {
                   "ppl: perplexity of every token of the windows; needle: perplexity of the "
                   "answers only, in windows with key facts spread over the text and questions at "
                   "the end (include/longrope/needle.h); mix: needle windows scored whole, "
-                  "exp((1-w) mean NLL + w mean answer NLL), w = --needle-weight")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"ppl", "needle", "mix"}));
+                  "exp((1-w) mean NLL + w mean answer NLL), w = --needle-weight; several, comma "
+                  "separated (e.g. ppl,needle): a multi-objective search (NSGA-II) that keeps "
+                  "the Pareto front")
+      ->capture_default_str();
+  cmd->add_option("--pick", a->cfg.pick,
+                  "multi-objective: the set -o gets from the front: knee (the front's knee), OBJ "
+                  "(the best OBJ, e.g. ppl) or OBJ:B<=REF (the best OBJ whose B is at most REF, a "
+                  "number or a seed such as yarn, e.g. ppl:needle<=yarn)")
+      ->capture_default_str();
   cmd->add_option("--needle-weight", a->cfg.needle_weight,
                   "weight w of the answers in --fitness mix (0 < w < 1)")
       ->capture_default_str();
@@ -255,6 +309,11 @@ Runner register_search(CLI::App& app) {
       cfg.critical_dim = k;
     }
     cfg.n_threads = resolve_threads(cfg.n_threads);
+    try {
+      cfg.settings.objectives = static_cast<int>(split_fitness(cfg.fitness).size());
+    } catch (const Error& e) {
+      throw UsageError("search", e.what());
+    }
     std::unique_ptr<SearchRun> run;
     return run_distributed(
         [&] {

@@ -151,4 +151,25 @@ nlohmann::json fitness_key(const std::string& fitness, int needles, uint64_t see
   return key;
 }
 
+std::vector<std::string> split_fitness(const std::string& fitness) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (true) {
+    const size_t comma = fitness.find(',', at);
+    const std::string f = fitness.substr(at, comma == std::string::npos ? comma : comma - at);
+    if (f != "ppl" && f != "needle" && f != "mix")
+      throw Error(fmt::format(
+          "--fitness {}: '{}' (expected ppl, needle or mix, or several of them comma separated "
+          "for a multi-objective search, e.g. ppl,needle)",
+          fitness, f));
+    if (std::find(out.begin(), out.end(), f) != out.end())
+      throw Error(
+          fmt::format("--fitness {}: {} given twice (expected distinct objectives)", fitness, f));
+    out.push_back(f);
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace longrope

@@ -131,6 +131,7 @@ std::string format_factors_json(const json& j) {
     }
     out["sets"] = std::move(sets);
   }
+  if (j.contains("front")) out["front"] = nlohmann::ordered_json::parse(j["front"].dump());
   if (j.contains("provenance"))
     out["provenance"] = nlohmann::ordered_json::parse(j["provenance"].dump());
   return pretty(out, 0) + "\n";
@@ -388,6 +389,13 @@ RopeScaling read_factors_file(const std::string& path, json* provenance) {
 void write_factors_file(const std::string& path, const RopeScaling& scaling,
                         const json& provenance) {
   write_file_atomically(path, format_factors_json(factors_to_json(scaling, provenance)));
+}
+
+void write_factors_file(const std::string& path, const RopeScaling& scaling, const json& provenance,
+                        const json& front) {
+  json j = factors_to_json(scaling, provenance);
+  if (!front.is_null()) j["front"] = front;
+  write_file_atomically(path, format_factors_json(j));
 }
 
 void write_factors_file(const std::string& path, const RopeScaling& scaling) {

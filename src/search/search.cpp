@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <sstream>
 
 #include "longrope/context.h"
@@ -160,6 +161,215 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   r.tokens += loop.computed_tokens;
   r.ppl = mixed() ? mix.fitness(answer_weight_) : loop.ppl();
   return finish(r);
+}
+
+// ---- MultiObjectiveEvaluator
+// ---------------------------------------------------------------------
+
+MultiObjectiveEvaluator::MultiObjectiveEvaluator(std::vector<std::unique_ptr<Evaluator>> parts)
+    : parts_(std::move(parts)) {
+  if (parts_.size() < 2)
+    throw Error(fmt::format("multi-objective evaluator: {} objective(s) (expected at least two)",
+                            parts_.size()));
+}
+
+EvalResult MultiObjectiveEvaluator::evaluate(const RopeScaling& scaling, double) {
+  EvalResult out;
+  for (auto& part : parts_) {
+    const EvalResult r = part->evaluate(scaling, std::numeric_limits<double>::infinity());
+    out.objectives.push_back(r.ppl);
+    out.tokens += r.tokens;
+    out.seconds += r.seconds;
+  }
+  out.ppl = out.objectives[0];
+  return out;
+}
+
+// ---- Pareto fronts
+// ---------------------------------------------------------------------------------
+
+bool dominates(std::span<const double> a, std::span<const double> b) {
+  bool better = false;
+  for (size_t k = 0; k < a.size(); ++k) {
+    if (a[k] > b[k]) return false;
+    if (a[k] < b[k]) better = true;
+  }
+  return better;
+}
+
+std::vector<int> pareto_ranks(const std::vector<std::vector<double>>& pts) {
+  const size_t n = pts.size();
+  std::vector<int> rank(n, -1);
+  // Deb's fast non-dominated sort: how many points dominate each one, and whom each dominates.
+  std::vector<int> count(n, 0);
+  std::vector<std::vector<size_t>> dominated(n);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = i + 1; j < n; ++j) {
+      if (dominates(pts[i], pts[j])) {
+        dominated[i].push_back(j);
+        ++count[j];
+      } else if (dominates(pts[j], pts[i])) {
+        dominated[j].push_back(i);
+        ++count[i];
+      }
+    }
+  std::vector<size_t> current;
+  for (size_t i = 0; i < n; ++i)
+    if (count[i] == 0) current.push_back(i);
+  for (int r = 0; !current.empty(); ++r) {
+    std::vector<size_t> next;
+    for (size_t i : current) {
+      rank[i] = r;
+      for (size_t j : dominated[i])
+        if (--count[j] == 0) next.push_back(j);
+    }
+    current = std::move(next);
+  }
+  return rank;
+}
+
+std::vector<double> crowding_distances(const std::vector<std::vector<double>>& pts,
+                                       const std::vector<int>& ranks) {
+  const size_t n = pts.size();
+  std::vector<double> d(n, 0.0);
+  if (n == 0) return d;
+  const size_t m = pts[0].size();
+  std::map<int, std::vector<size_t>> by_rank;
+  for (size_t i = 0; i < n; ++i) by_rank[ranks[i]].push_back(i);
+  for (auto& [r, idx] : by_rank) {
+    for (size_t k = 0; k < m; ++k) {
+      // Ties broken by index: the same input gives the same distances.
+      std::stable_sort(idx.begin(), idx.end(),
+                       [&](size_t a, size_t b) { return pts[a][k] < pts[b][k]; });
+      const double lo = pts[idx.front()][k], hi = pts[idx.back()][k];
+      d[idx.front()] = d[idx.back()] = std::numeric_limits<double>::infinity();
+      if (!(hi > lo)) continue;
+      for (size_t t = 1; t + 1 < idx.size(); ++t)
+        d[idx[t]] += (pts[idx[t + 1]][k] - pts[idx[t - 1]][k]) / (hi - lo);
+    }
+  }
+  return d;
+}
+
+double hypervolume_2d(std::vector<std::array<double, 2>> pts, std::array<double, 2> ref) {
+  std::erase_if(pts, [&](const auto& p) { return !(p[0] < ref[0] && p[1] < ref[1]); });
+  std::sort(pts.begin(), pts.end());
+  // Sweep by the first objective: each point adds the strip up to the next point's first
+  // objective, as high as the best second objective so far lies below ref.
+  double area = 0, best = ref[1];
+  for (size_t i = 0; i < pts.size(); ++i) {
+    best = std::min(best, pts[i][1]);
+    const double right = i + 1 < pts.size() ? pts[i + 1][0] : ref[0];
+    area += (right - pts[i][0]) * (ref[1] - best);
+  }
+  return area;
+}
+
+PickRule parse_pick(const std::string& text, const std::vector<std::string>& names) {
+  PickRule r;
+  r.text = text;
+  auto objective = [&](const std::string& name) {
+    for (size_t k = 0; k < names.size(); ++k)
+      if (names[k] == name) return static_cast<int>(k);
+    std::string all;
+    for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+    throw Error(
+        fmt::format("--pick {}: no objective {} (the objectives are {}; expected knee, OBJ "
+                    "or OBJ:B<=REF, e.g. ppl:needle<=yarn)",
+                    text, name, all));
+  };
+  if (text == "knee") return r;
+  const size_t colon = text.find(':');
+  if (colon == std::string::npos) {
+    r.kind = PickRule::Kind::kBest;
+    r.objective = objective(text);
+    return r;
+  }
+  const size_t le = text.find("<=", colon);
+  if (le == std::string::npos || le + 2 >= text.size())
+    throw Error(
+        fmt::format("--pick {} (expected knee, OBJ or OBJ:B<=REF, e.g. ppl:needle<=yarn)", text));
+  r.kind = PickRule::Kind::kBounded;
+  r.objective = objective(text.substr(0, colon));
+  r.bound_objective = objective(text.substr(colon + 1, le - colon - 1));
+  const std::string ref = text.substr(le + 2);
+  size_t used = 0;
+  try {
+    r.bound_value = std::stod(ref, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != ref.size()) r.bound_ref = ref;
+  return r;
+}
+
+size_t pick_from_front(const std::vector<std::vector<double>>& front, const PickRule& rule,
+                       std::string* note) {
+  if (front.empty()) throw Error("--pick: the front is empty (no complete evaluation)");
+  auto best_of = [&](int k, const std::vector<size_t>& among) {
+    size_t b = among.at(0);
+    for (size_t i : among)
+      if (front[i][size_t(k)] < front[b][size_t(k)]) b = i;
+    return b;
+  };
+  std::vector<size_t> all(front.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  switch (rule.kind) {
+    case PickRule::Kind::kBest:
+      return best_of(rule.objective, all);
+    case PickRule::Kind::kBounded: {
+      std::vector<size_t> ok;
+      for (size_t i : all)
+        if (front[i][size_t(rule.bound_objective)] <= rule.bound_value) ok.push_back(i);
+      if (!ok.empty()) return best_of(rule.objective, ok);
+      if (note)
+        *note = fmt::format(
+            "no set on the front meets {} ({} <= {:.4f}); picked the one nearest to it", rule.text,
+            rule.bound_ref.empty() ? "the bound" : rule.bound_ref, rule.bound_value);
+      return best_of(rule.bound_objective, all);
+    }
+    case PickRule::Kind::kKnee:
+      break;
+  }
+  const size_t m = front[0].size();
+  std::vector<double> lo(m, std::numeric_limits<double>::infinity()), hi(m, -lo[0]);
+  for (const auto& p : front)
+    for (size_t k = 0; k < m; ++k) {
+      lo[k] = std::min(lo[k], p[k]);
+      hi[k] = std::max(hi[k], p[k]);
+    }
+  auto scaled = [&](size_t i, size_t k) {
+    return hi[k] > lo[k] ? (front[i][k] - lo[k]) / (hi[k] - lo[k]) : 0.0;
+  };
+  size_t pick = 0;
+  if (front.size() >= 3 && m == 2) {
+    // The ends of a two-objective front are its best points in each objective; the knee is the
+    // point farthest below the line through them (scaled: from (0, 1) to (1, 0)).
+    double far = -std::numeric_limits<double>::infinity();
+    for (size_t i = 0; i < front.size(); ++i) {
+      const double dist = (1.0 - scaled(i, 0) - scaled(i, 1)) / std::sqrt(2.0);
+      if (dist > far) {
+        far = dist;
+        pick = i;
+      }
+    }
+    return pick;
+  }
+  // Otherwise the point nearest to the ideal one in relative terms: each objective's excess over
+  // the front's best, as a fraction of that best (min-max scaling would tie two points).
+  auto relative = [&](size_t i, size_t k) {
+    return lo[k] > 0 ? front[i][k] / lo[k] - 1.0 : scaled(i, k);
+  };
+  double nearest = std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < front.size(); ++i) {
+    double d = 0;
+    for (size_t k = 0; k < m; ++k) d += relative(i, k) * relative(i, k);
+    if (d < nearest) {
+      nearest = d;
+      pick = i;
+    }
+  }
+  return pick;
 }
 
 // ---- the search space
@@ -394,6 +604,7 @@ nlohmann::json SearchSettings::to_json() const {
   if (steady_state) j["steady_state"] = true;  // absent when off: older checkpoints still match
   if (reject_margin != 0.0) j["reject_margin"] = reject_margin;  // likewise
   if (blend_prob != 0.0) j["blend_prob"] = blend_prob;           // likewise
+  if (objectives != 1) j["objectives"] = objectives;             // likewise
   return j;
 }
 
@@ -416,6 +627,8 @@ EvolutionSearch::EvolutionSearch(SearchSpace space, SearchSettings settings)
                     "(expected population, parents >= 1 and the others >= 0)",
                     settings_.population, settings_.parents, settings_.mutations,
                     settings_.crossovers, settings_.iterations));
+  if (settings_.objectives < 1)
+    throw Error(fmt::format("search: {} objectives (expected at least one)", settings_.objectives));
   if (!(settings_.reject_margin >= 0 && settings_.reject_margin <= 1))
     throw Error(fmt::format("search: reject margin {} (expected a fraction in [0, 1], e.g. 0.01)",
                             settings_.reject_margin));
@@ -524,6 +737,13 @@ void EvolutionSearch::record(const Individual& ind, const EvalResult& r, double 
   } else {
     f.ppl = r.ppl;
     if (std::isfinite(r.stage_ppl)) f.stage = r.stage_ppl;
+    if (settings_.objectives > 1) {
+      if (static_cast<int>(r.objectives.size()) != settings_.objectives)
+        throw Error(fmt::format("search: the evaluator returned {} objective(s), expected {}",
+                                r.objectives.size(), settings_.objectives));
+      f.obj = r.objectives;
+      update_front(ind, f);
+    }
     ++full_evals_;
     if (!best_fit_.rejected && (best_.lambda.empty() || f.ppl < best_fit_.ppl)) {
       best_ = ind;
@@ -534,6 +754,19 @@ void EvolutionSearch::record(const Individual& ind, const EvalResult& r, double 
   seen_.insert(ind.key());
 }
 
+void EvolutionSearch::update_front(const Individual& ind, const Fitness& f) {
+  for (const Individual& m : front_)
+    if (dominates(memo_.at(m.key()).obj, f.obj)) return;
+  std::erase_if(front_,
+                [&](const Individual& m) { return dominates(f.obj, memo_.at(m.key()).obj); });
+  // Recorded before its memo entry: compare with the new values directly.
+  auto it = std::find_if(front_.begin(), front_.end(), [&](const Individual& m) {
+    const Fitness& g = memo_.at(m.key());
+    return f.obj[0] < g.obj[0] || (f.obj[0] == g.obj[0] && ind.key() < m.key());
+  });
+  front_.insert(it, ind);
+}
+
 std::vector<Individual> EvolutionSearch::parents(double* bound) const {
   std::vector<Individual> out;
   for (const auto& ind : population_) {
@@ -542,7 +775,8 @@ std::vector<Individual> EvolutionSearch::parents(double* bound) const {
   }
   if (out.empty()) throw Error("search: no complete individual to breed from");
   *bound = std::numeric_limits<double>::infinity();
-  if (settings_.early_reject) {
+  // Several objectives: no early reject (a child worse in one objective may join the front).
+  if (settings_.early_reject && settings_.objectives == 1) {
     // Children's first stages are compared with the parents' first stages (the loosest of
     // them): a child is cut only when its first stage is worse than every parent's. Without
     // stage scores (an evaluator without stages) the bound is the worst parent's fitness.
@@ -555,6 +789,29 @@ std::vector<Individual> EvolutionSearch::parents(double* bound) const {
 }
 
 void EvolutionSearch::sort_population() {
+  if (settings_.objectives > 1) {
+    // NSGA-II: by non-dominated rank, then by crowding distance (larger first), then by key;
+    // rejected candidates (none without early reject) last.
+    std::vector<Individual> done, cut;
+    for (auto& ind : population_) (memo_.at(ind.key()).rejected ? cut : done).push_back(ind);
+    std::vector<std::vector<double>> pts;
+    for (const auto& ind : done) pts.push_back(memo_.at(ind.key()).obj);
+    const std::vector<int> rank = pareto_ranks(pts);
+    const std::vector<double> crowd = crowding_distances(pts, rank);
+    std::vector<size_t> order(done.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      if (rank[a] != rank[b]) return rank[a] < rank[b];
+      if (crowd[a] != crowd[b]) return crowd[a] > crowd[b];
+      return done[a].key() < done[b].key();
+    });
+    std::sort(cut.begin(), cut.end(),
+              [](const Individual& a, const Individual& b) { return a.key() < b.key(); });
+    population_.clear();
+    for (size_t i : order) population_.push_back(std::move(done[i]));
+    for (auto& c : cut) population_.push_back(std::move(c));
+    return;
+  }
   std::vector<std::pair<Fitness, Individual>> v;
   for (auto& ind : population_) v.emplace_back(memo_.at(ind.key()), std::move(ind));
   std::stable_sort(v.begin(), v.end(), [](const auto& x, const auto& y) {
@@ -634,6 +891,7 @@ void EvolutionSearch::log_iteration() {
   L.full_evals = full_evals_;
   L.partial_evals = partial_evals_;
   L.elapsed_seconds = eval_seconds_;
+  L.front_size = static_cast<int>(front_.size());
   log_.push_back(L);
   ++done_;
 }
@@ -712,32 +970,42 @@ nlohmann::json EvolutionSearch::to_json() const {
   std::ostringstream rs;
   rs << rng_;
   nlohmann::json memo = nlohmann::json::object();
-  for (const auto& [k, f] : memo_)
+  for (const auto& [k, f] : memo_) {
     memo[k] = {{"ppl", num(f.ppl)},
                {"rejected", f.rejected},
                {"bound", num(f.bound)},
                {"partial", num(f.partial)},
                {"stage", num(f.stage)}};
+    if (!f.obj.empty()) memo[k]["obj"] = f.obj;  // multi-objective only: other files unchanged
+  }
   nlohmann::json pop = nlohmann::json::array();
   for (const auto& i : population_) pop.push_back(ind_json(i));
   nlohmann::json log = nlohmann::json::array();
-  for (const auto& L : log_)
+  for (const auto& L : log_) {
     log.push_back({{"iteration", L.iteration},
                    {"best_ppl", num(L.best_ppl)},
                    {"median_ppl", num(L.median_ppl)},
                    {"full_evals", L.full_evals},
                    {"partial_evals", L.partial_evals},
                    {"elapsed_seconds", L.elapsed_seconds}});
-  return {{"iterations_done", done_},
-          {"rng", rs.str()},
-          {"population", pop},
-          {"memo", memo},
-          {"best", best_.lambda.empty() ? nlohmann::json() : ind_json(best_)},
-          {"best_ppl", num(best_fit_.ppl)},
-          {"full_evals", full_evals_},
-          {"partial_evals", partial_evals_},
-          {"eval_seconds", eval_seconds_},
-          {"log", log}};
+    if (settings_.objectives > 1) log.back()["front_size"] = L.front_size;
+  }
+  nlohmann::json out = {{"iterations_done", done_},
+                        {"rng", rs.str()},
+                        {"population", pop},
+                        {"memo", memo},
+                        {"best", best_.lambda.empty() ? nlohmann::json() : ind_json(best_)},
+                        {"best_ppl", num(best_fit_.ppl)},
+                        {"full_evals", full_evals_},
+                        {"partial_evals", partial_evals_},
+                        {"eval_seconds", eval_seconds_},
+                        {"log", log}};
+  if (settings_.objectives > 1) {
+    nlohmann::json front = nlohmann::json::array();
+    for (const auto& i : front_) front.push_back(ind_json(i));
+    out["front"] = front;
+  }
+  return out;
 }
 
 void EvolutionSearch::restore(const nlohmann::json& j) {
@@ -758,6 +1026,11 @@ void EvolutionSearch::restore(const nlohmann::json& j) {
       x.bound = num_from(f.at("bound"));
       x.partial = num_from(f.at("partial"));
       if (f.contains("stage")) x.stage = num_from(f.at("stage"));
+      if (f.contains("obj")) x.obj = f.at("obj").get<std::vector<double>>();
+      if (settings_.objectives > 1 && !x.rejected &&
+          static_cast<int>(x.obj.size()) != settings_.objectives)
+        throw Error(fmt::format("memo entry with {} objective value(s), expected {}", x.obj.size(),
+                                settings_.objectives));
       memo_.emplace(k, x);
       seen_.insert(k);
     }
@@ -776,8 +1049,16 @@ void EvolutionSearch::restore(const nlohmann::json& j) {
       x.full_evals = L.at("full_evals").get<int64_t>();
       x.partial_evals = L.at("partial_evals").get<int64_t>();
       x.elapsed_seconds = L.at("elapsed_seconds").get<double>();
+      x.front_size = L.value("front_size", 0);
       log_.push_back(x);
     }
+    front_.clear();
+    if (settings_.objectives > 1)
+      for (const auto& p : j.at("front")) {
+        front_.push_back(ind_from(p));
+        if (!memo_.count(front_.back().key()) || memo_.at(front_.back().key()).obj.empty())
+          throw Error("front holds an individual that was not evaluated");
+      }
     for (const auto& p : population_) {
       if (!is_valid(space_, p) || !memo_.count(p.key()))
         throw Error("population holds an individual outside the search space or not evaluated");

@@ -94,6 +94,7 @@ std::string encode_result(const EvalResult& r) {
                       {"tok", r.tokens},
                       {"s", r.seconds}};
   if (std::isfinite(r.stage_ppl)) j["stage"] = r.stage_ppl;
+  if (!r.objectives.empty()) j["o"] = r.objectives;
   return j.dump();
 }
 
@@ -106,6 +107,7 @@ EvalResult decode_result(const std::string& m) {
   r.tokens = j.at("tok").get<int64_t>();
   r.seconds = j.at("s").get<double>();
   if (j.contains("stage")) r.stage_ppl = j.at("stage").get<double>();
+  if (j.contains("o")) r.objectives = j.at("o").get<std::vector<double>>();
   return r;
 }
 
@@ -240,7 +242,13 @@ struct SearchRun::Impl {
   SearchRunConfig cfg;
   int64_t orig = 0;
   SearchSpace space;
-  std::unique_ptr<PerplexityEvaluator> long_ev, short_ev;
+  // The long search's evaluator (a MultiObjectiveEvaluator for several objectives) and its first
+  // part, whose windows the fingerprint names; the short search's (its first objective only).
+  std::unique_ptr<Evaluator> long_ev;
+  PerplexityEvaluator* long_first = nullptr;
+  std::unique_ptr<PerplexityEvaluator> short_ev;
+  std::vector<std::string> objectives;  // the fitness names, in order
+  PickRule pick;                        // several objectives: how -o's set is chosen
   nlohmann::json fingerprint;
   nlohmann::json ck_settings;
   std::vector<std::string> warnings;
@@ -249,7 +257,7 @@ struct SearchRun::Impl {
   std::string evaluate_task(const std::string& m) const {
     const nlohmann::json j = nlohmann::json::parse(m);
     const int phase = j.at("p").get<int>();
-    PerplexityEvaluator* ev = phase == 0 ? long_ev.get() : short_ev.get();
+    Evaluator* ev = phase == 0 ? long_ev.get() : short_ev.get();
     if (!ev) throw Error("a short-set candidate, but this rank has no --short-ctx");
     RopeScaling s;
     s.method = RopeMethod::kLongrope;
@@ -295,20 +303,33 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     tokens.insert(tokens.end(), t.begin(), t.end());
   }
   const int32_t bos = p.model->file().vocab.bos;
-  nlohmann::json fitness;  // null for perplexity
+  p.objectives = split_fitness(c.fitness);
+  const bool multi = p.objectives.size() > 1;
+  if (multi && c.settings.objectives != static_cast<int>(p.objectives.size()))
+    throw Error(fmt::format("search: --fitness {} names {} objectives but the settings ask for {}",
+                            c.fitness, p.objectives.size(), c.settings.objectives));
+  nlohmann::json fitness;  // null for perplexity; several objectives: one key (or "ppl") each
   try {
-    fitness = fitness_key(c.fitness, c.needles, c.needle_seed, c.needle_weight);
+    if (!multi) {
+      fitness = fitness_key(c.fitness, c.needles, c.needle_seed, c.needle_weight);
+    } else {
+      for (const std::string& f : p.objectives) {
+        const nlohmann::json k = fitness_key(f, c.needles, c.needle_seed, c.needle_weight);
+        fitness.push_back(k.is_null() ? nlohmann::json("ppl") : k);
+      }
+    }
   } catch (const Error& e) {
     throw Error(fmt::format("search: {}", e.what()));
   }
   const bool needle = !fitness.is_null();  // needle windows (--fitness needle and mix)
-  const bool mix = c.fitness == "mix";
-  // The evaluator of windows of ctx tokens (for a needle fitness, needle windows and their
-  // scored positions).
-  auto evaluator_for = [&](int64_t ctx) {
+  // The evaluator of one fitness over windows of ctx tokens (for a needle fitness, needle
+  // windows and their scored positions).
+  auto evaluator_of = [&](const std::string& name, int64_t ctx) {
+    const bool needles = name != "ppl";
+    const bool mixed = name == "mix";
     NeedleWindows w;
     try {
-      if (needle) {
+      if (needles) {
         w = make_needle_windows(p.model->tokenizer(), tokens, ctx, c.docs, c.needles,
                                 c.needle_seed);
       } else {
@@ -318,15 +339,28 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
       throw Error(fmt::format("search: too little text for {} window(s) of {} tokens: {}", c.docs,
                               ctx, e.what()));
     }
-    if (needle)
+    if (needles)
       return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens),
                                                    std::move(w.positions), c.n_threads, p.orig,
-                                                   mix ? c.needle_weight : 1.0);
+                                                   mixed ? c.needle_weight : 1.0);
     return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens), c.n_threads, p.orig,
                                                  c.reject_stage);
   };
-  p.long_ev = evaluator_for(L);
-  if (c.short_ctx && !short_set_is_plain(c, p.orig)) p.short_ev = evaluator_for(*c.short_ctx);
+  if (!multi) {
+    auto ev = evaluator_of(p.objectives[0], L);
+    p.long_first = ev.get();
+    p.long_ev = std::move(ev);
+  } else {
+    std::vector<std::unique_ptr<Evaluator>> parts;
+    for (const std::string& f : p.objectives) {
+      parts.push_back(evaluator_of(f, L));
+      if (!p.long_first) p.long_first = static_cast<PerplexityEvaluator*>(parts.back().get());
+    }
+    p.long_ev = std::make_unique<MultiObjectiveEvaluator>(std::move(parts));
+  }
+  // The short set: its first objective only (one fitness below the long set's lengths).
+  if (c.short_ctx && !short_set_is_plain(c, p.orig))
+    p.short_ev = evaluator_of(p.objectives[0], *c.short_ctx);
 
   SearchSpace& sp = p.space;
   sp = default_search_space(hp, p.orig, L, c.lambda_max);
@@ -355,9 +389,39 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   }
   sp.seed_blends = c.seed_blends;
   validate_space(sp);
+  if (multi) {
+    try {
+      p.pick = parse_pick(c.pick, p.objectives);
+    } catch (const Error& e) {
+      throw Error(fmt::format("search: {}", e.what()));
+    }
+    if (!p.pick.bound_ref.empty()) {
+      // The reference must be a seed of the initial population, so that its values are known.
+      const auto seeds = rule_seeds(sp);
+      std::string names;
+      size_t at = seeds.size();
+      for (size_t i = 0; i < seeds.size(); ++i) {
+        names += (i ? ", " : "") + seeds[i].first;
+        if (seeds[i].first == p.pick.bound_ref) at = i;
+      }
+      if (at == seeds.size())
+        throw Error(fmt::format("search: --pick {}: no seed named {} (the seeds are {})", c.pick,
+                                p.pick.bound_ref, names));
+      if (static_cast<int>(at) >= c.settings.population)
+        throw Error(fmt::format(
+            "search: --pick {}: seed {} is not in an initial population of {} (expected "
+            "--population above {})",
+            c.pick, p.pick.bound_ref, c.settings.population, at));
+    }
+  } else if (c.pick != "knee") {
+    throw Error(
+        fmt::format("search: --pick {} needs several objectives (e.g. --fitness "
+                    "ppl,needle)",
+                    c.pick));
+  }
 
   p.fingerprint = {{"model", model_fingerprint(*p.model)},
-                   {"text", tokens_fingerprint(p.long_ev->windows())},
+                   {"text", tokens_fingerprint(p.long_first->windows())},
                    {"target_ctx", L},
                    {"orig_ctx", p.orig},
                    {"docs", c.docs},
@@ -376,8 +440,13 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     p.ck_settings["fitness"] = fitness;
     p.fingerprint["fitness"] = c.fitness;
   }
+  // --pick is not here: a finished run may be resumed to pick another set from its front.
 
-  if (c.settings.early_reject) {
+  if (c.settings.early_reject && multi)
+    p.warnings.push_back(
+        "early reject is off for a multi-objective search: a child worse in one objective's "
+        "first stage may still join the front through another");
+  if (c.settings.early_reject && !multi) {
     auto check = [&](const PerplexityEvaluator& ev, int64_t len, const char* phase) {
       if (ev.stage().on()) return;
       if (needle) {
@@ -392,7 +461,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
           "window) would score no token beyond the original context {} (docs/search.md)",
           phase, c.reject_stage > 0 ? std::min(c.reject_stage, len) : len, len, p.orig));
     };
-    check(*p.long_ev, L, "long");
+    check(*p.long_first, L, "long");
     if (p.short_ev) check(*p.short_ev, *c.short_ctx, "short");
   }
 }
@@ -410,7 +479,7 @@ const SearchSpace& SearchRun::space() const {
   return p_->space;
 }
 size_t SearchRun::window_count() const {
-  return p_->long_ev->windows().size();
+  return p_->long_first->windows().size();
 }
 
 void SearchRun::serve() {
@@ -523,6 +592,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       pr.full_evals = srch.full_evals();
       pr.partial_evals = srch.partial_evals();
       pr.best_ppl = srch.best_ppl();
+      pr.front_size = static_cast<int>(srch.front().size());
       progress(pr);
     };
     srch.on_eval = report;
@@ -552,6 +622,42 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   run_phase(lng, long_farm, "search", long_state, 0);
 
   RopeScaling result = to_scaling(sp, lng.best());
+  const bool multi = p.objectives.size() > 1;
+  // The objectives' values by name (several objectives).
+  auto named = [&](const std::vector<double>& v) {
+    nlohmann::json o = nlohmann::json::object();
+    for (size_t k = 0; k < v.size(); ++k) o[p.objectives[k]] = v[k];
+    return o;
+  };
+  nlohmann::json front;  // several objectives: every set on the front, the picked one marked
+  std::vector<double> picked;
+  std::string pick_note;
+  if (multi) {
+    PickRule rule = p.pick;
+    if (!rule.bound_ref.empty()) {
+      for (const auto& [name, ind] : rule_seeds(sp))
+        if (name == rule.bound_ref) {
+          const auto it = lng.memo().find(ind.key());
+          if (it == lng.memo().end() || it->second.obj.empty())
+            throw Error(fmt::format("search: --pick {}: seed {} was not evaluated", c.pick, name));
+          rule.bound_value = it->second.obj[size_t(rule.bound_objective)];
+        }
+    }
+    std::vector<std::vector<double>> pts;
+    for (const Individual& ind : lng.front()) pts.push_back(lng.memo().at(ind.key()).obj);
+    const size_t k = pick_from_front(pts, rule, &pick_note);
+    picked = pts[k];
+    result = to_scaling(sp, lng.front()[k]);
+    front = nlohmann::json::array();
+    for (size_t i = 0; i < pts.size(); ++i) {
+      const RopeScaling f = to_scaling(sp, lng.front()[i]);
+      front.push_back({{"objectives", named(pts[i])},
+                       {"n_hat", f.n_hat},
+                       {"attention_factor", *f.attn_factor},
+                       {"factors", f.sets[0].factors}});
+      if (i == k) front.back()["picked"] = true;
+    }
+  }
   if (c.short_ctx && short_set_is_plain(c, p.orig)) {
     // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
     result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
@@ -597,7 +703,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   nlohmann::json seeds = nlohmann::json::object();
   for (const auto& [name, ind] : rule_seeds(sp)) {
     auto it = lng.memo().find(ind.key());
-    if (it != lng.memo().end() && !it->second.rejected) seeds[name] = it->second.ppl;
+    if (it != lng.memo().end() && !it->second.rejected)
+      seeds[name] = multi ? named(it->second.obj) : nlohmann::json(it->second.ppl);
   }
   nlohmann::json search = c.settings.to_json();
   search["iterations"] = T;
@@ -624,6 +731,12 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       {"best_ppl", lng.best_ppl()},
       {"seed_ppl", seeds},
       {"evaluations", {{"full", lng.full_evals()}, {"partial", lng.partial_evals()}}}};
+  if (multi) {
+    prov["objectives"] = p.objectives;
+    prov["pick"] = c.pick;
+    prov["picked"] = named(picked);
+    prov["front_size"] = front.size();
+  }
   if (c.short_ctx && !shrt) {
     prov["short"] = {{"short_ctx", *c.short_ctx}, {"plain", true}};
   } else if (shrt) {
@@ -633,13 +746,17 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
         {"best_ppl", shrt->best_ppl()},
         {"evaluations", {{"full", shrt->full_evals()}, {"partial", shrt->partial_evals()}}}};
   }
-  write_factors_file(c.output, result, prov);
+  write_factors_file(c.output, result, prov, front);
 
   SearchRunResult r;
   r.scaling = result;
   r.best_ppl = lng.best_ppl();
   if (shrt) r.short_best_ppl = shrt->best_ppl();
   r.seed_ppl = seeds;
+  r.objectives = p.objectives;
+  r.front = front;
+  r.picked = picked;
+  r.pick_note = pick_note;
   r.full_evals = lng.full_evals();
   r.partial_evals = lng.partial_evals();
   r.eval_seconds = lng.eval_seconds();
