@@ -90,6 +90,24 @@ TEST(DistMpi, SearchIsTheSameForAnyNumberOfRanks) {
   fs::remove_all(d);
 }
 
+// A multi-objective search: the same front (and pick) byte for byte for one and three ranks.
+TEST(DistMpi, MultiObjectiveFrontIsTheSameForAnyNumberOfRanks) {
+  REQUIRE_MPI();
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text(kText.string()));
+  const fs::path d = test::fresh_temp_dir("mpi_front");
+  const std::string cli = q(test::cli_path());
+  const std::string multi = " --fitness ppl,needle --needles 3 --pick knee";
+  std::string out;
+  ASSERT_EQ(run(cli + search_flags(d / "one.json", 2) + multi, &out), 0) << out;
+  EXPECT_NE(out.find("front:"), std::string::npos) << out;
+  ASSERT_EQ(run(mpirun(3) + cli + search_flags(d / "three.json", 2) + multi, &out), 0) << out;
+  expect_same_files(d / "one.json", d / "three.json");
+  const auto file = nlohmann::json::parse(test::slurp(d / "one.json"));
+  EXPECT_GE(file.at("front").size(), 1u);
+  fs::remove_all(d);
+}
+
 // Starts `cmd` (VAR=value prefixes allowed; through sh and env, exec'd so that the pid is the
 // command's).
 pid_t spawn(const std::string& cmd) {

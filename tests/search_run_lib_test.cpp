@@ -255,6 +255,8 @@ TEST(SearchRunLib, MultiObjectiveRunWritesTheFrontAndThePick) {
   ASSERT_GE(front.size(), 1u);
   EXPECT_EQ(front.size(), r.front.size());
   EXPECT_EQ(file["provenance"]["objectives"], nlohmann::json({"ppl", "needle"}));
+  EXPECT_NE(test::slurp(d / "a.json.front.svg").find("front (searched sets)"), std::string::npos);
+  EXPECT_EQ(r.front_plots.at(0), (d / "a.json.front.svg").string());
   const auto ckpt = nlohmann::json::parse(test::slurp(d / "a.json.ckpt.json"));
   EXPECT_EQ(ckpt["long"]["front"].size(), front.size());
   // No set on the front dominates another, and exactly one is picked: the file's own set.

@@ -193,9 +193,17 @@ TEST(TrainModel, Bf16GradientTracksFp32OnSmolLM2) {
   if (!kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
   const auto m = Model::load(test::smollm_path().string());
   const Bf16Agreement a = bf16_against_fp32(*m, 255, RopeScaling{});
-  // Measured: loss 3.5e-5 relative, gradient 4.0e-2 relative L2 (cosine 0.9993), 255 tokens.
+  // Error model: every bf16 product rounds its operands to 8 significant bits (relative error
+  // up to 2^-8 per product, FP32 accumulation). A weight's gradient passes through the products of
+  // every layer three times (forward, backward to the inputs, backward to the weights), 9 per
+  // layer (q, k, v, o, gate, up, down and attention's two), and independent errors add in
+  // quadrature: sqrt(3 * 9 * n_layer) * 2^-8 = 0.111 relative L2 for SmolLM2's 30 layers.
+  // Measured 4.0e-2 (AMX Xeon), 5.5e-2 (Xeon without AMX), 7.7e-2 (Zen 4): the kernels oneDNN
+  // picks round in different places, which the model covers. The loss is a mean over 255
+  // tokens, whose errors average out: measured 3.5e-5 to 7.9e-5 relative, held to 5e-4.
+  const double n_layer = static_cast<double>(m->hp().n_layer);
   EXPECT_LT(a.loss, 5e-4);
-  EXPECT_LT(a.grad, 6e-2);
+  EXPECT_LT(a.grad, std::sqrt(3.0 * 9.0 * n_layer) * std::ldexp(1.0, -8));
   EXPECT_GT(a.grad, 0.0);
 }
 

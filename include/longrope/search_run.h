@@ -88,6 +88,7 @@ struct SearchRunResult {
   nlohmann::json front;
   std::vector<double> picked;
   std::string pick_note;
+  std::vector<std::string> front_plots;  // two objectives: OUTPUT.front.svg (and .png)
   int64_t full_evals = 0, partial_evals = 0;
   double eval_seconds = 0;  // summed evaluation wall times (0 under SOURCE_DATE_EPOCH)
   std::string log_path, checkpoint_path;

@@ -134,6 +134,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
                  *cfg.short_ctx);
     fmt::print("wrote {} (the picked set and the front; log {}, checkpoint {})\n", cfg.output,
                r.log_path, r.checkpoint_path);
+    for (const std::string& f : r.front_plots) fmt::print("wrote {}\n", f);
   } else {
     std::string f;
     for (double x : result.sets.back().factors) f += fmt::format("{} ", x);

@@ -21,6 +21,7 @@
 #include "longrope/kernels.h"
 #include "longrope/needle.h"
 #include "longrope/perplexity.h"
+#include "longrope/plot.h"
 
 namespace longrope {
 
@@ -109,6 +110,59 @@ EvalResult decode_result(const std::string& m) {
   if (j.contains("stage")) r.stage_ppl = j.at("stage").get<double>();
   if (j.contains("o")) r.objectives = j.at("o").get<std::vector<double>>();
   return r;
+}
+
+// The front of a two-objective search as a picture (OUTPUT.front.svg, and .png with PLplot): the
+// sets on the front as a line of points in order of the first objective, the picked set, and each
+// rule seed that was evaluated as a point of its own. Seeds far outside the front (beyond twice
+// its largest value in either objective, e.g. linear interpolation) would squash it and are
+// named in the title instead. Returns the files written.
+std::vector<std::string> write_front_plot(const std::string& stem, const nlohmann::json& front,
+                                          const nlohmann::json& seeds,
+                                          const std::vector<std::string>& objectives,
+                                          const std::string& pick, int64_t target_ctx) {
+  if (objectives.size() != 2 || front.empty()) return {};
+  const std::string& o0 = objectives[0];
+  const std::string& o1 = objectives[1];
+  PlotSeries line{"front (searched sets)", {}, {}, {}, {}};
+  PlotSeries picked{"picked (--pick " + pick + ")", {}, {}, {}, {}};
+  double max0 = 0, max1 = 0;
+  for (const auto& e : front) {
+    const double x = e["objectives"][o0].get<double>(), y = e["objectives"][o1].get<double>();
+    line.x.push_back(x);
+    line.y.push_back(y);
+    max0 = std::max(max0, x);
+    max1 = std::max(max1, y);
+    if (e.value("picked", false)) {
+      picked.x.push_back(x);
+      picked.y.push_back(y);
+    }
+  }
+  PlotSpec spec;
+  spec.log_x = false;
+  spec.xlabel = fitness_name(o0, 0) + " (lower is better)";
+  spec.ylabel = fitness_name(o1, 0) + " (lower is better)";
+  spec.series.push_back(line);
+  if (!picked.x.empty()) spec.series.push_back(picked);
+  std::string off;
+  for (const auto& [name, v] : seeds.items()) {
+    if (!v.is_object() || !v.contains(o0) || !v.contains(o1)) continue;
+    const double x = v[o0].get<double>(), y = v[o1].get<double>();
+    if (x > 2 * max0 || y > 2 * max1) {
+      off += (off.empty() ? "" : ", ") + name;
+      continue;
+    }
+    spec.series.push_back(PlotSeries{name, {x}, {y}, {}, {}});
+  }
+  spec.title = fmt::format("Pareto front at {} tokens: {} sets{}", target_ctx, front.size(),
+                           off.empty() ? "" : " (off the axes: " + off + ")");
+  std::vector<std::string> out = {stem + ".svg"};
+  write_plot_svg(spec, out[0]);
+  if (plot_png_supported()) {
+    out.push_back(stem + ".png");
+    write_plot_png(spec, out[1]);
+  }
+  return out;
 }
 
 }  // namespace
@@ -686,6 +740,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     short_basis = {{"n_hat", result.n_hat}, {"attn", *result.attn_factor}};
     SearchSettings st = settings;
     st.seed = settings.seed ^ 0x9e3779b97f4a7c15ull;
+    st.objectives = 1;  // the short set: the first objective only
     shrt.emplace(ss, st);
     if (c.resume && ck.contains("short") && !ck["short"].is_null() &&
         ck.value("short_basis", nlohmann::json()) == short_basis)
@@ -747,6 +802,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
         {"evaluations", {{"full", shrt->full_evals()}, {"partial", shrt->partial_evals()}}}};
   }
   write_factors_file(c.output, result, prov, front);
+  const std::vector<std::string> plots =
+      write_front_plot(c.output + ".front", front, seeds, p.objectives, c.pick, c.target_ctx);
 
   SearchRunResult r;
   r.scaling = result;
@@ -757,6 +814,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   r.front = front;
   r.picked = picked;
   r.pick_note = pick_note;
+  r.front_plots = plots;
   r.full_evals = lng.full_evals();
   r.partial_evals = lng.partial_evals();
   r.eval_seconds = lng.eval_seconds();
