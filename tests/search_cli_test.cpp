@@ -158,5 +158,30 @@ TEST(SearchCli, ClearErrors) {
   fs::remove_all(d);
 }
 
+// The multi-objective flags: a bad --fitness list or --pick is a usage error (exit 2, before the
+// model is read), a pick that names a missing seed one line (exit 1).
+TEST(SearchCli, MultiObjectiveFlagErrors) {
+  LONGROPE_REQUIRE_FILE(model_path());
+  LONGROPE_REQUIRE_FILE(text_path());
+  const fs::path d = temp_dir("multierr");
+  const std::string f =
+      std::string(kTiny) + "-f '" + text_path() + "' -o '" + (d / "x.json").string() + "' ";
+  auto expect_exit = [&](const std::string& args, int code, const std::string& needle) {
+    std::string out;
+    EXPECT_EQ(search(args, &out), code) << args << "\n" << out;
+    EXPECT_NE(out.find(needle), std::string::npos) << args << "\n" << out;
+  };
+  expect_exit(f + "--fitness ppl,ppl", 2, "ppl given twice");
+  expect_exit(f + "--fitness ppl,nope", 2, "'nope' (expected ppl, needle or mix");
+  expect_exit(f + "--fitness ppl,needle --pick mix", 2, "no objective mix");
+  expect_exit(f + "--fitness ppl,needle --pick 'ppl:needle'", 2,
+              "expected knee, OBJ or OBJ:B<=REF");
+  expect_exit(f + "--pick ppl", 2, "needs several objectives");
+  expect_exit(f + "--fitness ppl,needle --needles 2 --pick 'ppl:needle<=nope'", 1,
+              "no seed named nope");
+  EXPECT_FALSE(fs::exists(d / "x.json"));
+  fs::remove_all(d);
+}
+
 }  // namespace
 }  // namespace longrope

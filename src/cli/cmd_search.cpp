@@ -311,7 +311,14 @@ Runner register_search(CLI::App& app) {
     }
     cfg.n_threads = resolve_threads(cfg.n_threads);
     try {
-      cfg.settings.objectives = static_cast<int>(split_fitness(cfg.fitness).size());
+      const std::vector<std::string> objectives = split_fitness(cfg.fitness);
+      cfg.settings.objectives = static_cast<int>(objectives.size());
+      if (objectives.size() > 1) {
+        parse_pick(cfg.pick, objectives);  // seed names are checked once the space is known
+      } else if (cfg.pick != "knee") {
+        throw Error(fmt::format("--pick {} needs several objectives (e.g. --fitness ppl,needle)",
+                                cfg.pick));
+      }
     } catch (const Error& e) {
       throw UsageError("search", e.what());
     }
