@@ -9,7 +9,9 @@
 #      GGUF's perplexity, which equals the searched factors' one.
 # About 10-15 minutes on 2 cores (bf16 compute where the CPU has AVX512_BF16: one 16k search
 # candidate costs 15-20 s; with --compute f32 about 2 minutes). Results in out/main/.
-# LONGROPE_SEARCH_BUDGET overrides the budget flags of the search.
+# LONGROPE_SEARCH_BUDGET overrides the budget flags of the search; LONGROPE_SEARCH_TIME (default
+# 12m) caps its time, so that a slow CPU evaluates fewer candidates instead of taking longer (the
+# search says how many it could afford; `longrope search ... --resume` continues it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -45,7 +47,7 @@ else
   [ -f "$factors.ckpt.json" ] && resume=(--resume)
   # shellcheck disable=SC2086
   $bin search -m "$model" -f "$search_text" --target-ctx 16384 --docs 1 $budget --seed 1 \
-    -o "$factors" "${resume[@]}"
+    --budget "${LONGROPE_SEARCH_TIME:-12m}" -o "$factors" "${resume[@]}"
 fi
 
 echo "== 3. perplexity at 16384 on $(basename "$eval_text")"

@@ -158,8 +158,8 @@ TEST(SearchCli, ClearErrors) {
   fs::remove_all(d);
 }
 
-// The multi-objective flags: a bad --fitness list or --pick is a usage error (exit 2, before the
-// model is read), a pick that names a missing seed one line (exit 1).
+// The multi-objective flags and --budget: a bad --fitness list, --pick or --budget is a usage
+// error (exit 2, before the model is read), a pick that names a missing seed one line (exit 1).
 TEST(SearchCli, MultiObjectiveFlagErrors) {
   LONGROPE_REQUIRE_FILE(model_path());
   LONGROPE_REQUIRE_FILE(text_path());
@@ -177,6 +177,8 @@ TEST(SearchCli, MultiObjectiveFlagErrors) {
   expect_exit(f + "--fitness ppl,needle --pick 'ppl:needle'", 2,
               "expected knee, OBJ or OBJ:B<=REF");
   expect_exit(f + "--pick ppl", 2, "needs several objectives");
+  expect_exit(f + "--budget 5x", 2, "--budget 5x (expected a positive time such as 90s");
+  expect_exit(f + "--budget -3m", 2, "--budget -3m");
   expect_exit(f + "--fitness ppl,needle --needles 2 --pick 'ppl:needle<=nope'", 1,
               "no seed named nope");
   EXPECT_FALSE(fs::exists(d / "x.json"));

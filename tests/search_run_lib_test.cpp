@@ -323,6 +323,51 @@ TEST(SearchRunLib, MultiObjectiveRunWritesTheFrontAndThePick) {
   fs::remove_all(d);
 }
 
+// --budget: the run stops where the budget ends (after the evaluation that is running), writes
+// the best so far and a checkpoint, and the same search resumed without a budget ends with the
+// files of a run that never stopped, wherever the budget cut it.
+TEST(SearchRunLib, BudgetStopsAndResumesToTheUninterruptedFiles) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchbudget");
+  auto model = Model::load(test::stories_gguf().string());
+  constexpr int kIterations = 6;
+  SearchRun(model, tiny(d / "a.json", kIterations)).run();
+
+  // A budget far too small for the whole run: it stops early, wherever the clock says.
+  SearchRunConfig cut = tiny(d / "b.json", kIterations);
+  cut.budget_seconds = 0.3;
+  try {
+    const SearchRunResult r = SearchRun(model, cut).run();
+    EXPECT_TRUE(r.budget_spent);
+    EXPECT_LT(r.iterations_done, kIterations);
+    const auto file = nlohmann::json::parse(test::slurp(d / "b.json"));
+    EXPECT_EQ(file["provenance"]["budget"]["spent"], true);
+    EXPECT_EQ(file["provenance"]["budget"]["iterations_done"].get<int>(), r.iterations_done);
+  } catch (const Error& e) {  // a slow build: the budget ended inside the initial population
+    EXPECT_NE(std::string(e.what()).find("before the initial population"), std::string::npos)
+        << e.what();
+  }
+  ASSERT_TRUE(fs::exists(d / "b.json.ckpt.json"));
+  SearchRunConfig more = tiny(d / "b.json", kIterations);
+  more.resume = true;
+  const SearchRunResult done = SearchRun(model, more).run();
+  EXPECT_FALSE(done.budget_spent);
+  for (const char* ext : {"", ".log.json", ".ckpt.json"})
+    EXPECT_EQ(test::slurp(d / (std::string("a.json") + ext)),
+              test::slurp(d / (std::string("b.json") + ext)))
+        << ext;
+
+  // A budget that ends before the first evaluation: one line, and a checkpoint to resume.
+  SearchRunConfig none = tiny(d / "c.json", 1);
+  none.budget_seconds = 1e-9;
+  test::expect_error([&] { SearchRun(model, none).run(); }, "before the initial population");
+  EXPECT_TRUE(fs::exists(d / "c.json.ckpt.json"));
+  ::unsetenv("SOURCE_DATE_EPOCH");
+  fs::remove_all(d);
+}
+
 TEST(SearchRunLib, BadSettingsFailAtConstruction) {
   LONGROPE_REQUIRE_FILE(test::stories_gguf());
   LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));

@@ -63,6 +63,11 @@ struct SearchRunConfig {
   std::vector<double> seed_blends;
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;
+  // A time budget in seconds (0: none): no evaluation starts after it, the checkpoint keeps the
+  // finished ones (a running iteration's as pending), and the factors file is written from the
+  // iterations finished (the short set, when there was no time for it, is the plain model);
+  // --resume continues.
+  double budget_seconds = 0;
   int n_threads = 0;
   bool root_computes = true;  // under MPI: rank 0 evaluates candidates too
 };
@@ -89,6 +94,8 @@ struct SearchRunResult {
   std::vector<double> picked;
   std::string pick_note;
   std::vector<std::string> front_plots;  // two objectives: OUTPUT.front.svg (and .png)
+  bool budget_spent = false;             // the run stopped at SearchRunConfig::budget_seconds
+  int iterations_done = 0;               // of the long search, after its initial population
   int64_t full_evals = 0, partial_evals = 0;
   double eval_seconds = 0;  // summed evaluation wall times (0 under SOURCE_DATE_EPOCH)
   std::string log_path, checkpoint_path;

@@ -20,12 +20,30 @@ namespace {
 
 struct SearchArgs {
   std::string model, tokenizer;
+  std::string budget;  // --budget: 90s, 20m, 1.5h or seconds
   SearchRunConfig cfg;
   bool json = false;
   bool progress = true;
   std::string compute = "auto";
   std::string critical_dim = "off";
 };
+
+// --budget: a number with an optional unit (s, m, h); throws Error with one line.
+double parse_budget(const std::string& text) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = used ? text.substr(used) : "";
+  const double scale = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : 0;
+  if (!used || scale == 0 || !(v > 0) || !std::isfinite(v))
+    throw Error(
+        fmt::format("--budget {} (expected a positive time such as 90s, 20m or 1.5h)", text));
+  return v * scale;
+}
 
 int lead(const SearchArgs& a, SearchRun& run) {
   const SearchRunConfig& cfg = a.cfg;
@@ -69,14 +87,26 @@ int lead(const SearchArgs& a, SearchRun& run) {
     }
     const std::string best =
         std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl) : std::string("-");
-    bar->update(done, fmt::format("iteration {}/{} (candidate {}/{}) {}", p.iteration, T,
-                                  p.evals_done, p.evals_total,
-                                  multi ? fmt::format("front {} sets, best {} {}", p.front_size,
-                                                      objectives[0], best)
-                                        : "best " + best));
+    const double left = cfg.budget_seconds - (wall_seconds() - t0);
+    bar->update(
+        done,
+        fmt::format(
+            "iteration {}/{} (candidate {}/{}){} {}", p.iteration, T, p.evals_done, p.evals_total,
+            cfg.budget_seconds > 0
+                ? fmt::format(" budget {} ({:.0f} s left)", a.budget, std::max(0.0, left))
+                : "",
+            multi ? fmt::format("front {} sets, best {} {}", p.front_size, objectives[0], best)
+                  : "best " + best));
   });
   if (bar) bar->finish();
   const double wall = wall_seconds() - t0;
+  if (r.budget_spent)
+    fmt::print(stderr,
+               "search: the budget of {} was spent after {} of {} iterations ({} evaluations "
+               "complete); the factors file holds the best found so far, and the same command "
+               "with --resume (and a new --budget) continues from {}\n",
+               a.budget, std::max(0, r.iterations_done), T, r.full_evals + r.partial_evals,
+               r.checkpoint_path);
 
   const int64_t n_eval = r.full_evals + r.partial_evals;
   const double spe = n_eval ? r.eval_seconds / static_cast<double>(n_eval) : 0.0;
@@ -247,6 +277,9 @@ Runner register_search(CLI::App& app) {
       ->check(in_range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-o,--output", a->cfg.output, "factors file to write")->capture_default_str();
   cmd->add_flag("--resume", a->cfg.resume, "continue from <output>.ckpt.json");
+  cmd->add_option("--budget", a->budget,
+                  "time budget (90s, 20m, 1.5h): no evaluation starts after it; the checkpoint "
+                  "keeps everything, the factors file holds the best so far, --resume continues");
   cmd->add_flag("--json", a->json, "print one JSON summary on stdout");
   add_no_progress_flag(cmd, a->progress);
   add_threads_option(cmd, a->cfg.n_threads);
@@ -311,6 +344,7 @@ Runner register_search(CLI::App& app) {
     }
     cfg.n_threads = resolve_threads(cfg.n_threads);
     try {
+      if (!a->budget.empty()) cfg.budget_seconds = parse_budget(a->budget);
       const std::vector<std::string> objectives = split_fitness(cfg.fitness);
       cfg.settings.objectives = static_cast<int>(objectives.size());
       if (objectives.size() > 1) {

@@ -3,6 +3,7 @@
 
 #include <fmt/core.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <ctime>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "longrope/atomic_file.h"
 #include "longrope/dist.h"
@@ -199,6 +201,10 @@ class FarmEvaluator : public Evaluator {
     pool_ = std::make_unique<dist::Pool>(std::move(task), std::move(opt));
   }
   int iteration = 0;
+  // The time budget: evaluations stop once the steady clock passes it (checked as each one
+  // finishes, like a stop request).
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  bool budget_spent() const { return deadline && std::chrono::steady_clock::now() >= *deadline; }
 
   EvalResult evaluate(const RopeScaling& s, double reject_above) override {
     return evaluate_batch({s}, reject_above, {}).at(0);
@@ -276,8 +282,8 @@ class FarmEvaluator : public Evaluator {
     finished[tasks_.at(id)] = m;
     tasks_.erase(id);
   }
-  static void stop_point() {
-    if (stop_requested()) throw Interrupted("interrupted");
+  void stop_point() const {
+    if (stop_requested() || budget_spent()) throw Interrupted("interrupted");
   }
 
   size_t next_id_ = 0;
@@ -587,6 +593,13 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   auto task = [&p](const std::string& m) { return p.evaluate_task(m); };
   FarmEvaluator long_farm(0, "long", task, c.root_computes);
   FarmEvaluator short_farm(1, "short", task, c.root_computes);
+  bool budget_spent = false;
+  if (c.budget_seconds > 0) {
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(c.budget_seconds));
+    long_farm.deadline = short_farm.deadline = deadline;
+  }
 
   EvolutionSearch lng(sp, settings);
   std::optional<EvolutionSearch> shrt;
@@ -652,11 +665,23 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     srch.on_eval = report;
     while (!srch.finished(T)) {
       ev.iteration = srch.iterations_done();
+      if (ev.budget_spent()) {
+        // The last save (or an earlier run's, with its pending evaluations) is the state.
+        if (!std::filesystem::exists(ckpt_path)) save();
+        budget_spent = true;
+        break;
+      }
       report(0, 0);
       try {
         srch.step(ev);
       } catch (const Interrupted&) {
         save(phase);
+        // The budget: the finished evaluations of this iteration wait in the checkpoint for
+        // --resume; the result is made from the iterations finished.
+        if (ev.budget_spent() && !stop_requested()) {
+          budget_spent = true;
+          break;
+        }
         throw Interrupted(fmt::format(
             "search interrupted in iteration {} of the {} phase: {} finished evaluation(s) of it "
             "and every earlier iteration saved in {}; the same command with --resume continues",
@@ -674,6 +699,11 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     srch.on_eval = nullptr;
   };
   run_phase(lng, long_farm, "search", long_state, 0);
+  if (lng.iterations_done() == 0)  // saved where it stopped (its pending evaluations kept)
+    throw Error(fmt::format(
+        "search: the budget of {:g} s ended before the initial population was evaluated (saved "
+        "in {}; the same command with --resume and a larger --budget continues)",
+        c.budget_seconds, ckpt_path));
 
   RopeScaling result = to_scaling(sp, lng.best());
   const bool multi = p.objectives.size() > 1;
@@ -712,10 +742,19 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       if (i == k) front.back()["picked"] = true;
     }
   }
+  // The budget left no time for a searched short set (--resume adds it): up to N <= L_orig the
+  // plain model, above L_orig the long set serves every length.
+  auto without_short_set = [&] {
+    if (*c.short_ctx <= p.orig)
+      result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
+                     FactorSet{result.sets[0].factors, 0}};
+  };
   if (c.short_ctx && short_set_is_plain(c, p.orig)) {
     // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
     result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
                    FactorSet{result.sets[0].factors, 0}};
+  } else if (c.short_ctx && budget_spent) {
+    without_short_set();
   } else if (c.short_ctx) {
     const int64_t N = *c.short_ctx;
     SearchSpace ss = sp;
@@ -747,12 +786,16 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       restore(*shrt, ck["short"]);
     short_state = shrt->to_json();
     run_phase(*shrt, short_farm, "short", short_state, 1);
-    const RopeScaling sr = to_scaling(ss, shrt->best());
-    FactorSet short_set{sr.sets[0].factors, N};
-    if (*sr.attn_factor != *result.attn_factor) short_set.attn_factor = sr.attn_factor;
-    result.sets = {std::move(short_set), FactorSet{result.sets[0].factors, 0}};
+    if (shrt->best().lambda.empty()) {  // the budget ended before any short set was complete
+      without_short_set();
+    } else {
+      const RopeScaling sr = to_scaling(ss, shrt->best());
+      FactorSet short_set{sr.sets[0].factors, N};
+      if (*sr.attn_factor != *result.attn_factor) short_set.attn_factor = sr.attn_factor;
+      result.sets = {std::move(short_set), FactorSet{result.sets[0].factors, 0}};
+    }
   }
-  save();
+  if (!budget_spent) save();  // else saved where it stopped, with its pending evaluations
 
   // Provenance: deterministic for a given seed (the date honours SOURCE_DATE_EPOCH).
   nlohmann::json seeds = nlohmann::json::object();
@@ -786,6 +829,10 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       {"best_ppl", lng.best_ppl()},
       {"seed_ppl", seeds},
       {"evaluations", {{"full", lng.full_evals()}, {"partial", lng.partial_evals()}}}};
+  if (c.budget_seconds > 0)
+    prov["budget"] = {{"seconds", c.budget_seconds},
+                      {"spent", budget_spent},
+                      {"iterations_done", lng.iterations_done() - 1}};
   if (multi) {
     prov["objectives"] = p.objectives;
     prov["pick"] = c.pick;
@@ -815,6 +862,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   r.picked = picked;
   r.pick_note = pick_note;
   r.front_plots = plots;
+  r.budget_spent = budget_spent;
+  r.iterations_done = lng.iterations_done() - 1;
   r.full_evals = lng.full_evals();
   r.partial_evals = lng.partial_evals();
   r.eval_seconds = lng.eval_seconds();
