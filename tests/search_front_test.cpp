@@ -8,6 +8,7 @@
 
 #include "longrope/error.h"
 #include "longrope/search.h"
+#include "search_fixtures.h"
 #include "test_paths.h"
 
 namespace longrope {
@@ -94,17 +95,8 @@ TEST(SearchFront, BadPickRulesAreRefused) {
   EXPECT_THROW(pick_from_front({}, parse_pick("knee", names)), Error);
 }
 
-SearchSpace space(int pairs = 6) {
-  SearchSpace sp;
-  sp.n_pairs = pairs;
-  sp.n_rot = 2 * pairs;
-  sp.rope_base = 10000.0;
-  sp.orig_ctx = 512;
-  sp.target_ctx = 2048;
-  sp.lambda_max = 500;
-  sp.n_hat_candidates = default_n_hat_candidates(sp.target_ctx);
-  sp.attn_candidates = default_attn_candidates(sp.orig_ctx, sp.target_ctx);
-  return sp;
+SearchSpace space() {
+  return test::test_space(6);
 }
 
 // A bowl around factors `centre` (the same for every pair), so that two of them with different

@@ -9,23 +9,13 @@
 
 #include "longrope/error.h"
 #include "longrope/search.h"
+#include "search_fixtures.h"
 #include "test_paths.h"
 
 namespace longrope {
 namespace {
 
-SearchSpace test_space(int pairs = 8) {
-  SearchSpace sp;
-  sp.n_pairs = pairs;
-  sp.n_rot = 2 * pairs;
-  sp.rope_base = 10000.0;
-  sp.orig_ctx = 512;
-  sp.target_ctx = 2048;
-  sp.lambda_max = 500;
-  sp.n_hat_candidates = default_n_hat_candidates(sp.target_ctx);
-  sp.attn_candidates = default_attn_candidates(sp.orig_ctx, sp.target_ctx);
-  return sp;
-}
+using test::test_space;
 
 std::string scaling_key(const RopeScaling& s) {
   std::string k;

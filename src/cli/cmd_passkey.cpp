@@ -32,12 +32,7 @@ std::vector<double> parse_depths(const std::string& s) {
   while (std::getline(ss, p, ',')) {
     if (p.empty()) continue;
     size_t used = 0;
-    double d = -1;
-    try {
-      d = std::stod(p, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
+    const double d = number_prefix(p, &used);
     if (used != p.size() || !(d >= 0 && d <= 1))
       throw Error(fmt::format("bad depth '{}' in --depths (expected numbers in [0, 1])", p));
     out.push_back(d);

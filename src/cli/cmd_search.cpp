@@ -31,12 +31,7 @@ struct SearchArgs {
 // --budget: a number with an optional unit (s, m, h); throws Error with one line.
 double parse_budget(const std::string& text) {
   size_t used = 0;
-  double v = -1;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
+  const double v = number_prefix(text, &used);
   const std::string unit = used ? text.substr(used) : "";
   const double scale = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : 0;
   if (!used || scale == 0 || !(v > 0) || !std::isfinite(v))

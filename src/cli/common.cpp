@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <sstream>
 
@@ -44,6 +45,16 @@ int resolve_threads(int threads) {
                "--map-by slot:PE={} (docs/distributed.md)\n",
                threads, dist::usable_cores(), threads);
   return threads;
+}
+
+double number_prefix(const std::string& text, size_t* used) {
+  *used = 0;
+  try {
+    return std::stod(text, used);
+  } catch (const std::exception&) {
+    *used = 0;
+    return std::numeric_limits<double>::quiet_NaN();
+  }
 }
 
 double wall_seconds() {

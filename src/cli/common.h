@@ -45,6 +45,10 @@ int resolve_threads(int threads);
 // Seconds on a monotonic clock.
 double wall_seconds();
 
+// The number at the start of text (std::stod's syntax) and, in *used, how many characters it
+// took; 0 characters (and NaN) when text does not start with one.
+double number_prefix(const std::string& text, size_t* used);
+
 // A command that spreads its work over MPI ranks (search, eval, passkey). Every rank runs
 // prepare(), which loads and checks everything and returns the fingerprints every rank must
 // share; the ranks are compared before any work (dist::check_same_inputs). Then rank 0 runs
