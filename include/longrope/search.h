@@ -125,8 +125,6 @@ class MultiObjectiveEvaluator : public Evaluator {
  public:
   explicit MultiObjectiveEvaluator(std::vector<std::unique_ptr<Evaluator>> parts);
   EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
-  size_t objectives() const { return parts_.size(); }
-  Evaluator& part(size_t k) { return *parts_.at(k); }
 
  private:
   std::vector<std::unique_ptr<Evaluator>> parts_;
@@ -155,7 +153,7 @@ double hypervolume_2d(std::vector<std::array<double, 2>> points, std::array<doub
 //                 best values by the least (root sum of squares of the relative excesses);
 //   OBJ           the best value of objective OBJ (e.g. ppl);
 //   OBJ:B<=REF    the best OBJ among the sets whose objective B is at most REF, a number or the
-//                 name of a rule seed (pi, ntk, dynamic, yarn) or seed file, whose own value
+//                 name of a rule seed (linear, ntk, dynamic, yarn) or seed file, whose own value
 //                 of B is used (e.g. ppl:needle<=yarn).
 struct PickRule {
   enum class Kind { kKnee, kBest, kBounded } kind = Kind::kKnee;

@@ -65,8 +65,8 @@ struct SearchRunConfig {
   bool resume = false;
   // A time budget in seconds (0: none): no evaluation starts after it, the checkpoint keeps the
   // finished ones (a running iteration's as pending), and the factors file is written from the
-  // iterations finished (the short set, when there was no time for it, is the plain model);
-  // --resume continues.
+  // iterations finished (a short set there was no time for: the plain model up to N <= L_orig,
+  // else none, the long set serving every length); --resume continues.
   double budget_seconds = 0;
   int n_threads = 0;
   bool root_computes = true;  // under MPI: rank 0 evaluates candidates too

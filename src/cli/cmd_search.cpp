@@ -122,52 +122,39 @@ int lead(const SearchArgs& a, SearchRun& run) {
       if (!r.pick_note.empty()) j["pick_note"] = r.pick_note;
     }
     fmt::print("{}\n", j.dump());
-  } else if (multi) {
-    auto values = [&](const std::vector<double>& v) {
-      std::string out;
-      for (size_t k = 0; k < v.size(); ++k)
-        out += fmt::format("{}{} {:.4f}", k ? ", " : "", objectives[k], v[k]);
-      return out;
-    };
-    std::string f;
-    for (double x : result.sets.back().factors) f += fmt::format("{} ", x);
-    fmt::print("front: {} sets at {} (objectives {})\n", r.front.size(), sp.target_ctx,
-               cfg.fitness);
-    for (const auto& e : r.front) {
-      std::vector<double> v;
-      for (const std::string& o : objectives) v.push_back(e["objectives"][o].get<double>());
-      fmt::print("  {} {} (n_hat {}, attn {:.4f})\n", e.value("picked", false) ? "*" : " ",
-                 values(v), e["n_hat"].get<int64_t>(), e["attention_factor"].get<double>());
-    }
-    fmt::print("picked by --pick {}: {} (n_hat {}, attn {:.4f}); factors: {}\n", cfg.pick,
-               values(r.picked), result.n_hat, *result.attn_factor, f);
-    if (!r.pick_note.empty()) fmt::print("note: {}\n", r.pick_note);
-    for (const auto& [name, v] : r.seed_ppl.items()) {
-      std::vector<double> x;
-      for (const std::string& o : objectives) x.push_back(v[o].get<double>());
-      fmt::print("  seed {:8s} {}\n", name, values(x));
-    }
-    fmt::print(
-        "{} evaluations{}; this run {:.1f}s wall\n", r.full_evals,
-        spe > 0 ? fmt::format(" in {:.1f}s ({:.3f}s per evaluation)", r.eval_seconds, spe) : "",
-        wall);
-    if (r.short_best_ppl)
-      fmt::print("short set (<= {}): best {} {:.4f}\n", *cfg.short_ctx, objectives[0],
-                 *r.short_best_ppl);
-    else if (cfg.short_ctx)
-      fmt::print("short set (<= {}): the plain model (factors 1, attention factor 1)\n",
-                 *cfg.short_ctx);
-    fmt::print("wrote {} (the picked set and the front; log {}, checkpoint {})\n", cfg.output,
-               r.log_path, r.checkpoint_path);
-    for (const std::string& f : r.front_plots) fmt::print("wrote {}\n", f);
   } else {
     std::string f;
     for (double x : result.sets.back().factors) f += fmt::format("{} ", x);
-    const std::string what = fitness_name(cfg.fitness, cfg.needle_weight);
-    fmt::print("best {} {:.4f} at {} (n_hat {}, attn {:.4f}); factors: {}\n", what, r.best_ppl,
-               sp.target_ctx, result.n_hat, *result.attn_factor, f);
-    for (const auto& [name, v] : r.seed_ppl.items())
-      fmt::print("  seed {:8s} {} {:.4f}\n", name, what, v.get<double>());
+    if (multi) {
+      // "ppl 40.1240, needle 2672.7197" from {objective: value}.
+      auto values = [&](const nlohmann::json& named) {
+        std::string out;
+        for (const std::string& o : objectives)
+          out += fmt::format("{}{} {:.4f}", out.empty() ? "" : ", ", o, named[o].get<double>());
+        return out;
+      };
+      fmt::print("front: {} sets at {} (objectives {})\n", r.front.size(), sp.target_ctx,
+                 cfg.fitness);
+      std::string picked;
+      for (const auto& e : r.front) {
+        const bool is_picked = e.value("picked", false);
+        if (is_picked) picked = values(e["objectives"]);
+        fmt::print("  {} {} (n_hat {}, attn {:.4f})\n", is_picked ? "*" : " ",
+                   values(e["objectives"]), e["n_hat"].get<int64_t>(),
+                   e["attention_factor"].get<double>());
+      }
+      fmt::print("picked by --pick {}: {} (n_hat {}, attn {:.4f}); factors: {}\n", cfg.pick, picked,
+                 result.n_hat, *result.attn_factor, f);
+      if (!r.pick_note.empty()) fmt::print("note: {}\n", r.pick_note);
+      for (const auto& [name, v] : r.seed_ppl.items())
+        fmt::print("  seed {:8s} {}\n", name, values(v));
+    } else {
+      const std::string what = fitness_name(cfg.fitness, cfg.needle_weight);
+      fmt::print("best {} {:.4f} at {} (n_hat {}, attn {:.4f}); factors: {}\n", what, r.best_ppl,
+                 sp.target_ctx, result.n_hat, *result.attn_factor, f);
+      for (const auto& [name, v] : r.seed_ppl.items())
+        fmt::print("  seed {:8s} {} {:.4f}\n", name, what, v.get<double>());
+    }
     // Evaluation time is the run's total (earlier runs of a resumed search included); wall time
     // is this process's.
     fmt::print(
@@ -176,11 +163,14 @@ int lead(const SearchArgs& a, SearchRun& run) {
         spe > 0 ? fmt::format(" in {:.1f}s ({:.3f}s per evaluation)", r.eval_seconds, spe) : "",
         wall);
     if (r.short_best_ppl)
-      fmt::print("short set (<= {}): best ppl {:.4f}\n", *cfg.short_ctx, *r.short_best_ppl);
+      fmt::print("short set (<= {}): best {} {:.4f}\n", *cfg.short_ctx, objectives[0],
+                 *r.short_best_ppl);
     else if (cfg.short_ctx)
       fmt::print("short set (<= {}): the plain model (factors 1, attention factor 1)\n",
                  *cfg.short_ctx);
-    fmt::print("wrote {} (log {}, checkpoint {})\n", cfg.output, r.log_path, r.checkpoint_path);
+    fmt::print("wrote {} ({}log {}, checkpoint {})\n", cfg.output,
+               multi ? "the picked set and the front; " : "", r.log_path, r.checkpoint_path);
+    for (const std::string& plot : r.front_plots) fmt::print("wrote {}\n", plot);
   }
   return 0;
 }

@@ -742,17 +742,18 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       if (i == k) front.back()["picked"] = true;
     }
   }
+  // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
+  auto plain_short_set = [&] {
+    result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
+                   FactorSet{result.sets[0].factors, 0}};
+  };
   // The budget left no time for a searched short set (--resume adds it): up to N <= L_orig the
   // plain model, above L_orig the long set serves every length.
   auto without_short_set = [&] {
-    if (*c.short_ctx <= p.orig)
-      result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
-                     FactorSet{result.sets[0].factors, 0}};
+    if (*c.short_ctx <= p.orig) plain_short_set();
   };
   if (c.short_ctx && short_set_is_plain(c, p.orig)) {
-    // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
-    result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
-                   FactorSet{result.sets[0].factors, 0}};
+    plain_short_set();
   } else if (c.short_ctx && budget_spent) {
     without_short_set();
   } else if (c.short_ctx) {
