@@ -106,6 +106,24 @@ struct ScoreOptions {
 std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
                                  const RopeScaling& scaling, const ScoreOptions& opts = {});
 
+// The final hidden states of a window through the output norm, at the scored positions of
+// opts (all i = 0..n-2 when empty), one row of n_embd floats each: what the LM head sees. Kept to
+// compare several scalings against one reference (score_window_kl) without running it again.
+std::vector<float> window_states(const Model& model, std::span<const int32_t> tokens,
+                                 const RopeScaling& scaling, const ScoreOptions& opts = {});
+
+// A window's next-token distributions under `scaling` compared, position by position, with a
+// reference's (window_states of the same tokens and positions, usually the unscaled model): the
+// KL divergence KL(P_reference || P_scaling) in nats, whether the two top tokens agree, and the
+// NLL as score_window gives it. The vocabulary is streamed: no n x vocab buffer.
+struct WindowKl {
+  std::vector<double> nll, kl;
+  std::vector<uint8_t> same_top;  // 1 where both distributions have the same most likely token
+};
+WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
+                         const RopeScaling& scaling, const std::vector<float>& reference_states,
+                         const ScoreOptions& opts = {});
+
 // Per-phase timing and FLOP counts of the most recent score_window call on this thread.
 struct PhaseStats {
   double matmul_seconds = 0, attention_seconds = 0, lm_head_seconds = 0, other_seconds = 0;

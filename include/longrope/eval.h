@@ -135,11 +135,18 @@ struct EvalConfig {
   int needles = 4;
   uint64_t needle_seed = 1234;
   double needle_weight = 0.1;
+  // Short-input retention (llama.cpp's --kl-divergence measures): at lengths up to the model's
+  // trained context, every scored position's next-token distribution is compared with the
+  // unscaled model's on the same tokens. Plain windows only (fitness "ppl").
+  bool kl_divergence = false;
 };
 
 // Cell fields: method (spec), label, length, docs, texts, ppl, mean_nll, tokens, seconds, rope
 // (describe()), factor, orig_ctx. With several texts, ppl = exp(total NLL / total scored tokens)
-// over the K windows of every text.
+// over the K windows of every text. With kl_divergence, at lengths up to the trained context:
+// kl_mean (nats per position), kl_lo/kl_hi (its 95% interval, mean +- 1.96 standard errors over
+// positions), kl_p99, kl_max and same_top (the share of positions whose most likely next token is
+// the unscaled model's).
 struct EvalRun {
   std::vector<EvalMethod> methods;
   std::vector<int64_t> lengths;

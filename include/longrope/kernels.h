@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "longrope/quant.h"
@@ -145,5 +146,28 @@ void nll_rows_scalar(const float* logits, int64_t n, int64_t vocab, const int32_
 // nll[r] = m[r] + log(s[r]) - tl[r]. Start with m = -inf, s = 0.
 void lse_update_rows(const float* logits, int64_t n, int64_t width, int64_t v0,
                      const int32_t* target, float* m, double* s, float* tl);
+
+// Streamed KL divergence between two next-token distributions, P (reference logits a) and Q
+// (logits b), over vocabulary panels. Per row: running maxima, sums of exp(a - ma) and
+// exp(b - mb), t = sum exp(a - ma) (a - b), the argmax of each and, when the target falls in the
+// panel, its logit under Q. Start with KlState{}; after the last panel kl_finish gives
+// KL(P || Q) = t/sa - lse(a) + lse(b), Q's NLL of the target and whether both argmaxes agree.
+struct KlState {
+  float ma = -std::numeric_limits<float>::infinity(), mb = -std::numeric_limits<float>::infinity();
+  double sa = 0, sb = 0, t = 0;
+  int32_t top_a = -1, top_b = -1;
+  float target_b = 0;
+};
+struct KlRow {
+  double kl = 0;        // KL(P || Q), nats
+  double nll = 0;       // -log Q(target)
+  bool same_top = false;
+};
+void kl_update_rows(const float* a, const float* b, int64_t n, int64_t width, int64_t v0,
+                    const int32_t* target, KlState* st);
+KlRow kl_finish(const KlState& st);
+// The same from whole rows (length vocab), in double precision: the reference of the tests.
+void kl_rows_scalar(const float* a, const float* b, int64_t n, int64_t vocab, const int32_t* target,
+                    KlRow* out);
 
 }  // namespace longrope::kernels

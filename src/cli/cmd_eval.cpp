@@ -20,7 +20,7 @@ struct EvalArgs {
   double rope_factor = 0;
   int threads = 0;
   std::string compute = "auto";
-  bool json = false, resume = false, progress = true;
+  bool json = false, resume = false, progress = true, kl = false;
   std::string fitness = "ppl";
   int needles = 4;
   uint64_t needle_seed = 1234;
@@ -78,6 +78,10 @@ Runner register_eval(CLI::App& app) {
       ->check(in_range(1, 8));
   cmd->add_option("--needle-seed", a->needle_seed, "seed of the needles' numbers and depths")
       ->capture_default_str();
+  cmd->add_flag("--kl-divergence", a->kl,
+                "also compare each method's next-token distributions with the unscaled model's "
+                "at lengths up to the trained context: mean KL divergence, its 99th percentile and "
+                "the share of positions with the same top token (tables in results.md, kl.csv)");
   cmd->add_option("-o,--output", a->out, "output directory (results.*, ppl.png, ppl.svg)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
@@ -101,6 +105,7 @@ Runner register_eval(CLI::App& app) {
     cfg.needles = a->needles;
     cfg.needle_seed = a->needle_seed;
     cfg.needle_weight = a->needle_weight;
+    cfg.kl_divergence = a->kl;
     cfg.n_threads = resolve_threads(a->threads);
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,

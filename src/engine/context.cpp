@@ -34,11 +34,9 @@ const PhaseStats& last_phase_stats() {
   return g_last_stats;
 }
 
-std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
-                                 const RopeScaling& scaling, const ScoreOptions& opts) {
-  set_threads(opts.n_threads);
-  const HParams& hp = model.hp();
-  const int64_t n = static_cast<int64_t>(tokens.size());
+namespace {
+// The scored positions of a window (opts.positions, or every i = 0..n-2), checked.
+std::vector<int64_t> scored_positions(const ScoreOptions& opts, int64_t n) {
   if (n < 2) throw Error("a window needs at least 2 tokens to score, got " + std::to_string(n));
   std::vector<int64_t> pos = opts.positions;
   if (pos.empty()) {
@@ -49,40 +47,108 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
     if (p < 0 || p >= n - 1)
       throw Error("scored position " + std::to_string(p) + " out of range [0, " +
                   std::to_string(n - 1) + ") for a window of " + std::to_string(n) + " tokens");
-  const RopeTables tables = tables_for(model, scaling, n);
+  return pos;
+}
+
+// Runs the window through every layer and gathers the final-normed rows of `pos` densely.
+std::vector<float> normed_rows(const Model& model, std::span<const int32_t> tokens,
+                               const RopeTables& tables, const ScoreOptions& opts,
+                               const std::vector<int64_t>& pos, PhaseStats& st) {
+  const HParams& hp = model.hp();
+  const int64_t n = static_cast<int64_t>(tokens.size());
   engine::KvStorage kv(hp, n, 1, opts.compute);
   engine::Workspace ws;
-  PhaseStats st;
   engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st, nullptr,
                          opts.on_layer);
-
-  const double t0 = omp_get_wtime();
   const int64_t d = hp.n_embd, m = static_cast<int64_t>(pos.size());
-  // Final norm only at the scored rows, gathered densely.
   std::vector<float> h(static_cast<size_t>(m * d));
-  std::vector<int32_t> target(static_cast<size_t>(m));
 #pragma omp parallel for schedule(static) if (m > 64)
-  for (int64_t r = 0; r < m; ++r) {
+  for (int64_t r = 0; r < m; ++r)
     kernels::rmsnorm(ws.x.data() + pos[r] * d, model.output_norm(), h.data() + r * d, 1, d,
                      hp.norm_eps);
-    target[r] = tokens[pos[r] + 1];
-  }
-  std::vector<double> nll(static_cast<size_t>(m));
-  engine::lm_head_nll(model, h.data(), m, target.data(), opts.compute, nll.data());
-  for (int64_t r = 0; r < m; ++r) {
+  return h;
+}
+
+// One line naming where a non-finite loss first appears (a checked pass of the prefix).
+void check_finite_losses(const Model& model, std::span<const int32_t> tokens,
+                         const RopeTables& tables, kernels::Compute compute,
+                         const std::vector<int64_t>& pos, const std::vector<double>& nll) {
+  for (size_t r = 0; r < nll.size(); ++r) {
     if (std::isfinite(nll[r])) continue;
-    // Where did it start? The prefix up to that token again, checked layer by layer.
     const int at =
-        engine::first_nonfinite_at(model, tokens.data(), pos[r] + 1, tables, opts.compute);
+        engine::first_nonfinite_at(model, tokens.data(), pos[r] + 1, tables, compute);
     throw Error(fmt::format(
         "the loss of token {} of {} is {} (non-finite); the first non-finite values appear in {} "
         "(expected finite weights and RoPE tables: check the model file)",
-        pos[r] + 1, n, nll[r], engine::nonfinite_where(at, hp.n_layer)));
+        pos[r] + 1, tokens.size(), nll[r],
+        engine::nonfinite_where(at, model.hp().n_layer)));
   }
+}
+
+std::vector<int32_t> targets_of(std::span<const int32_t> tokens, const std::vector<int64_t>& pos) {
+  std::vector<int32_t> target(pos.size());
+  for (size_t r = 0; r < pos.size(); ++r) target[r] = tokens[pos[r] + 1];
+  return target;
+}
+}  // namespace
+
+std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
+                                 const RopeScaling& scaling, const ScoreOptions& opts) {
+  set_threads(opts.n_threads);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const std::vector<int64_t> pos = scored_positions(opts, n);
+  const RopeTables tables = tables_for(model, scaling, n);
+  PhaseStats st;
+  const std::vector<float> h = normed_rows(model, tokens, tables, opts, pos, st);
+  const double t0 = omp_get_wtime();
+  const int64_t m = static_cast<int64_t>(pos.size());
+  const std::vector<int32_t> target = targets_of(tokens, pos);
+  std::vector<double> nll(static_cast<size_t>(m));
+  engine::lm_head_nll(model, h.data(), m, target.data(), opts.compute, nll.data());
+  check_finite_losses(model, tokens, tables, opts.compute, pos, nll);
   st.lm_head_seconds += omp_get_wtime() - t0;
-  st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(d);
+  st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(model.hp().n_embd);
   g_last_stats = st;
   return nll;
+}
+
+std::vector<float> window_states(const Model& model, std::span<const int32_t> tokens,
+                                 const RopeScaling& scaling, const ScoreOptions& opts) {
+  set_threads(opts.n_threads);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const std::vector<int64_t> pos = scored_positions(opts, n);
+  PhaseStats st;
+  return normed_rows(model, tokens, tables_for(model, scaling, n), opts, pos, st);
+}
+
+WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
+                         const RopeScaling& scaling, const std::vector<float>& reference_states,
+                         const ScoreOptions& opts) {
+  set_threads(opts.n_threads);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const std::vector<int64_t> pos = scored_positions(opts, n);
+  const int64_t m = static_cast<int64_t>(pos.size()), d = model.hp().n_embd;
+  if (static_cast<int64_t>(reference_states.size()) != m * d)
+    throw Error(fmt::format("the reference states hold {} values, expected {} positions x {}",
+                            reference_states.size(), m, d));
+  const RopeTables tables = tables_for(model, scaling, n);
+  PhaseStats st;
+  const std::vector<float> h = normed_rows(model, tokens, tables, opts, pos, st);
+  const std::vector<int32_t> target = targets_of(tokens, pos);
+  std::vector<kernels::KlRow> rows(static_cast<size_t>(m));
+  engine::lm_head_kl(model, reference_states.data(), h.data(), m, target.data(), opts.compute,
+                     rows.data());
+  WindowKl out;
+  out.nll.resize(size_t(m));
+  out.kl.resize(size_t(m));
+  out.same_top.resize(size_t(m));
+  for (int64_t r = 0; r < m; ++r) {
+    out.nll[r] = rows[r].nll;
+    out.kl[r] = rows[r].kl;
+    out.same_top[r] = rows[r].same_top ? 1 : 0;
+  }
+  check_finite_losses(model, tokens, tables, opts.compute, pos, out.nll);
+  return out;
 }
 
 struct Context::Impl {

@@ -241,4 +241,44 @@ void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* t
   for (int64_t r = 0; r < n; ++r) nll[r] = double(m[r]) + std::log(s[r]) - double(tl[r]);
 }
 
+void lm_head_kl(const Model& model, const float* h_ref, const float* h, int64_t n,
+                const int32_t* target, kernels::Compute compute, kernels::KlRow* out) {
+  const WeightView& W = model.output();
+  const int64_t V = W.rows, d = W.cols;
+  for (int64_t r = 0; r < n; ++r)
+    if (target[r] < 0 || target[r] >= V)
+      throw Error("target token id " + std::to_string(target[r]) + " out of range [0, " +
+                  std::to_string(V) + ")");
+  const int64_t panel = std::min<int64_t>(2048, V);
+  const int64_t chunk = 512;  // two logits blocks of 4 MB
+  std::vector<kernels::KlState> st(static_cast<size_t>(n));
+  const size_t block = static_cast<size_t>(std::min(chunk, n) * panel);
+  std::vector<float> la(block), lb(block);
+  kernels::PanelBuffer pb;
+  kernels::RowsBf16 a16, b16;
+  const bool bf16 = compute == kernels::Compute::kBF16;
+  if (bf16) {
+    kernels::rows_to_bf16(h_ref, n, d, d, a16);
+    kernels::rows_to_bf16(h, n, d, d, b16);
+  }
+  for (int64_t v0 = 0; v0 < V; v0 += panel) {
+    const int64_t pv = std::min(panel, V - v0);
+    kernels::decode_panel(W, v0, pv, compute, pb);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+      const int64_t rows = std::min(chunk, n - r0);
+      if (bf16) {
+        kernels::gemm_bf16_nt(rows, pv, d, a16.data.data() + r0 * d, d, pb.b16.data(), d,
+                              la.data(), pv, 0.0f);
+        kernels::gemm_bf16_nt(rows, pv, d, b16.data.data() + r0 * d, d, pb.b16.data(), d,
+                              lb.data(), pv, 0.0f);
+      } else {
+        kernels::gemm_nt(rows, pv, d, h_ref + r0 * d, d, pb.f32.data(), d, la.data(), pv, 0.0f);
+        kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, lb.data(), pv, 0.0f);
+      }
+      kernels::kl_update_rows(la.data(), lb.data(), rows, pv, v0, target + r0, st.data() + r0);
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) out[r] = kernels::kl_finish(st[r]);
+}
+
 }  // namespace longrope::engine

@@ -72,4 +72,11 @@ int first_nonfinite_at(const Model& model, const int32_t* tokens, int64_t n,
 void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* target,
                  kernels::Compute compute, double* nll);
 
+// The next-token distributions of two sets of final hidden states (through the output norm) of
+// the same n rows compared: out[r] = KL(P_ref || P), P's NLL of target[r] and whether the top
+// tokens agree (kernels::kl_update_rows). Streams the vocabulary as lm_head_nll does: each panel
+// is decoded once and multiplies both sets of rows; no n x vocab buffer.
+void lm_head_kl(const Model& model, const float* h_ref, const float* h, int64_t n,
+                const int32_t* target, kernels::Compute compute, kernels::KlRow* out);
+
 }  // namespace longrope::engine

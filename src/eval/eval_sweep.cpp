@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
 #include "longrope/fingerprint.h"
@@ -25,6 +26,40 @@ int64_t cell_work(int64_t length, int64_t windows) {
   return int64_t(double(length * windows) * (1.0 + double(length) / 8192.0));
 }
 
+// KL divergence of one cell, gathered over every scored position of every window.
+struct KlCell {
+  std::vector<double> kl;
+  int64_t same = 0;
+  void add(const WindowKl& w) {
+    kl.insert(kl.end(), w.kl.begin(), w.kl.end());
+    for (uint8_t x : w.same_top) same += x;
+  }
+  void write(nlohmann::json& cell) {
+    const double n = double(kl.size());
+    double sum = 0, sq = 0;
+    for (double x : kl) sum += x;
+    const double mean = sum / n;
+    for (double x : kl) sq += (x - mean) * (x - mean);
+    const double se = kl.size() > 1 ? std::sqrt(sq / (n - 1) / n) : 0.0;
+    cell["kl_mean"] = mean;
+    cell["kl_lo"] = std::max(0.0, mean - 1.96 * se);
+    cell["kl_hi"] = mean + 1.96 * se;
+    // The 99th percentile: the value below which 99% of the positions lie (nearest rank).
+    const size_t k = std::min(kl.size() - 1, size_t(std::ceil(0.99 * n)) - 1);
+    std::nth_element(kl.begin(), kl.begin() + std::ptrdiff_t(k), kl.end());
+    cell["kl_p99"] = kl[k];
+    cell["kl_max"] = *std::max_element(kl.begin(), kl.end());
+    cell["same_top"] = double(same) / n;
+  }
+};
+
+// The unscaled model's final states of the windows of one length, kept while the sweep is at that
+// length (cells run length by length with --kl-divergence): [text][window].
+struct ReferenceStates {
+  int64_t length = 0;
+  std::vector<std::vector<std::vector<float>>> states;
+};
+
 }  // namespace
 
 SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
@@ -34,7 +69,11 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   if (cfg.lengths.empty()) throw Error("no length given (--lengths 512,1024,...)");
   SweepPlan plan;
   plan.kind = "perplexity";
+  if (cfg.kl_divergence && cfg.fitness != "ppl")
+    throw Error("--kl-divergence compares plain windows: it takes --fitness ppl, not " +
+                cfg.fitness);
   plan.methods = parse_eval_methods(cfg.methods, model);
+  plan.length_major = cfg.kl_divergence;  // one length's reference states kept at a time
   plan.lengths = cfg.lengths;
   for (int64_t len : cfg.lengths) check_memory_for_length(model.hp(), len, cfg.n_threads);
   auto scalings = std::make_shared<std::vector<std::vector<RopeScaling>>>();  // [method][length]
@@ -84,6 +123,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                         {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
   if (needle)  // absent for the perplexity fitness: cells of older results files still match
     key["fitness"] = fitness_json;
+  if (cfg.kl_divergence) key["kl_divergence"] = true;  // absent otherwise, as the fitness
   plan.keys = cell_keys(key, plan.methods);
   plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths] {
     return sweep_fingerprint(model, *texts, keys, lengths);
@@ -92,8 +132,12 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   const int64_t docs = cfg.docs, n_texts = int64_t(texts->size());
   const int n_threads = cfg.n_threads;
   plan.work = [docs, n_texts](int64_t len) { return cell_work(len, docs * n_texts); };
+  const bool kl = cfg.kl_divergence;
+  const int64_t trained = model.hp().n_ctx_train;
+  auto reference = std::make_shared<ReferenceStates>();
   plan.compute_cell =
-      [&model, scalings, texts, needles, docs, n_threads, weight, methods = plan.methods,
+      [&model, scalings, texts, needles, docs, n_threads, weight, kl, trained, reference,
+       methods = plan.methods,
        lengths = plan.lengths, keys = plan.keys, fitness = cfg.fitness](
           size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
           const nlohmann::json& /*prefix: perplexity cells have no units*/) {
@@ -106,6 +150,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
         int64_t tokens = 0;
         std::vector<double> text_ppl, window_ppl;  // window_ppl: every window of every text
         MixedNll mixed;                            // mix: over every text
+        KlCell kl_cell;                            // --kl-divergence
         for (int64_t ti = 0; ti < n; ++ti) {
           if (needle) {  // the answers of the needle windows only, or (mix) every token
             const NeedleWindows& nws = (*needles)[size_t(ti)][li];
@@ -134,6 +179,34 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
             seconds += omp_get_wtime() - t0;
             text_ppl.push_back(mix ? text_mix.fitness(weight) : loop.ppl());
             mixed.add(text_mix);
+            continue;
+          }
+          if (kl && len <= trained) {  // plain windows against the unscaled model's
+            if (reference->length != len) *reference = ReferenceStates{len, {}};
+            if (reference->states.size() <= size_t(ti)) reference->states.resize(size_t(ti) + 1);
+            auto& ref = reference->states[size_t(ti)];
+            const auto windows =
+                make_windows((*texts)[size_t(ti)], model.tokenizer().bos(), len, docs);
+            ScoreOptions so;
+            so.n_threads = n_threads;
+            const double t0 = omp_get_wtime();
+            double text_nll = 0;
+            int64_t text_tokens = 0;
+            for (size_t k = 0; k < windows.size(); ++k) {
+              if (ref.size() <= k) ref.push_back(window_states(model, windows[k], RopeScaling{}, so));
+              const WindowKl w = score_window_kl(model, windows[k], scaling, ref[k], so);
+              double ws = 0;
+              for (double x : w.nll) ws += x;
+              text_nll += ws;
+              text_tokens += int64_t(w.nll.size());
+              window_ppl.push_back(std::exp(ws / double(w.nll.size())));
+              kl_cell.add(w);
+              if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
+            }
+            nll_sum += text_nll;
+            tokens += text_tokens;
+            seconds += omp_get_wtime() - t0;
+            text_ppl.push_back(std::exp(text_nll / double(text_tokens)));
             continue;
           }
           const PerplexityResult r =
@@ -168,6 +241,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
           cell["all_ppl"] = std::exp(mixed.all_sum / double(mixed.all));
           cell["needle_ppl"] = std::exp(mixed.answer_sum / double(mixed.answers));
         }
+        if (!kl_cell.kl.empty()) kl_cell.write(cell);
         if (window_ppl.size() > 1) {
           cell["ppl_min"] = *std::min_element(window_ppl.begin(), window_ppl.end());
           cell["ppl_max"] = *std::max_element(window_ppl.begin(), window_ppl.end());
@@ -196,7 +270,36 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
   out.hi_field = "ppl_max";
   out.plot.log_y = true;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
-  return write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
+  std::string md = write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
+  if (!cfg.kl_divergence) return md;
+  // Beside perplexity: how far each method moves the model's next-token distributions.
+  const int64_t trained = model.hp().n_ctx_train;
+  md += fmt::format(
+      "\nKL divergence from the unscaled model's next-token distribution (nats per position, "
+      "mean [95% interval]), at lengths up to its trained context {}:\n\n",
+      trained);
+  md += table_markdown(make_table(run.cells, run.methods, run.lengths, "kl_mean", "kl_lo", "kl_hi"),
+                       "method \\ length", 5);
+  md += "\n99th percentile of the KL divergence (nats):\n\n";
+  md += table_markdown(make_table(run.cells, run.methods, run.lengths, "kl_p99"),
+                       "method \\ length", 5);
+  md += "\nSame top token as the unscaled model (share of positions):\n\n";
+  md += table_markdown(make_table(run.cells, run.methods, run.lengths, "same_top"),
+                       "method \\ length", 4);
+  if (cfg.out_dir.empty()) return md;
+  write_file_atomically(cfg.out_dir + "/results.md", md);
+  std::string csv = "method,length,ppl,kl_mean,kl_lo,kl_hi,kl_p99,kl_max,same_top\n";
+  for (const auto& c : run.cells) {
+    if (!c.contains("kl_mean")) continue;
+    csv += fmt::format("{},{},{:.6f},{:.8f},{:.8f},{:.8f},{:.8f},{:.8f},{:.6f}\n",
+                       c["label"].get<std::string>(), c["length"].get<int64_t>(),
+                       c["ppl"].get<double>(), c["kl_mean"].get<double>(),
+                       c["kl_lo"].get<double>(), c["kl_hi"].get<double>(),
+                       c["kl_p99"].get<double>(), c["kl_max"].get<double>(),
+                       c["same_top"].get<double>());
+  }
+  write_file_atomically(cfg.out_dir + "/kl.csv", csv);
+  return md;
 }
 
 }  // namespace longrope

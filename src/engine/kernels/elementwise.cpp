@@ -1,4 +1,5 @@
 // Row-wise and element-wise kernels: RMSNorm, SwiGLU, rotary embedding, chunked log-softmax NLL.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -98,6 +99,86 @@ void lse_update_rows(const float* logits, int64_t n, int64_t width, int64_t v0,
     s[r] += sum;
     const int64_t t = int64_t(target[r]) - v0;
     if (t >= 0 && t < width) tl[r] = row[t];
+  }
+}
+
+void kl_update_rows(const float* a, const float* b, int64_t n, int64_t width, int64_t v0,
+                    const int32_t* target, KlState* st) {
+#pragma omp parallel for schedule(static) if (n * width > 65536)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* ra = a + r * width;
+    const float* rb = b + r * width;
+    KlState& s = st[r];
+    int64_t ia = 0, ib = 0;
+    for (int64_t i = 1; i < width; ++i) {
+      if (ra[i] > ra[ia]) ia = i;
+      if (rb[i] > rb[ib]) ib = i;
+    }
+    if (ra[ia] > s.ma) {  // strictly: the first of equal maxima stays the top token
+      if (s.sa > 0) {
+        const double f = std::exp(double(s.ma) - ra[ia]);
+        s.sa *= f;
+        s.t *= f;
+      }
+      s.ma = ra[ia];
+      s.top_a = int32_t(v0 + ia);
+    }
+    if (rb[ib] > s.mb) {
+      if (s.sb > 0) s.sb *= std::exp(double(s.mb) - rb[ib]);
+      s.mb = rb[ib];
+      s.top_b = int32_t(v0 + ib);
+    }
+    const float ma = s.ma, mb = s.mb;
+    float sa = 0.0f, sb = 0.0f, t = 0.0f;
+#pragma omp simd reduction(+ : sa, sb, t)
+    for (int64_t i = 0; i < width; ++i) {
+      const float ea = fast_exp(ra[i] - ma);
+      sa += ea;
+      t += ea * (ra[i] - rb[i]);
+      sb += fast_exp(rb[i] - mb);
+    }
+    s.sa += sa;
+    s.sb += sb;
+    s.t += t;
+    const int64_t tg = int64_t(target[r]) - v0;
+    if (tg >= 0 && tg < width) s.target_b = rb[tg];
+  }
+}
+
+KlRow kl_finish(const KlState& s) {
+  KlRow r;
+  const double lse_a = double(s.ma) + std::log(s.sa), lse_b = double(s.mb) + std::log(s.sb);
+  // Rounding can leave a tiny negative value where the two distributions are equal.
+  r.kl = std::max(0.0, s.t / s.sa - lse_a + lse_b);
+  r.nll = lse_b - double(s.target_b);
+  r.same_top = s.top_a == s.top_b;
+  return r;
+}
+
+void kl_rows_scalar(const float* a, const float* b, int64_t n, int64_t vocab, const int32_t* target,
+                    KlRow* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* ra = a + r * vocab;
+    const float* rb = b + r * vocab;
+    int64_t ia = 0, ib = 0;
+    for (int64_t i = 1; i < vocab; ++i) {
+      if (ra[i] > ra[ia]) ia = i;
+      if (rb[i] > rb[ib]) ib = i;
+    }
+    double sa = 0, sb = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      sa += std::exp(double(ra[i]) - ra[ia]);
+      sb += std::exp(double(rb[i]) - rb[ib]);
+    }
+    const double lse_a = ra[ia] + std::log(sa), lse_b = rb[ib] + std::log(sb);
+    double kl = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      const double la = double(ra[i]) - lse_a;
+      kl += std::exp(la) * (la - (double(rb[i]) - lse_b));
+    }
+    out[r].kl = kl;
+    out[r].nll = lse_b - double(rb[target[r]]);
+    out[r].same_top = ia == ib;
   }
 }
 
