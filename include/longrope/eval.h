@@ -39,7 +39,14 @@ std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs
 struct ScaleOptions {
   std::optional<double> rope_factor;  // fixed s; unset: s = max(1, length / orig)
   std::optional<int64_t> orig_ctx;    // L_orig; unset: the model's trained context
+  // Factors files run as this runtime runs them (deployed_scaling); deploy_ctx is its context size
+  // (llama.cpp's n_ctx, vLLM's max_model_len; 0: the file's target context).
+  DeployTarget deploy = DeployTarget::kLongrope;
+  int64_t deploy_ctx = 0;
 };
+// The cell-key fields of ScaleOptions: orig_ctx, rope_factor and, when not longrope, deploy and
+// deploy_ctx (absent for longrope, so cells of older results files still match).
+void add_scale_key(nlohmann::json& key, const ScaleOptions& so);
 
 // The scaling a method uses for sequences of `length` tokens (validated; n_hat < length).
 RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length,

@@ -57,8 +57,8 @@ void export_hf_folder(const std::string& model_path, const std::string& tokenize
                       const std::string& dtype);
 
 // What llama.cpp (gguf = true) or transformers (false) will not do as longrope does with these
-// factors, one line each (no "warning:" prefix): start tokens (n_hat), a short set switched at
-// another length than L_orig, a short set with its own attention factor.
+// factors, one line each (deploy_differences; the file keeps longrope's own keys for them, which
+// longrope reads back).
 std::vector<std::string> export_warnings(const RopeScaling& factors, bool gguf);
 
 }  // namespace longrope

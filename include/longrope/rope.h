@@ -187,4 +187,40 @@ void default_rope_factor(RopeOptions& opts, int64_t eval_len, int64_t model_ctx)
 // Throws if the scaling cannot serve a context of ctx tokens (n_hat >= ctx).
 void check_scaling_for_ctx(const RopeScaling& scaling, int64_t ctx);
 
+// --- Deployment targets -------------------------------------------------------------------------
+// Where a factor set will run, and what that runtime does with a LongRoPE file:
+//  - longrope: everything in the file: sets switched by the sequence's length, start tokens
+//    n_hat, each set's attention factor.
+//  - llama.cpp: one set for every position, chosen once by the context size n_ctx (the long set
+//    when n_ctx > L_orig, else the short one); no start tokens; the attention factor of the file
+//    (rope.scaling.attn_factor, as export writes it) at every length, whichever set runs.
+//  - transformers: the set chosen by the sequence's length (long past L_orig); no start tokens;
+//    the config's attention_factor for both sets.
+//  - vllm: one set chosen once by max_model_len, as llama.cpp; no start tokens; the attention
+//    factor sqrt(1 + ln s / ln L_orig) with s = max_position_embeddings / L_orig, computed from
+//    the config (vLLM reads no attention_factor).
+enum class DeployTarget { kLongrope, kLlamaCpp, kTransformers, kVllm };
+// "longrope", "llama.cpp", "transformers", "vllm".
+const char* deploy_target_name(DeployTarget t);
+// Throws Error naming the four values.
+DeployTarget parse_deploy_target(const std::string& name);
+
+// The scaling as `target` runs it on a sequence of seq_len tokens when the runtime's context size
+// (llama.cpp's n_ctx, vLLM's max_model_len) is `context` (0: the longest the scaling was made
+// for, the file's target context, which is what the runtimes default to). Methods other than
+// longrope, and the longrope target, are returned unchanged. Throws Error when the target cannot
+// express the scaling at all (more than two factor sets).
+RopeScaling deployed_scaling(const RopeScaling& s, DeployTarget target, int64_t seq_len,
+                             int64_t context, int64_t model_ctx);
+
+// What `target` would run differently from the file, one line each (empty: the file runs as
+// searched): start tokens, a short set switched at another length than L_orig, a short set's own
+// attention factor, an attention factor other than the one vLLM computes, more than two sets.
+std::vector<std::string> deploy_differences(const RopeScaling& s, DeployTarget target,
+                                            int64_t model_ctx);
+
+// The attention factor vLLM computes from a config: sqrt(1 + ln s / ln L_orig), s = target / L_orig
+// (1 when s <= 1).
+double vllm_attn_factor(int64_t target_ctx, int64_t orig_ctx);
+
 }  // namespace longrope

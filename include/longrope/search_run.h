@@ -61,6 +61,10 @@ struct SearchRunConfig {
   std::vector<std::string> seed_factors;
   // Blends of every two seed sets at each t (SearchSpace::seed_blends), after them.
   std::vector<double> seed_blends;
+  // The runtime the factors are for (DeployTarget): other than longrope, the search keeps to what
+  // it can express: n_hat 0; a short set only at L_orig, with the long set's attention factor;
+  // for vllm the attention factor vLLM computes (vllm_attn_factor).
+  DeployTarget deploy = DeployTarget::kLongrope;
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;
   // A time budget in seconds (0: none): no evaluation starts after it, the checkpoint keeps the

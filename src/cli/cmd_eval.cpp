@@ -16,8 +16,7 @@ struct EvalArgs {
   std::string model, tokenizer, texts, lengths, out;
   std::vector<std::string> methods;
   int64_t docs = 1;
-  int64_t orig_ctx = 0;
-  double rope_factor = 0;
+  ScaleFlags scale;
   int threads = 0;
   std::string compute = "auto";
   bool json = false, resume = false, progress = true, kl = false;
@@ -58,12 +57,7 @@ Runner register_eval(CLI::App& app) {
   cmd->add_option("--docs", a->docs, "windows per text (K)")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 20));
-  cmd->add_option("--orig-ctx", a->orig_ctx,
-                  "original context L_orig for rule-based methods (default: the model's)")
-      ->check(in_range(int64_t(1), int64_t(1) << 30));
-  cmd->add_option("--rope-factor", a->rope_factor,
-                  "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
-      ->check(in_range(1.0, 1e6));
+  add_scale_flags(cmd, a->scale);
   cmd->add_option("--fitness", a->fitness,
                   "ppl: every token; needle: the answers of needle windows only; mix: needle "
                   "windows scored whole, exp((1-w) mean NLL + w mean answer NLL) (as search "
@@ -97,8 +91,7 @@ Runner register_eval(CLI::App& app) {
     cfg.methods =
         a->methods.empty() ? std::vector<std::string>{"none,linear,ntk,dynamic,yarn"} : a->methods;
     cfg.docs = a->docs;
-    if (a->orig_ctx > 0) cfg.scale.orig_ctx = a->orig_ctx;
-    if (a->rope_factor > 0) cfg.scale.rope_factor = a->rope_factor;
+    cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
     cfg.fitness = a->fitness;

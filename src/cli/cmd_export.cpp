@@ -17,7 +17,33 @@ namespace longrope::cli {
 namespace {
 struct ExportArgs {
   std::string model, tokenizer, factors, hf_config, output, hf_dir, hf_dtype = "f32";
+  std::string deploy;  // empty: write every key, warn about what runtimes will not do
 };
+
+// With --deploy: the runtime must run the set as it was searched (one line naming the first
+// difference otherwise), and the output must be its format. Else the differences as warnings.
+void check_deployment(const ExportArgs& a, const RopeScaling& f, bool gguf) {
+  if (a.deploy.empty()) {
+    const auto w = export_warnings(f, gguf);
+    for (const std::string& line : w) fmt::print(stderr, "warning: {}\n", line);
+    if (!w.empty())
+      fmt::print(stderr, "note: the file keeps longrope's own keys, with which longrope runs it "
+                         "as searched\n");
+    return;
+  }
+  const DeployTarget t = parse_deploy_target(a.deploy);
+  if (t == DeployTarget::kLlamaCpp && !gguf)
+    throw UsageError("export", "--deploy llama.cpp writes a GGUF (expected -m MODEL.gguf -o OUT)");
+  if ((t == DeployTarget::kTransformers || t == DeployTarget::kVllm) && gguf)
+    throw UsageError("export", fmt::format("--deploy {} writes an HF config (expected --hf-config "
+                                           "or --hf-dir)",
+                                           a.deploy));
+  const auto diff = deploy_differences(f, t, f.orig_ctx);
+  if (!diff.empty())
+    throw Error(fmt::format("export: {} cannot run {} as searched: {} (expected factors searched "
+                            "with --deploy {}, or export without --deploy)",
+                            a.deploy, a.factors, diff.front(), a.deploy));
+}
 }  // namespace
 
 Runner register_export(CLI::App& app) {
@@ -39,6 +65,11 @@ Runner register_export(CLI::App& app) {
       ->default_str("f32");
   cmd->add_option("--factors", a->factors, "factors file (longrope search output)");
   cmd->add_option("-o,--output", a->output, "output GGUF or JSON (not with --hf-dir)");
+  cmd->add_option("--deploy", a->deploy,
+                  "refuse factors that this runtime would run otherwise than searched (start "
+                  "tokens, a short set switched elsewhere or with its own attention factor, "
+                  "vllm's attention factor): llama.cpp (GGUF), transformers or vllm (HF)")
+      ->check(CLI::IsMember({"longrope", "llama.cpp", "transformers", "vllm"}));
   return [a]() {
     const bool to_dir = !a->hf_dir.empty();
     if (to_dir) {
@@ -75,8 +106,7 @@ Runner register_export(CLI::App& app) {
       std::optional<RopeScaling> f;
       if (!a->factors.empty()) {
         f = read_factors_file(a->factors);
-        for (const std::string& w : export_warnings(*f, false))
-          fmt::print(stderr, "warning: {}\n", w);
+        check_deployment(*a, *f, false);
       }
       export_hf_folder(a->model, a->tokenizer, f ? &*f : nullptr, a->hf_dir, a->hf_dtype);
       fmt::print("wrote {} (config.json, model.safetensors, tokenizer.json{})\n", a->hf_dir,
@@ -85,8 +115,7 @@ Runner register_export(CLI::App& app) {
     }
     check_writable(a->output);
     const RopeScaling f = read_factors_file(a->factors);
-    for (const std::string& w : export_warnings(f, !a->model.empty()))
-      fmt::print(stderr, "warning: {}\n", w);
+    check_deployment(*a, f, !a->model.empty());
     if (!a->model.empty()) {
       export_gguf(a->model, f, a->output);
       fmt::print("wrote {} ({} factor set(s), context {})\n", a->output, f.sets.size(),

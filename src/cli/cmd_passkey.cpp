@@ -17,8 +17,7 @@ struct PasskeyArgs {
   std::vector<std::string> methods;
   int64_t trials = 20;
   uint64_t seed = 1234;
-  int64_t orig_ctx = 0;
-  double rope_factor = 0;
+  ScaleFlags scale;
   int threads = 0;
   std::string compute = "auto";
   int max_new = 10;
@@ -68,12 +67,7 @@ Runner register_passkey(CLI::App& app) {
   cmd->add_option("-n,--n-predict", a->max_new, "new tokens to generate for the answer")
       ->capture_default_str()
       ->check(in_range(1, 1000));
-  cmd->add_option("--orig-ctx", a->orig_ctx,
-                  "original context L_orig for rule-based methods (default: the model's)")
-      ->check(in_range(int64_t(1), int64_t(1) << 30));
-  cmd->add_option("--rope-factor", a->rope_factor,
-                  "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
-      ->check(in_range(1.0, 1e6));
+  add_scale_flags(cmd, a->scale);
   cmd->add_option("-o,--output", a->out, "output directory (results.*, accuracy and depth plots)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
@@ -91,8 +85,7 @@ Runner register_passkey(CLI::App& app) {
     cfg.depths = parse_depths(a->depths);
     cfg.chat = a->chat;
     cfg.max_new = a->max_new;
-    if (a->orig_ctx > 0) cfg.scale.orig_ctx = a->orig_ctx;
-    if (a->rope_factor > 0) cfg.scale.rope_factor = a->rope_factor;
+    cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
     cfg.n_threads = resolve_threads(a->threads);

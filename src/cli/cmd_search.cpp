@@ -26,6 +26,7 @@ struct SearchArgs {
   bool progress = true;
   std::string compute = "auto";
   std::string critical_dim = "off";
+  std::string deploy = "longrope";
 };
 
 // --budget: a number with an optional unit (s, m, h); throws Error with one line.
@@ -300,6 +301,7 @@ Runner register_search(CLI::App& app) {
                   "margin above s for the pairs below the critical dimension")
       ->capture_default_str()
       ->check(in_range(0.0, 1e6));
+  add_deploy_flag(cmd, a->deploy);
   cmd->add_flag("--async", a->cfg.settings.steady_state,
                 "steady state instead of generations: breed a child as soon as any evaluation "
                 "finishes (keeps many MPI ranks busy; not reproducible across rank counts)");
@@ -327,6 +329,7 @@ Runner register_search(CLI::App& app) {
                         a->critical_dim));
       cfg.critical_dim = k;
     }
+    cfg.deploy = parse_deploy_target(a->deploy);
     cfg.n_threads = resolve_threads(cfg.n_threads);
     try {
       if (!a->budget.empty()) cfg.budget_seconds = parse_budget(a->budget);

@@ -113,6 +113,39 @@ void add_compute_flag(CLI::App* cmd, std::string& value) {
       ->check(CLI::IsMember({"auto", "f32", "bf16"}));
 }
 
+void add_deploy_flag(CLI::App* cmd, std::string& value) {
+  cmd->add_option("--deploy", value,
+                  "where factors files will run, scored as that runtime runs them: longrope (sets "
+                  "by length, start tokens n_hat), llama.cpp and vllm (one set chosen by the "
+                  "context size, no start tokens; vllm computes the attention factor), "
+                  "transformers (sets by length, no start tokens)")
+      ->default_str("longrope")
+      ->check(CLI::IsMember({"longrope", "llama.cpp", "transformers", "vllm"}));
+}
+
+void add_scale_flags(CLI::App* cmd, ScaleFlags& f) {
+  cmd->add_option("--orig-ctx", f.orig_ctx,
+                  "original context L_orig for rule-based methods (default: the model's)")
+      ->check(in_range(int64_t(1), int64_t(1) << 30));
+  cmd->add_option("--rope-factor", f.rope_factor,
+                  "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
+      ->check(in_range(1.0, 1e6));
+  add_deploy_flag(cmd, f.deploy);
+  cmd->add_option("--deploy-ctx", f.deploy_ctx,
+                  "the runtime's context size with --deploy llama.cpp|vllm (n_ctx, max_model_len; "
+                  "default: each factors file's target context)")
+      ->check(in_range(int64_t(1), int64_t(1) << 30));
+}
+
+ScaleOptions scale_options(const ScaleFlags& f) {
+  ScaleOptions so;
+  if (f.orig_ctx > 0) so.orig_ctx = f.orig_ctx;
+  if (f.rope_factor > 0) so.rope_factor = f.rope_factor;
+  so.deploy = parse_deploy_target(f.deploy);
+  so.deploy_ctx = f.deploy_ctx;
+  return so;
+}
+
 void apply_compute_flag(const std::string& value) {
   if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
 }

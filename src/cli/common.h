@@ -34,6 +34,19 @@ void add_no_progress_flag(CLI::App* cmd, bool& progress);
 // -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
 // of a host).
 void add_threads_option(CLI::App* cmd, int& threads);
+// --deploy longrope|llama.cpp|transformers|vllm (where a factors file will run; see
+// DeployTarget), shown with its values.
+void add_deploy_flag(CLI::App* cmd, std::string& value);
+// The rule-based methods' scale and the deployment of factors files, as eval and passkey take
+// them: --orig-ctx, --rope-factor, --deploy and --deploy-ctx, declared once.
+struct ScaleFlags {
+  int64_t orig_ctx = 0;
+  double rope_factor = 0;
+  std::string deploy = "longrope";
+  int64_t deploy_ctx = 0;
+};
+void add_scale_flags(CLI::App* cmd, ScaleFlags& f);
+ScaleOptions scale_options(const ScaleFlags& f);
 // Sets the process default from the flag's value; throws Error for bf16 on a CPU without it.
 void apply_compute_flag(const std::string& value);
 

@@ -112,6 +112,7 @@ RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length
     RopeScaling s = m.factors;
     s.freq_factors = model.default_rope().freq_factors;
     s.validate(model.hp().n_rot);
+    s = deployed_scaling(s, so.deploy, length, so.deploy_ctx, model.hp().n_ctx_train);
     check_scaling_for_ctx(s, length);
     return s;
   }
@@ -125,6 +126,14 @@ RopeScaling eval_scaling(const EvalMethod& m, const Model& model, int64_t length
   RopeScaling s = resolve_rope(opts, model.default_rope(), model.hp().n_rot);
   check_scaling_for_ctx(s, length);
   return s;
+}
+
+void add_scale_key(nlohmann::json& key, const ScaleOptions& so) {
+  key["orig_ctx"] = so.orig_ctx ? *so.orig_ctx : int64_t(0);
+  key["rope_factor"] = so.rope_factor ? *so.rope_factor : 0.0;
+  if (so.deploy == DeployTarget::kLongrope) return;
+  key["deploy"] = deploy_target_name(so.deploy);
+  key["deploy_ctx"] = so.deploy_ctx;
 }
 
 int64_t estimate_run_bytes(const HParams& hp, int64_t length, int n_threads) {

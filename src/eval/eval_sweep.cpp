@@ -118,9 +118,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                         {"model_fingerprint", weights_fingerprint(model)},
                         {"texts", texts_json},
                         {"texts_fingerprint", tokens_fingerprint(*texts)},
-                        {"docs", cfg.docs},
-                        {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
-                        {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+                        {"docs", cfg.docs}};
+  add_scale_key(key, cfg.scale);
   if (needle)  // absent for the perplexity fitness: cells of older results files still match
     key["fitness"] = fitness_json;
   if (cfg.kl_divergence) key["kl_divergence"] = true;  // absent otherwise, as the fitness

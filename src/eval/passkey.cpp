@@ -190,15 +190,13 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
     return all;
   };
   auto all_prompts = std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(cfg.trials));
-  const nlohmann::json base_key = {
-      {"model", path_name(cfg.model_path)},
-      {"model_fingerprint", weights_fingerprint(model)},
-      {"seed", cfg.seed},
-      {"depths", cfg.depths},
-      {"chat", cfg.chat},
-      {"max_new", cfg.max_new},
-      {"orig_ctx", cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : int64_t(0)},
-      {"rope_factor", cfg.scale.rope_factor ? *cfg.scale.rope_factor : 0.0}};
+  nlohmann::json base_key = {{"model", path_name(cfg.model_path)},
+                             {"model_fingerprint", weights_fingerprint(model)},
+                             {"seed", cfg.seed},
+                             {"depths", cfg.depths},
+                             {"chat", cfg.chat},
+                             {"max_new", cfg.max_new}};
+  add_scale_key(base_key, cfg.scale);
   auto key_for = [base_key, prompt_tokens, all_prompts, all = cfg.trials](int64_t n) {
     nlohmann::json k = base_key;
     k["prompts_fingerprint"] = tokens_fingerprint(n == all ? *all_prompts : prompt_tokens(n));

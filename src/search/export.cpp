@@ -123,30 +123,8 @@ void export_gguf(const std::string& model_path, const RopeScaling& searched,
 }
 
 std::vector<std::string> export_warnings(const RopeScaling& f, bool gguf) {
-  std::vector<std::string> out;
-  const char* where = gguf ? "llama.cpp's GGUF keys" : "an HF config";
-  if (f.n_hat > 0)
-    out.push_back(fmt::format(
-        "n_hat {} cannot be represented in {} (llama.cpp and transformers have no start-token "
-        "rule){}",
-        f.n_hat, where,
-        gguf ? "; stored in the key longrope.n_hat, which longrope reads back"
-             : "; stored as rope_scaling.n_hat, which longrope reads back"));
-  if (f.sets.size() == 2 && f.orig_ctx > 0 && f.sets[0].max_len != f.orig_ctx)
-    out.push_back(fmt::format(
-        "the short set serves lengths <= {} but llama.cpp and transformers switch at "
-        "the original context {}{}",
-        f.sets[0].max_len, f.orig_ctx, gguf ? " (longrope reads longrope.short_max_len)" : ""));
-  if (f.sets.size() == 2 && f.sets[0].attn_factor) {
-    const double long_attn = resolved_attn(f);
-    if (*f.sets[0].attn_factor != long_attn)
-      out.push_back(fmt::format(
-          "the short set's attention factor {} cannot be represented in {}: llama.cpp and "
-          "transformers apply {} (the long set's) at every length{}",
-          *f.sets[0].attn_factor, where, long_attn,
-          gguf ? "; stored in the key longrope.short_attn_factor, which longrope reads back" : ""));
-  }
-  return out;
+  return deploy_differences(f, gguf ? DeployTarget::kLlamaCpp : DeployTarget::kTransformers,
+                            f.orig_ctx);
 }
 
 nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors) {

@@ -3,6 +3,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -52,6 +53,32 @@ nlohmann::json space_json(const SearchSpace& sp) {
 int critical_dim_of(const SearchRunConfig& c, const HParams& hp, int64_t orig) {
   if (c.critical_dim == -2) return critical_dim(hp.n_rot, orig, hp.rope_base);
   return c.critical_dim;
+}
+
+// What a runtime other than longrope can express (SearchRunConfig::deploy): no start tokens, the
+// short set at L_orig only, and for vLLM its own attention factor. A flag asking for more is an
+// error, not silently dropped.
+void restrict_to_deployment(const SearchRunConfig& c, int64_t orig, SearchSpace& sp) {
+  const char* name = deploy_target_name(c.deploy);
+  for (int64_t n : c.n_hat)
+    if (n != 0)
+      throw Error(fmt::format("search: {} has no start tokens: --n-hat {} cannot run there "
+                              "(expected --n-hat 0, or --deploy longrope)",
+                              name, n));
+  sp.n_hat_candidates = {0};
+  if (c.short_ctx && *c.short_ctx != orig)
+    throw Error(fmt::format("search: {} switches to the short set at the original context {}: "
+                            "--short-ctx {} cannot run there (expected --short-ctx {})",
+                            name, orig, *c.short_ctx, orig));
+  if (c.deploy != DeployTarget::kVllm) return;
+  const double a = vllm_attn_factor(sp.target_ctx, orig);
+  auto other = [a](double x) { return std::abs(x - a) > 1e-9; };
+  if ((c.attn_factor && other(*c.attn_factor)) ||
+      std::any_of(c.attn_candidates.begin(), c.attn_candidates.end(), other))
+    throw Error(fmt::format("search: vllm computes the attention factor itself ({:.6g} at this "
+                            "target): --attn-factor and --attn-candidates cannot change it",
+                            a));
+  sp.attn_candidates = {a};
 }
 
 // A short set up to N <= L_orig without --short-lambda-max is the plain model: nothing to search.
@@ -431,6 +458,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
         "several; expected at most one of them");
   if (c.attn_factor) sp.attn_candidates = {*c.attn_factor};
   if (!c.attn_candidates.empty()) sp.attn_candidates = c.attn_candidates;
+  if (c.deploy != DeployTarget::kLongrope) restrict_to_deployment(c, p.orig, sp);
   if (const int k = critical_dim_of(c, hp, p.orig); k >= 0)
     apply_critical_dim(sp, k, c.critical_margin);
   for (const std::string& f : c.seed_factors) {
@@ -496,6 +524,8 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   // First-stage perplexities over the tokens beyond the original context: not comparable with
   // those of checkpoints written before (whole-prefix stages).
   p.ck_settings["stage"] = "beyond-orig";
+  if (c.deploy != DeployTarget::kLongrope)  // absent for longrope: older checkpoints still match
+    p.ck_settings["deploy"] = deploy_target_name(c.deploy);
   if (needle) {  // absent for the perplexity fitness: older checkpoints still match
     p.ck_settings["fitness"] = fitness;
     p.fingerprint["fitness"] = c.fitness;
@@ -743,9 +773,13 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     }
   }
   // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
+  // Under another runtime the short set runs with the long set's attention factor (llama.cpp and
+  // transformers have one): the file says so rather than claim the plain model.
+  const bool own_short_attn = c.deploy == DeployTarget::kLongrope;
   auto plain_short_set = [&] {
-    result.sets = {FactorSet{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx, 1.0},
-                   FactorSet{result.sets[0].factors, 0}};
+    FactorSet ones{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx};
+    if (own_short_attn) ones.attn_factor = 1.0;
+    result.sets = {std::move(ones), FactorSet{result.sets[0].factors, 0}};
   };
   // The budget left no time for a searched short set (--resume adds it): up to N <= L_orig the
   // plain model, above L_orig the long set serves every length.
@@ -766,7 +800,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     // Up to L_orig the plain attention factor (1) is a candidate too, so the plain model (every
     // rule seed at s = 1) is in the first population.
     ss.attn_candidates = {*result.attn_factor};
-    if (N <= p.orig && *result.attn_factor != 1.0)
+    if (N <= p.orig && *result.attn_factor != 1.0 && own_short_attn)
       ss.attn_candidates.insert(ss.attn_candidates.begin(), 1.0);
     ss.lo.clear();
     ss.hi.clear();
@@ -830,6 +864,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       {"best_ppl", lng.best_ppl()},
       {"seed_ppl", seeds},
       {"evaluations", {{"full", lng.full_evals()}, {"partial", lng.partial_evals()}}}};
+  if (c.deploy != DeployTarget::kLongrope) prov["deploy"] = deploy_target_name(c.deploy);
   if (c.budget_seconds > 0)
     prov["budget"] = {{"seconds", c.budget_seconds},
                       {"spent", budget_spent},
