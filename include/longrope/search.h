@@ -229,7 +229,8 @@ SearchSpace default_search_space(const HParams& hp, int64_t orig_ctx, int64_t ta
 
 // Defaults of the paper: n_hat in {0,1,2,4,8,12,16,20,24,28,32,64,128,256}, filtered to < L.
 std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx);
-// {1, sqrt(1 + ln s / ln L_orig), 0.1 ln s + 1} (duplicates removed), s = L / L_orig.
+// 0.70, 0.75, ..., 1.10 and the rules' sqrt(1 + ln s / ln L_orig) and 0.1 ln s + 1, sorted
+// (duplicates removed), s = L / L_orig; {1} when s <= 1.
 std::vector<double> default_attn_candidates(int64_t orig_ctx, int64_t target_ctx);
 // Checks the space; throws Error with one line (target <= original, lambda_max < 1, n_hat >= L).
 void validate_space(const SearchSpace& space);

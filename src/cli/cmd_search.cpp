@@ -228,10 +228,10 @@ Runner register_search(CLI::App& app) {
                   "0,1,2,4,8,12,16,20,24,28,32,64,128,256 below L)")
       ->delimiter(',');
   cmd->add_option("--attn-factor", a->cfg.attn_factor,
-                  "fix the attention factor (default: searched over {1, sqrt(1+ln s/ln L_orig), "
-                  "0.1 ln s + 1})");
+                  "fix the attention factor (default: searched over 0.70, 0.75, ..., 1.10 and the "
+                  "rules sqrt(1+ln s/ln L_orig) and 0.1 ln s + 1)");
   cmd->add_option("--attn-candidates", a->cfg.attn_candidates,
-                  "attention factors to search, comma separated (instead of the default three)")
+                  "attention factors to search, comma separated (instead of the default grid)")
       ->delimiter(',');
   cmd->add_option("--short-ctx", a->cfg.short_ctx,
                   "add a short factor set serving lengths up to N: for N <= L_orig the plain model "

@@ -415,13 +415,20 @@ std::vector<int64_t> default_n_hat_candidates(int64_t target_ctx) {
 
 std::vector<double> default_attn_candidates(int64_t orig_ctx, int64_t target_ctx) {
   const double s = static_cast<double>(target_ctx) / static_cast<double>(orig_ctx);
-  std::vector<double> out{1.0};
-  if (s > 1.0) {
-    for (double a : {std::sqrt(1.0 + std::log(s) / std::log(static_cast<double>(orig_ctx))),
-                     0.1 * std::log(s) + 1.0}) {
-      if (std::find(out.begin(), out.end(), a) == out.end()) out.push_back(a);
-    }
+  if (s <= 1.0) return {1.0};
+  // A grid on both sides of 1 (0.70 to 1.10 in steps of 0.05: a small model may want softer
+  // attention, docs/search.md) and the two rules' values at s, so that the rule seeds (YaRN's
+  // 0.1 ln s + 1) run exactly. Sorted: crossover takes the index between its parents'.
+  std::vector<double> out;
+  for (int k = 14; k <= 22; ++k) out.push_back(k / 20.0);
+  for (double a : {std::sqrt(1.0 + std::log(s) / std::log(static_cast<double>(orig_ctx))),
+                   0.1 * std::log(s) + 1.0}) {
+    bool near = false;
+    for (double& x : out)
+      if (std::abs(x - a) < 1e-9) near = true;
+    if (!near) out.push_back(a);
   }
+  std::sort(out.begin(), out.end());
   return out;
 }
 
