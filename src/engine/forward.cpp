@@ -205,14 +205,31 @@ KvStorage::KvStorage(const HParams& hp, int64_t cap, int layers, kernels::Comput
   view = KvView{k.get(), v.get(), k16.get(), v16.get(), cap, layers > 1 ? per_layer : 0, compute};
 }
 
-void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* target,
-                 kernels::Compute compute, double* nll) {
-  const WeightView& W = model.output();
-  const int64_t V = W.rows, d = W.cols;
+namespace {
+void check_targets(const int32_t* target, int64_t n, int64_t V) {
   for (int64_t r = 0; r < n; ++r)
     if (target[r] < 0 || target[r] >= V)
       throw Error("target token id " + std::to_string(target[r]) + " out of range [0, " +
                   std::to_string(V) + ")");
+}
+
+// Logits of `rows` rows (FP32 h, or their bf16 copy a16 from row r0) against a decoded panel.
+void panel_logits(kernels::Compute compute, int64_t rows, int64_t pv, int64_t d, const float* h,
+                  const kernels::RowsBf16& a16, int64_t r0, const kernels::PanelBuffer& pb,
+                  float* out) {
+  if (compute == kernels::Compute::kBF16)
+    kernels::gemm_bf16_nt(rows, pv, d, a16.data.data() + r0 * d, d, pb.b16.data(), d, out, pv,
+                          0.0f);
+  else
+    kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, out, pv, 0.0f);
+}
+}  // namespace
+
+void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* target,
+                 kernels::Compute compute, double* nll) {
+  const WeightView& W = model.output();
+  const int64_t V = W.rows, d = W.cols;
+  check_targets(target, n, V);
   // Vocabulary panels of 2048 rows (each decoded once per call) and row chunks of 1024: an 8 MB
   // logits block, large enough for an efficient GEMM, independent of n and of the vocabulary.
   const int64_t panel = std::min<int64_t>(2048, V);
@@ -229,11 +246,7 @@ void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* t
     kernels::decode_panel(W, v0, pv, compute, pb);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t rows = std::min(chunk, n - r0);
-      if (compute == kernels::Compute::kBF16)
-        kernels::gemm_bf16_nt(rows, pv, d, a16.data.data() + r0 * d, d, pb.b16.data(), d,
-                              logits.data(), pv, 0.0f);
-      else
-        kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, logits.data(), pv, 0.0f);
+      panel_logits(compute, rows, pv, d, h, a16, r0, pb, logits.data());
       kernels::lse_update_rows(logits.data(), rows, pv, v0, target + r0, m.data() + r0,
                                s.data() + r0, tl.data() + r0);
     }
@@ -245,10 +258,7 @@ void lm_head_kl(const Model& model, const float* h_ref, const float* h, int64_t 
                 const int32_t* target, kernels::Compute compute, kernels::KlRow* out) {
   const WeightView& W = model.output();
   const int64_t V = W.rows, d = W.cols;
-  for (int64_t r = 0; r < n; ++r)
-    if (target[r] < 0 || target[r] >= V)
-      throw Error("target token id " + std::to_string(target[r]) + " out of range [0, " +
-                  std::to_string(V) + ")");
+  check_targets(target, n, V);
   const int64_t panel = std::min<int64_t>(2048, V);
   const int64_t chunk = 512;  // two logits blocks of 4 MB
   std::vector<kernels::KlState> st(static_cast<size_t>(n));
@@ -266,15 +276,8 @@ void lm_head_kl(const Model& model, const float* h_ref, const float* h, int64_t 
     kernels::decode_panel(W, v0, pv, compute, pb);
     for (int64_t r0 = 0; r0 < n; r0 += chunk) {
       const int64_t rows = std::min(chunk, n - r0);
-      if (bf16) {
-        kernels::gemm_bf16_nt(rows, pv, d, a16.data.data() + r0 * d, d, pb.b16.data(), d,
-                              la.data(), pv, 0.0f);
-        kernels::gemm_bf16_nt(rows, pv, d, b16.data.data() + r0 * d, d, pb.b16.data(), d,
-                              lb.data(), pv, 0.0f);
-      } else {
-        kernels::gemm_nt(rows, pv, d, h_ref + r0 * d, d, pb.f32.data(), d, la.data(), pv, 0.0f);
-        kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, lb.data(), pv, 0.0f);
-      }
+      panel_logits(compute, rows, pv, d, h_ref, a16, r0, pb, la.data());
+      panel_logits(compute, rows, pv, d, h, b16, r0, pb, lb.data());
       kernels::kl_update_rows(la.data(), lb.data(), rows, pv, v0, target + r0, st.data() + r0);
     }
   }
