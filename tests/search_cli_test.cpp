@@ -139,7 +139,9 @@ TEST(SearchCli, ClearErrors) {
   expect_error(f + "--target-ctx 1024 --resume", "corrupt checkpoint");
   // A checkpoint for another target is refused.
   std::string out;
-  ASSERT_EQ(search(std::string(kTiny) + f + "--iterations 0", &out), 0) << out;
+  // (The corrupt checkpoint is an earlier run's file: replaced only with --overwrite.)
+  expect_error(std::string(kTiny) + f + "--iterations 0", "holds an earlier run's progress");
+  ASSERT_EQ(search(std::string(kTiny) + f + "--iterations 0 --overwrite", &out), 0) << out;
   expect_error(f + "--target-ctx 2048 --docs 1 --population 8 --parents 4 --mutations 2 "
                    "--crossovers 2 --seed 5 --resume",
                "checkpoint is for another target_ctx");

@@ -391,6 +391,7 @@ TEST(TrainFinetune, HfFolderHoldsTheSameModelAsTheGguf) {
   lo.tokenizer_path = (models / "tok512.bin").string();
   const auto l2c = Model::load((models / "stories260K.bin").string(), lo);
   FinetuneConfig cl = small_run(dir, 1);
+  cl.output = (dir / "l2c.gguf").string();
   cl.model_path = (models / "stories260K.bin").string();
   test::expect_error([&] { run_finetune(*l2c, cl); },
                      {"is a llama2c model", "--hf-dir DIR to write an HF model folder"});

@@ -7,6 +7,9 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include "longrope/error.h"
 
 namespace longrope {
 
@@ -29,5 +32,21 @@ void commit_temp_file(const std::string& tmp, const std::string& path);
 // file can be created next to it (checked by creating and removing the temporary): lets a
 // command fail before it has done any work.
 void check_writable(const std::string& path);
+
+// --- The output guard: nothing a user owns is overwritten ---------------------------------------
+// A refusal before any work (the CLI exits 2, like a usage error).
+class OutputRefused : public Error {
+ public:
+  using Error::Error;
+};
+// Throws OutputRefused when `out` is one of `inputs` (the same file through any path, symbolic
+// or hard link; empty names are skipped). `command` starts the message.
+void refuse_output_over_inputs(const std::string& command, const std::string& out,
+                               const std::vector<std::string>& inputs);
+// Throws OutputRefused when `state` (an earlier run's checkpoint or training state: hours of
+// work) exists and the run neither resumes nor overwrites it; `flag` names the option that starts
+// anew (e.g. "--overwrite").
+void refuse_existing_state(const std::string& command, const std::string& state, bool resume,
+                           bool overwrite);
 
 }  // namespace longrope

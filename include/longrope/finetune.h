@@ -44,6 +44,10 @@ struct FinetuneConfig {
   std::string state_path;        // default OUTPUT.train: the training state
   int64_t save_every = 0;        // steps between state saves; 0: every 10 minutes and at the end
   bool resume = false;
+  // Without resume, an existing training state is refused unless overwrite is set
+  // (OutputRefused); outputs that are inputs (the model, texts, other_inputs) always are.
+  bool overwrite = false;
+  std::vector<std::string> other_inputs;  // further files read: a factors file, a tokenizer
   int n_threads = 0;
 };
 

@@ -67,6 +67,9 @@ struct SearchRunConfig {
   DeployTarget deploy = DeployTarget::kLongrope;
   std::string output = "factors.json";  // checkpoint OUTPUT.ckpt.json, log OUTPUT.log.json
   bool resume = false;
+  // Without resume, an existing checkpoint (an earlier run's evaluations) is refused unless
+  // overwrite is set (OutputRefused); outputs that are inputs always are.
+  bool overwrite = false;
   // A time budget in seconds (0: none): no evaluation starts after it, the checkpoint keeps the
   // finished ones (a running iteration's as pending), and the factors file is written from the
   // iterations finished (a short set there was no time for: the plain model up to N <= L_orig,

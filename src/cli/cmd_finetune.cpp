@@ -107,6 +107,9 @@ Runner register_finetune(CLI::App& app) {
                   "steps between training-state saves (default: every 10 minutes)")
       ->check(in_range(int64_t(0), int64_t(1) << 40));
   cmd->add_flag("--resume", c.resume, "continue from the training state");
+  cmd->add_flag("--overwrite", c.overwrite,
+                "start again over an existing training state (without it, or --resume, an "
+                "earlier run's state is never replaced)");
   cmd->add_flag("--json", a->json, "print one JSON summary on stdout");
   add_no_progress_flag(cmd, a->progress);
   add_threads_option(cmd, c.n_threads);
@@ -114,6 +117,7 @@ Runner register_finetune(CLI::App& app) {
   return [a]() {
     FinetuneConfig& c = a->cfg;
     c.model_path = a->model;
+    c.other_inputs = {a->rope.factors_path, a->tokenizer};
     c.decay = train::parse_decay(a->decay);
     c.checkpoint_activations = !a->no_checkpoint;
     c.compute =

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "longrope/atomic_file.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/interrupt.h"
@@ -83,6 +84,9 @@ int run_reporting(int argc, char** argv) {
   } catch (const longrope::cli::UsageError& e) {
     if (dist::is_root())
       fmt::print(stderr, "error: {} (see longrope {} --help)\n", e.what(), e.cmd);
+    return 2;
+  } catch (const longrope::OutputRefused& e) {
+    if (dist::is_root()) fmt::print(stderr, "error: {}\n", e.what());
     return 2;
   } catch (const longrope::Error& e) {
     what = e.what();

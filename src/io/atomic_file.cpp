@@ -111,4 +111,26 @@ void check_writable(const std::string& path) {
   std::remove(tmp.c_str());
 }
 
+void refuse_output_over_inputs(const std::string& command, const std::string& out,
+                               const std::vector<std::string>& inputs) {
+  for (const std::string& in : inputs) {
+    std::error_code ec;
+    if (in.empty() || out.empty() || !std::filesystem::equivalent(in, out, ec)) continue;
+    throw OutputRefused(fmt::format(
+        "{}: the output {} is the input {} (the same file); nothing was written (expected "
+        "another output path)",
+        command, out, in));
+  }
+}
+
+void refuse_existing_state(const std::string& command, const std::string& state, bool resume,
+                           bool overwrite) {
+  std::error_code ec;
+  if (resume || overwrite || !std::filesystem::exists(state, ec)) return;
+  throw OutputRefused(fmt::format(
+      "{}: {} holds an earlier run's progress; --resume continues it, --overwrite starts again "
+      "and replaces it (nothing was written)",
+      command, state));
+}
+
 }  // namespace longrope

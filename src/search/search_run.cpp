@@ -582,6 +582,14 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   const SearchSpace& sp = p.space;
   const std::string ckpt_path = c.output + ".ckpt.json";
   const std::string log_path = c.output + ".log.json";
+  // Nothing the user owns is replaced: not an input, not an earlier run's checkpoint.
+  std::vector<std::string> inputs = c.texts;
+  inputs.push_back(c.model_path);
+  inputs.insert(inputs.end(), c.seed_factors.begin(), c.seed_factors.end());
+  for (const std::string& path :
+       {c.output, ckpt_path, log_path, c.output + ".front.svg", c.output + ".front.png"})
+    refuse_output_over_inputs("search", path, inputs);
+  refuse_existing_state("search", ckpt_path, c.resume, c.overwrite);
   // An unwritable output fails now, not after the first iteration has been paid for.
   for (const std::string& path : {c.output, ckpt_path, log_path}) check_writable(path);
 
