@@ -169,7 +169,7 @@ TEST(ExportHf, CliWritesConfig) {
   // fails and leaves nothing behind.
   const std::string cfg = (d / "config.json").string();
   const std::string before = slurp(cfg);
-  EXPECT_NE(test::run_command(cli + "--hf-config '" + cfg + "' -o '" + cfg + "'", &log), 0);
+  EXPECT_EQ(test::run_command(cli + "--hf-config '" + cfg + "' -o '" + cfg + "'", &log), 2);
   EXPECT_NE(log.find("is the input"), std::string::npos) << log;
   EXPECT_EQ(slurp(cfg), before);
   EXPECT_NE(test::run_command(cli + "--hf-config '" + cfg + "' -o /dev/null", &log), 0);

@@ -86,12 +86,7 @@ Runner register_export(CLI::App& app) {
         throw UsageError("export", "--tokenizer is for a llama2.c -m with --hf-dir");
     }
     const std::string out = to_dir ? a->hf_dir : a->output;
-    for (const std::string& in : {a->model, a->hf_config, a->factors, a->tokenizer}) {
-      std::error_code ec;
-      if (!in.empty() && std::filesystem::equivalent(in, out, ec))
-        throw Error(fmt::format("export: the output {} is the input {} (expected a new {})", out,
-                                in, to_dir ? "folder" : "file"));
-    }
+    refuse_output_over_inputs("export", out, {a->model, a->hf_config, a->factors, a->tokenizer});
     if (to_dir) {
       std::error_code ec;
       if (std::filesystem::exists(a->hf_dir, ec) && !std::filesystem::is_directory(a->hf_dir, ec))
