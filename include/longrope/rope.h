@@ -102,6 +102,11 @@ size_t longrope_set_index(const std::vector<FactorSet>& sets, int64_t seq_len);
 // target_ctx > 0, else `factor`; other methods: `factor`. model_ctx as in RopeScaling::tables().
 double rope_extension_ratio(const RopeScaling& scaling, int64_t model_ctx);
 
+// The two attention-factor rules at extension ratio s (1 for s <= 1): LongRoPE's
+// sqrt(1 + ln s / ln L_orig) (also what vLLM computes from a config) and YaRN's 0.1 x ln s + 1.
+double sqrt_log_attn_factor(double s, int64_t orig_ctx);
+double yarn_mscale(double s, double x = 1.0);
+
 // The longest sequence the scaling was made for: L_orig for none, s x L_orig for linear, ntk,
 // yarn and llama3, target_ctx (or s x L_orig) for longrope; 0 for dynamic NTK, which follows the
 // length. Past it the model runs outside what the scaling was searched or designed for.
@@ -219,8 +224,12 @@ RopeScaling deployed_scaling(const RopeScaling& s, DeployTarget target, int64_t 
 std::vector<std::string> deploy_differences(const RopeScaling& s, DeployTarget target,
                                             int64_t model_ctx);
 
-// The attention factor vLLM computes from a config: sqrt(1 + ln s / ln L_orig), s = target / L_orig
-// (1 when s <= 1).
+// The attention factor vLLM computes from a config: sqrt_log_attn_factor(target / L_orig, L_orig).
 double vllm_attn_factor(int64_t target_ctx, int64_t orig_ctx);
+
+// The attention factor a LongRoPE file gives its long set (the last): what export writes as the
+// GGUF's rope.scaling.attn_factor and the config's attention_factor, and what llama.cpp and
+// transformers apply at every length.
+double file_attn_factor(const RopeScaling& s, int64_t model_ctx);
 
 }  // namespace longrope

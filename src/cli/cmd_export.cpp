@@ -17,21 +17,22 @@ namespace longrope::cli {
 namespace {
 struct ExportArgs {
   std::string model, tokenizer, factors, hf_config, output, hf_dir, hf_dtype = "f32";
-  std::string deploy;  // empty: write every key, warn about what runtimes will not do
+  std::string deploy = "longrope";  // longrope: write every key, warn about what runtimes do
 };
 
 // With --deploy: the runtime must run the set as it was searched (one line naming the first
 // difference otherwise), and the output must be its format. Else the differences as warnings.
 void check_deployment(const ExportArgs& a, const RopeScaling& f, bool gguf) {
-  if (a.deploy.empty()) {
+  const DeployTarget t = parse_deploy_target(a.deploy);
+  if (t == DeployTarget::kLongrope) {
     const auto w = export_warnings(f, gguf);
     for (const std::string& line : w) fmt::print(stderr, "warning: {}\n", line);
     if (!w.empty())
-      fmt::print(stderr, "note: the file keeps longrope's own keys, with which longrope runs it "
-                         "as searched\n");
+      fmt::print(stderr,
+                 "note: the file keeps longrope's own keys, with which longrope runs it "
+                 "as searched\n");
     return;
   }
-  const DeployTarget t = parse_deploy_target(a.deploy);
   if (t == DeployTarget::kLlamaCpp && !gguf)
     throw UsageError("export", "--deploy llama.cpp writes a GGUF (expected -m MODEL.gguf -o OUT)");
   if ((t == DeployTarget::kTransformers || t == DeployTarget::kVllm) && gguf)
@@ -40,9 +41,10 @@ void check_deployment(const ExportArgs& a, const RopeScaling& f, bool gguf) {
                                            a.deploy));
   const auto diff = deploy_differences(f, t, f.orig_ctx);
   if (!diff.empty())
-    throw Error(fmt::format("export: {} cannot run {} as searched: {} (expected factors searched "
-                            "with --deploy {}, or export without --deploy)",
-                            a.deploy, a.factors, diff.front(), a.deploy));
+    throw Error(
+        fmt::format("export: {} cannot run {} as searched: {} (expected factors searched "
+                    "with --deploy {}, or export without --deploy)",
+                    a.deploy, a.factors, diff.front(), a.deploy));
 }
 }  // namespace
 
@@ -65,11 +67,11 @@ Runner register_export(CLI::App& app) {
       ->default_str("f32");
   cmd->add_option("--factors", a->factors, "factors file (longrope search output)");
   cmd->add_option("-o,--output", a->output, "output GGUF or JSON (not with --hf-dir)");
-  cmd->add_option("--deploy", a->deploy,
-                  "refuse factors that this runtime would run otherwise than searched (start "
-                  "tokens, a short set switched elsewhere or with its own attention factor, "
-                  "vllm's attention factor): llama.cpp (GGUF), transformers or vllm (HF)")
-      ->check(CLI::IsMember({"longrope", "llama.cpp", "transformers", "vllm"}));
+  add_deploy_flag(cmd, a->deploy,
+                  "llama.cpp (GGUF), transformers or vllm (HF): refuse factors that this runtime "
+                  "would run otherwise than searched (start tokens, a short set switched "
+                  "elsewhere or with its own attention factor, vllm's attention factor); "
+                  "longrope: write every key and warn about what other runtimes would change");
   return [a]() {
     const bool to_dir = !a->hf_dir.empty();
     if (to_dir) {

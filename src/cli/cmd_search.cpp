@@ -304,7 +304,10 @@ Runner register_search(CLI::App& app) {
                   "margin above s for the pairs below the critical dimension")
       ->capture_default_str()
       ->check(in_range(0.0, 1e6));
-  add_deploy_flag(cmd, a->deploy);
+  add_deploy_flag(cmd, a->deploy,
+                  "where the factors will run: other than longrope, the search keeps to what that "
+                  "runtime expresses (n_hat 0, a short set only at L_orig, vllm's attention "
+                  "factor)");
   cmd->add_flag("--async", a->cfg.settings.steady_state,
                 "steady state instead of generations: breed a child as soon as any evaluation "
                 "finishes (keeps many MPI ranks busy; not reproducible across rank counts)");

@@ -113,12 +113,8 @@ void add_compute_flag(CLI::App* cmd, std::string& value) {
       ->check(CLI::IsMember({"auto", "f32", "bf16"}));
 }
 
-void add_deploy_flag(CLI::App* cmd, std::string& value) {
-  cmd->add_option("--deploy", value,
-                  "where factors files will run, scored as that runtime runs them: longrope (sets "
-                  "by length, start tokens n_hat), llama.cpp and vllm (one set chosen by the "
-                  "context size, no start tokens; vllm computes the attention factor), "
-                  "transformers (sets by length, no start tokens)")
+void add_deploy_flag(CLI::App* cmd, std::string& value, const std::string& help) {
+  cmd->add_option("--deploy", value, help)
       ->default_str("longrope")
       ->check(CLI::IsMember({"longrope", "llama.cpp", "transformers", "vllm"}));
 }
@@ -130,7 +126,11 @@ void add_scale_flags(CLI::App* cmd, ScaleFlags& f) {
   cmd->add_option("--rope-factor", f.rope_factor,
                   "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
       ->check(in_range(1.0, 1e6));
-  add_deploy_flag(cmd, f.deploy);
+  add_deploy_flag(cmd, f.deploy,
+                  "where factors files will run, scored as that runtime runs them: longrope (sets "
+                  "by length, start tokens n_hat), llama.cpp and vllm (one set chosen by the "
+                  "context size, no start tokens; vllm computes the attention factor), "
+                  "transformers (sets by length, no start tokens)");
   cmd->add_option("--deploy-ctx", f.deploy_ctx,
                   "the runtime's context size with --deploy llama.cpp|vllm (n_ctx, max_model_len; "
                   "default: each factors file's target context)")

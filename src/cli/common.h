@@ -35,8 +35,8 @@ void add_no_progress_flag(CLI::App* cmd, bool& progress);
 // of a host).
 void add_threads_option(CLI::App* cmd, int& threads);
 // --deploy longrope|llama.cpp|transformers|vllm (where a factors file will run; see
-// DeployTarget), shown with its values.
-void add_deploy_flag(CLI::App* cmd, std::string& value);
+// DeployTarget), default longrope, with the command's own help text.
+void add_deploy_flag(CLI::App* cmd, std::string& value, const std::string& help);
 // The rule-based methods' scale and the deployment of factors files, as eval and passkey take
 // them: --orig-ctx, --rope-factor, --deploy and --deploy-ctx, declared once.
 struct ScaleFlags {

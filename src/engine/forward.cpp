@@ -206,81 +206,86 @@ KvStorage::KvStorage(const HParams& hp, int64_t cap, int layers, kernels::Comput
 }
 
 namespace {
-void check_targets(const int32_t* target, int64_t n, int64_t V) {
+// Vocabulary panels of 2048 rows, each decoded once per call.
+constexpr int64_t kVocabPanel = 2048;
+
+// The rows' logits streamed over the vocabulary: for each panel (decoded once) and each chunk of
+// `chunk` rows, body(v0, pv, r0, rows, panel). Checks the targets first.
+template <class Body>
+void stream_vocabulary(const Model& model, kernels::Compute compute, int64_t n, int64_t chunk,
+                       const int32_t* target, Body body) {
+  const WeightView& W = model.output();
+  const int64_t V = W.rows;
   for (int64_t r = 0; r < n; ++r)
     if (target[r] < 0 || target[r] >= V)
       throw Error("target token id " + std::to_string(target[r]) + " out of range [0, " +
                   std::to_string(V) + ")");
+  kernels::PanelBuffer pb;
+  for (int64_t v0 = 0; v0 < V; v0 += kVocabPanel) {
+    const int64_t pv = std::min(kVocabPanel, V - v0);
+    kernels::decode_panel(W, v0, pv, compute, pb);
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) body(v0, pv, r0, std::min(chunk, n - r0), pb);
+  }
 }
 
-// Logits of `rows` rows (FP32 h, or their bf16 copy a16 from row r0) against a decoded panel.
-void panel_logits(kernels::Compute compute, int64_t rows, int64_t pv, int64_t d, const float* h,
-                  const kernels::RowsBf16& a16, int64_t r0, const kernels::PanelBuffer& pb,
-                  float* out) {
-  if (compute == kernels::Compute::kBF16)
-    kernels::gemm_bf16_nt(rows, pv, d, a16.data.data() + r0 * d, d, pb.b16.data(), d, out, pv,
-                          0.0f);
-  else
-    kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, out, pv, 0.0f);
-}
+// Final states as the LM head's GEMM reads them: FP32, or a bf16 copy made once.
+struct HeadRows {
+  const float* h;
+  int64_t d;
+  kernels::Compute compute;
+  kernels::RowsBf16 b16;
+  HeadRows(const float* h_, int64_t n, int64_t d_, kernels::Compute c) : h(h_), d(d_), compute(c) {
+    if (compute == kernels::Compute::kBF16) kernels::rows_to_bf16(h, n, d, d, b16);
+  }
+  // Logits of rows [r0, r0 + rows) against a decoded panel of pv vocabulary rows.
+  void logits(int64_t r0, int64_t rows, int64_t pv, const kernels::PanelBuffer& pb,
+              float* out) const {
+    if (compute == kernels::Compute::kBF16)
+      kernels::gemm_bf16_nt(rows, pv, d, b16.data.data() + r0 * d, d, pb.b16.data(), d, out, pv,
+                            0.0f);
+    else
+      kernels::gemm_nt(rows, pv, d, h + r0 * d, d, pb.f32.data(), d, out, pv, 0.0f);
+  }
+};
 }  // namespace
 
 void lm_head_nll(const Model& model, const float* h, int64_t n, const int32_t* target,
                  kernels::Compute compute, double* nll) {
-  const WeightView& W = model.output();
-  const int64_t V = W.rows, d = W.cols;
-  check_targets(target, n, V);
-  // Vocabulary panels of 2048 rows (each decoded once per call) and row chunks of 1024: an 8 MB
-  // logits block, large enough for an efficient GEMM, independent of n and of the vocabulary.
-  const int64_t panel = std::min<int64_t>(2048, V);
+  // Row chunks of 1024: an 8 MB logits block, large enough for an efficient GEMM, independent of
+  // n and of the vocabulary.
   const int64_t chunk = 1024;
   std::vector<float> m(static_cast<size_t>(n), -std::numeric_limits<float>::infinity());
   std::vector<double> s(static_cast<size_t>(n), 0.0);
   std::vector<float> tl(static_cast<size_t>(n), 0.0f);
-  std::vector<float> logits(static_cast<size_t>(std::min(chunk, n) * panel));
-  kernels::PanelBuffer pb;
-  kernels::RowsBf16 a16;
-  if (compute == kernels::Compute::kBF16) kernels::rows_to_bf16(h, n, d, d, a16);
-  for (int64_t v0 = 0; v0 < V; v0 += panel) {
-    const int64_t pv = std::min(panel, V - v0);
-    kernels::decode_panel(W, v0, pv, compute, pb);
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-      const int64_t rows = std::min(chunk, n - r0);
-      panel_logits(compute, rows, pv, d, h, a16, r0, pb, logits.data());
-      kernels::lse_update_rows(logits.data(), rows, pv, v0, target + r0, m.data() + r0,
-                               s.data() + r0, tl.data() + r0);
-    }
-  }
+  std::vector<float> logits(
+      static_cast<size_t>(std::min(chunk, n) * std::min(kVocabPanel, model.output().rows)));
+  const HeadRows rows_h(h, n, model.output().cols, compute);
+  stream_vocabulary(
+      model, compute, n, chunk, target,
+      [&](int64_t v0, int64_t pv, int64_t r0, int64_t rows, const kernels::PanelBuffer& pb) {
+        rows_h.logits(r0, rows, pv, pb, logits.data());
+        kernels::lse_update_rows(logits.data(), rows, pv, v0, target + r0, m.data() + r0,
+                                 s.data() + r0, tl.data() + r0);
+      });
   for (int64_t r = 0; r < n; ++r) nll[r] = double(m[r]) + std::log(s[r]) - double(tl[r]);
 }
 
 void lm_head_kl(const Model& model, const float* h_ref, const float* h, int64_t n,
                 const int32_t* target, kernels::Compute compute, kernels::KlRow* out) {
-  const WeightView& W = model.output();
-  const int64_t V = W.rows, d = W.cols;
-  check_targets(target, n, V);
-  const int64_t panel = std::min<int64_t>(2048, V);
   const int64_t chunk = 512;  // two logits blocks of 4 MB
   std::vector<kernels::KlState> st(static_cast<size_t>(n));
-  const size_t block = static_cast<size_t>(std::min(chunk, n) * panel);
+  const size_t block =
+      static_cast<size_t>(std::min(chunk, n) * std::min(kVocabPanel, model.output().rows));
   std::vector<float> la(block), lb(block);
-  kernels::PanelBuffer pb;
-  kernels::RowsBf16 a16, b16;
-  const bool bf16 = compute == kernels::Compute::kBF16;
-  if (bf16) {
-    kernels::rows_to_bf16(h_ref, n, d, d, a16);
-    kernels::rows_to_bf16(h, n, d, d, b16);
-  }
-  for (int64_t v0 = 0; v0 < V; v0 += panel) {
-    const int64_t pv = std::min(panel, V - v0);
-    kernels::decode_panel(W, v0, pv, compute, pb);
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-      const int64_t rows = std::min(chunk, n - r0);
-      panel_logits(compute, rows, pv, d, h_ref, a16, r0, pb, la.data());
-      panel_logits(compute, rows, pv, d, h, b16, r0, pb, lb.data());
-      kernels::kl_update_rows(la.data(), lb.data(), rows, pv, v0, target + r0, st.data() + r0);
-    }
-  }
+  const int64_t d = model.output().cols;
+  const HeadRows ref(h_ref, n, d, compute), cur(h, n, d, compute);
+  stream_vocabulary(
+      model, compute, n, chunk, target,
+      [&](int64_t v0, int64_t pv, int64_t r0, int64_t rows, const kernels::PanelBuffer& pb) {
+        ref.logits(r0, rows, pv, pb, la.data());
+        cur.logits(r0, rows, pv, pb, lb.data());
+        kernels::kl_update_rows(la.data(), lb.data(), rows, pv, v0, target + r0, st.data() + r0);
+      });
   for (int64_t r = 0; r < n; ++r) out[r] = kernels::kl_finish(st[r]);
 }
 

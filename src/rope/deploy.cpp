@@ -31,24 +31,21 @@ DeployTarget parse_deploy_target(const std::string& name) {
 }
 
 double vllm_attn_factor(int64_t target_ctx, int64_t orig_ctx) {
-  const double s = double(target_ctx) / double(orig_ctx);
-  return s <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(s) / std::log(double(orig_ctx)));
+  return sqrt_log_attn_factor(double(target_ctx) / double(orig_ctx), orig_ctx);
 }
 
-namespace {
-int64_t orig_of(const RopeScaling& s, int64_t model_ctx) {
-  return s.orig_ctx > 0 ? s.orig_ctx : model_ctx;
-}
-
-// The attention factor the file gives the long set (what export writes as the GGUF's
-// rope.scaling.attn_factor and the config's attention_factor).
-double long_attn(const RopeScaling& s, int64_t model_ctx) {
+double file_attn_factor(const RopeScaling& s, int64_t model_ctx) {
   RopeScaling one = s;
   one.sets = {s.sets.back()};
   one.n_hat = 0;
   const int n_rot = static_cast<int>(2 * s.sets.back().factors.size());
   const int64_t len = std::max<int64_t>(1, rope_made_for_length(s, model_ctx));
   return one.tables(len, n_rot, 10000.0, model_ctx).attn_factor;
+}
+
+namespace {
+int64_t orig_of(const RopeScaling& s, int64_t model_ctx) {
+  return s.orig_ctx > 0 ? s.orig_ctx : model_ctx;
 }
 
 void check_two_sets(const RopeScaling& s, DeployTarget t) {
@@ -77,7 +74,7 @@ RopeScaling deployed_scaling(const RopeScaling& s, DeployTarget target, int64_t 
     const int64_t tgt = s.target_ctx > 0 ? s.target_ctx : made_for;
     d.attn_factor = vllm_attn_factor(tgt, orig);
   } else {
-    d.attn_factor = long_attn(s, model_ctx);
+    d.attn_factor = file_attn_factor(s, model_ctx);
   }
   return d;
 }
@@ -88,8 +85,8 @@ std::vector<std::string> deploy_differences(const RopeScaling& s, DeployTarget t
   if (target == DeployTarget::kLongrope || s.method != RopeMethod::kLongrope) return out;
   const char* name = deploy_target_name(target);
   if (s.sets.size() > 2) {
-    out.push_back(fmt::format("{} holds at most two factor sets; this scaling has {}", name,
-                              s.sets.size()));
+    out.push_back(
+        fmt::format("{} holds at most two factor sets; this scaling has {}", name, s.sets.size()));
     return out;
   }
   const int64_t orig = orig_of(s, model_ctx);
@@ -100,16 +97,17 @@ std::vector<std::string> deploy_differences(const RopeScaling& s, DeployTarget t
         name, s.n_hat));
   if (s.sets.size() == 2) {
     if (s.sets[0].max_len != orig)
-      out.push_back(fmt::format("the short set serves lengths <= {} but {} switches at the "
-                                "original context {}",
-                                s.sets[0].max_len, name, orig));
+      out.push_back(
+          fmt::format("the short set serves lengths <= {} but {} switches at the "
+                      "original context {}",
+                      s.sets[0].max_len, name, orig));
     if (target != DeployTarget::kTransformers)
       out.push_back(fmt::format(
           "{} runs one set for every length, chosen by its context size ({}): the long set "
           "whenever that is above {}",
           name, target == DeployTarget::kVllm ? "max_model_len" : "n_ctx", orig));
   }
-  const double la = long_attn(s, model_ctx);
+  const double la = file_attn_factor(s, model_ctx);
   if (s.sets.size() == 2 && s.sets[0].attn_factor && *s.sets[0].attn_factor != la &&
       target != DeployTarget::kVllm)
     out.push_back(fmt::format(

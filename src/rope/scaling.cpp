@@ -22,11 +22,6 @@ bool finite_at_least(double x, double lo) {
   return std::isfinite(x) && x >= lo;
 }
 
-// YaRN / LongRoPE "yarn" attention factor m(s, x) = 0.1 x ln s + 1 (1 for s <= 1).
-double yarn_mscale(double s, double x) {
-  return s <= 1.0 ? 1.0 : 0.1 * x * std::log(s) + 1.0;
-}
-
 bool needs_factor(RopeMethod m) {
   return m == RopeMethod::kLinear || m == RopeMethod::kNtk || m == RopeMethod::kDynamic ||
          m == RopeMethod::kYarn || m == RopeMethod::kLlama3;
@@ -98,6 +93,15 @@ std::string fmt_num(double x) {
 }
 
 }  // namespace
+
+// YaRN / LongRoPE "yarn" attention factor m(s, x) = 0.1 x ln s + 1 (1 for s <= 1).
+double yarn_mscale(double s, double x) {
+  return s <= 1.0 ? 1.0 : 0.1 * x * std::log(s) + 1.0;
+}
+
+double sqrt_log_attn_factor(double s, int64_t orig_ctx) {
+  return s <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(s) / std::log(static_cast<double>(orig_ctx)));
+}
 
 std::vector<double> default_inv_freq(int n_rot, double base) {
   if (n_rot <= 0 || n_rot % 2 != 0) {
@@ -247,7 +251,7 @@ RopeTables RopeScaling::tables(int64_t seq_len, int n_rot, double base, int64_t 
           target_ctx > 0 ? static_cast<double>(target_ctx) / static_cast<double>(L) : factor;
       switch (longrope_attn) {
         case LongropeAttn::kSqrtLog:
-          a = s <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(s) / std::log(static_cast<double>(L)));
+          a = sqrt_log_attn_factor(s, L);
           break;
         case LongropeAttn::kYarnLog:
           a = yarn_mscale(s, 1.0);

@@ -30,11 +30,6 @@ void check_factors(const RopeScaling& f, int n_rot) {
   if (n_rot > 0) f.validate(n_rot);
 }
 
-double resolved_attn(const RopeScaling& f) {
-  const int n_rot = static_cast<int>(2 * f.sets.back().factors.size());
-  return f.tables(f.target_ctx, n_rot, 10000.0, f.orig_ctx).attn_factor;
-}
-
 std::vector<uint8_t> f32_bytes(const std::vector<double>& v) {
   std::vector<uint8_t> out(v.size() * 4);
   for (size_t i = 0; i < v.size(); ++i) {
@@ -92,7 +87,8 @@ void set_gguf_factors(GgufWriter& w, const ModelFile& mf, const RopeScaling& sea
   }
   w.set_u32(a + "context_length", static_cast<uint32_t>(factors.target_ctx));
   w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(factors.orig_ctx));
-  w.set_f32(a + "rope.scaling.attn_factor", static_cast<float>(resolved_attn(factors)));
+  w.set_f32(a + "rope.scaling.attn_factor",
+            static_cast<float>(file_attn_factor(factors, factors.orig_ctx)));
   if (factors.n_hat > 0) w.set_u32("longrope.n_hat", static_cast<uint32_t>(factors.n_hat));
   if (factors.sets.size() == 2 && factors.sets[0].max_len != factors.orig_ctx)
     w.set_u32("longrope.short_max_len", static_cast<uint32_t>(factors.sets[0].max_len));
@@ -162,7 +158,7 @@ nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling&
       {"long_factor", lng},
       {"original_max_position_embeddings", factors.orig_ctx},
       {"factor", static_cast<double>(factors.target_ctx) / static_cast<double>(factors.orig_ctx)},
-      {"attention_factor", resolved_attn(factors)}};
+      {"attention_factor", file_attn_factor(factors, factors.orig_ctx)}};
   // Start tokens: longrope reads the key back; transformers ignores it (with a warning).
   if (factors.n_hat > 0) out["rope_scaling"]["n_hat"] = factors.n_hat;
   out["max_position_embeddings"] = factors.target_ctx;

@@ -421,8 +421,7 @@ std::vector<double> default_attn_candidates(int64_t orig_ctx, int64_t target_ctx
   // 0.1 ln s + 1) run exactly. Sorted: crossover takes the index between its parents'.
   std::vector<double> out;
   for (int k = 14; k <= 22; ++k) out.push_back(k / 20.0);
-  for (double a : {std::sqrt(1.0 + std::log(s) / std::log(static_cast<double>(orig_ctx))),
-                   0.1 * std::log(s) + 1.0}) {
+  for (double a : {sqrt_log_attn_factor(s, orig_ctx), yarn_mscale(s)}) {
     bool near = false;
     for (double& x : out)
       if (std::abs(x - a) < 1e-9) near = true;
