@@ -43,7 +43,7 @@ TEST(Deploy, WhichSetStartTokensAndAttentionFactor) {
     double attn;
   };
   for (const Case& c : {
-           Case{DeployTarget::kLlamaCpp, 256, 0, lng, 1.125},  // n_ctx = the file's 2048
+           Case{DeployTarget::kLlamaCpp, 256, 0, lng, 1.125},     // n_ctx = the file's 2048
            Case{DeployTarget::kLlamaCpp, 256, 512, shrt, 1.125},  // -c 512: the short set
            Case{DeployTarget::kLlamaCpp, 1024, 1024, lng, 1.125},
            Case{DeployTarget::kTransformers, 256, 0, shrt, 1.125},  // by the sequence

@@ -92,10 +92,11 @@ TEST(EvalKl, SweepReportsKlUpToTheTrainedContext) {
     const int64_t len = c["length"];
     const std::string label = c["label"];
     // Perplexity as without --kl-divergence.
-    const auto r = perplexity(*model, toks, len, 2, eval_scaling(run.methods[label == "none" ? 0
-                                                                  : label == "linear" ? 1
-                                                                                      : 2],
-                                                                  *model, len, cfg.scale),
+    const auto r = perplexity(*model, toks, len, 2,
+                              eval_scaling(run.methods[label == "none"     ? 0
+                                                       : label == "linear" ? 1
+                                                                           : 2],
+                                           *model, len, cfg.scale),
                               2);
     EXPECT_NEAR(c["ppl"].get<double>(), r.ppl, 1e-5 * r.ppl) << c.dump();
     if (len > 512) {
@@ -141,13 +142,14 @@ TEST(EvalKl, CliFlag) {
   LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
   const fs::path dir = test::fresh_temp_dir("eval_kl_cli");
   std::string out;
-  ASSERT_EQ(test::run_command(test::cli_path().string() + " eval -m " +
-                                  test::stories_gguf().string() + " -f " +
-                                  test::shared_text("pride_and_prejudice.txt").string() +
-                                  " --lengths 256 --methods none,ntk --rope-factor 2 -t 1 "
-                                  "--kl-divergence --no-progress -o " + dir.string(),
-                              &out),
-            0)
+  ASSERT_EQ(
+      test::run_command(test::cli_path().string() + " eval -m " + test::stories_gguf().string() +
+                            " -f " + test::shared_text("pride_and_prejudice.txt").string() +
+                            " --lengths 256 --methods none,ntk --rope-factor 2 -t 1 "
+                            "--kl-divergence --no-progress -o " +
+                            dir.string(),
+                        &out),
+      0)
       << out;
   EXPECT_NE(out.find("99th percentile"), std::string::npos) << out;
   EXPECT_TRUE(fs::exists(dir / "kl.csv"));

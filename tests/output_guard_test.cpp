@@ -23,12 +23,14 @@ TEST(OutputGuard, SameFileThroughAnyPath) {
   for (const char* out : {"in.txt", "hard.txt", "sym.txt", "./in.txt"}) {
     const std::string o = (d / out).string();
     test::expect_error(
-        [&] { refuse_output_over_inputs("cmd", o, {"", (d / "in.txt").string()}); },
+        [&] {
+          refuse_output_over_inputs("cmd", o, {"", (d / "in.txt").string()});
+        },
         {"cmd: the output", "is the input", "nothing was written"});
   }
-  EXPECT_THROW(refuse_output_over_inputs("cmd", (d / "hard.txt").string(),
-                                         {(d / "in.txt").string()}),
-               OutputRefused);
+  EXPECT_THROW(
+      refuse_output_over_inputs("cmd", (d / "hard.txt").string(), {(d / "in.txt").string()}),
+      OutputRefused);
   refuse_output_over_inputs("cmd", (d / "new.txt").string(), {(d / "in.txt").string()});
   refuse_existing_state("cmd", (d / "none.ckpt").string(), false, false);
   EXPECT_THROW(refuse_existing_state("cmd", (d / "in.txt").string(), false, false), OutputRefused);

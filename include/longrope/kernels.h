@@ -159,8 +159,8 @@ struct KlState {
   float target_b = 0;
 };
 struct KlRow {
-  double kl = 0;        // KL(P || Q), nats
-  double nll = 0;       // -log Q(target)
+  double kl = 0;   // KL(P || Q), nats
+  double nll = 0;  // -log Q(target)
   bool same_top = false;
 };
 void kl_update_rows(const float* a, const float* b, int64_t n, int64_t width, int64_t v0,

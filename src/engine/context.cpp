@@ -75,13 +75,11 @@ void check_finite_losses(const Model& model, std::span<const int32_t> tokens,
                          const std::vector<int64_t>& pos, const std::vector<double>& nll) {
   for (size_t r = 0; r < nll.size(); ++r) {
     if (std::isfinite(nll[r])) continue;
-    const int at =
-        engine::first_nonfinite_at(model, tokens.data(), pos[r] + 1, tables, compute);
+    const int at = engine::first_nonfinite_at(model, tokens.data(), pos[r] + 1, tables, compute);
     throw Error(fmt::format(
         "the loss of token {} of {} is {} (non-finite); the first non-finite values appear in {} "
         "(expected finite weights and RoPE tables: check the model file)",
-        pos[r] + 1, tokens.size(), nll[r],
-        engine::nonfinite_where(at, model.hp().n_layer)));
+        pos[r] + 1, tokens.size(), nll[r], engine::nonfinite_where(at, model.hp().n_layer)));
   }
 }
 

@@ -134,119 +134,118 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   const bool kl = cfg.kl_divergence;
   const int64_t trained = model.hp().n_ctx_train;
   auto reference = std::make_shared<ReferenceStates>();
-  plan.compute_cell =
-      [&model, scalings, texts, needles, docs, n_threads, weight, kl, trained, reference,
-       methods = plan.methods,
-       lengths = plan.lengths, keys = plan.keys, fitness = cfg.fitness](
-          size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
-          const nlohmann::json& /*prefix: perplexity cells have no units*/) {
-        const bool mix = fitness == "mix", needle = mix || fitness == "needle";
-        const EvalMethod& m = methods[mi];
-        const int64_t len = lengths[li];
-        const RopeScaling& scaling = (*scalings)[mi][li];
-        const int64_t n = int64_t(texts->size());
-        double nll_sum = 0, seconds = 0;
-        int64_t tokens = 0;
-        std::vector<double> text_ppl, window_ppl;  // window_ppl: every window of every text
-        MixedNll mixed;                            // mix: over every text
-        KlCell kl_cell;                            // --kl-divergence
-        for (int64_t ti = 0; ti < n; ++ti) {
-          if (needle) {  // the answers of the needle windows only, or (mix) every token
-            const NeedleWindows& nws = (*needles)[size_t(ti)][li];
-            ScoreOptions so;
-            so.n_threads = n_threads;
-            const double t0 = omp_get_wtime();
-            MixedNll text_mix;
-            const WindowLoop loop = score_windows(
-                model, nws.tokens, scaling, so,
-                [&](size_t k, const std::vector<double>& nll) {
-                  if (mix) {
-                    MixedNll w;
-                    w.add(nll, nws.positions[k]);
-                    window_ppl.push_back(w.fitness(weight));
-                    text_mix.add(w);
-                  } else {
-                    double s = 0;
-                    for (double x : nll) s += x;
-                    window_ppl.push_back(std::exp(s / double(nll.size())));
-                  }
-                  if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
-                },
-                {}, mix ? nullptr : &nws.positions);
-            nll_sum += loop.nll_sum;
-            tokens += loop.tokens;
-            seconds += omp_get_wtime() - t0;
-            text_ppl.push_back(mix ? text_mix.fitness(weight) : loop.ppl());
-            mixed.add(text_mix);
-            continue;
-          }
-          if (kl && len <= trained) {  // plain windows against the unscaled model's
-            if (reference->length != len) *reference = ReferenceStates{len, {}};
-            if (reference->states.size() <= size_t(ti)) reference->states.resize(size_t(ti) + 1);
-            auto& ref = reference->states[size_t(ti)];
-            const auto windows =
-                make_windows((*texts)[size_t(ti)], model.tokenizer().bos(), len, docs);
-            ScoreOptions so;
-            so.n_threads = n_threads;
-            const double t0 = omp_get_wtime();
-            double text_nll = 0;
-            int64_t text_tokens = 0;
-            for (size_t k = 0; k < windows.size(); ++k) {
-              if (ref.size() <= k) ref.push_back(window_states(model, windows[k], RopeScaling{}, so));
-              const WindowKl w = score_window_kl(model, windows[k], scaling, ref[k], so);
-              double ws = 0;
-              for (double x : w.nll) ws += x;
-              text_nll += ws;
-              text_tokens += int64_t(w.nll.size());
-              window_ppl.push_back(std::exp(ws / double(w.nll.size())));
-              kl_cell.add(w);
+  plan.compute_cell = [&model, scalings, texts, needles, docs, n_threads, weight, kl, trained,
+                       reference, methods = plan.methods, lengths = plan.lengths, keys = plan.keys,
+                       fitness = cfg.fitness](
+                          size_t mi, size_t li,
+                          const std::function<void(double, const std::string&)>& progress,
+                          const nlohmann::json& /*prefix: perplexity cells have no units*/) {
+    const bool mix = fitness == "mix", needle = mix || fitness == "needle";
+    const EvalMethod& m = methods[mi];
+    const int64_t len = lengths[li];
+    const RopeScaling& scaling = (*scalings)[mi][li];
+    const int64_t n = int64_t(texts->size());
+    double nll_sum = 0, seconds = 0;
+    int64_t tokens = 0;
+    std::vector<double> text_ppl, window_ppl;  // window_ppl: every window of every text
+    MixedNll mixed;                            // mix: over every text
+    KlCell kl_cell;                            // --kl-divergence
+    for (int64_t ti = 0; ti < n; ++ti) {
+      if (needle) {  // the answers of the needle windows only, or (mix) every token
+        const NeedleWindows& nws = (*needles)[size_t(ti)][li];
+        ScoreOptions so;
+        so.n_threads = n_threads;
+        const double t0 = omp_get_wtime();
+        MixedNll text_mix;
+        const WindowLoop loop = score_windows(
+            model, nws.tokens, scaling, so,
+            [&](size_t k, const std::vector<double>& nll) {
+              if (mix) {
+                MixedNll w;
+                w.add(nll, nws.positions[k]);
+                window_ppl.push_back(w.fitness(weight));
+                text_mix.add(w);
+              } else {
+                double s = 0;
+                for (double x : nll) s += x;
+                window_ppl.push_back(std::exp(s / double(nll.size())));
+              }
               if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
-            }
-            nll_sum += text_nll;
-            tokens += text_tokens;
-            seconds += omp_get_wtime() - t0;
-            text_ppl.push_back(std::exp(text_nll / double(text_tokens)));
-            continue;
-          }
-          const PerplexityResult r =
-              perplexity(model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
-                         [&](int64_t done, int64_t, double) {
-                           if (progress) progress(double(ti * docs + done) / double(n * docs), "");
-                         });
-          nll_sum += r.mean_nll * double(r.tokens);
-          tokens += r.tokens;
-          seconds += r.seconds;
-          text_ppl.push_back(r.ppl);
-          window_ppl.insert(window_ppl.end(), r.window_ppl.begin(), r.window_ppl.end());
+            },
+            {}, mix ? nullptr : &nws.positions);
+        nll_sum += loop.nll_sum;
+        tokens += loop.tokens;
+        seconds += omp_get_wtime() - t0;
+        text_ppl.push_back(mix ? text_mix.fitness(weight) : loop.ppl());
+        mixed.add(text_mix);
+        continue;
+      }
+      if (kl && len <= trained) {  // plain windows against the unscaled model's
+        if (reference->length != len) *reference = ReferenceStates{len, {}};
+        if (reference->states.size() <= size_t(ti)) reference->states.resize(size_t(ti) + 1);
+        auto& ref = reference->states[size_t(ti)];
+        const auto windows = make_windows((*texts)[size_t(ti)], model.tokenizer().bos(), len, docs);
+        ScoreOptions so;
+        so.n_threads = n_threads;
+        const double t0 = omp_get_wtime();
+        double text_nll = 0;
+        int64_t text_tokens = 0;
+        for (size_t k = 0; k < windows.size(); ++k) {
+          if (ref.size() <= k) ref.push_back(window_states(model, windows[k], RopeScaling{}, so));
+          const WindowKl w = score_window_kl(model, windows[k], scaling, ref[k], so);
+          double ws = 0;
+          for (double x : w.nll) ws += x;
+          text_nll += ws;
+          text_tokens += int64_t(w.nll.size());
+          window_ppl.push_back(std::exp(ws / double(w.nll.size())));
+          kl_cell.add(w);
+          if (progress) progress(double(ti * docs + int64_t(k) + 1) / double(n * docs), "");
         }
-        // mix: the cell's value is the mixed fitness; its two parts are kept beside it.
-        const double mean_nll = mix ? std::log(mixed.fitness(weight)) : nll_sum / double(tokens);
-        nlohmann::json cell = nlohmann::json{{"method", m.spec},
-                                             {"label", m.label},
-                                             {"length", len},
-                                             {"key", keys[mi]},
-                                             {"docs", docs},
-                                             {"fitness", fitness},
-                                             {"ppl", std::exp(mean_nll)},
-                                             {"mean_nll", mean_nll},
-                                             {"tokens", tokens},
-                                             {"text_ppl", text_ppl},
-                                             {"seconds", seconds},
-                                             {"rope", scaling.describe()},
-                                             {"factor", scaling.factor},
-                                             {"window_ppl", window_ppl}};
-        // The spread over windows (the error bars of the plot), when there is more than one.
-        if (mix) {
-          cell["all_ppl"] = std::exp(mixed.all_sum / double(mixed.all));
-          cell["needle_ppl"] = std::exp(mixed.answer_sum / double(mixed.answers));
-        }
-        if (!kl_cell.kl.empty()) kl_cell.write(cell);
-        if (window_ppl.size() > 1) {
-          cell["ppl_min"] = *std::min_element(window_ppl.begin(), window_ppl.end());
-          cell["ppl_max"] = *std::max_element(window_ppl.begin(), window_ppl.end());
-        }
-        return cell;
-      };
+        nll_sum += text_nll;
+        tokens += text_tokens;
+        seconds += omp_get_wtime() - t0;
+        text_ppl.push_back(std::exp(text_nll / double(text_tokens)));
+        continue;
+      }
+      const PerplexityResult r =
+          perplexity(model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
+                     [&](int64_t done, int64_t, double) {
+                       if (progress) progress(double(ti * docs + done) / double(n * docs), "");
+                     });
+      nll_sum += r.mean_nll * double(r.tokens);
+      tokens += r.tokens;
+      seconds += r.seconds;
+      text_ppl.push_back(r.ppl);
+      window_ppl.insert(window_ppl.end(), r.window_ppl.begin(), r.window_ppl.end());
+    }
+    // mix: the cell's value is the mixed fitness; its two parts are kept beside it.
+    const double mean_nll = mix ? std::log(mixed.fitness(weight)) : nll_sum / double(tokens);
+    nlohmann::json cell = nlohmann::json{{"method", m.spec},
+                                         {"label", m.label},
+                                         {"length", len},
+                                         {"key", keys[mi]},
+                                         {"docs", docs},
+                                         {"fitness", fitness},
+                                         {"ppl", std::exp(mean_nll)},
+                                         {"mean_nll", mean_nll},
+                                         {"tokens", tokens},
+                                         {"text_ppl", text_ppl},
+                                         {"seconds", seconds},
+                                         {"rope", scaling.describe()},
+                                         {"factor", scaling.factor},
+                                         {"window_ppl", window_ppl}};
+    // The spread over windows (the error bars of the plot), when there is more than one.
+    if (mix) {
+      cell["all_ppl"] = std::exp(mixed.all_sum / double(mixed.all));
+      cell["needle_ppl"] = std::exp(mixed.answer_sum / double(mixed.answers));
+    }
+    if (!kl_cell.kl.empty()) kl_cell.write(cell);
+    if (window_ppl.size() > 1) {
+      cell["ppl_min"] = *std::min_element(window_ppl.begin(), window_ppl.end());
+      cell["ppl_max"] = *std::max_element(window_ppl.begin(), window_ppl.end());
+    }
+    return cell;
+  };
   return plan;
 }
 
@@ -292,10 +291,9 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
     if (!c.contains("kl_mean")) continue;
     csv += fmt::format("{},{},{:.6f},{:.8f},{:.8f},{:.8f},{:.8f},{:.8f},{:.6f}\n",
                        c["label"].get<std::string>(), c["length"].get<int64_t>(),
-                       c["ppl"].get<double>(), c["kl_mean"].get<double>(),
-                       c["kl_lo"].get<double>(), c["kl_hi"].get<double>(),
-                       c["kl_p99"].get<double>(), c["kl_max"].get<double>(),
-                       c["same_top"].get<double>());
+                       c["ppl"].get<double>(), c["kl_mean"].get<double>(), c["kl_lo"].get<double>(),
+                       c["kl_hi"].get<double>(), c["kl_p99"].get<double>(),
+                       c["kl_max"].get<double>(), c["same_top"].get<double>());
   }
   write_file_atomically(cfg.out_dir + "/kl.csv", csv);
   return md;

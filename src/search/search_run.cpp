@@ -62,22 +62,25 @@ void restrict_to_deployment(const SearchRunConfig& c, int64_t orig, SearchSpace&
   const char* name = deploy_target_name(c.deploy);
   for (int64_t n : c.n_hat)
     if (n != 0)
-      throw Error(fmt::format("search: {} has no start tokens: --n-hat {} cannot run there "
-                              "(expected --n-hat 0, or --deploy longrope)",
-                              name, n));
+      throw Error(
+          fmt::format("search: {} has no start tokens: --n-hat {} cannot run there "
+                      "(expected --n-hat 0, or --deploy longrope)",
+                      name, n));
   sp.n_hat_candidates = {0};
   if (c.short_ctx && *c.short_ctx != orig)
-    throw Error(fmt::format("search: {} switches to the short set at the original context {}: "
-                            "--short-ctx {} cannot run there (expected --short-ctx {})",
-                            name, orig, *c.short_ctx, orig));
+    throw Error(
+        fmt::format("search: {} switches to the short set at the original context {}: "
+                    "--short-ctx {} cannot run there (expected --short-ctx {})",
+                    name, orig, *c.short_ctx, orig));
   if (c.deploy != DeployTarget::kVllm) return;
   const double a = vllm_attn_factor(sp.target_ctx, orig);
   auto other = [a](double x) { return std::abs(x - a) > 1e-9; };
   if ((c.attn_factor && other(*c.attn_factor)) ||
       std::any_of(c.attn_candidates.begin(), c.attn_candidates.end(), other))
-    throw Error(fmt::format("search: vllm computes the attention factor itself ({:.6g} at this "
-                            "target): --attn-factor and --attn-candidates cannot change it",
-                            a));
+    throw Error(
+        fmt::format("search: vllm computes the attention factor itself ({:.6g} at this "
+                    "target): --attn-factor and --attn-candidates cannot change it",
+                    a));
   sp.attn_candidates = {a};
 }
 

@@ -293,8 +293,8 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   std::vector<std::string> inputs = c.texts;
   inputs.push_back(c.model_path);
   inputs.insert(inputs.end(), c.other_inputs.begin(), c.other_inputs.end());
-  for (const std::string& path : {c.output, state_path, log_path, base + ".loss.svg",
-                                  base + ".loss.png", c.hf_dir})
+  for (const std::string& path :
+       {c.output, state_path, log_path, base + ".loss.svg", base + ".loss.png", c.hf_dir})
     refuse_output_over_inputs("finetune", path, inputs);
   refuse_existing_state("finetune", state_path, c.resume, c.overwrite);
   if (!c.output.empty()) check_writable(c.output);
