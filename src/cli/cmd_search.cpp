@@ -27,6 +27,7 @@ struct SearchArgs {
   std::string compute = "auto";
   std::string critical_dim = "off";
   std::string deploy = "longrope";
+  std::vector<std::string> objectives;  // --fitness split once (split_fitness)
 };
 
 // --budget: a number with an optional unit (s, m, h); throws Error with one line.
@@ -62,7 +63,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
   for (const std::string& w : run.warnings()) fmt::print(stderr, "warning: {}\n", w);
   std::unique_ptr<Progress> bar;
   std::string phase;
-  const std::vector<std::string> objectives = split_fitness(cfg.fitness);
+  const std::vector<std::string>& objectives = a.objectives;
   const bool multi = objectives.size() > 1;
   const double t0 = wall_seconds();
   const StopOnSignal stop_on_signal;  // Ctrl-C: save the checkpoint, then exit 130
@@ -339,7 +340,8 @@ Runner register_search(CLI::App& app) {
     cfg.n_threads = resolve_threads(cfg.n_threads);
     try {
       if (!a->budget.empty()) cfg.budget_seconds = parse_budget(a->budget);
-      const std::vector<std::string> objectives = split_fitness(cfg.fitness);
+      a->objectives = split_fitness(cfg.fitness);
+      const std::vector<std::string>& objectives = a->objectives;
       cfg.settings.objectives = static_cast<int>(objectives.size());
       if (objectives.size() > 1) {
         parse_pick(cfg.pick, objectives);  // seed names are checked once the space is known
