@@ -86,6 +86,44 @@ TEST(EngineStories, IncrementalDecodeMatchesWholeWindow) {
   }
 }
 
+// A window scored in two steps (the second continuing from the first's keys and values of every
+// layer) gives the NLLs of scoring it whole, and a stop after the first step gives exactly the
+// first values of the whole result.
+TEST(EngineStories, StagedWindowContinuesFromTheFirstStepsCache) {
+  LONGROPE_REQUIRE_FILE(stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
+  auto m = Model::load(stories_gguf().string());
+  const auto text = normalize_newlines(slurp(test::shared_text("moby-dick.txt")));
+  const auto ids = m->tokenizer().encode(text.substr(0, 20000));
+  const auto w = make_windows(ids, m->tokenizer().bos(), 1024, 1).at(0);
+  RopeScaling yarn;  // beyond the trained 512 tokens
+  yarn.method = RopeMethod::kYarn;
+  yarn.factor = 2.0;
+  ScoreOptions so;
+  so.compute = kernels::Compute::kF32;  // the property is the cache, not bf16 rounding
+  const auto whole = score_window(*m, w, yarn, so);
+  size_t seen = 0;
+  const auto staged = score_window_staged(*m, w, yarn, so, 700, [&](const std::vector<double>& p) {
+    seen = p.size();
+    return true;
+  });
+  EXPECT_EQ(seen, 700u);  // positions 0..699: the last predicts token 700
+  ASSERT_EQ(staged.size(), whole.size());
+  // Same FP32 arithmetic in another order (the second step's rows are other GEMM blocks): the
+  // bound of IncrementalDecodeMatchesWholeWindow.
+  for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(staged[i], whole[i], 1e-4) << "token " << i;
+  const auto stopped =
+      score_window_staged(*m, w, yarn, so, 700, [](const std::vector<double>&) { return false; });
+  ASSERT_EQ(stopped.size(), 700u);
+  for (size_t i = 0; i < stopped.size(); ++i) EXPECT_EQ(stopped[i], staged[i]) << "token " << i;
+  // Every position or nothing; a first step that leaves a second one.
+  so.positions = {3, 4};
+  EXPECT_THROW(score_window_staged(*m, w, yarn, so, 700, [](auto&) { return true; }), Error);
+  so.positions.clear();
+  EXPECT_THROW(score_window_staged(*m, w, yarn, so, 1023, [](auto&) { return true; }), Error);
+  EXPECT_THROW(score_window_staged(*m, w, yarn, so, 0, [](auto&) { return true; }), Error);
+}
+
 // Golden perplexities from the independent reference (shared/golden/ppl_stories260k.json), in both
 // compute modes. Tolerances from the measured agreement with a margin (see each constant). n_hat 5
 // instead of 4 in the longrope case moves its perplexity by 3.5e-3 (77.0293 -> 76.7583): f32

@@ -106,6 +106,19 @@ struct ScoreOptions {
 std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
                                  const RopeScaling& scaling, const ScoreOptions& opts = {});
 
+// score_window in two steps, for a search that can stop a window early: first tokens
+// [0, prefix) through every layer, giving the NLLs of positions [0, prefix) (the last one is of
+// tokens[prefix]); then, when go_on(those NLLs) returns true, the rest of the window continues
+// from the first step's keys and values of every layer (nothing is computed twice). Returns the
+// NLLs of positions [0, prefix) when stopped, else of all n - 1 positions. Both steps use the
+// whole window's rotary tables, so the first step's NLLs are exactly the first values of the whole
+// result. Every position is scored (opts.positions must be empty); the keys and values of every
+// layer are kept (n_layer times score_window's cache).
+std::vector<double> score_window_staged(
+    const Model& model, std::span<const int32_t> tokens, const RopeScaling& scaling,
+    const ScoreOptions& opts, int64_t prefix,
+    const std::function<bool(const std::vector<double>&)>& go_on);
+
 // The final hidden states of a window through the output norm, at the scored positions of
 // opts (all i = 0..n-2 when empty), one row of n_embd floats each: what the LM head sees. Kept to
 // compare several scalings against one reference (score_window_kl) without running it again.

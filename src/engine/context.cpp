@@ -50,23 +50,28 @@ std::vector<int64_t> scored_positions(const ScoreOptions& opts, int64_t n) {
   return pos;
 }
 
-// Runs the window through every layer and gathers the final-normed rows of `pos` densely.
-std::vector<float> normed_rows(const Model& model, std::span<const int32_t> tokens,
-                               const RopeTables& tables, const ScoreOptions& opts,
-                               const std::vector<int64_t>& pos, PhaseStats& st) {
+// The final-normed rows of `pos` (positions relative to the rows of x) gathered densely.
+std::vector<float> gather_normed(const Model& model, const float* x,
+                                 const std::vector<int64_t>& pos) {
   const HParams& hp = model.hp();
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  engine::KvStorage kv(hp, n, 1, opts.compute);
-  engine::Workspace ws;
-  engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st, nullptr,
-                         opts.on_layer);
   const int64_t d = hp.n_embd, m = static_cast<int64_t>(pos.size());
   std::vector<float> h(static_cast<size_t>(m * d));
 #pragma omp parallel for schedule(static) if (m > 64)
   for (int64_t r = 0; r < m; ++r)
-    kernels::rmsnorm(ws.x.data() + pos[r] * d, model.output_norm(), h.data() + r * d, 1, d,
-                     hp.norm_eps);
+    kernels::rmsnorm(x + pos[r] * d, model.output_norm(), h.data() + r * d, 1, d, hp.norm_eps);
   return h;
+}
+
+// Runs the window through every layer and gathers the final-normed rows of `pos` densely.
+std::vector<float> normed_rows(const Model& model, std::span<const int32_t> tokens,
+                               const RopeTables& tables, const ScoreOptions& opts,
+                               const std::vector<int64_t>& pos, PhaseStats& st) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  engine::KvStorage kv(model.hp(), n, 1, opts.compute);
+  engine::Workspace ws;
+  engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st, nullptr,
+                         opts.on_layer);
+  return gather_normed(model, ws.x.data(), pos);
 }
 
 // One line naming where a non-finite loss first appears (a checked pass of the prefix).
@@ -88,6 +93,22 @@ std::vector<int32_t> targets_of(std::span<const int32_t> tokens, const std::vect
   for (size_t r = 0; r < pos.size(); ++r) target[r] = tokens[pos[r] + 1];
   return target;
 }
+
+// The NLLs of the rows h (final-normed, one per position of `pos`) of the window `tokens`.
+std::vector<double> head_nll(const Model& model, std::span<const int32_t> tokens,
+                             const RopeTables& tables, kernels::Compute compute,
+                             const std::vector<int64_t>& pos, const std::vector<float>& h,
+                             PhaseStats& st) {
+  const double t0 = omp_get_wtime();
+  const int64_t m = static_cast<int64_t>(pos.size());
+  const std::vector<int32_t> target = targets_of(tokens, pos);
+  std::vector<double> nll(static_cast<size_t>(m));
+  engine::lm_head_nll(model, h.data(), m, target.data(), compute, nll.data());
+  check_finite_losses(model, tokens, tables, compute, pos, nll);
+  st.lm_head_seconds += omp_get_wtime() - t0;
+  st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(model.hp().n_embd);
+  return nll;
+}
 }  // namespace
 
 std::vector<double> score_window(const Model& model, std::span<const int32_t> tokens,
@@ -98,14 +119,47 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   const RopeTables tables = tables_for(model, scaling, n);
   PhaseStats st;
   const std::vector<float> h = normed_rows(model, tokens, tables, opts, pos, st);
-  const double t0 = omp_get_wtime();
-  const int64_t m = static_cast<int64_t>(pos.size());
-  const std::vector<int32_t> target = targets_of(tokens, pos);
-  std::vector<double> nll(static_cast<size_t>(m));
-  engine::lm_head_nll(model, h.data(), m, target.data(), opts.compute, nll.data());
-  check_finite_losses(model, tokens, tables, opts.compute, pos, nll);
-  st.lm_head_seconds += omp_get_wtime() - t0;
-  st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(model.hp().n_embd);
+  std::vector<double> nll = head_nll(model, tokens, tables, opts.compute, pos, h, st);
+  g_last_stats = st;
+  return nll;
+}
+
+std::vector<double> score_window_staged(
+    const Model& model, std::span<const int32_t> tokens, const RopeScaling& scaling,
+    const ScoreOptions& opts, int64_t prefix,
+    const std::function<bool(const std::vector<double>&)>& go_on) {
+  set_threads(opts.n_threads);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (!opts.positions.empty())
+    throw Error("a window scored in two steps scores every position (expected no positions list)");
+  if (prefix < 1 || prefix >= n - 1)
+    throw Error(fmt::format("first step of {} tokens for a window of {} (expected 1 to {})", prefix,
+                            n, n - 2));
+  // The tables of the whole window in both steps: the first step is the start of the same
+  // computation, not a shorter window.
+  const RopeTables tables = tables_for(model, scaling, n);
+  const HParams& hp = model.hp();
+  engine::KvStorage kv(hp, n, hp.n_layer, opts.compute);  // every layer's keys and values
+  engine::Workspace ws;
+  PhaseStats st;
+  std::vector<double> nll;
+  nll.reserve(static_cast<size_t>(n - 1));
+  // Positions [p0, p0 + len) through every layer, then the NLLs of those that have a next token.
+  auto step = [&](int64_t p0, int64_t len) {
+    engine::forward_layers(model, tokens.data() + p0, len, p0, tables, kv.view, ws, &st, nullptr,
+                           opts.on_layer);
+    const int64_t m = std::min(len, n - 1 - p0);
+    std::vector<int64_t> rel(static_cast<size_t>(m)), pos(static_cast<size_t>(m));
+    for (int64_t r = 0; r < m; ++r) {
+      rel[r] = r;
+      pos[r] = p0 + r;
+    }
+    const std::vector<double> part = head_nll(model, tokens, tables, opts.compute, pos,
+                                              gather_normed(model, ws.x.data(), rel), st);
+    nll.insert(nll.end(), part.begin(), part.end());
+  };
+  step(0, prefix);
+  if (go_on(nll)) step(prefix, n - prefix);
   g_last_stats = st;
   return nll;
 }

@@ -23,6 +23,7 @@ FirstStage first_stage(int64_t n, size_t windows, int64_t orig_ctx, int64_t requ
   int64_t tokens = requested > 0
                        ? std::min(requested, n)
                        : (windows > 1 ? n : orig_ctx + std::max<int64_t>(0, n - orig_ctx) / 2);
+  if (tokens >= n - 1) tokens = n;  // a prefix of n - 1 tokens leaves nothing to continue
   // Predictions of tokens at positions >= orig_ctx: NLL indices [orig_ctx - 1, tokens - 1).
   if (orig_ctx < 1 || tokens - 1 <= orig_ctx - 1) return st;
   st.tokens = tokens;
@@ -129,27 +130,36 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return res;
   };
-  std::vector<double> first;  // NLL of window 0 when the first stage scored all of it
-  if (stage_.on() && std::isfinite(reject_above)) {
+  std::vector<double> first;  // NLLs of window 0 when the first stage scored all of it
+  // The stage decides whether the rest is scored; NaN stops (finish throws).
+  auto passes = [&](const std::vector<double>& nll) {
+    r.stage_ppl = stage_ppl_of(nll);
+    if (std::isnan(r.stage_ppl)) return false;
+    r.rejected = std::isfinite(reject_above) && !(r.stage_ppl <= reject_above);
+    return !r.rejected;
+  };
+  // After the stage: a NaN (finish throws) or a cut ends here, with the stage's value.
+  auto stopped = [&] {
+    if (!std::isnan(r.stage_ppl) && !r.rejected) return false;
+    r.ppl = r.stage_ppl;
+    return true;
+  };
+  if (stage_.on() && fs < n) {
+    // A prefix stage: window 0 in two steps, the second continuing from the first's keys and
+    // values, whatever the bound (the fitness is the same bit for bit with or without a cut, and
+    // a child that passes costs one window).
+    first = score_window_staged(*model_, w0, scaling, opts, fs, passes);
+    r.tokens += static_cast<int64_t>(first.size());
+    if (stopped()) return finish(r);
+  } else if (stage_.on() && std::isfinite(reject_above)) {
+    // The stage is window 0 whole (several windows, or scored positions).
     ScoreOptions so = opts;
     if (!positions_.empty() && !mixed()) so.positions = positions_[0];
-    std::vector<double> nll = score_window(
-        *model_, std::span<const int32_t>(w0).first(static_cast<size_t>(fs)), scaling, so);
-    r.tokens += static_cast<int64_t>(nll.size());
-    r.stage_ppl = stage_ppl_of(nll);
-    if (std::isnan(r.stage_ppl)) {
-      r.ppl = r.stage_ppl;
-      return finish(r);  // throws
-    }
-    if (!(r.stage_ppl <= reject_above)) {
-      r.ppl = r.stage_ppl;
-      r.rejected = true;
-      return finish(r);
-    }
-    if (fs == n) first = std::move(nll);
+    first = score_window(*model_, w0, scaling, so);
+    r.tokens += static_cast<int64_t>(first.size());
+    passes(first);
+    if (stopped()) return finish(r);
   }
-  // A prefix of fs tokens scores the same tokens as the start of the whole window (causal
-  // attention; equal up to rounding).
   MixedNll mix;
   const WindowLoop loop = score_windows(
       *model_, windows_, scaling, opts,
