@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "longrope/model.h"
+#include "longrope/perplexity.h"
 #include "longrope/plot.h"
 #include "longrope/rope.h"
 
@@ -146,6 +147,9 @@ struct EvalConfig {
   // trained context, every scored position's next-token distribution is compared with the
   // unscaled model's on the same tokens. Plain windows only (fitness "ppl").
   bool kl_divergence = false;
+  // How windows are cut and scored (include/longrope/perplexity.h); llama.cpp's convention takes
+  // --fitness ppl only.
+  WindowConvention convention = WindowConvention::kLongrope;
 };
 
 // Cell fields: method (spec), label, length, docs, texts, ppl, mean_nll, tokens, seconds, rope

@@ -22,6 +22,32 @@ std::string read_text_file(const std::string& path);
 // reference perplexities; a file with Windows line endings scores the same as its Unix copy).
 std::string normalize_newlines(std::string_view text);
 
+// How windows are cut from a text and which of their tokens are scored.
+//  kLongrope (the default; the LongRoPE papers' convention): the text with "\r\n" and "\r" read as
+//    "\n"; window k = BOS + text tokens [k(L-1), (k+1)(L-1)), every text token scored (L - 1 per
+//    window).
+//  kLlamaCpp (llama-perplexity's): the text bytes as they are; tokens = BOS (only when the
+//    tokenizer adds one: GGUF tokenizer.ggml.add_bos_token) + the text's tokens; window k =
+//    tokens [kL, (k+1)L) with its first token replaced by BOS when the tokenizer adds one; the
+//    predictions at positions L/2 .. L-2 are scored (L - L/2 - 1 per window: the second half).
+enum class WindowConvention { kLongrope, kLlamaCpp };
+const char* window_convention_name(WindowConvention c);  // "longrope", "llama.cpp"
+WindowConvention parse_window_convention(const std::string& name);
+
+// The text as the convention reads it (newlines normalised for kLongrope, untouched otherwise).
+std::string text_for_convention(std::string_view text, WindowConvention c);
+
+// A text's windows under a convention, with the positions each scores (empty = every position).
+struct TextWindows {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<int64_t>> positions;
+};
+// How many text tokens K windows of ctx need under the convention.
+int64_t tokens_needed(WindowConvention c, const Tokenizer& tok, int64_t ctx, int64_t docs);
+// Throws Error (as make_windows) when the text is too short.
+TextWindows cut_windows(WindowConvention c, std::span<const int32_t> text_tokens,
+                        const Tokenizer& tok, int64_t ctx, int64_t docs);
+
 // The K windows (each ctx tokens long, starting with bos). Throws Error when the text has fewer
 // than K*(ctx-1) tokens: a shorter run would silently measure something else.
 std::vector<std::vector<int32_t>> make_windows(std::span<const int32_t> text_tokens, int32_t bos,
@@ -58,11 +84,13 @@ WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32
 // Called after each window with (windows done, windows total, running ppl).
 using ProgressFn = std::function<void(int64_t, int64_t, double)>;
 
-// `within`, when set, receives the windows done as a fraction after every layer (a single window
-// of SmolLM2 at 16k takes over a minute).
+// The windows are cut and scored by `convention` (text_tokens: the tokens of
+// text_for_convention's text, without BOS). `within`, when set, receives the windows done as a
+// fraction after every layer (a single window of SmolLM2 at 16k takes over a minute).
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_tokens, int64_t ctx,
                             int64_t docs, const RopeScaling& scaling, int n_threads = 0,
                             const ProgressFn& progress = {},
-                            const std::function<void(double)>& within = {});
+                            const std::function<void(double)>& within = {},
+                            WindowConvention convention = WindowConvention::kLongrope);
 
 }  // namespace longrope

@@ -21,6 +21,7 @@ struct EvalArgs {
   std::string compute = "auto";
   bool json = false, resume = false, progress = true, kl = false;
   std::string fitness = "ppl";
+  std::string convention = "longrope";
   int needles = 4;
   uint64_t needle_seed = 1234;
   double needle_weight = 0.1;
@@ -76,6 +77,7 @@ Runner register_eval(CLI::App& app) {
                 "also compare each method's next-token distributions with the unscaled model's "
                 "at lengths up to the trained context: mean KL divergence, its 99th percentile and "
                 "the share of positions with the same top token (tables in results.md, kl.csv)");
+  add_convention_flag(cmd, a->convention);
   cmd->add_option("-o,--output", a->out, "output directory (results.*, ppl.png, ppl.svg)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
@@ -99,6 +101,7 @@ Runner register_eval(CLI::App& app) {
     cfg.needle_seed = a->needle_seed;
     cfg.needle_weight = a->needle_weight;
     cfg.kl_divergence = a->kl;
+    cfg.convention = parse_window_convention(a->convention);
     cfg.n_threads = resolve_threads(a->threads);
     const SweepCommand c{.label = "eval",
                          .progress = a->progress,

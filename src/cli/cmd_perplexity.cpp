@@ -20,6 +20,7 @@ struct PerplexityArgs {
   int64_t docs = 1;
   int threads = 0;
   std::string compute = "auto";
+  std::string convention = "longrope";
   bool json = false;
   bool progress = true;
   RopeFlags rope;
@@ -31,7 +32,7 @@ Runner register_perplexity(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "perplexity",
       "Perplexity on long text: window k = BOS + text tokens [k*(CTX-1), (k+1)*(CTX-1)), all CTX-1 "
-      "text tokens scored, ppl = exp(mean NLL)");
+      "text tokens scored, ppl = exp(mean NLL) (--convention llama.cpp: as llama-perplexity)");
   cmd->add_option("-m,--model", args->model,
                   "model: GGUF file, llama2.c checkpoint or HF model folder")
       ->required();
@@ -43,6 +44,7 @@ Runner register_perplexity(CLI::App& app) {
   cmd->add_option("--docs", args->docs, "number of windows K")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 20));
+  add_convention_flag(cmd, args->convention);
   add_threads_option(cmd, args->threads);
   add_compute_flag(cmd, args->compute);
   cmd->add_flag("--json", args->json, "print one JSON object instead of text");
@@ -52,7 +54,8 @@ Runner register_perplexity(CLI::App& app) {
     apply_compute_flag(args->compute);
     auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
     const RopeScaling scaling = resolve_rope_for_length(args->rope, *model, args->ctx);
-    const std::string text = normalize_newlines(read_text_file(args->text));
+    const WindowConvention convention = parse_window_convention(args->convention);
+    const std::string text = text_for_convention(read_text_file(args->text), convention);
     const double t0 = omp_get_wtime();
     const std::vector<int32_t> tokens = model->tokenizer().encode(text);
     fmt::print(stderr, "tokenized {} bytes into {} tokens in {:.2f}s; rope: {}\n", text.size(),
@@ -67,7 +70,7 @@ Runner register_perplexity(CLI::App& app) {
           shown = fmt::format("ppl {:.4f} after {}/{} window(s)", ppl, done, docs);
           bar.update(done * n_layer, shown);
         },
-        [&](double windows) { bar.update(std::llround(windows * n_layer), shown); });
+        [&](double windows) { bar.update(std::llround(windows * n_layer), shown); }, convention);
     bar.finish();
     if (args->json) {
       nlohmann::json j = {{"ppl", r.ppl},
@@ -77,6 +80,7 @@ Runner register_perplexity(CLI::App& app) {
                           {"tokens_per_second", r.tokens_per_second},
                           {"ctx", r.ctx},
                           {"docs", r.docs},
+                          {"convention", args->convention},
                           {"window_ppl", r.window_ppl},
                           {"model", args->model},
                           {"text", args->text},
@@ -84,9 +88,11 @@ Runner register_perplexity(CLI::App& app) {
       fmt::print("{}\n", j.dump());
     } else {
       fmt::print(
-          "ppl = {:.4f}  ({} tokens scored in {} window(s) of {}, {:.2f}s, {:.1f} tok/s, rope "
+          "ppl = {:.4f}  ({} tokens scored in {} window(s) of {}{}, {:.2f}s, {:.1f} tok/s, rope "
           "{})\n",
-          r.ppl, r.tokens, r.docs, r.ctx, r.seconds, r.tokens_per_second, scaling.describe());
+          r.ppl, r.tokens, r.docs, r.ctx,
+          convention == WindowConvention::kLongrope ? "" : ", llama.cpp convention", r.seconds,
+          r.tokens_per_second, scaling.describe());
     }
     return 0;
   };

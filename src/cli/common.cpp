@@ -113,6 +113,16 @@ void add_compute_flag(CLI::App* cmd, std::string& value) {
       ->check(CLI::IsMember({"auto", "f32", "bf16"}));
 }
 
+void add_convention_flag(CLI::App* cmd, std::string& value) {
+  cmd->add_option("--convention", value,
+                  "windows and scored tokens: longrope = BOS + CTX-1 text tokens, every one "
+                  "scored, CRLF read as LF; llama.cpp = llama-perplexity's (chunks of CTX tokens, "
+                  "BOS only where the model adds one, the second half of each chunk scored, the "
+                  "text bytes as they are)")
+      ->default_str("longrope")
+      ->check(CLI::IsMember({"longrope", "llama.cpp"}));
+}
+
 void add_deploy_flag(CLI::App* cmd, std::string& value, const std::string& help) {
   cmd->add_option("--deploy", value, help)
       ->default_str("longrope")

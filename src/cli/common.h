@@ -34,6 +34,9 @@ void add_no_progress_flag(CLI::App* cmd, bool& progress);
 // -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
 // of a host).
 void add_threads_option(CLI::App* cmd, int& threads);
+// --convention longrope|llama.cpp (include/longrope/perplexity.h's WindowConvention): how windows
+// are cut from a text and which tokens are scored.
+void add_convention_flag(CLI::App* cmd, std::string& value);
 // --deploy longrope|llama.cpp|transformers|vllm (where a factors file will run; see
 // DeployTarget), default longrope, with the command's own help text.
 void add_deploy_flag(CLI::App* cmd, std::string& value, const std::string& help);

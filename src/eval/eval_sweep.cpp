@@ -72,6 +72,9 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   if (cfg.kl_divergence && cfg.fitness != "ppl")
     throw Error("--kl-divergence compares plain windows: it takes --fitness ppl, not " +
                 cfg.fitness);
+  if (cfg.convention != WindowConvention::kLongrope && cfg.fitness != "ppl")
+    throw Error(fmt::format("--convention {} scores plain windows: it takes --fitness ppl, not {}",
+                            window_convention_name(cfg.convention), cfg.fitness));
   plan.methods = parse_eval_methods(cfg.methods, model);
   plan.length_major = cfg.kl_divergence;  // one length's reference states kept at a time
   plan.lengths = cfg.lengths;
@@ -90,7 +93,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   // Needle fitness: the windows of each [text][length] and their scored positions.
   auto needles = std::make_shared<std::vector<std::vector<NeedleWindows>>>();
   for (const std::string& p : cfg.text_paths) {
-    texts->push_back(model.tokenizer().encode(normalize_newlines(read_text_file(p))));
+    texts->push_back(
+        model.tokenizer().encode(text_for_convention(read_text_file(p), cfg.convention)));
     if (needle) {
       needles->emplace_back();
       for (int64_t len : cfg.lengths) {
@@ -103,12 +107,14 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
       }
       continue;
     }
-    for (int64_t len : cfg.lengths)
-      if (int64_t(texts->back().size()) < cfg.docs * (len - 1))
+    for (int64_t len : cfg.lengths) {
+      const int64_t need = tokens_needed(cfg.convention, model.tokenizer(), len, cfg.docs);
+      if (int64_t(texts->back().size()) < need)
         throw Error(fmt::format(
             "text {} has {} tokens: too little for {} window(s) of {} (needs {}); use fewer "
             "--docs or shorter --lengths",
-            p, texts->back().size(), cfg.docs, len, cfg.docs * (len - 1)));
+            p, texts->back().size(), cfg.docs, len, need));
+    }
   }
   // Names for people; content fingerprints so that --resume never reuses a cell of another
   // model or text that happens to have the same file name.
@@ -123,6 +129,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   if (needle)  // absent for the perplexity fitness: cells of older results files still match
     key["fitness"] = fitness_json;
   if (cfg.kl_divergence) key["kl_divergence"] = true;  // absent otherwise, as the fitness
+  if (cfg.convention != WindowConvention::kLongrope)   // likewise
+    key["convention"] = window_convention_name(cfg.convention);
   plan.keys = cell_keys(key, plan.methods);
   plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths] {
     return sweep_fingerprint(model, *texts, keys, lengths);
@@ -134,9 +142,10 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   const bool kl = cfg.kl_divergence;
   const int64_t trained = model.hp().n_ctx_train;
   auto reference = std::make_shared<ReferenceStates>();
+  const WindowConvention convention = cfg.convention;
   plan.compute_cell = [&model, scalings, texts, needles, docs, n_threads, weight, kl, trained,
-                       reference, methods = plan.methods, lengths = plan.lengths, keys = plan.keys,
-                       fitness = cfg.fitness](
+                       reference, convention, methods = plan.methods, lengths = plan.lengths,
+                       keys = plan.keys, fitness = cfg.fitness](
                           size_t mi, size_t li,
                           const std::function<void(double, const std::string&)>& progress,
                           const nlohmann::json& /*prefix: perplexity cells have no units*/) {
@@ -184,15 +193,18 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
         if (reference->length != len) *reference = ReferenceStates{len, {}};
         if (reference->states.size() <= size_t(ti)) reference->states.resize(size_t(ti) + 1);
         auto& ref = reference->states[size_t(ti)];
-        const auto windows = make_windows((*texts)[size_t(ti)], model.tokenizer().bos(), len, docs);
+        const TextWindows windows =
+            cut_windows(convention, (*texts)[size_t(ti)], model.tokenizer(), len, docs);
         ScoreOptions so;
         so.n_threads = n_threads;
         const double t0 = omp_get_wtime();
         double text_nll = 0;
         int64_t text_tokens = 0;
-        for (size_t k = 0; k < windows.size(); ++k) {
-          if (ref.size() <= k) ref.push_back(window_states(model, windows[k], RopeScaling{}, so));
-          const WindowKl w = score_window_kl(model, windows[k], scaling, ref[k], so);
+        for (size_t k = 0; k < windows.tokens.size(); ++k) {
+          if (!windows.positions.empty()) so.positions = windows.positions[k];
+          if (ref.size() <= k)
+            ref.push_back(window_states(model, windows.tokens[k], RopeScaling{}, so));
+          const WindowKl w = score_window_kl(model, windows.tokens[k], scaling, ref[k], so);
           double ws = 0;
           for (double x : w.nll) ws += x;
           text_nll += ws;
@@ -207,11 +219,12 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
         text_ppl.push_back(std::exp(text_nll / double(text_tokens)));
         continue;
       }
-      const PerplexityResult r =
-          perplexity(model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
-                     [&](int64_t done, int64_t, double) {
-                       if (progress) progress(double(ti * docs + done) / double(n * docs), "");
-                     });
+      const PerplexityResult r = perplexity(
+          model, (*texts)[size_t(ti)], len, docs, scaling, n_threads,
+          [&](int64_t done, int64_t, double) {
+            if (progress) progress(double(ti * docs + done) / double(n * docs), "");
+          },
+          {}, convention);
       nll_sum += r.mean_nll * double(r.tokens);
       tokens += r.tokens;
       seconds += r.seconds;

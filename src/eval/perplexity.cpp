@@ -40,6 +40,62 @@ std::string normalize_newlines(std::string_view text) {
   return out;
 }
 
+const char* window_convention_name(WindowConvention c) {
+  return c == WindowConvention::kLlamaCpp ? "llama.cpp" : "longrope";
+}
+
+WindowConvention parse_window_convention(const std::string& name) {
+  if (name == "longrope") return WindowConvention::kLongrope;
+  if (name == "llama.cpp") return WindowConvention::kLlamaCpp;
+  throw Error("unknown window convention '" + name + "' (expected longrope or llama.cpp)");
+}
+
+std::string text_for_convention(std::string_view text, WindowConvention c) {
+  return c == WindowConvention::kLongrope ? normalize_newlines(text) : std::string(text);
+}
+
+namespace {
+bool adds_bos(const Tokenizer& tok) {
+  return tok.add_bos() && tok.bos() >= 0;
+}
+}  // namespace
+
+int64_t tokens_needed(WindowConvention c, const Tokenizer& tok, int64_t ctx, int64_t docs) {
+  if (c == WindowConvention::kLongrope) return docs * (ctx - 1);
+  return docs * ctx - (adds_bos(tok) ? 1 : 0);
+}
+
+TextWindows cut_windows(WindowConvention c, std::span<const int32_t> text_tokens,
+                        const Tokenizer& tok, int64_t ctx, int64_t docs) {
+  TextWindows w;
+  if (c == WindowConvention::kLongrope) {
+    w.tokens = make_windows(text_tokens, tok.bos(), ctx, docs);
+    return w;
+  }
+  if (ctx < 4) throw Error("context size " + std::to_string(ctx) + " is too small (expected >= 4)");
+  if (docs < 1) throw Error("--docs must be >= 1, got " + std::to_string(docs));
+  const int64_t need = tokens_needed(c, tok, ctx, docs);
+  const int64_t have = static_cast<int64_t>(text_tokens.size());
+  if (have < need)
+    throw Error("text has " + std::to_string(have) + " tokens but " + std::to_string(docs) +
+                " windows of ctx " + std::to_string(ctx) + " need " + std::to_string(need) +
+                " (llama.cpp convention; expected a longer text, fewer --docs or a smaller ctx)");
+  std::vector<int32_t> all;
+  all.reserve(static_cast<size_t>(docs * ctx));
+  if (adds_bos(tok)) all.push_back(tok.bos());
+  all.insert(all.end(), text_tokens.begin(),
+             text_tokens.begin() + (docs * ctx - int64_t(all.size())));
+  std::vector<int64_t> scored;
+  for (int64_t i = ctx / 2; i < ctx - 1; ++i) scored.push_back(i);
+  for (int64_t k = 0; k < docs; ++k) {
+    std::vector<int32_t> win(all.begin() + k * ctx, all.begin() + (k + 1) * ctx);
+    if (adds_bos(tok)) win[0] = tok.bos();
+    w.tokens.push_back(std::move(win));
+    w.positions.push_back(scored);
+  }
+  return w;
+}
+
 std::vector<std::vector<int32_t>> make_windows(std::span<const int32_t> text_tokens, int32_t bos,
                                                int64_t ctx, int64_t docs) {
   if (ctx < 2) throw Error("context size " + std::to_string(ctx) + " is too small (expected >= 2)");
@@ -96,12 +152,13 @@ WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32
 
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_tokens, int64_t ctx,
                             int64_t docs, const RopeScaling& scaling, int n_threads,
-                            const ProgressFn& progress, const std::function<void(double)>& within) {
+                            const ProgressFn& progress, const std::function<void(double)>& within,
+                            WindowConvention convention) {
   scaling.validate(model.hp().n_rot);
   if (scaling.n_hat >= ctx && scaling.method == RopeMethod::kLongrope)
     throw Error("n_hat " + std::to_string(scaling.n_hat) + " must be smaller than the context " +
                 std::to_string(ctx));
-  const auto windows = make_windows(text_tokens, model.tokenizer().bos(), ctx, docs);
+  const TextWindows windows = cut_windows(convention, text_tokens, model.tokenizer(), ctx, docs);
   PerplexityResult r;
   r.ctx = ctx;
   r.docs = docs;
@@ -112,8 +169,9 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
   int64_t tokens = 0;
   int64_t done = 0;
   if (within) so.on_layer = [&](int l, int n) { within(double(done) + double(l) / double(n)); };
-  const WindowLoop loop =
-      score_windows(model, windows, scaling, so, [&](size_t k, const std::vector<double>& nll) {
+  const WindowLoop loop = score_windows(
+      model, windows.tokens, scaling, so,
+      [&](size_t k, const std::vector<double>& nll) {
         double s = 0.0;
         for (double x : nll) s += x;
         total += s;
@@ -121,12 +179,13 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
         r.window_ppl.push_back(std::exp(s / double(nll.size())));
         done = int64_t(k + 1);
         if (progress) progress(int64_t(k + 1), docs, std::exp(total / double(tokens)));
-      });
+      },
+      {}, windows.positions.empty() ? nullptr : &windows.positions);
   r.seconds = omp_get_wtime() - t0;
   r.tokens = loop.tokens;
   r.mean_nll = loop.nll_sum / double(r.tokens);
   r.ppl = std::exp(r.mean_nll);
-  r.tokens_per_second = double(r.tokens + docs) / r.seconds;
+  r.tokens_per_second = double(docs * ctx) / r.seconds;  // tokens run through the model
   return r;
 }
 
