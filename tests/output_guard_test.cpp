@@ -85,5 +85,35 @@ TEST(OutputGuard, SearchAndFinetuneRefuseBeforeAnyWork) {
   EXPECT_EQ(test::run_command(finetune + " --lr 2e-4 --overwrite -o " + g, &out), 0) << out;
 }
 
+// eval and passkey: an output directory that holds another run's results is refused (exit 2,
+// results untouched) unless the run resumes them or overwrites them.
+TEST(OutputGuard, EvalAndPasskeyKeepAnotherRunsResults) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  const fs::path d = test::fresh_temp_dir("guard_sweep");
+  const test::RemoveOnExit clean{d};
+  const std::string cli = test::cli_path().string();
+  const std::string common = " -m " + test::stories_gguf().string() + " -t 1 --no-progress -o ";
+  const std::string eval = cli + " eval -f " +
+                           test::shared_text("pride_and_prejudice.txt").string() +
+                           " --lengths 256" + common;
+  const std::string passkey = cli + " passkey --lengths 256 --trials 1" + common;
+  std::string out;
+  for (const std::string& run : {eval, passkey}) {
+    const fs::path dir = d / (run == eval ? "eval" : "passkey");
+    ASSERT_EQ(test::run_command(run + dir.string() + " --methods none", &out), 0) << out;
+    const std::string results = test::slurp(dir / "results.json");
+    const std::string other = run + dir.string() + " --methods none,ntk";
+    EXPECT_EQ(test::run_command(other, &out), 2) << out;
+    EXPECT_NE(out.find("holds an earlier run's progress"), std::string::npos) << out;
+    EXPECT_EQ(test::slurp(dir / "results.json"), results);
+    EXPECT_EQ(test::run_command(other + " --resume", &out), 0) << out;  // keeps the none cell
+    EXPECT_NE(out.find("1 cell(s) computed, 1 reused"), std::string::npos) << out;
+    EXPECT_EQ(test::run_command(run + dir.string() + " --methods none --overwrite", &out), 0)
+        << out;
+    EXPECT_NE(out.find("1 cell(s) computed, 0 reused"), std::string::npos) << out;
+  }
+}
+
 }  // namespace
 }  // namespace longrope

@@ -136,6 +136,7 @@ struct EvalConfig {
   int n_threads = 0;
   std::string out_dir;  // "" = write nothing
   bool resume = false;
+  bool overwrite = false;  // replace out_dir's results of another run (else refused)
   // "ppl": every token of plain windows; "needle": the answers of needle windows only
   // (include/longrope/needle.h), as `longrope search --fitness needle` scores them; "mix": needle
   // windows scored whole, the answers weighing needle_weight (MixedNll), as search --fitness mix.
@@ -218,9 +219,11 @@ nlohmann::json sweep_fingerprint(const Model& model,
 
 // Runs the cells of the plan that out_dir/results.json (with resume) does not hold yet, spread
 // over the MPI ranks when there are several, rewriting results.json after every finished cell.
-// Cells are returned in plan order, whatever the order they finished in.
+// Cells are returned in plan order, whatever the order they finished in. An out_dir that holds
+// an earlier run's results.json is refused (OutputRefused, before anything is computed or
+// written) unless the run resumes it or overwrites it.
 EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
-                      const SweepProgress& progress = {});
+                      bool overwrite, const SweepProgress& progress = {});
 // Ranks other than 0: computes the cells rank 0 sends until it stops.
 void serve_sweep(const SweepPlan& plan);
 

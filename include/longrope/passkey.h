@@ -69,6 +69,7 @@ struct PasskeyConfig {
   int n_threads = 0;
   std::string out_dir;
   bool resume = false;
+  bool overwrite = false;  // replace out_dir's results of another run (else refused)
 };
 
 // Cells: method, label, length, key {model, trials, seed, depths, chat, ...}, trials, correct,

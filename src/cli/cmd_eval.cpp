@@ -19,7 +19,7 @@ struct EvalArgs {
   ScaleFlags scale;
   int threads = 0;
   std::string compute = "auto";
-  bool json = false, resume = false, progress = true, kl = false;
+  bool json = false, resume = false, overwrite = false, progress = true, kl = false;
   std::string fitness = "ppl";
   std::string convention = "longrope";
   int needles = 4;
@@ -83,6 +83,7 @@ Runner register_eval(CLI::App& app) {
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
+  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -o DIR");
   add_no_progress_flag(cmd, a->progress);
   return [a]() {
     if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
@@ -96,6 +97,7 @@ Runner register_eval(CLI::App& app) {
     cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
+    cfg.overwrite = a->overwrite;
     cfg.fitness = a->fitness;
     cfg.needles = a->needles;
     cfg.needle_seed = a->needle_seed;
@@ -108,6 +110,7 @@ Runner register_eval(CLI::App& app) {
                          .json = a->json,
                          .out_dir = a->out,
                          .resume = a->resume,
+                         .overwrite = a->overwrite,
                          .json_head = {{"model", a->model}, {"docs", a->docs}},
                          .model = a->model,
                          .tokenizer = a->tokenizer,

@@ -107,9 +107,9 @@ Runner register_finetune(CLI::App& app) {
                   "steps between training-state saves (default: every 10 minutes)")
       ->check(in_range(int64_t(0), int64_t(1) << 40));
   cmd->add_flag("--resume", c.resume, "continue from the training state");
-  cmd->add_flag("--overwrite", c.overwrite,
-                "start again over an existing training state (without it, or --resume, an "
-                "earlier run's state is never replaced)");
+  add_overwrite_flag(cmd, c.overwrite,
+                     "start again over an existing training state (without it, or --resume, an "
+                     "earlier run's state is never replaced)");
   cmd->add_flag("--json", a->json, "print one JSON summary on stdout");
   add_no_progress_flag(cmd, a->progress);
   add_threads_option(cmd, c.n_threads);

@@ -21,7 +21,7 @@ struct PasskeyArgs {
   int threads = 0;
   std::string compute = "auto";
   int max_new = 10;
-  bool chat = false, json = false, resume = false, progress = true;
+  bool chat = false, json = false, resume = false, overwrite = false, progress = true;
 };
 
 std::vector<double> parse_depths(const std::string& s) {
@@ -73,6 +73,7 @@ Runner register_passkey(CLI::App& app) {
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
+  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -o DIR");
   add_no_progress_flag(cmd, a->progress);
   return [a]() {
     if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
@@ -88,12 +89,14 @@ Runner register_passkey(CLI::App& app) {
     cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->out;
     cfg.resume = a->resume;
+    cfg.overwrite = a->overwrite;
     cfg.n_threads = resolve_threads(a->threads);
     const SweepCommand c{.label = "passkey",
                          .progress = a->progress,
                          .json = a->json,
                          .out_dir = a->out,
                          .resume = a->resume,
+                         .overwrite = a->overwrite,
                          .json_head = {{"model", a->model}, {"trials", a->trials}},
                          .model = a->model,
                          .tokenizer = a->tokenizer,

@@ -264,9 +264,9 @@ Runner register_search(CLI::App& app) {
       ->check(in_range(int64_t(0), int64_t(1) << 24));
   cmd->add_option("-o,--output", a->cfg.output, "factors file to write")->capture_default_str();
   cmd->add_flag("--resume", a->cfg.resume, "continue from <output>.ckpt.json");
-  cmd->add_flag("--overwrite", a->cfg.overwrite,
-                "start again over an existing <output>.ckpt.json (without it, or --resume, an "
-                "earlier run's checkpoint is never replaced)");
+  add_overwrite_flag(cmd, a->cfg.overwrite,
+                     "start again over an existing <output>.ckpt.json (without it, or --resume, "
+                     "an earlier run's checkpoint is never replaced)");
   cmd->add_option("--budget", a->budget,
                   "time budget (90s, 20m, 1.5h): no evaluation starts after it; the checkpoint "
                   "keeps everything, the factors file holds the best so far, --resume continues");

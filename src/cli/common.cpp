@@ -113,6 +113,10 @@ void add_compute_flag(CLI::App* cmd, std::string& value) {
       ->check(CLI::IsMember({"auto", "f32", "bf16"}));
 }
 
+void add_overwrite_flag(CLI::App* cmd, bool& overwrite, const std::string& help) {
+  cmd->add_flag("--overwrite", overwrite, help);
+}
+
 void add_convention_flag(CLI::App* cmd, std::string& value) {
   cmd->add_option("--convention", value,
                   "windows and scored tokens: longrope = BOS + CTX-1 text tokens, every one "
@@ -200,7 +204,7 @@ int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const
   auto lead = [&] {
     Progress bar(c.label, 1000, c.progress);
     const EvalRun r = execute_sweep(
-        *p, c.out_dir, c.resume,
+        *p, c.out_dir, c.resume, c.overwrite,
         [&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
           bar.update(total > 0 ? work * 1000 / total : 1000,
                      fmt::format("cells {}/{} {}", cells, n_cells, msg));

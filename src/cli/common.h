@@ -34,6 +34,9 @@ void add_no_progress_flag(CLI::App* cmd, bool& progress);
 // -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
 // of a host).
 void add_threads_option(CLI::App* cmd, int& threads);
+// --overwrite: replace an earlier run's state or results that the command otherwise refuses to
+// touch (the output guard, include/longrope/atomic_file.h); the help says what it replaces.
+void add_overwrite_flag(CLI::App* cmd, bool& overwrite, const std::string& help);
 // --convention longrope|llama.cpp (include/longrope/perplexity.h's WindowConvention): how windows
 // are cut from a text and which tokens are scored.
 void add_convention_flag(CLI::App* cmd, std::string& value);
@@ -105,6 +108,7 @@ struct SweepCommand {
   bool json = false;                      // print JSON instead of the table
   std::string out_dir;                    // "" = nothing written
   bool resume = false;                    // reuse finished cells of out_dir/results.json
+  bool overwrite = false;                 // replace out_dir's results of another run
   nlohmann::json json_head;               // fields printed before "cells" with --json
   std::string model, tokenizer, compute;  // -m, --tokenizer, --compute
   int threads = 0;                        // after resolve_threads

@@ -263,7 +263,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
 }
 
 EvalRun run_eval(const Model& model, const EvalConfig& cfg, const SweepProgress& progress) {
-  return execute_sweep(plan_eval(model, cfg), cfg.out_dir, cfg.resume, progress);
+  return execute_sweep(plan_eval(model, cfg), cfg.out_dir, cfg.resume, cfg.overwrite, progress);
 }
 
 std::string write_eval_outputs(const EvalRun& run, const Model& model, const EvalConfig& cfg) {

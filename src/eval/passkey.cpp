@@ -274,7 +274,7 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
 }
 
 EvalRun run_passkey(const Model& model, const PasskeyConfig& cfg, const SweepProgress& progress) {
-  return execute_sweep(plan_passkey(model, cfg), cfg.out_dir, cfg.resume, progress);
+  return execute_sweep(plan_passkey(model, cfg), cfg.out_dir, cfg.resume, cfg.overwrite, progress);
 }
 
 std::vector<std::string> write_passkey_heatmaps(const EvalRun& run, const PasskeyConfig& cfg) {

@@ -3,6 +3,7 @@
 
 #include <sstream>
 
+#include "longrope/atomic_file.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
@@ -50,7 +51,10 @@ nlohmann::json sweep_fingerprint(const Model& model,
 }
 
 EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
-                      const SweepProgress& progress) {
+                      bool overwrite, const SweepProgress& progress) {
+  if (!out_dir.empty())
+    refuse_existing_state(plan.kind == "passkey" ? "passkey" : "eval", out_dir + "/results.json",
+                          resume, overwrite);
   make_output_dir(out_dir);
   ResultsStore store(out_dir.empty() ? "" : out_dir + "/results.json", plan.kind, resume);
   EvalRun run;
