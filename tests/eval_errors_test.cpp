@@ -88,3 +88,34 @@ TEST(EvalErrors, MemoryEstimateGrowsWithLength) {
 }
 
 }  // namespace
+
+// A text must be UTF-8 text: a binary file, an invalid byte or mostly control characters are one
+// line each, naming the file and (for invalid UTF-8) the offset; real text of any script passes.
+TEST(EvalErrors, TextMustBeUtf8Text) {
+  using longrope::check_text;
+  using longrope::test::expect_error;
+  check_text("plain ASCII\r\nwith\ttabs\f", "t");
+  check_text(
+      "\xEF\xBB\xBF"
+      "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80 \xE6\x97\xA5\xE6\x9C\xAC",
+      "t");
+  check_text("a\x01" + std::string(200, 'b'), "t");  // one control character in 202: fine
+  expect_error([] { check_text("caf\xE9!", "latin1.txt"); },
+               {"latin1.txt", "not UTF-8 text", "0xE9 at offset 3"});
+  expect_error([] { check_text("\xC0\xAF", "t"); }, {"0xC0 at offset 0"});          // overlong '/'
+  expect_error([] { check_text("ab\xED\xA0\x80", "t"); }, {"0xED at offset 2"});    // surrogate
+  expect_error([] { check_text("\xF4\x90\x80\x80", "t"); }, {"0xF4 at offset 0"});  // > U+10FFFF
+  expect_error([] { check_text("ok\xE2\x82", "t"); }, {"0xE2 at offset 2"});        // truncated
+  expect_error([] { check_text(std::string(50, '\0') + std::string(50, 'a'), "zeros.bin"); },
+               {"zeros.bin", "not text", "50 of its 100 characters are control characters"});
+  // A model file given as text: one line, exit 1, from every command that reads texts.
+  const std::string gguf = (shared_dir() / "models" / "stories260K.gguf").string();
+  LONGROPE_REQUIRE_FILE(gguf);
+  std::string out;
+  EXPECT_EQ(run_command(cli_path().string() + " perplexity -m " + gguf + " -f " + gguf +
+                            " -c 64 --no-progress",
+                        &out),
+            1)
+      << out;
+  EXPECT_NE(out.find("not UTF-8 text"), std::string::npos) << out;
+}

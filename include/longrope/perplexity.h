@@ -15,8 +15,15 @@
 
 namespace longrope {
 
-// A whole text file as bytes; throws Error naming the file when it cannot be read or is empty.
+// A whole text file as bytes; throws Error naming the file when it cannot be read, is empty, or
+// is not text (check_text).
 std::string read_text_file(const std::string& path);
+
+// Throws Error ("NAME: ...", one line) unless `bytes` is UTF-8 text: valid UTF-8 (no overlong
+// forms, surrogates or code points above U+10FFFF; a leading byte order mark is allowed) in which
+// control characters other than tab, newline, carriage return and form feed make up at most 1% of
+// the characters (a binary file given as text would otherwise score a meaningless perplexity).
+void check_text(std::string_view bytes, const std::string& name);
 
 // Text as a text-mode reader sees it: "\r\n" and lone "\r" become "\n" (the convention of the
 // reference perplexities; a file with Windows line endings scores the same as its Unix copy).

@@ -1,5 +1,6 @@
 #include "longrope/perplexity.h"
 
+#include <fmt/core.h>
 #include <omp.h>
 
 #include <cmath>
@@ -23,7 +24,56 @@ std::string read_text_file(const std::string& path) {
   ss << f.rdbuf();
   std::string s = ss.str();
   if (s.empty()) throw Error(path + ": text file is empty (expected text to tokenize)");
+  check_text(s, path);
   return s;
+}
+
+void check_text(std::string_view b, const std::string& name) {
+  const size_t n = b.size();
+  size_t i = (n >= 3 && b.substr(0, 3) == "\xEF\xBB\xBF") ? 3 : 0;  // byte order mark
+  int64_t chars = 0, controls = 0;
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(b[i]);
+    size_t len = 1;
+    uint32_t cp = c;
+    if (c >= 0x80) {
+      if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        cp = c & 0x1F;
+      } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        cp = c & 0x0F;
+      } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        cp = c & 0x07;
+      } else {
+        len = 0;
+      }
+      for (size_t k = 1; len && k < len; ++k) {
+        if (i + k >= n || (static_cast<unsigned char>(b[i + k]) & 0xC0) != 0x80) {
+          len = 0;
+          break;
+        }
+        cp = (cp << 6) | (static_cast<unsigned char>(b[i + k]) & 0x3F);
+      }
+      // Overlong forms, UTF-16 surrogates and code points beyond Unicode.
+      if (len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) len = 0;
+      if (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) len = 0;
+      if (len == 0)
+        throw Error(fmt::format(
+            "{}: not UTF-8 text (invalid byte 0x{:02X} at offset {}; expected a UTF-8 text file)",
+            name, c, i));
+    } else if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r' && c != '\f') || c == 0x7F) {
+      ++controls;
+    }
+    ++chars;
+    i += len;
+  }
+  if (controls * 100 > chars)
+    throw Error(fmt::format(
+        "{}: not text ({} of its {} characters are control characters; expected a UTF-8 text "
+        "file)",
+        name, controls, chars));
 }
 
 std::string normalize_newlines(std::string_view text) {
