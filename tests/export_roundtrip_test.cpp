@@ -144,6 +144,22 @@ TEST(ExportHf, ConfigHasLongropeScalingAndReadsBack) {
   const nlohmann::json with_hat = export_hf_config(cfg, test_factors(true, 4));
   EXPECT_EQ(with_hat["rope_scaling"]["n_hat"], 4);
   EXPECT_EQ(rope_from_hf_config(with_hat).n_hat, 4);
+  // The config of another model: other rotary pairs, another trained context.
+  nlohmann::json other = cfg;
+  other["num_attention_heads"] = 4;  // head_dim 16: 8 pairs for 4 factors
+  test::expect_error([&] { export_hf_config(other, test_factors(false)); },
+                     {"8 rotary pairs", "4 factors"});
+  other = cfg;
+  other["head_dim"] = 8;
+  other["partial_rotary_factor"] = 0.5;  // 2 pairs
+  test::expect_error([&] { export_hf_config(other, test_factors(false)); },
+                     {"2 rotary pairs", "4 factors"});
+  other = cfg;
+  other["max_position_embeddings"] = 8192;
+  test::expect_error([&] { export_hf_config(other, test_factors(false)); },
+                     {"trained at 8192 tokens", "extends 512"});
+  // An exported config again (longrope: its original context counts, not its new maximum).
+  EXPECT_NO_THROW(export_hf_config(export_hf_config(cfg, test_factors(false)), test_factors(true)));
 }
 
 TEST(ExportHf, CliWritesConfig) {

@@ -37,7 +37,11 @@ RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched)
 // The HF config with a longrope rope_scaling: rope_type, short_factor (the first set; the long
 // factors when there is one set), long_factor, original_max_position_embeddings, factor
 // (target / L_orig) and attention_factor; max_position_embeddings = target. Throws Error.
+// Refuses (Error, one line) a config of another model: one whose rotary pairs per head (head_dim
+// or hidden_size / num_attention_heads, times partial_rotary_factor, over 2) differ from the
+// number of factors, or whose trained context differs from the factors' original context.
 nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors);
+void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& factors);
 
 // Writes a Llama HF folder for a loaded model file (any format) at out_dir (created if missing;
 // every file atomically): model.safetensors (F32/F16/BF16 tensors as they are, quantized ones

@@ -123,9 +123,52 @@ std::vector<std::string> export_warnings(const RopeScaling& f, bool gguf) {
                             f.orig_ctx);
 }
 
+void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& factors) {
+  auto number = [&](const char* key) -> std::optional<double> {
+    if (config.contains(key) && config[key].is_number()) return config[key].get<double>();
+    return std::nullopt;
+  };
+  // Rotary pairs: head_dim (or hidden_size / num_attention_heads) x partial_rotary_factor / 2.
+  std::optional<double> head_dim = number("head_dim");
+  if (!head_dim && number("hidden_size") && number("num_attention_heads") &&
+      *number("num_attention_heads") > 0)
+    head_dim = *number("hidden_size") / *number("num_attention_heads");
+  if (head_dim) {
+    const auto pairs = static_cast<int64_t>(
+        std::floor(*head_dim * number("partial_rotary_factor").value_or(1.0)) / 2);
+    const auto have = static_cast<int64_t>(factors.sets.back().factors.size());
+    if (pairs != have)
+      throw Error(fmt::format(
+          "export: the config's model has {} rotary pairs per head and the factors file has {} "
+          "factors (expected the config of the model the factors were searched for)",
+          pairs, have));
+  }
+  // The context the model was trained at, against the one the factors extend: a longrope
+  // config's original_max_position_embeddings (the rope_scaling's or the top-level one), else
+  // max_position_embeddings (a llama3 or linear rule's original length is not the model's).
+  std::optional<double> orig;
+  const nlohmann::json rs = config.value("rope_scaling", nlohmann::json());
+  if (rs.is_object()) {
+    const std::string type = rs.value("rope_type", rs.value("type", std::string()));
+    if (type == "longrope" || type == "su") {
+      if (rs.contains("original_max_position_embeddings") &&
+          rs["original_max_position_embeddings"].is_number())
+        orig = rs["original_max_position_embeddings"].get<double>();
+      if (!orig) orig = number("original_max_position_embeddings");
+    }
+  }
+  if (!orig) orig = number("max_position_embeddings");
+  if (orig && static_cast<int64_t>(*orig) != factors.orig_ctx)
+    throw Error(fmt::format(
+        "export: the config's model was trained at {} tokens and the factors file extends {} "
+        "(expected the config of the model the factors were searched for)",
+        static_cast<int64_t>(*orig), factors.orig_ctx));
+}
+
 nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors) {
   if (!config.is_object()) throw Error("export: the HF config is not a JSON object");
   check_factors(factors, 0);
+  check_hf_config_fits(config, factors);
   nlohmann::json out = config;
   auto lng = factors.sets.back().factors;
   auto shrt = factors.sets.front().factors;
