@@ -17,8 +17,11 @@
 #
 # Rows: llama.cpp on the exported GGUF; longrope `eval --deploy llama.cpp` on the original model
 # with the factors file (what this check is about); longrope `perplexity` on the exported GGUF
-# (the file as longrope reads it); longrope `eval --deploy longrope` (the set as searched, start
-# tokens included: what deploying to llama.cpp costs).
+# (the file as longrope reads it: with the start tokens, which the export keeps in longrope's own
+# key); longrope `eval --deploy longrope` (the set as searched). With a set without start tokens
+# the last three are the same computation, and their difference from llama.cpp is the two
+# engines' arithmetic alone (Q4_1 dot products on quantized activations and an f16 KV cache
+# there; bf16 products on dequantized weights here).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -55,7 +58,7 @@ t0=$(date +%s.%N)
   { echo "llama-perplexity failed, see $OUT/llama.log" >&2; exit 1; }
 t_llama=$(secs "$t0")
 ppl_llama=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\) +\/- \([0-9.]*\).*/\1 \2/p' "$OUT/llama.log" | tail -1)
-version=$(sed -n 's/^build: \(.*\)$/\1/p' "$OUT/llama.log" | head -1)
+version=$("$LLAMA_BIN/llama-perplexity" --version 2>&1 | sed -n 's/^version: //p' | head -1)
 
 # 3. longrope: the factors as llama.cpp runs them, and as searched; the exported file.
 eval_ppl() {  # DEPLOY -> ppl
@@ -80,5 +83,5 @@ echo "| scored by | what runs | ppl | vs llama.cpp | seconds |"
 echo "|---|---|---:|---:|---:|"
 echo "| llama.cpp llama-perplexity | exported GGUF | $1 ± $2 | | $t_llama |"
 echo "| longrope eval --deploy llama.cpp | factors file, as llama.cpp runs it | $ppl_deploy | $(rel "$ppl_deploy" "$1") | $t_deploy |"
-echo "| longrope perplexity | exported GGUF | $ppl_file | $(rel "$ppl_file" "$1") | |"
+echo "| longrope perplexity | exported GGUF (longrope reads its n_hat key) | $ppl_file | $(rel "$ppl_file" "$1") | |"
 echo "| longrope eval --deploy longrope | factors file, as searched | $ppl_searched | $(rel "$ppl_searched" "$1") | |"
