@@ -28,11 +28,11 @@ std::string small_text() {
   return p.string();
 }
 
-// Runs the CLI expecting failure; returns its output.
-std::string fails(const std::string& args) {
+// Runs the CLI expecting failure with exit status `code`; returns its output.
+std::string fails(const std::string& args, int code) {
   std::string out;
   const int rc = run_command(cli_path().string() + " " + args, &out);
-  EXPECT_NE(rc, 0) << args << "\n" << out;
+  EXPECT_EQ(rc, code) << args << "\n" << out;
   return out;
 }
 
@@ -42,23 +42,26 @@ TEST(EvalErrors, CliRejectsBadInputWithOneLine) {
   const std::string eval = "eval -m " + stories() + " -f " + pride() + " -t 1 --docs 1 ";
   struct Case {
     std::string args, expect;
+    int code;  // 2: a malformed flag value (usage); 1: a file or an input that does not fit
   };
   const Case cases[] = {
-      {eval + "--lengths 256 --methods none,bogus", "unknown method 'bogus'"},
-      {eval + "--lengths 256 --methods longrope=/nonexistent/f.json", "cannot read factors file"},
-      {eval + "--lengths 256 --methods s=/nonexistent/f.json", "cannot read factors file"},
-      {eval + "--lengths 256,1099511627776 --methods none", "available"},
-      {eval + "--lengths 256,abc --methods none", "bad length 'abc'"},
-      {eval + "--lengths 256 --methods none,none", "used twice"},
+      {eval + "--lengths 256 --methods none,bogus", "unknown method 'bogus'", 2},
+      {eval + "--lengths 256 --methods longrope=/nonexistent/f.json", "cannot read factors file",
+       1},
+      {eval + "--lengths 256 --methods s=/nonexistent/f.json", "cannot read factors file", 1},
+      {eval + "--lengths 256,1099511627776 --methods none", "available", 1},
+      {eval + "--lengths 256,abc --methods none", "bad length 'abc'", 2},
+      {eval + "--lengths 256 --methods none,none", "used twice", 2},
       {"eval -m " + stories() + " -f " + small_text() + " -t 1 --lengths 256 --docs 2",
-       "too little"},
-      {"passkey -m " + stories() + " --lengths 256 --methods nope", "unknown method 'nope'"},
-      {"passkey -m " + stories() + " --lengths 1099511627776", "available"},
-      {"passkey -m " + stories() + " --lengths 8", "too short"},
-      {"passkey -m " + stories() + " --lengths 256 --depths 2", "bad depth"},
+       "too little", 1},
+      {"passkey -m " + stories() + " --lengths 256 --methods nope", "unknown method 'nope'", 2},
+      {"passkey -m " + stories() + " --lengths 1099511627776", "available", 1},
+      {"passkey -m " + stories() + " --lengths 8", "too short", 1},
+      {"passkey -m " + stories() + " --lengths 256 --depths 2", "bad depth", 2},
+      {"passkey -m " + stories() + " --lengths 2x --depths 0.5", "bad length", 2},
   };
   for (const Case& c : cases) {
-    const std::string out = fails(c.args);
+    const std::string out = fails(c.args, c.code);
     EXPECT_NE(out.find("error: "), std::string::npos) << c.args << "\n" << out;
     EXPECT_NE(out.find(c.expect), std::string::npos) << c.args << "\n" << out;
     // One error line; nothing computed.

@@ -30,6 +30,11 @@ struct EvalMethod {
   RopeScaling factors;       // longrope only: the file's scaling (read by parse_eval_methods)
 };
 
+// The specs' syntax alone (labels, method names, which file each names), without reading any file:
+// what a command checks as a usage error before it loads anything. Throws Error (one line) on an
+// unknown method, a malformed spec or two methods with the same label.
+std::vector<EvalMethod> parse_method_specs(const std::vector<std::string>& specs);
+
 // Parses a comma-separated list (or single specs); reads and validates factors files against the
 // model's rotary dims. Throws Error (one line) on an unknown method, an unreadable or invalid
 // factors file, or two methods with the same label.

@@ -90,9 +90,10 @@ Runner register_eval(CLI::App& app) {
     EvalConfig cfg;
     cfg.model_path = a->model;
     cfg.text_paths = split_paths(a->texts);
-    cfg.lengths = parse_lengths(a->lengths);
+    as_usage_error("eval", [&] { cfg.lengths = parse_lengths(a->lengths); });
     cfg.methods =
         a->methods.empty() ? std::vector<std::string>{"none,linear,ntk,dynamic,yarn"} : a->methods;
+    as_usage_error("eval", [&] { parse_method_specs(cfg.methods); });
     cfg.docs = a->docs;
     cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->out;

@@ -79,11 +79,12 @@ Runner register_passkey(CLI::App& app) {
     if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
     PasskeyConfig cfg;
     cfg.model_path = a->model;
-    cfg.lengths = parse_lengths(a->lengths);
+    as_usage_error("passkey", [&] { cfg.lengths = parse_lengths(a->lengths); });
     cfg.methods = a->methods.empty() ? std::vector<std::string>{"none"} : a->methods;
+    as_usage_error("passkey", [&] { parse_method_specs(cfg.methods); });
     cfg.trials = a->trials;
     cfg.seed = a->seed;
-    cfg.depths = parse_depths(a->depths);
+    as_usage_error("passkey", [&] { cfg.depths = parse_depths(a->depths); });
     cfg.chat = a->chat;
     cfg.max_new = a->max_new;
     cfg.scale = scale_options(a->scale);

@@ -21,6 +21,19 @@ class UsageError : public Error {
   std::string cmd;
 };
 
+// Runs f; a longrope::Error it throws (a malformed flag value found after parsing: --lengths,
+// --methods, --depths) becomes a UsageError of `cmd` (exit 2).
+template <class F>
+void as_usage_error(const std::string& cmd, F&& f) {
+  try {
+    f();
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    throw UsageError(cmd, e.what());
+  }
+}
+
 // Loads a model, printing what was loaded (and how long it took) on stderr.
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,
                                                 const std::string& tokenizer_path, int threads);

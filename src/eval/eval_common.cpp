@@ -51,6 +51,18 @@ bool is_method_name(const std::string& s) {
 
 std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs,
                                            const Model& model) {
+  std::vector<EvalMethod> out = parse_method_specs(specs);
+  for (EvalMethod& m : out) {
+    if (m.factors_path.empty()) continue;
+    if (!std::filesystem::is_regular_file(m.factors_path))
+      throw Error(fmt::format("method '{}': cannot read factors file {}", m.spec, m.factors_path));
+    m.factors = read_factors_file(m.factors_path);
+    m.factors.validate(model.hp().n_rot);
+  }
+  return out;
+}
+
+std::vector<EvalMethod> parse_method_specs(const std::vector<std::string>& specs) {
   std::vector<EvalMethod> out;
   std::set<std::string> labels;
   for (const std::string& spec : split_commas(specs)) {
@@ -89,10 +101,6 @@ std::vector<EvalMethod> parse_eval_methods(const std::vector<std::string>& specs
       m.method = RopeMethod::kLongrope;
       m.factors_path = file;
       if (label.empty()) label = "longrope";
-      if (!std::filesystem::is_regular_file(file))
-        throw Error(fmt::format("method '{}': cannot read factors file {}", spec, file));
-      m.factors = read_factors_file(file);
-      m.factors.validate(model.hp().n_rot);
     }
     m.label = label;
     if (!labels.insert(m.label).second)
