@@ -129,7 +129,7 @@ Runner register_finetune(CLI::App& app) {
     fmt::print(stderr, "finetune: {} steps x {} sequence(s) of {} tokens, {} products, rope: {}\n",
                c.steps, c.batch, c.ctx, kernels::compute_name(c.compute), c.rope.describe());
     // Made before the run so that the first step's time counts in the ETA and its line shows.
-    Progress bar("finetune", c.steps, a->progress);
+    Progress bar("finetune", c.steps, a->progress, "steps");
     bool first = true;
     const StopOnSignal stop_on_signal;  // Ctrl-C: save the training state, then exit 130
     const FinetuneResult r = run_finetune(*model, c, [&](const FinetuneStep& s) {

@@ -153,9 +153,9 @@ Runner register_generate(CLI::App& app) {
     {
       // Progress per layer (a 15k-token prompt takes over a minute on 2 cores).
       Progress bar(fmt::format("prompt ({} tokens)", ids.size()), model->hp().n_layer,
-                   args->progress && ids.size() >= 1024);
-      logits = ctx.decode(
-          ids, [&](double f) { bar.update(std::llround(f * model->hp().n_layer), "layers"); });
+                   args->progress && ids.size() >= 1024, "layers");
+      logits =
+          ctx.decode(ids, [&](double f) { bar.update(std::llround(f * model->hp().n_layer)); });
       bar.finish();
     }
     const double t_prompt = omp_get_wtime() - t0;

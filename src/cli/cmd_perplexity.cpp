@@ -63,11 +63,11 @@ Runner register_perplexity(CLI::App& app) {
     // Counted in layers, so that one long window shows progress (and an ETA) as it goes.
     const int n_layer = model->hp().n_layer;
     Progress bar("perplexity", args->docs * n_layer, args->progress);
-    std::string shown = "window 1/" + std::to_string(args->docs);
+    std::string shown = fmt::format("| window 1 of {}", args->docs);
     const PerplexityResult r = perplexity(
         *model, tokens, args->ctx, args->docs, scaling, args->threads,
         [&](int64_t done, int64_t docs, double ppl) {
-          shown = fmt::format("ppl {:.4f} after {}/{} window(s)", ppl, done, docs);
+          shown = fmt::format("| ppl {:.4f} after {} of {} window(s)", ppl, done, docs);
           bar.update(done * n_layer, shown);
         },
         [&](double windows) { bar.update(std::llround(windows * n_layer), shown); }, convention);

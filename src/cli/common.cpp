@@ -164,9 +164,10 @@ void apply_compute_flag(const std::string& value) {
   if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
 }
 
-Progress::Progress(std::string label, int64_t total, bool enabled)
+Progress::Progress(std::string label, int64_t total, bool enabled, std::string unit)
     : label_(std::move(label)),
       total_(total),
+      unit_(std::move(unit)),
       enabled_(enabled),
       tty_(isatty(2) != 0),
       start_(omp_get_wtime()),
@@ -181,9 +182,12 @@ void Progress::update(int64_t done, const std::string& extra) {
   const int fill = total_ > 0 ? int(width * std::clamp<int64_t>(done, 0, total_) / total_) : 0;
   const double el = now - start_;
   const double eta = done > before_ ? el * double(total_ - done) / double(done - before_) : 0.0;
-  const std::string bar =
-      fmt::format("{} [{}{}] {}/{} {} ETA {:.0f}s", label_, std::string(fill, '#'),
-                  std::string(width - fill, '.'), done, total_, extra, eta);
+  const std::string count =
+      unit_.empty()
+          ? fmt::format("{:.1f}%", total_ > 0 ? 100.0 * double(done) / double(total_) : 100.0)
+          : fmt::format("{}/{} {}", done, total_, unit_);
+  const std::string bar = fmt::format("{} [{}{}] {} {} ETA {:.0f}s", label_, std::string(fill, '#'),
+                                      std::string(width - fill, '.'), count, extra, eta);
   if (tty_) {
     fmt::print(stderr, "\r{}   ", bar);
   } else {
@@ -207,7 +211,7 @@ int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const
         *p, c.out_dir, c.resume, c.overwrite,
         [&](int64_t cells, int64_t n_cells, int64_t work, int64_t total, const std::string& msg) {
           bar.update(total > 0 ? work * 1000 / total : 1000,
-                     fmt::format("cells {}/{} {}", cells, n_cells, msg));
+                     fmt::format("| {} of {} cells done | {}", cells, n_cells, msg));
         });
     bar.finish();
     const std::string md = write(r, *model);

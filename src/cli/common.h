@@ -93,7 +93,9 @@ int run_distributed(const std::function<nlohmann::json()>& prepare,
 // most every 30 s, so that short runs print nothing and long ones leave a readable trail.
 class Progress {
  public:
-  Progress(std::string label, int64_t total, bool enabled);
+  // unit names what done/total count ("steps"); empty: the bar shows a percentage (for work
+  // counted in internal units, such as a sweep's weighted cells).
+  Progress(std::string label, int64_t total, bool enabled, std::string unit = "");
   void update(int64_t done, const std::string& extra = "");
   // Work finished by an earlier run that this one resumes: the ETA counts only this run's pace.
   void resumed_at(int64_t done_before) { before_ = done_before; }
@@ -102,6 +104,7 @@ class Progress {
  private:
   std::string label_;
   int64_t total_;
+  std::string unit_;
   static constexpr double kLogInterval = 30.0;  // seconds between lines when not a terminal
   bool enabled_;
   bool tty_;
