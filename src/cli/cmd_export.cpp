@@ -65,7 +65,8 @@ Runner register_export(CLI::App& app) {
                   "with --hf-dir: what quantized weights become (F32/F16/BF16 ones are copied)")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->default_str("f32");
-  cmd->add_option("--factors", a->factors, "factors file (longrope search output)");
+  cmd->add_option("--factors", a->factors,
+                  "factors file (longrope search output); required except with --hf-dir");
   cmd->add_option("-o,--output", a->output, "output GGUF or JSON (not with --hf-dir)");
   add_deploy_flag(cmd, a->deploy,
                   "llama.cpp (GGUF), transformers or vllm (HF): refuse factors that this runtime "

@@ -83,7 +83,7 @@ Runner register_generate(CLI::App& app) {
   cmd->add_flag("--chat", args->chat, "wrap the prompt in the model's chat format (ChatML)");
   cmd->add_option("--system", args->system, "system prompt for --chat");
   cmd->add_flag("--ignore-eos", args->ignore_eos, "keep generating after end-of-sequence");
-  cmd->add_flag("!--no-echo", args->echo, "do not print the prompt before the generated text");
+  add_off_flag(cmd, "--no-echo", args->echo, "do not print the prompt before the generated text");
   add_no_progress_flag(cmd, args->progress);
   cmd->add_option(
          "--switch", args->policy,

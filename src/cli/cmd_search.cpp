@@ -255,8 +255,8 @@ Runner register_search(CLI::App& app) {
                   "early reject cuts a child only when its first stage is worse than the "
                   "parents' loosest by more than this fraction")
       ->capture_default_str();
-  cmd->add_flag("!--no-early-reject", a->cfg.settings.early_reject,
-                "evaluate every candidate on all windows");
+  add_off_flag(cmd, "--no-early-reject", a->cfg.settings.early_reject,
+               "evaluate every candidate on all windows");
   cmd->add_option("--reject-stage", a->cfg.reject_stage,
                   "tokens of window 0 in early reject's first stage, which is scored beyond the "
                   "original context only (default: window 0, or with --docs 1 its first L_orig + "
@@ -312,8 +312,8 @@ Runner register_search(CLI::App& app) {
   cmd->add_flag("--async", a->cfg.settings.steady_state,
                 "steady state instead of generations: breed a child as soon as any evaluation "
                 "finishes (keeps many MPI ranks busy; not reproducible across rank counts)");
-  cmd->add_flag("!--no-root-eval", a->cfg.root_computes,
-                "under MPI: rank 0 only hands out candidates (by default it evaluates too)");
+  add_off_flag(cmd, "--no-root-eval", a->cfg.root_computes,
+               "under MPI: rank 0 only hands out candidates (by default it evaluates too)");
 
   return [a]() {
     SearchRunConfig& cfg = a->cfg;

@@ -93,9 +93,13 @@ CLI::Validator in_range(double lo, double hi) {
       fmt::format("in [{}, {}]", lo, hi));
 }
 
-void add_no_progress_flag(CLI::App* cmd, bool& progress) {
+void add_off_flag(CLI::App* cmd, const std::string& name, bool& on, const std::string& help) {
   cmd->add_flag_callback(
-      "--no-progress", [&progress] { progress = false; }, "no progress bar");
+      name, [&on] { on = false; }, help);
+}
+
+void add_no_progress_flag(CLI::App* cmd, bool& progress) {
+  add_off_flag(cmd, "--no-progress", progress, "no progress bar");
 }
 
 void add_threads_option(CLI::App* cmd, int& threads) {

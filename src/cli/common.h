@@ -42,7 +42,9 @@ void add_compute_flag(CLI::App* cmd, std::string& value);
 // A flag check with a readable message: "--temp: -1 is not in [0, 100]" (CLI11's Range prints
 // its bounds as %f, and PositiveNumber as DBL_MAX in full).
 CLI::Validator in_range(double lo, double hi);
-// --no-progress (sets progress to false), shown without CLI11's "{false}".
+// A --no-X flag that sets `on` to false, shown in the help without CLI11's "{false}".
+void add_off_flag(CLI::App* cmd, const std::string& name, bool& on, const std::string& help);
+// --no-progress (sets progress to false).
 void add_no_progress_flag(CLI::App* cmd, bool& progress);
 // -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
 // of a host).
