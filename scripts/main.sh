@@ -7,8 +7,9 @@
 #   3. perplexity at 16384 on another novel: no scaling, YaRN and the searched factors,
 #   4. export for llama.cpp (GGUF) and transformers (config.json rope_scaling), and the exported
 #      GGUF's perplexity, which equals the searched factors' one.
-# About 10-15 minutes on 2 cores (bf16 compute where the CPU has AVX512_BF16: one 16k search
-# candidate costs 15-20 s; with --compute f32 about 2 minutes). Results in out/main/.
+# About 25-30 minutes on 2 cores after the build: the search stops at its time cap (below), then
+# the eval of three methods at 16384 and the export's perplexity (a 16k candidate costs 42-69 s on
+# a Zen 4 in bf16, several minutes in FP32). Results in out/main/.
 # LONGROPE_SEARCH_BUDGET overrides the budget flags of the search; LONGROPE_SEARCH_TIME (default
 # 12m) caps its time, so that a slow CPU evaluates fewer candidates instead of taking longer (the
 # search says how many it could afford; `longrope search ... --resume` continues it).
