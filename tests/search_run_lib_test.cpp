@@ -170,6 +170,43 @@ TEST(SearchRunLib, InterruptedMidIterationResumesToTheSameFiles) {
   fs::remove_all(d);
 }
 
+// A run killed without warning (no signal handler runs: a session's end, an out-of-memory kill)
+// leaves on disk every evaluation that had finished: the checkpoint is written after each one.
+// The files as they were at that moment resume to the files of an uninterrupted run.
+TEST(SearchRunLib, KilledRunLosesOnlyEvaluationsInFlight) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchkill");
+  const test::RemoveOnExit clean{d};
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRun(model, tiny(d / "a.json", 3)).run();
+  const fs::path out = d / "b.json", killed = d / "k.json";
+  size_t pending_seen = 0;
+  clear_stop();
+  SearchRun(model, tiny(out, 3)).run([&](const SearchProgress& pr) {
+    if (pr.phase != std::string("search") || pr.iteration != 1 || pr.evals_done != 2) return;
+    // What a kill at this moment leaves: the files as they are now.
+    const auto ck = nlohmann::json::parse(test::slurp(out.string() + ".ckpt.json"));
+    pending_seen = ck["pending"]["results"].size();
+    for (const char* ext : {"", ".ckpt.json", ".log.json"})
+      if (fs::exists(out.string() + ext))
+        fs::copy_file(out.string() + ext, killed.string() + ext,
+                      fs::copy_options::overwrite_existing);
+  });
+  EXPECT_EQ(pending_seen, 2u);  // both finished evaluations of the running iteration
+  SearchRunConfig more = tiny(killed, 3);
+  more.resume = true;
+  SearchRun(model, more).run();
+  for (const char* ext : {"", ".log.json", ".ckpt.json"}) {
+    const std::string a = test::slurp(d / (std::string("a.json") + ext));
+    ASSERT_FALSE(a.empty()) << ext;
+    EXPECT_EQ(a, test::slurp(out.string() + ext)) << ext;  // the saves change no result
+    EXPECT_EQ(a, test::slurp(killed.string() + ext)) << ext;
+  }
+  ::unsetenv("SOURCE_DATE_EPOCH");
+}
+
 // --fitness mix: the best fitness the search records is what `eval --fitness mix` measures for
 // its factors file (same needle windows, every token scored, the answers weighing w), the file
 // says how it was found, and a resume with another weight is refused.

@@ -703,7 +703,13 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       pr.front_size = static_cast<int>(srch.front().size());
       progress(pr);
     };
-    srch.on_eval = report;
+    // Every finished evaluation reaches the checkpoint at once (pending until its iteration
+    // ends, as an interrupted run saves it): a run killed without warning (a session's end, an
+    // out-of-memory kill) loses only the evaluations in flight.
+    srch.on_eval = [&](int done, int total) {
+      if (done > 0) save(phase);
+      report(done, total);
+    };
     while (!srch.finished(T)) {
       ev.iteration = srch.iterations_done();
       if (ev.budget_spent()) {
