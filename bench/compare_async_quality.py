@@ -17,7 +17,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "models" / "stories260K.gguf"
-SEARCH = ("search -m {model} -f {text} --target-ctx 4096 --docs 2 --population 32 "
+SEARCH = ("search -m {model} -f {text} -c 4096 --docs 2 --population 32 "
           "--iterations 10 --parents 16 --mutations 8 --crossovers 8 --seed {seed} -t 1 "
           "--no-progress --json -o {out} {extra}")
 HELD_OUT = "perplexity -m {model} -f {text} -c 4096 --docs 4 --factors {factors} -t 2 --json"

@@ -17,7 +17,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
-SEARCH = ("search -m {model} -f {text} --target-ctx 4096 --docs 2 --population 32 "
+SEARCH = ("search -m {model} -f {text} -c 4096 --docs 2 --population 32 "
           "--iterations 10 --parents 16 --mutations 8 --crossovers 8 --seed 7 --no-progress "
           "-o {out}")
 

@@ -6,7 +6,9 @@
 #      resumed by running this script again; a finished one is reused),
 #   3. perplexity at 16384 on another novel: no scaling, YaRN and the searched factors,
 #   4. export for llama.cpp (GGUF) and transformers (config.json rope_scaling), and the exported
-#      GGUF's perplexity, which equals the searched factors' one.
+#      GGUF's perplexity beside the searched factors' one (they differ by the start tokens a GGUF
+#      cannot hold and by rounding),
+#   5. a summary: the searched set against each rule on the held-out text, and the exported files.
 # About 25-30 minutes on 2 cores after the build: the search stops at its time cap (below), then
 # the eval of three methods at 16384 and the export's perplexity (a 16k candidate costs 42-69 s on
 # a Zen 4 in bf16, several minutes in FP32). Results in out/main/.
@@ -47,13 +49,13 @@ else
   resume=()
   [ -f "$factors.ckpt.json" ] && resume=(--resume)
   # shellcheck disable=SC2086
-  $bin search -m "$model" -f "$search_text" --target-ctx 16384 --docs 1 $budget --seed 1 \
+  $bin search -m "$model" -f "$search_text" -c 16384 --docs 1 $budget --seed 1 \
     --budget "${LONGROPE_SEARCH_TIME:-12m}" -o "$factors" "${resume[@]}"
 fi
 
 echo "== 3. perplexity at 16384 on $(basename "$eval_text")"
 $bin eval -m "$model" -f "$eval_text" --lengths 16384 --methods none,yarn,searched="$factors" \
-  -o "$out/eval" --resume
+  -O "$out/eval" --resume
 
 echo "== 4. export"
 $bin export -m "$model" --factors "$factors" -o "$out/SmolLM2-135M-Instruct-16k.gguf"
@@ -65,4 +67,8 @@ cat > "$out/config.json" <<'JSON'
  "max_position_embeddings": 8192, "rope_theta": 100000.0, "tie_word_embeddings": true}
 JSON
 $bin export --factors "$factors" --hf-config "$out/config.json" -o "$out/config-16k.json"
-$bin perplexity -m "$out/SmolLM2-135M-Instruct-16k.gguf" -f "$eval_text" -c 16384 --docs 1
+$bin perplexity -m "$out/SmolLM2-135M-Instruct-16k.gguf" -f "$eval_text" -c 16384 --docs 1 --json \
+  > "$out/exported-ppl.json"
+
+echo "== 5. summary"
+python3 scripts/main_summary.py "$factors" "$out/eval" "$out/exported-ppl.json" "$out/config-16k.json"

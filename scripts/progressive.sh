@@ -4,7 +4,7 @@
 # run stopped (rerun the same command).
 #
 # Usage: scripts/progressive.sh -m MODEL -f TRAIN_TEXT -s SEARCH_TEXT -e EVAL_TEXT --l1 L1 --l2 L2
-#          -o OUTDIR [--steps N] [--batch B] [--lr LR] [--short-share S] [--population P] [--iterations T]
+#          -O OUTDIR [--steps N] [--batch B] [--lr LR] [--short-share S] [--population P] [--iterations T]
 #          [--threads N] [--factors1 FILE]
 #   -s SEARCH_TEXT   the fitness text of the second search: not the training text (the fine-tuned
 #                    model has learnt it, and factors that suit a memorised text do not carry over)
@@ -26,7 +26,7 @@ while (($#)); do
     -e) evaltext="$2"; shift 2 ;;
     --l1) l1="$2"; shift 2 ;;
     --l2) l2="$2"; shift 2 ;;
-    -o) out="$2"; shift 2 ;;
+    -O|-o) out="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
     --lr) lr="$2"; shift 2 ;;
@@ -61,7 +61,7 @@ echo "== 1/5 search at $l1"
 if [ -z "$factors1" ]; then
   factors1="$out/factors-$l1.json"
   if [ ! -e "$factors1" ]; then
-    $bin search -m "$model" -f "$train" --target-ctx "$l1" "${search_flags[@]}" "${t[@]}" \
+    $bin search -m "$model" -f "$train" -c "$l1" "${search_flags[@]}" "${t[@]}" \
       -o "$factors1" $(resume_if "$factors1.ckpt.json")
   fi
 fi
@@ -79,7 +79,7 @@ echo "== 3/5 search at $l2 on the fine-tuned model"
 # context: the second search's factors apply on top of them, with s = L2 / L1.
 factors2="$out/factors-$l2.json"
 if [ ! -e "$factors2" ]; then
-  $bin search -m "$ft" -f "$searchtext" --target-ctx "$l2" "${search_flags[@]}" "${t[@]}" \
+  $bin search -m "$ft" -f "$searchtext" -c "$l2" "${search_flags[@]}" "${t[@]}" \
     -o "$factors2" $(resume_if "$factors2.ckpt.json")
 fi
 
@@ -103,9 +103,9 @@ json.dump({"format_version": 1, "rope_type": "longrope",
            "sets": [{"max_len": 0, "factors": ones}]}, open(sys.argv[2], "w"), indent=1)
 EOF
 $bin eval -m "$ft" -f "$evaltext" --lengths "$lengths" --docs 1 --no-progress "${t[@]}" \
-  --methods "ft-as-trained=$own,ft-searched-$l2=$factors2" -o "$out/eval-finetuned" --resume
+  --methods "ft-as-trained=$own,ft-searched-$l2=$factors2" -O "$out/eval-finetuned" --resume
 $bin eval -m "$model" -f "$evaltext" --lengths "$lengths" --docs 1 --no-progress "${t[@]}" \
-  --orig-ctx "$orig" --methods "none,ntk,yarn,factors-$l1=$factors1" -o "$out/eval-original" --resume
+  --orig-ctx "$orig" --methods "none,ntk,yarn,factors-$l1=$factors1" -O "$out/eval-original" --resume
 
 echo "== 5/5 export"
 $bin export -m "$ft" --factors "$factors2" -o "$out/ft-$l1-$l2.gguf"

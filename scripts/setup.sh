@@ -21,7 +21,7 @@ done
 
 PACKAGES=(build-essential g++ cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev openmpi-bin libopenmpi-dev
   libcli11-dev libfmt-dev libpcre2-dev libdnnl-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy
-  clang-format clang-tidy libplplot-dev plplot-driver-cairo)
+  clang-format clang-tidy libplplot-dev plplot-driver-cairo wamerican)
 # The fuzz preset configures the whole project with clang, whose OpenMP is libomp.
 ((want_fuzz)) && PACKAGES+=(clang-14 libclang-rt-14-dev libomp-14-dev)
 

@@ -146,7 +146,7 @@ TEST(EvalKl, CliFlag) {
       test::run_command(test::cli_path().string() + " eval -m " + test::stories_gguf().string() +
                             " -f " + test::shared_text("pride_and_prejudice.txt").string() +
                             " --lengths 256 --methods none,ntk --rope-factor 2 -t 1 "
-                            "--kl-divergence --no-progress -o " +
+                            "--kl-divergence --no-progress -O " +
                             dir.string(),
                         &out),
       0)

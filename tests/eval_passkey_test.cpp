@@ -117,7 +117,7 @@ TEST(EvalPasskey, TinyRunProducesTable) {
       fs::temp_directory_path() / ("longrope_passkey_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   const std::string cmd = cli_path().string() + " passkey -m " + stories() +
-                          " --lengths 256,512 --methods none,yarn --trials 2 --seed 7 -t 1 -o " +
+                          " --lengths 256,512 --methods none,yarn --trials 2 --seed 7 -t 1 -O " +
                           dir.string();
   std::string out;
   ASSERT_EQ(run_command(cmd, &out), 0) << out;
@@ -174,13 +174,13 @@ TEST(EvalPasskey, ResumeWithMoreTrialsExtendsTheStoredRun) {
   const std::string base = cli_path().string() + " passkey -m " + stories() +
                            " --lengths 256 --methods yarn -t 1 --no-progress --json";
   std::string out;
-  ASSERT_EQ(run_command(base + " --trials 2 --seed 3 -o " + dir.string(), &out), 0) << out;
+  ASSERT_EQ(run_command(base + " --trials 2 --seed 3 -O " + dir.string(), &out), 0) << out;
   nlohmann::json j = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
   ASSERT_EQ(j["cells"].size(), 1u);
   j["cells"][0]["results"][1]["output"] = "EDITED";
   { std::ofstream(dir / "results.json") << j.dump(); }
-  ASSERT_EQ(run_command(base + " --trials 3 --seed 3 --resume -o " + dir.string(), &out), 0) << out;
-  ASSERT_EQ(run_command(base + " --trials 3 --seed 3 -o " + fresh.string(), &out), 0) << out;
+  ASSERT_EQ(run_command(base + " --trials 3 --seed 3 --resume -O " + dir.string(), &out), 0) << out;
+  ASSERT_EQ(run_command(base + " --trials 3 --seed 3 -O " + fresh.string(), &out), 0) << out;
   const auto ext = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
   const auto ref = nlohmann::json::parse(longrope::test::slurp(fresh / "results.json"));
   const nlohmann::json* cell = nullptr;  // the 3-trial cell (the 2-trial one stays stored)
@@ -199,7 +199,7 @@ TEST(EvalPasskey, ResumeWithMoreTrialsExtendsTheStoredRun) {
   }
   EXPECT_EQ((*cell)["correct"], r3["correct"]);
   // Another seed shares no trials: the edited 2-trial cell is not reused.
-  ASSERT_EQ(run_command(base + " --trials 3 --resume -o " + dir.string() + " --seed 4", &out), 0)
+  ASSERT_EQ(run_command(base + " --trials 3 --resume -O " + dir.string() + " --seed 4", &out), 0)
       << out;
   const auto other = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
   int seed4 = 0;

@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "longrope/error.h"
@@ -212,7 +214,7 @@ TEST(EvalSweep, CliWritesEverythingAndResumes) {
   LONGROPE_REQUIRE_FILE(pride());
   const fs::path dir = fresh_dir("eval_cli");
   const std::string cmd = cli_path().string() + " eval -m " + stories() + " -f " + pride() +
-                          " --lengths 256,512 --methods none,ntk,dynamic --docs 1 -t 1 -o " +
+                          " --lengths 256,512 --methods none,ntk,dynamic --docs 1 -t 1 -O " +
                           dir.string();
   std::string out;
   ASSERT_EQ(run_command(cmd, &out), 0) << out;
@@ -325,6 +327,55 @@ TEST(EvalPlot, SvgHasOnePolylinePerSeries) {
   expect_png(p.string() + ".png");
   s.series = {{"empty", {256}, {std::nan("")}, {}, {}}};
   EXPECT_THROW(longrope::write_plot_svg(s, p.string() + ".svg"), longrope::Error);
+  fs::remove(p.string() + ".svg");
+  fs::remove(p.string() + ".png");
+}
+
+// Every rule-based method has its own marker (and colour) in every plot; one length is drawn as
+// bars on a linear axis from zero even when the spec asks for a log axis; the original context's
+// line is left out when it lies more than an octave from every length.
+TEST(EvalPlot, RuleMethodsHaveDistinctMarkersAndBarsStartAtZero) {
+  const fs::path p = fs::temp_directory_path() / ("longrope_mark_" + std::to_string(::getpid()));
+  longrope::PlotSpec s;
+  s.ylabel = "ppl";
+  s.log_y = true;
+  s.vline_x = 512;
+  for (const char* m : {"none", "linear", "ntk", "dynamic", "yarn", "llama3"})
+    s.series.push_back({m, {1024, 2048}, {30, 40}, {}, {}});
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  const std::string svg = slurp(p.string() + ".svg");
+  // The legend's marker of each series, without its position and colour.
+  std::set<std::string> shapes;
+  for (size_t at = svg.find("<g class=\"legend\">"); at != std::string::npos;
+       at = svg.find("<g class=\"legend\">", at + 1)) {
+    const size_t a = svg.find("/>", at) + 2, b = svg.find("<text", a);
+    std::string shape = svg.substr(a, b - a);
+    std::string kept;
+    bool in_quotes = false;  // drop attribute values: coordinates and colours
+    for (char c : shape) {
+      if (c == '"') in_quotes = !in_quotes;
+      if (!in_quotes || c == '"') kept += c;
+    }
+    // ... but keep the path's commands, which give the shape.
+    const size_t d = shape.find("d=\"");
+    if (d != std::string::npos)
+      for (char c : shape.substr(d + 3, shape.find('"', d + 3) - d - 3))
+        if (std::isalpha(static_cast<unsigned char>(c))) kept += c;
+    shapes.insert(kept);
+  }
+  EXPECT_EQ(shapes.size(), 6u) << svg;
+  EXPECT_NE(svg.find("class=\"vline\""), std::string::npos);  // 512: an octave below 1024
+
+  s.series = {{"yarn", {1024}, {30}, {}, {}}, {"ntk", {1024}, {40}, {}, {}}};
+  s.vline_x = 8192;  // three octaves above the only length
+  longrope::write_plot_svg(s, p.string() + ".svg");
+  const std::string bars = slurp(p.string() + ".svg");
+  EXPECT_EQ(count_of(bars, "class=\"bar\""), 2u);
+  EXPECT_EQ(bars.find("class=\"vline\""), std::string::npos);
+  EXPECT_EQ(bars.find("(log scale)"), std::string::npos);  // a linear axis ...
+  EXPECT_NE(bars.find(">0</text>"), std::string::npos);    // ... from zero
+  longrope::write_plot_png(s, p.string() + ".png");
+  expect_png(p.string() + ".png");
   fs::remove(p.string() + ".svg");
   fs::remove(p.string() + ".png");
 }

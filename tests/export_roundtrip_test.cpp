@@ -158,6 +158,17 @@ TEST(ExportHf, ConfigHasLongropeScalingAndReadsBack) {
   other["max_position_embeddings"] = 8192;
   test::expect_error([&] { export_hf_config(other, test_factors(false)); },
                      {"trained at 8192 tokens", "extends 512"});
+  // Another rotary base than the one the factors were searched on (their provenance's rope_base);
+  // rope_theta absent reads as 10000, as transformers reads it.
+  other = cfg;
+  other["rope_theta"] = 100000.0;
+  test::expect_error([&] { export_hf_config(other, test_factors(false), 10000.0); },
+                     {"rope_theta 100000", "rope base 10000"});
+  EXPECT_NO_THROW(export_hf_config(other, test_factors(false), 100000.0));
+  other.erase("rope_theta");
+  EXPECT_NO_THROW(export_hf_config(other, test_factors(false), 10000.0));
+  test::expect_error([&] { export_hf_config(other, test_factors(false), 500000.0); },
+                     {"rope_theta 10000"});
   // An exported config again (longrope: its original context counts, not its new maximum).
   EXPECT_NO_THROW(export_hf_config(export_hf_config(cfg, test_factors(false)), test_factors(true)));
 }

@@ -60,15 +60,15 @@ TEST(NonFinite, NanWeightStopsEveryCommandWithTheLayer) {
   };
   const std::vector<Cmd> cmds = {
       {fmt::format("perplexity -m '{}' -f '{}' -c 256 -t 1", m, text), ""},
-      {fmt::format("eval -m '{}' -f '{}' --lengths 256 --methods none -t 1 --no-progress -o '{}'",
+      {fmt::format("eval -m '{}' -f '{}' --lengths 256 --methods none -t 1 --no-progress -O '{}'",
                    m, text, (d / "ev").string()),
        (d / "ev" / "results.md").string()},
-      {fmt::format("search -m '{}' -f '{}' --target-ctx 1024 --population 4 --iterations 1 -t 1 "
+      {fmt::format("search -m '{}' -f '{}' -c 1024 --population 4 --iterations 1 -t 1 "
                    "--no-progress -o '{}'",
                    m, text, (d / "f.json").string()),
        (d / "f.json").string()},
       {fmt::format("generate -m '{}' -p 'Once upon a time' -n 4 -t 1", m), ""},
-      {fmt::format("passkey -m '{}' --lengths 256 --trials 1 -t 1 --no-progress -o '{}'", m,
+      {fmt::format("passkey -m '{}' --lengths 256 --trials 1 -t 1 --no-progress -O '{}'", m,
                    (d / "pk").string()),
        (d / "pk" / "results.md").string()}};
   for (const Cmd& c : cmds) {

@@ -51,7 +51,7 @@ TEST(OutputGuard, SearchAndFinetuneRefuseBeforeAnyWork) {
   const std::string model_bytes = test::slurp(model), text_bytes = test::slurp(text);
   const std::string cli = test::cli_path().string();
   const std::string search = cli + " search -m " + model.string() + " -f " + text.string() +
-                             " --target-ctx 1024 --population 4 --iterations 1 -t 1 --no-progress";
+                             " -c 1024 --population 4 --iterations 1 -t 1 --no-progress";
   const std::string finetune = cli + " finetune -m " + model.string() + " -f " + text.string() +
                                " -c 256 --steps 1 -t 1 --no-progress";
   std::string out;
@@ -93,7 +93,7 @@ TEST(OutputGuard, EvalAndPasskeyKeepAnotherRunsResults) {
   const fs::path d = test::fresh_temp_dir("guard_sweep");
   const test::RemoveOnExit clean{d};
   const std::string cli = test::cli_path().string();
-  const std::string common = " -m " + test::stories_gguf().string() + " -t 1 --no-progress -o ";
+  const std::string common = " -m " + test::stories_gguf().string() + " -t 1 --no-progress -O ";
   const std::string eval = cli + " eval -f " +
                            test::shared_text("pride_and_prejudice.txt").string() +
                            " --lengths 256" + common;

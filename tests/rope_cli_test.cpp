@@ -75,7 +75,7 @@ TEST(RopeCli, JsonMatchesLibrary) {
   for (const char* args :
        {"--rope none", "--rope linear --rope-factor 4", "--rope pi --rope-factor 4",
         "--rope ntk --rope-factor 4",
-        "--rope dynamic --rope-factor 2 --orig-ctx 2048 --seq-len 8192",
+        "--rope dynamic --rope-factor 2 --orig-ctx 2048 -c 8192",
         "--rope llama3 --rope-factor 8 --orig-ctx 8192 --low-freq-factor 1 --high-freq-factor 4"}) {
     SCOPED_TRACE(args);
     json k = run_json(std::string("--head-dim 128 --base 500000 ") + args);
@@ -102,7 +102,7 @@ TEST(RopeCli, LongropeFactorsFileSelectsSetByLength) {
        {Case{100, 0}, Case{512, 0}, Case{513, 1}, Case{2048, 1}, Case{2049, 2}, Case{100000, 2}}) {
     SCOPED_TRACE("seq_len " + std::to_string(c.len));
     json j =
-        run_json("--head-dim 8 --factors '" + p.string() + "' --seq-len " + std::to_string(c.len));
+        run_json("--head-dim 8 --factors '" + p.string() + "' -c " + std::to_string(c.len));
     EXPECT_EQ(j["method"], "longrope");
     EXPECT_EQ(j["factor_set"], c.set);
     EXPECT_EQ(j["n_hat"], 4);
@@ -153,7 +153,7 @@ TEST(RopeCli, ErrorsExitNonZeroWithOneLine) {
       {"--head-dim 8 --rope linear --rope-factor 0.5", "factor = 0.5", 1},
       {"--head-dim 7 --rope linear --rope-factor 2", "positive even", 1},
       {"--head-dim 16 --factors '" + p.string() + "'", "has 4 factors; expected 8", 1},
-      {"--head-dim 8 --factors '" + p.string() + "' --n-hat 100 --seq-len 50",
+      {"--head-dim 8 --factors '" + p.string() + "' --n-hat 100 -c 50",
        "n_hat 100 >= context 50", 1},
       {"--head-dim 8 --factors '" + p.string() + "' --rope yarn", "implies --rope longrope", 1},
       {"--head-dim 8 --rope linear --rope-factor 2 --yarn-beta-fast 8",

@@ -126,7 +126,7 @@ TEST(RopeFreqs, FactorsRulesSearchAndExportComposeWithTheModelsOwn) {
   EXPECT_EQ(ppl(*x, x->default_rope(), 2048), want);
   // Start tokens cannot keep the model's rotation in a folded file: refused.
   write_factors_file(f, longrope_of(lam, 4));
-  test::expect_error([&] { export_gguf(rf_path, read_factors_file(f), out); }, "--n-hat 0");
+  test::expect_error([&] { export_gguf(rf_path, read_factors_file(f), out); }, "--n-hat-candidates 0");
 
   // HF: a llama3 rope_scaling is folded the same way.
   const nlohmann::json cfg = {{"hidden_size", 64},

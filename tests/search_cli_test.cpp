@@ -35,7 +35,7 @@ int search(const std::string& args, std::string* out) {
 }
 
 const char* kTiny =
-    "--target-ctx 1024 --docs 1 --population 8 --parents 4 --mutations 2 --crossovers 2 "
+    "-c 1024 --docs 1 --population 8 --parents 4 --mutations 2 --crossovers 2 "
     "--seed 5 ";
 
 TEST(SearchCli, SameSeedSameFileAndResumeMatches) {
@@ -91,7 +91,7 @@ TEST(SearchCli, SigintSavesAndResumes) {
   LONGROPE_REQUIRE_FILE(text_path());
   const fs::path d = temp_dir("sigint");
   const std::string args =
-      "--target-ctx 4096 --docs 2 --population 16 --parents 8 --mutations 8 "
+      "-c 4096 --docs 2 --population 16 --parents 8 --mutations 8 "
       "--crossovers 8 --seed 3 -f '" +
       text_path() + "' -o '" + (d / "s.json").string() + "'";
   const std::string log = "'" + (d / "out.txt").string() + "'";
@@ -122,27 +122,27 @@ TEST(SearchCli, ClearErrors) {
     EXPECT_NE(out.find(needle), std::string::npos) << args << "\n" << out;
     EXPECT_NE(out.find("error:"), std::string::npos) << out;
   };
-  expect_error(f + "--target-ctx 512", "not above the original context");
-  expect_error(f + "--target-ctx 1024 --docs 100000", "too little text");
-  expect_error(f + "--target-ctx 1024 --n-hat 0,1024", "n_hat");
-  expect_error(f + "--target-ctx 1024 --lambda-max 0.5", "lambda-max");
-  expect_error(f + "--target-ctx 1024 --attn-factor 1 --attn-candidates 0.9,1", "at most one");
-  expect_error(f + "--target-ctx 1024 --attn-candidates 0.9,-1", "attention factor -1");
-  expect_error(f + "--target-ctx 1024 --blend 1.5", "--blend");
-  expect_error(f + "--target-ctx 1024 --seed-blends 1.5", "seed blend 1.5");
-  expect_error(f + "--target-ctx 1024 --seed-blends 0.5", "at least two seed factor sets");
+  expect_error(f + "-c 512", "not above the original context");
+  expect_error(f + "-c 1024 --docs 100000", "too little text");
+  expect_error(f + "-c 1024 --n-hat-candidates 0,1024", "n_hat");
+  expect_error(f + "-c 1024 --lambda-max 0.5", "lambda-max");
+  expect_error(f + "-c 1024 --attn-factor 1 --attn-candidates 0.9,1", "at most one");
+  expect_error(f + "-c 1024 --attn-candidates 0.9,-1", "attention factor -1");
+  expect_error(f + "-c 1024 --blend 1.5", "--blend");
+  expect_error(f + "-c 1024 --seed-blends 1.5", "seed blend 1.5");
+  expect_error(f + "-c 1024 --seed-blends 0.5", "at least two seed factor sets");
   // An unwritable output fails before any evaluation.
-  expect_error("-f '" + text_path() + "' -o /nonexistent/dir/x.json --target-ctx 1024",
+  expect_error("-f '" + text_path() + "' -o /nonexistent/dir/x.json -c 1024",
                "cannot write /nonexistent/dir/x.json");
-  expect_error(f + "--target-ctx 1024 --resume", "no checkpoint");
+  expect_error(f + "-c 1024 --resume", "no checkpoint");
   { std::ofstream(d / "x.json.ckpt.json") << "{ not json"; }
-  expect_error(f + "--target-ctx 1024 --resume", "corrupt checkpoint");
+  expect_error(f + "-c 1024 --resume", "corrupt checkpoint");
   // A checkpoint for another target is refused.
   std::string out;
   // (The corrupt checkpoint is an earlier run's file: replaced only with --overwrite.)
   expect_error(std::string(kTiny) + f + "--iterations 0", "holds an earlier run's progress");
   ASSERT_EQ(search(std::string(kTiny) + f + "--iterations 0 --overwrite", &out), 0) << out;
-  expect_error(f + "--target-ctx 2048 --docs 1 --population 8 --parents 4 --mutations 2 "
+  expect_error(f + "-c 2048 --docs 1 --population 8 --parents 4 --mutations 2 "
                    "--crossovers 2 --seed 5 --resume",
                "checkpoint is for another target_ctx");
   // ... and one written with another blend probability (the operator changes the children).

@@ -414,7 +414,7 @@ TEST(SearchRunLib, BadSettingsFailAtConstruction) {
   test::expect_error([&] { SearchRun(model, c); }, "not above the original context");
   c = tiny("unused.json", 1);
   c.short_ctx = 2048;
-  test::expect_error([&] { SearchRun(model, c); }, "is not below --target-ctx");
+  test::expect_error([&] { SearchRun(model, c); }, "is not below -c");
   c = tiny("unused.json", 1);
   c.docs = 100000;
   test::expect_error([&] { SearchRun(model, c); }, "too little text");

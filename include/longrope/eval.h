@@ -124,8 +124,10 @@ ResultTable make_table(const nlohmann::json& cells, const std::vector<EvalMethod
                        const std::vector<int64_t>& lengths, const std::string& field,
                        const std::string& lo_field = "", const std::string& hi_field = "");
 
-// The Wilson score interval of a proportion of k successes in n trials (z = 1.96: 95%).
-std::pair<double, double> wilson_interval(int64_t k, int64_t n, double z = 1.96);
+// The Wilson score interval of a proportion of k successes in n trials (z = 1.96: 95%). k may be
+// fractional (a sum of n scores in [0, 1], as RULER's string_match_all gives): a [0, 1]-bounded
+// score's variance is at most p(1 - p), so the interval is then conservative.
+std::pair<double, double> wilson_interval(double k, int64_t n, double z = 1.96);
 std::string table_markdown(const ResultTable& t, const std::string& corner, int decimals);
 std::string table_csv(const ResultTable& t, int decimals);
 
@@ -181,6 +183,7 @@ struct SweepOutputs {
   int decimals = 3;                // in the Markdown table (the CSV gets 3 more)
   std::string stem;                // plot file name without extension
   PlotSpec plot;                   // title, axis labels and ranges; series are filled in
+  std::string md_head;             // what the table shows, before it in results.md
 };
 std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, int64_t orig_ctx,
                                 SweepOutputs out);
@@ -215,7 +218,7 @@ struct SweepPlan {
   std::function<nlohmann::json()> fingerprint;
 };
 
-// A plan's fingerprint: the model (weights_fingerprint), the tokens it scores (texts or prompts),
+// A plan's fingerprint: the model (model_fingerprint), the tokens it scores (texts or prompts),
 // the cell keys and lengths, and the compute mode.
 nlohmann::json sweep_fingerprint(const Model& model,
                                  const std::vector<std::vector<int32_t>>& tokens,

@@ -1,6 +1,7 @@
 // Exporting searched LongRoPE factors into model files (docs/search.md, "Export").
 #pragma once
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,9 +40,13 @@ RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched)
 // (target / L_orig) and attention_factor; max_position_embeddings = target. Throws Error.
 // Refuses (Error, one line) a config of another model: one whose rotary pairs per head (head_dim
 // or hidden_size / num_attention_heads, times partial_rotary_factor, over 2) differ from the
-// number of factors, or whose trained context differs from the factors' original context.
-nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors);
-void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& factors);
+// number of factors, or whose trained context differs from the factors' original context, or,
+// given rope_base (the base the factors were searched on: their provenance's rope_base), whose
+// rope_theta differs from it.
+nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors,
+                                std::optional<double> rope_base = std::nullopt);
+void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& factors,
+                          std::optional<double> rope_base = std::nullopt);
 
 // Writes a Llama HF folder for a loaded model file (any format) at out_dir (created if missing;
 // every file atomically): model.safetensors (F32/F16/BF16 tensors as they are, quantized ones

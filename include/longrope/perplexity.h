@@ -39,6 +39,9 @@ std::string normalize_newlines(std::string_view text);
 //    predictions at positions L/2 .. L-2 are scored (L - L/2 - 1 per window: the second half).
 enum class WindowConvention { kLongrope, kLlamaCpp };
 const char* window_convention_name(WindowConvention c);  // "longrope", "llama.cpp"
+// How the convention cuts windows and which tokens it scores, in a few words for tables and
+// result lines: "longrope convention: BOS + CTX-1 text tokens, all scored, CRLF read as LF".
+std::string window_convention_description(WindowConvention c);
 WindowConvention parse_window_convention(const std::string& name);
 
 // The text as the convention reads it (newlines normalised for kLongrope, untouched otherwise).

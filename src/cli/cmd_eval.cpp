@@ -2,7 +2,6 @@
 #include <fmt/core.h>
 
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -13,7 +12,8 @@ namespace longrope::cli {
 
 namespace {
 struct EvalArgs {
-  std::string model, tokenizer, texts, lengths, out;
+  std::string model, tokenizer, lengths, out;
+  std::vector<std::string> texts;
   std::vector<std::string> methods;
   int64_t docs = 1;
   ScaleFlags scale;
@@ -27,14 +27,6 @@ struct EvalArgs {
   double needle_weight = 0.1;
 };
 
-std::vector<std::string> split_paths(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string p;
-  while (std::getline(ss, p, ','))
-    if (!p.empty()) out.push_back(p);
-  return out;
-}
 }  // namespace
 
 Runner register_eval(CLI::App& app) {
@@ -43,18 +35,11 @@ Runner register_eval(CLI::App& app) {
       "eval",
       "Perplexity of several RoPE methods at several lengths (K windows per text; with several "
       "texts ppl = exp(mean NLL over all scored tokens)); writes results.{md,csv,json} and "
-      "ppl.{png,svg} to -o DIR");
-  cmd->add_option("-m,--model", a->model,
-                  "model: GGUF file, llama2.c checkpoint or HF model folder")
-      ->required();
-  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  cmd->add_option("-f,--file", a->texts, "text file(s), comma-separated")->required();
-  cmd->add_option("--lengths", a->lengths, "window lengths, e.g. 512,1024,2k,4k")->required();
-  cmd->add_option("--methods", a->methods,
-                  "comma-separated: none, linear, ntk, dynamic, yarn, llama3, "
-                  "longrope=FACTORS.json, LABEL=FACTORS.json, LABEL=METHOD")
-      ->default_str("none,linear,ntk,dynamic,yarn")
-      ->delimiter('\0');
+      "ppl.{png,svg} to -O DIR");
+  add_model_flags(cmd, a->model, a->tokenizer);
+  add_texts_option(cmd, a->texts, "text file(s), comma separated (UTF-8)");
+  add_lengths_option(cmd, a->lengths, "window lengths, e.g. 512,1024,2k,4k")->required();
+  add_methods_option(cmd, a->methods, "none,linear,ntk,dynamic,yarn");
   cmd->add_option("--docs", a->docs, "windows per text (K)")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 20));
@@ -78,18 +63,18 @@ Runner register_eval(CLI::App& app) {
                 "at lengths up to the trained context: mean KL divergence, its 99th percentile and "
                 "the share of positions with the same top token (tables in results.md, kl.csv)");
   add_convention_flag(cmd, a->convention);
-  cmd->add_option("-o,--output", a->out, "output directory (results.*, ppl.png, ppl.svg)");
+  add_out_dir_option(cmd, a->out, "output directory (results.*, ppl.png, ppl.svg)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -o DIR");
+  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -O DIR");
   add_no_progress_flag(cmd, a->progress);
   return [a]() {
-    if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
+    check_resume_has_out_dir("eval", a->resume, a->out);
     EvalConfig cfg;
     cfg.model_path = a->model;
-    cfg.text_paths = split_paths(a->texts);
+    cfg.text_paths = a->texts;
     as_usage_error("eval", [&] { cfg.lengths = parse_lengths(a->lengths); });
     cfg.methods =
         a->methods.empty() ? std::vector<std::string>{"none,linear,ntk,dynamic,yarn"} : a->methods;

@@ -54,9 +54,10 @@ Runner register_export(CLI::App& app) {
       "export",
       "Write LongRoPE factors into a GGUF model (-m, -o), a Hugging Face config.json "
       "(--hf-config, -o) or a Hugging Face model folder (-m, --hf-dir)");
-  cmd->add_option("-m,--model", a->model,
-                  "model to copy with the factors: a GGUF file (-o), or any model (--hf-dir)");
-  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin of a llama2.c -m (with --hf-dir)");
+  add_model_flags(cmd, a->model, a->tokenizer,
+                  "model to copy with the factors: a GGUF file (-o), or any model (--hf-dir; a "
+                  "llama2.c checkpoint with --tokenizer)",
+                  false);
   cmd->add_option("--hf-config", a->hf_config, "HF config.json to rewrite with the factors");
   cmd->add_option("--hf-dir", a->hf_dir,
                   "write -m as an HF model folder here (config.json with the factors as "
@@ -112,7 +113,8 @@ Runner register_export(CLI::App& app) {
       return 0;
     }
     check_writable(a->output);
-    const RopeScaling f = read_factors_file(a->factors);
+    nlohmann::json provenance;
+    const RopeScaling f = read_factors_file(a->factors, &provenance);
     check_deployment(*a, f, !a->model.empty());
     if (!a->model.empty()) {
       export_gguf(a->model, f, a->output);
@@ -127,7 +129,12 @@ Runner register_export(CLI::App& app) {
       } catch (const nlohmann::json::exception& e) {
         throw Error(fmt::format("{}: not valid JSON ({})", a->hf_config, e.what()));
       }
-      const nlohmann::json out = export_hf_config(cfg, f);
+      // Files searched since the provenance names the model's rope base carry it.
+      std::optional<double> base;
+      if (provenance.is_object() && provenance.contains("rope_base") &&
+          provenance["rope_base"].is_number())
+        base = provenance["rope_base"].get<double>();
+      const nlohmann::json out = export_hf_config(cfg, f, base);
       write_file_atomically(a->output, out.dump(2) + "\n");
       fmt::print("wrote {} (max_position_embeddings {})\n", a->output, f.target_ctx);
     }

@@ -39,18 +39,11 @@ Runner register_finetune(CLI::App& app) {
       "finetune",
       "Full fine-tuning of a Llama-architecture model at length CTX with a RoPE scaling "
       "(AdamW, FP32 master weights; docs/finetune.md)");
-  cmd->add_option("-m,--model", a->model,
-                  "model: a GGUF file, a llama2.c checkpoint or an HF model folder (the last two "
-                  "with --hf-dir only)")
-      ->required();
-  cmd->add_option("--tokenizer", a->tokenizer,
-                  "tokenizer.bin for llama2.c checkpoints (with --hf-dir: -o copies a GGUF)");
-  cmd->add_option("-f,--file", c.texts, "training text file(s), comma separated (UTF-8)")
-      ->required()
-      ->delimiter(',');
-  cmd->add_option("-c,--ctx", c.ctx, "tokens per training sequence (BOS included)")
-      ->required()
-      ->check(in_range(int64_t(2), int64_t(1) << 24));
+  add_model_flags(cmd, a->model, a->tokenizer,
+                  "model: a GGUF file, a llama2.c checkpoint (with --tokenizer) or an HF model "
+                  "folder (the last two with --hf-dir only)");
+  add_texts_option(cmd, c.texts, "training text file(s), comma separated (UTF-8)");
+  add_ctx_option(cmd, c.ctx, "tokens per training sequence (BOS included)")->required();
   cmd->add_option("--steps", c.steps, "optimizer steps")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 40));

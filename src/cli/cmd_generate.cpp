@@ -55,10 +55,7 @@ std::string chatml(const std::string& tmpl, const std::string& system, const std
 Runner register_generate(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt");
-  cmd->add_option("-m,--model", args->model,
-                  "model: GGUF file, llama2.c checkpoint or HF model folder")
-      ->required();
-  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  add_model_flags(cmd, args->model, args->tokenizer);
   auto* prompt =
       cmd->add_option("-p,--prompt", args->prompt, "prompt text (default: empty, start from BOS)");
   cmd->add_option("-f,--file", args->prompt_file, "read the prompt from this text file")
@@ -66,8 +63,7 @@ Runner register_generate(CLI::App& app) {
   cmd->add_option("-n,--n-predict", args->n_predict, "tokens to generate")
       ->capture_default_str()
       ->check(in_range(int64_t(0), int64_t(1) << 24));
-  cmd->add_option("-c,--ctx", args->ctx, "context size (default: the model's trained context)")
-      ->check(in_range(int64_t(1), int64_t(1) << 24));
+  add_ctx_option(cmd, args->ctx, "context size (default: the model's trained context)", 1);
   cmd->add_option("--temp", args->temp, "temperature; 0 = greedy")
       ->capture_default_str()
       ->check(in_range(0.0, 100.0));

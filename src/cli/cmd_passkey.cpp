@@ -46,17 +46,10 @@ Runner register_passkey(CLI::App& app) {
       "passkey",
       "Passkey retrieval: a random number (1..50000) hidden at a random depth of filler text, "
       "greedy decoding of up to 10 tokens after the question; accuracy per method and length with "
-      "its 95% Wilson interval; writes results.{md,csv,json} and accuracy.{png,svg} to -o DIR");
-  cmd->add_option("-m,--model", a->model,
-                  "model: GGUF file, llama2.c checkpoint or HF model folder")
-      ->required();
-  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  cmd->add_option("--lengths", a->lengths, "prompt lengths in tokens, e.g. 1k,2k,4k")->required();
-  cmd->add_option("--methods", a->methods,
-                  "comma-separated: none, linear, ntk, dynamic, yarn, llama3, "
-                  "longrope=FACTORS.json, LABEL=FACTORS.json, LABEL=METHOD")
-      ->default_str("none")
-      ->delimiter('\0');
+      "its 95% Wilson interval; writes results.{md,csv,json} and accuracy.{png,svg} to -O DIR");
+  add_model_flags(cmd, a->model, a->tokenizer);
+  add_lengths_option(cmd, a->lengths, "prompt lengths in tokens, e.g. 1k,2k,4k")->required();
+  add_methods_option(cmd, a->methods);
   cmd->add_option("--trials", a->trials, "trials per method and length")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 20));
@@ -68,15 +61,15 @@ Runner register_passkey(CLI::App& app) {
       ->capture_default_str()
       ->check(in_range(1, 1000));
   add_scale_flags(cmd, a->scale);
-  cmd->add_option("-o,--output", a->out, "output directory (results.*, accuracy and depth plots)");
+  add_out_dir_option(cmd, a->out, "output directory (results.*, accuracy and depth plots)");
   add_threads_option(cmd, a->threads);
   add_compute_flag(cmd, a->compute);
   cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
   cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -o DIR");
+  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -O DIR");
   add_no_progress_flag(cmd, a->progress);
   return [a]() {
-    if (a->resume && a->out.empty()) throw Error("--resume needs -o DIR (where results.json is)");
+    check_resume_has_out_dir("passkey", a->resume, a->out);
     PasskeyConfig cfg;
     cfg.model_path = a->model;
     as_usage_error("passkey", [&] { cfg.lengths = parse_lengths(a->lengths); });

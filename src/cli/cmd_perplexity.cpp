@@ -33,14 +33,9 @@ Runner register_perplexity(CLI::App& app) {
       "perplexity",
       "Perplexity on long text: window k = BOS + text tokens [k*(CTX-1), (k+1)*(CTX-1)), all CTX-1 "
       "text tokens scored, ppl = exp(mean NLL) (--convention llama.cpp: as llama-perplexity)");
-  cmd->add_option("-m,--model", args->model,
-                  "model: GGUF file, llama2.c checkpoint or HF model folder")
-      ->required();
-  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  add_model_flags(cmd, args->model, args->tokenizer);
   cmd->add_option("-f,--file", args->text, "text file (UTF-8)")->required();
-  cmd->add_option("-c,--ctx", args->ctx, "window length in tokens, BOS included")
-      ->required()
-      ->check(in_range(int64_t(2), int64_t(1) << 24));
+  add_ctx_option(cmd, args->ctx, "window length in tokens, BOS included")->required();
   cmd->add_option("--docs", args->docs, "number of windows K")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 20));
@@ -90,9 +85,8 @@ Runner register_perplexity(CLI::App& app) {
       fmt::print(
           "ppl = {:.4f}  ({} tokens scored in {} window(s) of {}{}, {:.2f}s, {:.1f} tok/s, rope "
           "{})\n",
-          r.ppl, r.tokens, r.docs, r.ctx,
-          convention == WindowConvention::kLongrope ? "" : ", llama.cpp convention", r.seconds,
-          r.tokens_per_second, scaling.describe());
+          r.ppl, r.tokens, r.docs, r.ctx, "; " + window_convention_description(convention),
+          r.seconds, r.tokens_per_second, scaling.describe());
     }
     return 0;
   };

@@ -31,7 +31,7 @@ struct RopeCmd {
   CLI::Option* base_opt = nullptr;
 };
 
-// The length the table is shown for when --seq-len is not given: the scaling's target length.
+// The length the table is shown for when -c is not given: the scaling's target length.
 int64_t default_seq_len(const RopeScaling& s, int64_t model_ctx) {
   const int64_t L = s.orig_ctx > 0 ? s.orig_ctx : model_ctx;
   if (s.method == RopeMethod::kLongrope && s.target_ctx > 0) return s.target_ctx;
@@ -129,17 +129,16 @@ Runner register_rope(CLI::App& app) {
       "rope",
       "Show the per-pair RoPE frequencies, wavelengths and rescale factors of a scaling (no model "
       "needed; -m takes head dim, base, context and declared scaling from a model file)");
-  cmd->add_option("-m,--model", c->model_path,
-                  "Model: GGUF file, llama2.c checkpoint or HF model folder");
-  cmd->add_option("--tokenizer", c->tokenizer_path, "tokenizer.bin (llama2.c checkpoints)");
-  c->head_dim_opt = cmd->add_option("--head-dim", c->head_dim, "Rotary dims per head (without -m)")
+  add_model_flags(cmd, c->model_path, c->tokenizer_path, "", false);
+  c->head_dim_opt = cmd->add_option("--head-dim", c->head_dim, "rotary dims per head (without -m)")
                         ->check(in_range(1, 65536));
   c->base_opt = cmd->add_option("--base", c->base, "RoPE base (without -m; default 10000)")
                     ->check(in_range(1e-6, 1e15));
-  cmd->add_option("--seq-len", c->seq_len,
-                  "Sequence length the tables are for (default: the scaling's target length)")
-      ->check(in_range(0, double(int64_t(1) << 40)));
-  cmd->add_flag("--json", c->json, "Print one JSON object instead of a table");
+  add_ctx_option(cmd, c->seq_len,
+                 "sequence length the tables are for (default: the scaling's target length)", 0);
+  add_deprecated_alias(cmd, "--seq-len", "-c/--ctx", c->seq_len)
+      ->check(in_range(0, double(kMaxContext)));
+  cmd->add_flag("--json", c->json, "print one JSON object instead of a table");
   add_rope_flags(cmd, c->rope);
   // longrope::Error propagates to main, which prints it as one line and exits non-zero.
   return [c]() -> int { return run(*c); };

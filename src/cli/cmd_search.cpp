@@ -81,6 +81,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
       // The first report of a phase comes before its first evaluation: what it counts was
       // restored from a checkpoint, and the ETA follows this run's pace only.
       bar->resumed_at(done);
+      if (cfg.budget_seconds > 0) bar->stop_by(t0 + cfg.budget_seconds);
     }
     const std::string best =
         std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl) : std::string("-");
@@ -183,20 +184,15 @@ Runner register_search(CLI::App& app) {
   auto a = std::make_shared<SearchArgs>();
   CLI::App* cmd = app.add_subcommand(
       "search", "LongRoPE evolutionary search for per-pair RoPE rescale factors (docs/search.md)");
-  cmd->add_option("-m,--model", a->model,
-                  "model: GGUF file, llama2.c checkpoint or HF model folder")
-      ->required();
-  cmd->add_option("--tokenizer", a->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  cmd->add_option("-f,--file", a->cfg.texts, "text file(s), comma separated (UTF-8)")
-      ->required()
-      ->delimiter(',');
-  cmd->add_option("--target-ctx", a->cfg.target_ctx,
-                  "target context length L (fitness window length)")
-      ->required()
-      ->check(in_range(int64_t(2), int64_t(1) << 24));
-  cmd->add_option("--orig-ctx", a->cfg.orig_ctx,
-                  "original context (default: the model's trained one)")
-      ->check(in_range(int64_t(1), int64_t(1) << 24));
+  add_model_flags(cmd, a->model, a->tokenizer);
+  add_texts_option(cmd, a->cfg.texts, "text file(s), comma separated (UTF-8)");
+  add_ctx_option(cmd, a->cfg.target_ctx,
+                 "target context length L, the fitness window's length (required)");
+  add_deprecated_alias(cmd, "--target-ctx", "-c/--ctx", a->cfg.target_ctx)
+      ->check(in_range(2, double(kMaxContext)));
+  add_orig_ctx_option(
+      cmd, [a](int64_t v) { a->cfg.orig_ctx = v; },
+      "original context (default: the model's trained one)");
   cmd->add_option("--docs", a->cfg.docs, "windows K of L tokens in the fitness")
       ->capture_default_str()
       ->check(in_range(int64_t(1), int64_t(1) << 20));
@@ -224,10 +220,12 @@ Runner register_search(CLI::App& app) {
       ->capture_default_str()
       ->check(in_range(0.0, 1.0));
   cmd->add_option("--lambda-max", a->cfg.lambda_max, "upper bound of the factors (default 1.25*s)");
-  cmd->add_option("--n-hat", a->cfg.n_hat,
-                  "start-token candidates, comma separated (default "
+  cmd->add_option("--n-hat-candidates", a->cfg.n_hat,
+                  "start-token counts n_hat to search, comma separated (default "
                   "0,1,2,4,8,12,16,20,24,28,32,64,128,256 below L)")
+      ->type_name("LIST")
       ->delimiter(',');
+  add_deprecated_alias(cmd, "--n-hat", "--n-hat-candidates", a->cfg.n_hat)->delimiter(',');
   cmd->add_option("--attn-factor", a->cfg.attn_factor,
                   "fix the attention factor (default: searched over 0.70, 0.75, ..., 1.10 and the "
                   "rules sqrt(1+ln s/ln L_orig) and 0.1 ln s + 1)");
@@ -317,6 +315,7 @@ Runner register_search(CLI::App& app) {
 
   return [a]() {
     SearchRunConfig& cfg = a->cfg;
+    if (cfg.target_ctx <= 0) throw UsageError("search", "-c/--ctx is required");
     cfg.model_path = a->model;
     if (a->critical_dim == "off") {
       cfg.critical_dim = -1;
@@ -331,9 +330,9 @@ Runner register_search(CLI::App& app) {
         used = 0;
       }
       if (used != a->critical_dim.size() || k < 0)
-        throw Error(
-            fmt::format("search: --critical-dim {} (expected auto, off or a pair index >= 0)",
-                        a->critical_dim));
+        throw UsageError("search",
+                         fmt::format("--critical-dim {}: expected auto, off or a pair index >= 0",
+                                     a->critical_dim));
       cfg.critical_dim = k;
     }
     cfg.deploy = parse_deploy_target(a->deploy);
@@ -359,9 +358,7 @@ Runner register_search(CLI::App& app) {
           auto model = load_model_verbose(a->model, a->tokenizer, cfg.n_threads);
           run = std::make_unique<SearchRun>(model, cfg);
           if (dist::world().size == 1) return nlohmann::json();  // no other rank to agree with
-          nlohmann::json fp = run->fingerprint();
-          fp["weights"] = weights_fingerprint(*model);
-          return fp;
+          return run->fingerprint();
         },
         [&] { return lead(*a, *run); }, [&] { run->serve(); });
   };

@@ -15,6 +15,7 @@ Runner register_search(CLI::App& app);
 Runner register_export(CLI::App& app);
 Runner register_eval(CLI::App& app);
 Runner register_passkey(CLI::App& app);
+Runner register_ruler(CLI::App& app);
 Runner register_finetune(CLI::App& app);
 
 }  // namespace longrope::cli

@@ -82,88 +82,6 @@ int run_distributed(const std::function<nlohmann::json()>& prepare,
   return rc;
 }
 
-CLI::Validator in_range(double lo, double hi) {
-  return CLI::Validator(
-      [lo, hi](std::string& s) -> std::string {
-        double v = 0;
-        if (!CLI::detail::lexical_cast(s, v)) return fmt::format("{} is not a number", s);
-        if (!(v >= lo && v <= hi)) return fmt::format("{} is not in [{}, {}]", s, lo, hi);
-        return {};
-      },
-      fmt::format("in [{}, {}]", lo, hi));
-}
-
-void add_off_flag(CLI::App* cmd, const std::string& name, bool& on, const std::string& help) {
-  cmd->add_flag_callback(
-      name, [&on] { on = false; }, help);
-}
-
-void add_no_progress_flag(CLI::App* cmd, bool& progress) {
-  add_off_flag(cmd, "--no-progress", progress, "no progress bar");
-}
-
-void add_threads_option(CLI::App* cmd, int& threads) {
-  cmd->add_option("-t,--threads", threads,
-                  "threads per process (default 0: all cores, shared among the MPI ranks of a "
-                  "host)")
-      ->check(in_range(0, 1024));
-}
-
-void add_compute_flag(CLI::App* cmd, std::string& value) {
-  cmd->add_option("--compute", value,
-                  "arithmetic of prompt processing and attention: bf16 (bf16 products, FP32 "
-                  "sums; needs AVX512_BF16), f32, or auto = bf16 where the CPU has it")
-      ->default_str("auto")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
-}
-
-void add_overwrite_flag(CLI::App* cmd, bool& overwrite, const std::string& help) {
-  cmd->add_flag("--overwrite", overwrite, help);
-}
-
-void add_convention_flag(CLI::App* cmd, std::string& value) {
-  cmd->add_option("--convention", value,
-                  "windows and scored tokens: longrope = BOS + CTX-1 text tokens, every one "
-                  "scored, CRLF read as LF; llama.cpp = llama-perplexity's (chunks of CTX tokens, "
-                  "BOS only where the model adds one, the second half of each chunk scored, the "
-                  "text bytes as they are)")
-      ->default_str("longrope")
-      ->check(CLI::IsMember({"longrope", "llama.cpp"}));
-}
-
-void add_deploy_flag(CLI::App* cmd, std::string& value, const std::string& help) {
-  cmd->add_option("--deploy", value, help)
-      ->default_str("longrope")
-      ->check(CLI::IsMember({"longrope", "llama.cpp", "transformers", "vllm"}));
-}
-
-void add_scale_flags(CLI::App* cmd, ScaleFlags& f) {
-  cmd->add_option("--orig-ctx", f.orig_ctx,
-                  "original context L_orig for rule-based methods (default: the model's)")
-      ->check(in_range(int64_t(1), int64_t(1) << 30));
-  cmd->add_option("--rope-factor", f.rope_factor,
-                  "fixed scale s for rule-based methods (default: max(1, length / L_orig))")
-      ->check(in_range(1.0, 1e6));
-  add_deploy_flag(cmd, f.deploy,
-                  "where factors files will run, scored as that runtime runs them: longrope (sets "
-                  "by length, start tokens n_hat), llama.cpp and vllm (one set chosen by the "
-                  "context size, no start tokens; vllm computes the attention factor), "
-                  "transformers (sets by length, no start tokens)");
-  cmd->add_option("--deploy-ctx", f.deploy_ctx,
-                  "the runtime's context size with --deploy llama.cpp|vllm (n_ctx, max_model_len; "
-                  "default: each factors file's target context)")
-      ->check(in_range(int64_t(1), int64_t(1) << 30));
-}
-
-ScaleOptions scale_options(const ScaleFlags& f) {
-  ScaleOptions so;
-  if (f.orig_ctx > 0) so.orig_ctx = f.orig_ctx;
-  if (f.rope_factor > 0) so.rope_factor = f.rope_factor;
-  so.deploy = parse_deploy_target(f.deploy);
-  so.deploy_ctx = f.deploy_ctx;
-  return so;
-}
-
 void apply_compute_flag(const std::string& value) {
   if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
 }
@@ -185,7 +103,9 @@ void Progress::update(int64_t done, const std::string& extra) {
   const int width = 30;
   const int fill = total_ > 0 ? int(width * std::clamp<int64_t>(done, 0, total_) / total_) : 0;
   const double el = now - start_;
-  const double eta = done > before_ ? el * double(total_ - done) / double(done - before_) : 0.0;
+  double eta = done > before_ ? el * double(total_ - done) / double(done - before_) : 0.0;
+  if (deadline_ > 0 && done > before_)
+    eta = std::min(eta, std::max(0.0, deadline_ - now) + el / double(done - before_));
   const std::string count =
       unit_.empty()
           ? fmt::format("{:.1f}%", total_ > 0 ? 100.0 * double(done) / double(total_) : 100.0)
@@ -221,7 +141,8 @@ int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const
     const std::string md = write(r, *model);
     fmt::print(stderr, "{} cell(s) computed, {} reused{}\n", r.computed,
                int64_t(r.cells.size()) - r.computed,
-               c.out_dir.empty() ? "" : fmt::format("; results in {}/", c.out_dir));
+               c.out_dir.empty() ? "; nothing written (-O DIR keeps the results and plots)"
+                                 : fmt::format("; results in {}/", c.out_dir));
     if (c.json) {
       nlohmann::json j = c.json_head;
       j["cells"] = r.cells;

@@ -7,67 +7,16 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/flags.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
 #include "longrope/model.h"
 
 namespace longrope::cli {
 
-// A flag combination a command refuses after parsing: reported like CLI11's own usage errors
-// ("error: ... (see longrope CMD --help)", exit code 2).
-class UsageError : public Error {
- public:
-  UsageError(const std::string& cmd, const std::string& what) : Error(what), cmd(cmd) {}
-  std::string cmd;
-};
-
-// Runs f; a longrope::Error it throws (a malformed flag value found after parsing: --lengths,
-// --methods, --depths) becomes a UsageError of `cmd` (exit 2).
-template <class F>
-void as_usage_error(const std::string& cmd, F&& f) {
-  try {
-    f();
-  } catch (const UsageError&) {
-    throw;
-  } catch (const Error& e) {
-    throw UsageError(cmd, e.what());
-  }
-}
-
 // Loads a model, printing what was loaded (and how long it took) on stderr.
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,
                                                 const std::string& tokenizer_path, int threads);
-// --compute auto|f32|bf16 (the arithmetic of prompt processing, scoring and attention).
-void add_compute_flag(CLI::App* cmd, std::string& value);
-// A flag check with a readable message: "--temp: -1 is not in [0, 100]" (CLI11's Range prints
-// its bounds as %f, and PositiveNumber as DBL_MAX in full).
-CLI::Validator in_range(double lo, double hi);
-// A --no-X flag that sets `on` to false, shown in the help without CLI11's "{false}".
-void add_off_flag(CLI::App* cmd, const std::string& name, bool& on, const std::string& help);
-// --no-progress (sets progress to false).
-void add_no_progress_flag(CLI::App* cmd, bool& progress);
-// -t/--threads, checked to [0, 1024] (0 = all cores; with MPI, the cores shared among the ranks
-// of a host).
-void add_threads_option(CLI::App* cmd, int& threads);
-// --overwrite: replace an earlier run's state or results that the command otherwise refuses to
-// touch (the output guard, include/longrope/atomic_file.h); the help says what it replaces.
-void add_overwrite_flag(CLI::App* cmd, bool& overwrite, const std::string& help);
-// --convention longrope|llama.cpp (include/longrope/perplexity.h's WindowConvention): how windows
-// are cut from a text and which tokens are scored.
-void add_convention_flag(CLI::App* cmd, std::string& value);
-// --deploy longrope|llama.cpp|transformers|vllm (where a factors file will run; see
-// DeployTarget), default longrope, with the command's own help text.
-void add_deploy_flag(CLI::App* cmd, std::string& value, const std::string& help);
-// The rule-based methods' scale and the deployment of factors files, as eval and passkey take
-// them: --orig-ctx, --rope-factor, --deploy and --deploy-ctx, declared once.
-struct ScaleFlags {
-  int64_t orig_ctx = 0;
-  double rope_factor = 0;
-  std::string deploy = "longrope";
-  int64_t deploy_ctx = 0;
-};
-void add_scale_flags(CLI::App* cmd, ScaleFlags& f);
-ScaleOptions scale_options(const ScaleFlags& f);
 // Sets the process default from the flag's value; throws Error for bf16 on a CPU without it.
 void apply_compute_flag(const std::string& value);
 
@@ -101,6 +50,9 @@ class Progress {
   void update(int64_t done, const std::string& extra = "");
   // Work finished by an earlier run that this one resumes: the ETA counts only this run's pace.
   void resumed_at(int64_t done_before) { before_ = done_before; }
+  // Work that stops at a time budget: the ETA is at most the budget left plus one unit at the
+  // measured pace (the unit in flight when the budget ends still finishes).
+  void stop_by(double wall_deadline) { deadline_ = wall_deadline; }
   void finish();
 
  private:
@@ -113,6 +65,7 @@ class Progress {
   double start_;
   double last_line_;
   int64_t before_ = 0;
+  double deadline_ = 0;  // 0: none
 };
 
 // The part of `eval` and `passkey` after the flags, on every MPI rank (run_distributed): loads

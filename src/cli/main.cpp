@@ -32,6 +32,7 @@ int run(int argc, char** argv) {
   add(&longrope::cli::register_export);
   add(&longrope::cli::register_eval);
   add(&longrope::cli::register_passkey);
+  add(&longrope::cli::register_ruler);
   add(&longrope::cli::register_finetune);
   try {
     app.parse(argc, argv);
@@ -53,11 +54,11 @@ int run(int argc, char** argv) {
     if (!sub->parsed()) continue;
     const std::string name = sub->get_name();
     if (longrope::dist::world().size > 1 && name != "search" && name != "eval" &&
-        name != "passkey") {
+        name != "passkey" && name != "ruler") {
       if (!longrope::dist::is_root()) throw longrope::dist::Stopped();
       throw longrope::Error(
-          fmt::format("{} runs in one process (only search, eval and passkey spread over MPI "
-                      "ranks); run it without mpirun",
+          fmt::format("{} runs in one process (only search, eval, passkey and ruler spread over "
+                      "MPI ranks); run it without mpirun",
                       name));
     }
     return runner();

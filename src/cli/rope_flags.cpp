@@ -25,21 +25,19 @@ void add_rope_flags(CLI::App* cmd, RopeFlags& f) {
       "");
   cmd->add_option_function<std::string>(
          "--rope", [&f](const std::string& v) { f.method = v; },
-         "Scaling method: none, linear (pi), ntk, dynamic, yarn, llama3, longrope "
+         "scaling method: none, linear (pi), ntk, dynamic, yarn, llama3, longrope "
          "(default: the model's own)")
       ->type_name("METHOD")
       ->check(method_check)
       ->group(group);
   cmd->add_option_function<double>(
          "--rope-factor", [&f](const double& v) { f.factor = v; },
-         "Extension ratio s for linear/ntk/dynamic/yarn/llama3 (target length / original context)")
+         "extension ratio s for linear/ntk/dynamic/yarn/llama3 (target length / original context)")
       ->type_name("S")
       ->group(group);
-  cmd->add_option_function<int64_t>(
-         "--orig-ctx", [&f](const int64_t& v) { f.orig_ctx = v; },
-         "Original (trained) context L_orig (default: the model's trained context)")
-      ->type_name("N")
-      ->check(in_range(1, double(int64_t(1) << 40)))
+  add_orig_ctx_option(
+      cmd, [&f](int64_t v) { f.orig_ctx = v; },
+      "original (trained) context L_orig (default: the model's trained context)")
       ->group(group);
   cmd->add_option_function<std::string>(
          "--factors", [&f](const std::string& v) { f.factors_path = v; },
@@ -68,7 +66,7 @@ void add_rope_flags(CLI::App* cmd, RopeFlags& f) {
       ->group(group);
   cmd->add_option_function<double>(
          "--attn-factor", [&f](const double& v) { f.attn_factor = v; },
-         "Attention factor (multiplies cos and sin), overriding the method's")
+         "attention factor (multiplies cos and sin), overriding the method's")
       ->type_name("A")
       ->group(group);
   cmd->add_option_function<int64_t>(

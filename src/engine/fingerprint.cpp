@@ -19,7 +19,7 @@ uint64_t fnv1a(const void* data, size_t n, uint64_t h) {
   return h;
 }
 
-std::string model_fingerprint(const Model& m) {
+std::string legacy_model_fingerprint(const Model& m) {
   const HParams& hp = m.hp();
   std::string s =
       fmt::format("{}/{}/{}/{}/{}/{}/{}/{}/{}/{}", hp.arch, hp.n_layer, hp.n_embd, hp.n_head,
@@ -34,7 +34,7 @@ std::string model_fingerprint(const Model& m) {
   return fmt::format("{:016x}", h);
 }
 
-std::string weights_fingerprint(const Model& m) {
+std::string model_fingerprint(const Model& m) {
   constexpr size_t kBlock = 4096, kStride = size_t(1) << 20;
   uint64_t h = fnv1a(nullptr, 0);
   for (const TensorRef& t : m.file().tensors) {

@@ -298,9 +298,9 @@ ResultTable make_table(const nlohmann::json& cells, const std::vector<EvalMethod
   return t;
 }
 
-std::pair<double, double> wilson_interval(int64_t k, int64_t n, double z) {
+std::pair<double, double> wilson_interval(double k, int64_t n, double z) {
   if (n <= 0) return {0.0, 1.0};
-  const double nn = static_cast<double>(n), p = static_cast<double>(k) / nn, z2 = z * z;
+  const double nn = static_cast<double>(n), p = k / nn, z2 = z * z;
   const double centre = (p + z2 / (2 * nn)) / (1 + z2 / nn);
   const double half = z * std::sqrt(p * (1 - p) / nn + z2 / (4 * nn * nn)) / (1 + z2 / nn);
   return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
@@ -336,12 +336,27 @@ std::string table_csv(const ResultTable& t, int decimals) {
     for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
     return q + "\"";
   };
+  // With intervals (95% intervals, or eval's lowest and highest window), each length's value is
+  // followed by its bounds: LEN,LEN_lo,LEN_hi.
+  bool ci = false;
+  for (const auto& row : t.intervals)
+    for (const auto& iv : row) ci = ci || iv.has_value();
   std::string o = "method";
-  for (int64_t len : t.lengths) o += fmt::format(",{}", len);
+  for (int64_t len : t.lengths)
+    o += ci ? fmt::format(",{0},{0}_lo,{0}_hi", len) : fmt::format(",{}", len);
   o += "\n";
+  auto num = [&](const std::optional<double>& v) {
+    return v ? fmt::format(",{:.{}f}", *v, decimals) : std::string(",");
+  };
   for (size_t m = 0; m < t.methods.size(); ++m) {
     o += quote(t.methods[m]);
-    for (const auto& v : t.values[m]) o += v ? fmt::format(",{:.{}f}", *v, decimals) : ",";
+    for (size_t i = 0; i < t.values[m].size(); ++i) {
+      o += num(t.values[m][i]);
+      if (!ci) continue;
+      const auto& iv = t.intervals[m][i];
+      o += num(iv ? std::optional<double>(iv->first) : std::nullopt);
+      o += num(iv ? std::optional<double>(iv->second) : std::nullopt);
+    }
     o += "\n";
   }
   return o;
@@ -378,7 +393,7 @@ std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, 
                                 SweepOutputs out) {
   const ResultTable t =
       make_table(run.cells, run.methods, run.lengths, out.field, out.lo_field, out.hi_field);
-  std::string md = table_markdown(t, "method \\ length", out.decimals);
+  std::string md = out.md_head + table_markdown(t, "method \\ length", out.decimals);
   if (out_dir.empty()) return md;
   write_file_atomically(out_dir + "/results.md", md);
   write_file_atomically(out_dir + "/results.csv", table_csv(t, out.decimals + 3));

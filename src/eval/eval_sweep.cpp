@@ -121,7 +121,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   nlohmann::json texts_json = nlohmann::json::array();
   for (const std::string& p : cfg.text_paths) texts_json.push_back(path_name(p));
   nlohmann::json key = {{"model", path_name(cfg.model_path)},
-                        {"model_fingerprint", weights_fingerprint(model)},
+                        {"model_fingerprint", model_fingerprint(model)},
                         {"texts", texts_json},
                         {"texts_fingerprint", tokens_fingerprint(*texts)},
                         {"docs", cfg.docs}};
@@ -276,11 +276,16 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
   out.plot.title = fmt::format("{}{} vs length: {}, {} window(s) per text",
                                char(std::toupper(static_cast<unsigned char>(what[0]))),
                                what.substr(1), path_name(cfg.model_path), cfg.docs);
-  out.plot.ylabel = what + " (bars: lowest and highest window)";
+  // Error bars only where there are several windows to spread over.
+  out.plot.ylabel = cfg.docs > 1 ? what + " (error bars: lowest and highest window)" : what;
   out.lo_field = "ppl_min";
   out.hi_field = "ppl_max";
   out.plot.log_y = true;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
+  const std::string head =
+      fmt::format("{} per method and length, {} window(s) per text ({}).\n\n", what, cfg.docs,
+                  window_convention_description(cfg.convention));
+  out.md_head = head;
   std::string md = write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
   if (!cfg.kl_divergence) return md;
   // Beside perplexity: how far each method moves the model's next-token distributions.

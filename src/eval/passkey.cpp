@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <random>
 
+#include "greedy.h"
 #include "longrope/context.h"
 #include "longrope/error.h"
 #include "longrope/fingerprint.h"
@@ -27,8 +28,6 @@ constexpr const char* kFiller[] = {"The grass is green.", "The sky is blue.", "T
                                    "Here we go.", "There and back again."};
 constexpr const char* kQuestion = "What is the pass key? The pass key is";
 constexpr const char* kChatQuestion = "What is the pass key?";
-constexpr const char* kChatUser = "<|im_start|>user\n";
-constexpr const char* kChatAssistant = "<|im_end|>\n<|im_start|>assistant\nThe pass key is";
 
 // Pieces after the first one are joined with a space: SPM tokenizers that add a space prefix
 // already start every piece with one, GPT-2 style ones need it written.
@@ -63,14 +62,14 @@ PasskeyPrompt make_passkey_prompt(const Model& model, int64_t length, int64_t ke
     throw Error(fmt::format("passkey depth {} is not in [0, 1]", depth));
   std::vector<int32_t> head, tail;
   if (tok.add_bos() && tok.bos() >= 0) head.push_back(tok.bos());
-  if (chat) append(head, tok.encode(kChatUser, true));
+  if (chat) append(head, tok.encode(kChatMlUser, true));
   append(head, tok.encode(kIntro));
   const std::string k = std::to_string(key);
   const std::vector<int32_t> needle = tok.encode(
       piece(tok, fmt::format("The pass key is {0}. Remember it. {0} is the pass key.", k)));
   if (chat) {
     append(tail, tok.encode(piece(tok, kChatQuestion)));
-    append(tail, tok.encode(kChatAssistant, true));
+    append(tail, tok.encode(std::string(kChatMlAssistant) + "The pass key is", true));
   } else {
     append(tail, tok.encode(piece(tok, kQuestion)));
   }
@@ -125,17 +124,17 @@ PasskeyTrialSpec passkey_trial_spec(uint64_t seed, int64_t length, int64_t trial
   return t;
 }
 
-PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
-                                const RopeScaling& scaling, int n_threads, int max_new) {
+GreedyOutput greedy_decode(const Model& model, const std::vector<int32_t>& prompt,
+                           const RopeScaling& scaling, int n_threads, int max_new) {
   const double t0 = omp_get_wtime();
   // Non-owning handle: the caller keeps the model alive for the whole call.
   std::shared_ptr<const Model> handle(std::shared_ptr<const Model>{}, &model);
   ContextParams cp;
-  cp.n_ctx = int64_t(prompt.tokens.size()) + max_new + 1;
+  cp.n_ctx = int64_t(prompt.size()) + max_new + 1;
   cp.n_threads = n_threads;
   cp.switch_policy = SwitchPolicy::kKeep;
   Context ctx(handle, cp, scaling);
-  std::vector<float> logits = ctx.decode(prompt.tokens);
+  std::vector<float> logits = ctx.decode(prompt);
   std::vector<int32_t> out;
   const int32_t eos = model.tokenizer().eos(), eot = model.tokenizer().eot();
   for (int i = 0; i < max_new; ++i) {
@@ -147,10 +146,20 @@ PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
       logits = ctx.decode(one);
     }
   }
+  GreedyOutput g;
+  g.text = model.tokenizer().decode(out);
+  g.tokens = int64_t(out.size());
+  g.seconds = omp_get_wtime() - t0;
+  return g;
+}
+
+PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
+                                const RopeScaling& scaling, int n_threads, int max_new) {
+  const GreedyOutput g = greedy_decode(model, prompt.tokens, scaling, n_threads, max_new);
   PasskeyAnswer a;
-  a.output = model.tokenizer().decode(out);
+  a.output = g.text;
   a.correct = contains_key(a.output, prompt.key);
-  a.seconds = omp_get_wtime() - t0;
+  a.seconds = g.seconds;
   return a;
 }
 
@@ -191,7 +200,7 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   };
   auto all_prompts = std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(cfg.trials));
   nlohmann::json base_key = {{"model", path_name(cfg.model_path)},
-                             {"model_fingerprint", weights_fingerprint(model)},
+                             {"model_fingerprint", model_fingerprint(model)},
                              {"seed", cfg.seed},
                              {"depths", cfg.depths},
                              {"chat", cfg.chat},
@@ -347,7 +356,10 @@ std::string write_passkey_outputs(const EvalRun& run, const Model& model,
   out.stem = "accuracy";
   out.plot.title = fmt::format("Passkey retrieval: {}, {} trial(s) per cell",
                                path_name(cfg.model_path), cfg.trials);
-  out.plot.ylabel = "accuracy";
+  out.plot.ylabel = "accuracy (error bars: 95% Wilson interval)";
+  out.md_head = fmt::format(
+      "Passkey accuracy per method and length [95% Wilson interval], {} trial(s) per cell.\n\n",
+      cfg.trials);
   out.plot.y_min = -0.05;
   out.plot.y_max = 1.05;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;

@@ -94,6 +94,13 @@ const char* window_convention_name(WindowConvention c) {
   return c == WindowConvention::kLlamaCpp ? "llama.cpp" : "longrope";
 }
 
+std::string window_convention_description(WindowConvention c) {
+  return c == WindowConvention::kLongrope
+             ? "longrope convention: BOS + CTX-1 text tokens, all scored, CRLF read as LF"
+             : "llama.cpp convention: chunks of CTX tokens, BOS only where the model adds one, "
+               "the second half scored, the text bytes as they are";
+}
+
 WindowConvention parse_window_convention(const std::string& name) {
   if (name == "longrope") return WindowConvention::kLongrope;
   if (name == "llama.cpp") return WindowConvention::kLlamaCpp;

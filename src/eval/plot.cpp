@@ -70,9 +70,16 @@ double bar_dodge(size_t si, size_t n) {
   return (double(si) - double(n - 1) / 2.0) * 0.04;
 }
 
+// The marker of slot s: 0 circle, 1 square, 2 triangle, 3 diamond, 4 cross, 5 plus. The six
+// rule-based methods' slots (known_slot: 0, 1, 2, 3, 5, 7) have six different markers.
+size_t marker_of(size_t s) {
+  static const std::array<size_t, 10> kinds = {0, 1, 2, 3, 4, 4, 1, 5, 2, 3};
+  return kinds[s % kinds.size()];
+}
+
 // SVG: marker path around (x, y) and the stroke-dasharray of slot s.
 std::string svg_marker(size_t s, double x, double y, const std::string& color) {
-  switch (s % 5) {
+  switch (marker_of(s)) {
     case 0:
       return fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", x, y,
                          color);
@@ -84,6 +91,10 @@ std::string svg_marker(size_t s, double x, double y, const std::string& color) {
     case 3:
       return fmt::format("<path d=\"M{:.1f},{:.1f}l4.5,4.5l-4.5,4.5l-4.5,-4.5z\" fill=\"{}\"/>", x,
                          y - 4.5, color);
+    case 5:
+      return fmt::format(
+          "<path d=\"M{:.1f},{:.1f}h10M{:.1f},{:.1f}v10\" stroke=\"{}\" stroke-width=\"2\"/>",
+          x - 5, y, x, y - 5, color);
     default:
       return fmt::format(
           "<path d=\"M{0:.1f},{1:.1f}l8,8M{0:.1f},{2:.1f}l8,-8\" stroke=\"{3}\" "
@@ -377,13 +388,37 @@ std::string xml_escape(const std::string& s) {
 }  // namespace
 
 namespace {
+// The spec as drawn: bars (one length) stand on a linear axis from zero, never on a log axis
+// that starts wherever the data do (which would exaggerate their differences); the vertical line
+// (the original context) is left out when it lies more than an octave from every length, so that
+// the axis fits the data instead of squeezing them to one side.
+PlotSpec as_drawn(const PlotSpec& spec) {
+  PlotSpec s = spec;
+  if (s.vline_x) {
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    for (const PlotSeries& se : s.series)
+      for (double x : se.x)
+        if (usable_x(x, s.log_x)) {
+          lo = std::min(lo, x);
+          hi = std::max(hi, x);
+        }
+    if (hi > 0 && (*s.vline_x < lo / 2 || *s.vline_x > hi * 2)) s.vline_x.reset();
+  }
+  if (single_length(spec)) {
+    s.log_y = false;
+    if (!s.y_min || *s.y_min > 0) s.y_min = 0.0;
+  }
+  return s;
+}
+
 // Where bars start (axis units): 0 on a linear axis that shows it, else the frame's bottom.
 double bar_base(const PlotSpec& s, const Frame& f) {
   return !s.log_y && f.y0 <= 0 && f.y1 >= 0 ? 0.0 : f.y0;
 }
 }  // namespace
 
-void write_plot_svg(const PlotSpec& s, const std::string& path) {
+void write_plot_svg(const PlotSpec& spec, const std::string& path) {
+  const PlotSpec s = as_drawn(spec);
   const Frame f = make_frame(s);
   const double W = s.width, H = s.height;
   // The right margin holds the legend: wide enough for the longest label.
@@ -625,7 +660,8 @@ bool plot_png_supported() {
   return true;
 }
 
-void write_plot_png(const PlotSpec& s, const std::string& path) {
+void write_plot_png(const PlotSpec& spec, const std::string& path) {
+  const PlotSpec s = as_drawn(spec);
   const Frame f = make_frame(s);
   const auto lock = begin_png(path, s.width, s.height);
   plscol0(14, 221, 221, 221);  // grid grey
@@ -680,16 +716,16 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
   std::vector<PLINT> colors, line_styles, symbol_codes;
   const std::vector<size_t> slots = series_slots(s.series);
   // PLplot line styles 1 (solid), 2, 3, 4 and plpoin codes (circle, square, triangle, diamond,
-  // cross) in the order of svg_dash and svg_marker.
+  // cross, plus) in the order of svg_dash and marker_of.
   static const std::array<PLINT, 4> kLineStyles = {1, 2, 3, 4};
-  static const std::array<PLINT, 5> kPoints = {4, 6, 7, 11, 5};
+  static const std::array<PLINT, 6> kPoints = {4, 6, 7, 11, 5, 2};
   const bool bars = single_length(s);
   for (size_t si = 0; si < s.series.size(); ++si) {
     const PlotSeries& se = s.series[si];
     const size_t slot = slots[si];
     const PLINT color = PLINT(slot) + 1;
     const PLINT lsty = kLineStyles[(slot / 5 + slot) % kLineStyles.size()];
-    const PLINT point = kPoints[slot % kPoints.size()];
+    const PLINT point = kPoints[marker_of(slot)];
     std::vector<PLFLT> xs, ys;
     for (size_t i = 0; i < se.x.size(); ++i) {
       if (!usable_x(se.x[i], s.log_x) || !usable(se.y[i], s.log_y)) continue;
@@ -745,6 +781,7 @@ void write_plot_png(const PlotSpec& s, const std::string& path) {
                      : c == 6  ? "#(841)"
                      : c == 7  ? "#(842)"
                      : c == 11 ? "#(843)"
+                     : c == 2  ? "+"
                                : "#(846)");
   std::vector<const char*> texts(n), symbols(n);
   for (PLINT i = 0; i < n; ++i) {

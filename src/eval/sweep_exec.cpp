@@ -43,7 +43,6 @@ nlohmann::json sweep_fingerprint(const Model& model,
                                  const std::vector<int64_t>& lengths) {
   const std::string k = nlohmann::json(keys).dump();
   return {{"model", model_fingerprint(model)},
-          {"weights", weights_fingerprint(model)},
           {"tokens", tokens_fingerprint(tokens)},
           {"cells", fmt::format("{:016x}", fnv1a(k.data(), k.size()))},
           {"lengths", lengths},
@@ -53,7 +52,7 @@ nlohmann::json sweep_fingerprint(const Model& model,
 EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
                       bool overwrite, const SweepProgress& progress) {
   if (!out_dir.empty())
-    refuse_existing_state(plan.kind == "passkey" ? "passkey" : "eval", out_dir + "/results.json",
+    refuse_existing_state(plan.kind == "perplexity" ? "eval" : plan.kind, out_dir + "/results.json",
                           resume, overwrite);
   make_output_dir(out_dir);
   ResultsStore store(out_dir.empty() ? "" : out_dir + "/results.json", plan.kind, resume);

@@ -434,7 +434,16 @@ std::string RopeScaling::describe() const {
     }
   }
   if (attn_factor) out += " attn_factor=" + fmt_num(*attn_factor);
-  if (!freq_factors.empty()) out += fmt::format(" freq_factors[{}]", freq_factors.size());
+  // Per-pair factors stored in the model (GGUF rope_freqs, as longrope export writes them): on
+  // their own they are the model's scaling, not "none".
+  if (!freq_factors.empty()) {
+    if (method == RopeMethod::kNone) {
+      out = fmt::format("rope_freqs from the model file ({} per-pair factors)", freq_factors.size());
+      if (attn_factor) out += " attn_factor=" + fmt_num(*attn_factor);
+    } else {
+      out += fmt::format(" with the file's rope_freqs ({} per-pair factors)", freq_factors.size());
+    }
+  }
   return out;
 }
 

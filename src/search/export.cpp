@@ -3,6 +3,7 @@
 
 #include <fmt/core.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -53,7 +54,7 @@ RopeScaling fold_model_factors(const ModelFile& mf, const RopeScaling& searched)
       throw Error(fmt::format(
           "export: {} has its own frequency factors (rope_freqs) and the factors file has n_hat "
           "{}: start tokens would lose the model's rotation in the exported file; expected "
-          "factors searched with --n-hat 0",
+          "factors searched with --n-hat-candidates 0",
           mf.path, factors.n_hat));
     for (FactorSet& s : factors.sets)
       for (size_t j = 0; j < s.factors.size(); ++j) s.factors[j] *= own[j];
@@ -123,7 +124,8 @@ std::vector<std::string> export_warnings(const RopeScaling& f, bool gguf) {
                             f.orig_ctx);
 }
 
-void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& factors) {
+void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& factors,
+                          std::optional<double> rope_base) {
   auto number = [&](const char* key) -> std::optional<double> {
     if (config.contains(key) && config[key].is_number()) return config[key].get<double>();
     return std::nullopt;
@@ -163,12 +165,23 @@ void check_hf_config_fits(const nlohmann::json& config, const RopeScaling& facto
         "export: the config's model was trained at {} tokens and the factors file extends {} "
         "(expected the config of the model the factors were searched for)",
         static_cast<int64_t>(*orig), factors.orig_ctx));
+  // The rotary base the factors were searched on (a factors file's provenance.rope_base), against
+  // the config's rope_theta (10000 when absent, as transformers reads it).
+  if (rope_base) {
+    const double theta = number("rope_theta").value_or(10000.0);
+    if (std::fabs(theta - *rope_base) > 1e-6 * *rope_base)
+      throw Error(fmt::format(
+          "export: the config's model has rope_theta {:g} and the factors were searched on a model "
+          "with rope base {:g} (expected the config of the model the factors were searched for)",
+          theta, *rope_base));
+  }
 }
 
-nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors) {
+nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling& factors,
+                                std::optional<double> rope_base) {
   if (!config.is_object()) throw Error("export: the HF config is not a JSON object");
   check_factors(factors, 0);
-  check_hf_config_fits(config, factors);
+  check_hf_config_fits(config, factors, rope_base);
   nlohmann::json out = config;
   auto lng = factors.sets.back().factors;
   auto shrt = factors.sets.front().factors;
@@ -179,7 +192,8 @@ nlohmann::json export_hf_config(const nlohmann::json& config, const RopeScaling&
     if (factors.n_hat > 0)
       throw Error(fmt::format(
           "export: the config has its own {} rope scaling and the factors file has n_hat {}: "
-          "start tokens would lose the model's rotation; expected factors searched with --n-hat 0",
+          "start tokens would lose the model's rotation; expected factors searched with "
+          "--n-hat-candidates 0",
           rope_method_name(own.method), factors.n_hat));
     const int n_rot = static_cast<int>(2 * lng.size());
     const double base = config.value("rope_theta", 10000.0);

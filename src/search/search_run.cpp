@@ -63,8 +63,8 @@ void restrict_to_deployment(const SearchRunConfig& c, int64_t orig, SearchSpace&
   for (int64_t n : c.n_hat)
     if (n != 0)
       throw Error(
-          fmt::format("search: {} has no start tokens: --n-hat {} cannot run there "
-                      "(expected --n-hat 0, or --deploy longrope)",
+          fmt::format("search: {} has no start tokens: --n-hat-candidates {} cannot run there "
+                      "(expected --n-hat-candidates 0, or --deploy longrope)",
                       name, n));
   sp.n_hat_candidates = {0};
   if (c.short_ctx && *c.short_ctx != orig)
@@ -340,6 +340,7 @@ struct SearchRun::Impl {
   std::vector<std::string> objectives;  // the fitness names, in order
   PickRule pick;                        // several objectives: how -o's set is chosen
   nlohmann::json fingerprint;
+  std::string texts_fingerprint;  // of the texts' tokens, as eval's results key them
   nlohmann::json ck_settings;
   std::vector<std::string> warnings;
 
@@ -375,23 +376,24 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   const int64_t L = c.target_ctx;
   p.orig = c.orig_ctx.value_or(hp.n_ctx_train);
   if (L <= p.orig)
-    throw Error(fmt::format(
-        "search: --target-ctx {} is not above the original context {} (expected target > "
-        "original)",
-        L, p.orig));
-  if (c.short_ctx && *c.short_ctx >= L)
     throw Error(
-        fmt::format("search: --short-ctx {} is not below --target-ctx {} (expected short < target)",
-                    *c.short_ctx, L));
+        fmt::format("search: -c {} is not above the original context {} (expected target > "
+                    "original)",
+                    L, p.orig));
+  if (c.short_ctx && *c.short_ctx >= L)
+    throw Error(fmt::format("search: --short-ctx {} is not below -c {} (expected short < target)",
+                            *c.short_ctx, L));
   if (c.texts.empty()) throw Error("search: no text file given (-f TEXT[,TEXT...])");
 
   // Texts -> one token stream -> windows.
   std::vector<int32_t> tokens;
+  std::vector<std::vector<int32_t>> per_text;
   for (const auto& path : c.texts) {
-    const std::vector<int32_t> t =
-        p.model->tokenizer().encode(normalize_newlines(read_text_file(path)));
-    tokens.insert(tokens.end(), t.begin(), t.end());
+    per_text.push_back(p.model->tokenizer().encode(normalize_newlines(read_text_file(path))));
+    tokens.insert(tokens.end(), per_text.back().begin(), per_text.back().end());
   }
+  // The texts' fingerprint as eval's results name it (texts_fingerprint: the same tokens).
+  p.texts_fingerprint = tokens_fingerprint(per_text);
   const int32_t bos = p.model->file().vocab.bos;
   p.objectives = split_fitness(c.fitness);
   const bool multi = p.objectives.size() > 1;
@@ -615,6 +617,9 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
         !ck.contains("fingerprint") || !ck.contains("settings") || !ck.contains("long"))
       throw Error(
           fmt::format("{}: corrupt checkpoint (expected a longrope search checkpoint)", ckpt_path));
+    // Checkpoints written before the one model fingerprint name the model by its legacy one.
+    if (ck["fingerprint"].value("model", "") == legacy_model_fingerprint(*p.model))
+      ck["fingerprint"]["model"] = p.fingerprint["model"];
     for (const auto& [k, v] : p.fingerprint.items()) {
       if (ck["fingerprint"].value(k, nlohmann::json()) != v)
         throw Error(
@@ -873,8 +878,10 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       {"model", path_name(c.model_path)},
       {"model_fingerprint", p.fingerprint["model"]},
       {"texts", c.texts},
+      {"texts_fingerprint", p.texts_fingerprint},
       {"target_ctx", c.target_ctx},
       {"orig_ctx", p.orig},
+      {"rope_base", p.model->hp().rope_base},
       {"search", search},
       {"seed", c.settings.seed},
       {"date", provenance_date()},

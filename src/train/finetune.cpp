@@ -114,7 +114,10 @@ void save_state(const std::string& path, const nlohmann::json& settings, const S
   });
 }
 
-State load_state(const std::string& path, const nlohmann::json& settings, size_t total) {
+// legacy_model: the model's legacy_model_fingerprint, which states written before the one model
+// fingerprint carry.
+State load_state(const std::string& path, const nlohmann::json& settings, size_t total,
+                 const std::string& legacy_model) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f)
     throw Error(
@@ -144,6 +147,8 @@ State load_state(const std::string& path, const nlohmann::json& settings, size_t
   // States written before --compute existed trained in FP32.
   if (head["settings"].is_object() && !head["settings"].contains("compute"))
     head["settings"]["compute"] = "f32";
+  if (head["settings"].is_object() && head["settings"].value("model", "") == legacy_model)
+    head["settings"]["model"] = settings["model"];
   if (head["settings"] != settings) {
     std::string diff;
     for (auto it = settings.begin(); it != settings.end(); ++it)
@@ -359,7 +364,7 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   State s;
   FinetuneResult r;
   if (c.resume) {
-    s = load_state(state_path, settings, P.total);
+    s = load_state(state_path, settings, P.total, legacy_model_fingerprint(model));
     r.resumed_from = s.step;
     if (!s.history.empty()) {  // the losses describe the whole run, earlier segments included
       r.first_loss = s.history.front().value("loss", 0.0);

@@ -1,0 +1,153 @@
+// longrope ruler: the RULER long-context benchmark for several RoPE methods at several lengths.
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "longrope/atomic_file.h"
+#include "longrope/error.h"
+#include "longrope/ruler.h"
+
+namespace longrope::cli {
+
+namespace {
+struct RulerArgs {
+  std::string model, tokenizer, lengths, out, tasks = "all";
+  std::vector<std::string> haystack, qa_data;
+  std::string words = "/usr/share/dict/words";
+  std::vector<std::string> methods;
+  int64_t samples = 20;
+  uint64_t seed = 42;
+  double threshold = 85.6;
+  ScaleFlags scale;
+  int threads = 0;
+  std::string compute = "auto";
+  bool chat = false, json = false, resume = false, overwrite = false, progress = true;
+};
+
+// The default essay haystack: the novels of $LONGROPE_SHARED_DIR/data, ../shared/data or
+// shared/data (the first folder that has them).
+std::vector<std::string> default_haystack() {
+  std::vector<std::filesystem::path> dirs;
+  if (const char* e = std::getenv("LONGROPE_SHARED_DIR")) dirs.emplace_back(e);
+  dirs.emplace_back("../shared");
+  dirs.emplace_back("shared");
+  for (const auto& d : dirs) {
+    std::vector<std::string> files;
+    for (const char* n : {"moby-dick.txt", "pride_and_prejudice.txt", "ulysses.txt"})
+      if (std::filesystem::is_regular_file(d / "data" / n))
+        files.push_back((d / "data" / n).string());
+    if (!files.empty()) return files;
+  }
+  return {};
+}
+
+// --qa-data qa_1=SQUAD.json,qa_2=HOTPOT.json (squad= and hotpotqa= name the same).
+void parse_qa_data(const std::vector<std::string>& items, RulerConfig& cfg) {
+  for (const std::string& item : items) {
+    const size_t eq = item.find('=');
+    const std::string name = eq == std::string::npos ? "" : item.substr(0, eq);
+    const std::string path = eq == std::string::npos ? "" : item.substr(eq + 1);
+    if ((name == "qa_1" || name == "squad") && !path.empty())
+      cfg.squad_path = path;
+    else if ((name == "qa_2" || name == "hotpotqa") && !path.empty())
+      cfg.hotpot_path = path;
+    else
+      throw Error(
+          fmt::format("bad --qa-data item '{}' (expected qa_1=SQUAD.json or "
+                      "qa_2=HOTPOTQA.json)",
+                      item));
+  }
+}
+}  // namespace
+
+Runner register_ruler(CLI::App& app) {
+  auto a = std::make_shared<RulerArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "ruler",
+      "RULER long-context benchmark (retrieval, multi-hop tracing, aggregation, QA): per method, "
+      "task and length the score (0-100, RULER's string matching) over --samples prompts with its "
+      "95% interval, the mean over tasks and the effective context length; writes results.{md,"
+      "csv,json}, summary.csv, score and heat-map plots and RULER's prediction files to -O DIR");
+  add_model_flags(cmd, a->model, a->tokenizer);
+  add_lengths_option(cmd, a->lengths,
+                     "prompt lengths in tokens (prompt + answer budget), e.g. 4k,8k,16k")
+      ->required();
+  add_methods_option(cmd, a->methods);
+  cmd->add_option(
+         "--tasks", a->tasks,
+         "all, niah, synthetic (all but QA) or a comma-separated list of niah_single_1/2/3, "
+         "niah_multikey_1/2/3, niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2")
+      ->capture_default_str();
+  cmd->add_option("--samples", a->samples, "samples per task and length")
+      ->capture_default_str()
+      ->check(in_range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--seed", a->seed, "seed of every random choice (keys, values, depths, words)")
+      ->capture_default_str();
+  cmd->add_option("--threshold", a->threshold,
+                  "effective context length: the longest length scoring above this")
+      ->capture_default_str()
+      ->check(in_range(0.0, 100.0));
+  cmd->add_option("--haystack", a->haystack,
+                  "essay haystack text(s), comma-separated (default: the novels of "
+                  "$LONGROPE_SHARED_DIR/data, ../shared/data or shared/data)")
+      ->delimiter(',');
+  cmd->add_option("--words", a->words, "word list for keys and words, one a line")
+      ->capture_default_str();
+  cmd->add_option("--qa-data", a->qa_data,
+                  "qa_1=SQUAD_V2.json,qa_2=HOTPOTQA.json (without: qa_1/qa_2 are not run)")
+      ->delimiter(',');
+  cmd->add_flag("--chat", a->chat, "wrap the prompts in the ChatML template");
+  add_scale_flags(cmd, a->scale);
+  add_out_dir_option(cmd, a->out,
+                     "output directory (results.*, summary.csv, plots, <label>/<length>/pred/)");
+  add_threads_option(cmd, a->threads);
+  add_compute_flag(cmd, a->compute);
+  cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
+  cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
+  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -O DIR");
+  add_no_progress_flag(cmd, a->progress);
+  return [a]() {
+    check_resume_has_out_dir("ruler", a->resume, a->out);
+    RulerConfig cfg;
+    cfg.model_path = a->model;
+    as_usage_error("ruler", [&] { cfg.lengths = parse_lengths(a->lengths); });
+    cfg.methods = a->methods.empty() ? std::vector<std::string>{"none"} : a->methods;
+    as_usage_error("ruler", [&] { parse_method_specs(cfg.methods); });
+    as_usage_error("ruler", [&] { cfg.tasks = parse_ruler_tasks(a->tasks); });
+    as_usage_error("ruler", [&] { parse_qa_data(a->qa_data, cfg); });
+    cfg.samples = a->samples;
+    cfg.seed = a->seed;
+    cfg.threshold = a->threshold;
+    cfg.chat = a->chat;
+    cfg.words_path = a->words;
+    cfg.haystack_paths = a->haystack.empty() ? default_haystack() : a->haystack;
+    cfg.scale = scale_options(a->scale);
+    cfg.out_dir = a->out;
+    cfg.resume = a->resume;
+    cfg.overwrite = a->overwrite;
+    cfg.n_threads = resolve_threads(a->threads);
+    if (!cfg.out_dir.empty())
+      refuse_existing_state("ruler", cfg.out_dir + "/results.json", cfg.resume, cfg.overwrite);
+    std::shared_ptr<const RulerPrompts> prompts;
+    const SweepCommand c{.label = "ruler",
+                         .progress = a->progress,
+                         .json = a->json,
+                         .out_dir = a->out,
+                         .resume = a->resume,
+                         .overwrite = a->overwrite,
+                         .json_head = {{"model", a->model}, {"samples", a->samples}},
+                         .model = a->model,
+                         .tokenizer = a->tokenizer,
+                         .compute = a->compute,
+                         .threads = cfg.n_threads};
+    return run_sweep_command(
+        c, [&](const Model& m) { return plan_ruler(m, cfg, &prompts); },
+        [&](const EvalRun& r, const Model& m) { return write_ruler_outputs(r, m, cfg, *prompts); });
+  };
+}
+
+}  // namespace longrope::cli
