@@ -56,6 +56,10 @@ TEST(RopeScaling, NoneIsTheModelsOwn) {
   EXPECT_EQ(t.attn_factor, 1.0);
   EXPECT_EQ(t.n_hat, 0);
   EXPECT_EQ(s.describe(), "none");
+  // Per-pair factors from the model file (GGUF rope_freqs) are the model's scaling, not "none".
+  RopeScaling from_file;
+  from_file.freq_factors = {1.0, 2.0, 4.0, 8.0};
+  EXPECT_EQ(from_file.describe(), "rope_freqs from the model file (4 per-pair factors)");
 }
 
 TEST(RopeScaling, SetSelectionByLengthThreeBuckets) {

@@ -225,6 +225,24 @@ nlohmann::json sweep_fingerprint(const Model& model,
                                  const std::vector<nlohmann::json>& keys,
                                  const std::vector<int64_t>& lengths);
 
+// The start of a plan whose cells prompt the model (passkey, ruler): kind, length-major order (a
+// run stopped midway has every method at the shorter lengths), the methods, the lengths (each
+// checked against memory); returns each method's scaling at each length, [method][length].
+std::shared_ptr<const std::vector<std::vector<RopeScaling>>> start_prompt_plan(
+    SweepPlan& plan, const std::string& kind, const Model& model,
+    const std::vector<std::string>& methods, const std::vector<int64_t>& lengths,
+    const ScaleOptions& scale, int n_threads);
+
+// The keys of a sweep over n prompts per cell (passkey trials, ruler samples) in which a run of
+// fewer prompts holds this run's first ones, so that --resume with more extends a stored cell:
+// a cell's key is base_key plus the fingerprint of the first m prompts of every length (from
+// prompt_tokens(m)) and m under the name `units`. Sets plan.keys (m = n), plan.units,
+// plan.key_for_units and plan.fingerprint (sweep_fingerprint over all prompts); model must
+// outlive the plan.
+void key_plan_by_prompts(SweepPlan& plan, const Model& model, const nlohmann::json& base_key,
+                         std::function<std::vector<std::vector<int32_t>>(int64_t)> prompt_tokens,
+                         int64_t n, const std::string& units);
+
 // Runs the cells of the plan that out_dir/results.json (with resume) does not hold yet, spread
 // over the MPI ranks when there are several, rewriting results.json after every finished cell.
 // Cells are returned in plan order, whatever the order they finished in. An out_dir that holds

@@ -12,14 +12,13 @@ namespace longrope::cli {
 
 namespace {
 struct EvalArgs {
-  std::string model, tokenizer, lengths, out;
+  SweepCommand c;  // label: the command name (add_sweep_flags)
+  std::string lengths;
   std::vector<std::string> texts;
   std::vector<std::string> methods;
   int64_t docs = 1;
   ScaleFlags scale;
-  int threads = 0;
-  std::string compute = "auto";
-  bool json = false, resume = false, overwrite = false, progress = true, kl = false;
+  bool kl = false;
   std::string fitness = "ppl";
   std::string convention = "longrope";
   int needles = 4;
@@ -36,7 +35,7 @@ Runner register_eval(CLI::App& app) {
       "Perplexity of several RoPE methods at several lengths (K windows per text; with several "
       "texts ppl = exp(mean NLL over all scored tokens)); writes results.{md,csv,json} and "
       "ppl.{png,svg} to -O DIR");
-  add_model_flags(cmd, a->model, a->tokenizer);
+  add_sweep_flags(cmd, a->c, "output directory (results.*, ppl.png, ppl.svg)");
   add_texts_option(cmd, a->texts, "text file(s), comma separated (UTF-8)");
   add_lengths_option(cmd, a->lengths, "window lengths, e.g. 512,1024,2k,4k")->required();
   add_methods_option(cmd, a->methods, "none,linear,ntk,dynamic,yarn");
@@ -63,47 +62,28 @@ Runner register_eval(CLI::App& app) {
                 "at lengths up to the trained context: mean KL divergence, its 99th percentile and "
                 "the share of positions with the same top token (tables in results.md, kl.csv)");
   add_convention_flag(cmd, a->convention);
-  add_out_dir_option(cmd, a->out, "output directory (results.*, ppl.png, ppl.svg)");
-  add_threads_option(cmd, a->threads);
-  add_compute_flag(cmd, a->compute);
-  cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
-  cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -O DIR");
-  add_no_progress_flag(cmd, a->progress);
   return [a]() {
-    check_resume_has_out_dir("eval", a->resume, a->out);
+    begin_sweep(a->c);
     EvalConfig cfg;
-    cfg.model_path = a->model;
+    cfg.model_path = a->c.model;
     cfg.text_paths = a->texts;
-    as_usage_error("eval", [&] { cfg.lengths = parse_lengths(a->lengths); });
-    cfg.methods =
-        a->methods.empty() ? std::vector<std::string>{"none,linear,ntk,dynamic,yarn"} : a->methods;
-    as_usage_error("eval", [&] { parse_method_specs(cfg.methods); });
+    cfg.lengths = lengths_flag("eval", a->lengths);
+    cfg.methods = methods_flag("eval", a->methods, "none,linear,ntk,dynamic,yarn");
     cfg.docs = a->docs;
     cfg.scale = scale_options(a->scale);
-    cfg.out_dir = a->out;
-    cfg.resume = a->resume;
-    cfg.overwrite = a->overwrite;
+    cfg.out_dir = a->c.out_dir;
+    cfg.resume = a->c.resume;
+    cfg.overwrite = a->c.overwrite;
     cfg.fitness = a->fitness;
     cfg.needles = a->needles;
     cfg.needle_seed = a->needle_seed;
     cfg.needle_weight = a->needle_weight;
     cfg.kl_divergence = a->kl;
     cfg.convention = parse_window_convention(a->convention);
-    cfg.n_threads = resolve_threads(a->threads);
-    const SweepCommand c{.label = "eval",
-                         .progress = a->progress,
-                         .json = a->json,
-                         .out_dir = a->out,
-                         .resume = a->resume,
-                         .overwrite = a->overwrite,
-                         .json_head = {{"model", a->model}, {"docs", a->docs}},
-                         .model = a->model,
-                         .tokenizer = a->tokenizer,
-                         .compute = a->compute,
-                         .threads = cfg.n_threads};
+    cfg.n_threads = a->c.threads;
+    a->c.json_head = {{"model", a->c.model}, {"docs", a->docs}};
     return run_sweep_command(
-        c, [&](const Model& m) { return plan_eval(m, cfg); },
+        a->c, [&](const Model& m) { return plan_eval(m, cfg); },
         [&](const EvalRun& r, const Model& m) { return write_eval_outputs(r, m, cfg); });
   };
 }

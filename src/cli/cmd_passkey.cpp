@@ -13,15 +13,14 @@ namespace longrope::cli {
 
 namespace {
 struct PasskeyArgs {
-  std::string model, tokenizer, lengths, out, depths;
+  SweepCommand c;  // label: the command name (add_sweep_flags)
+  std::string lengths, depths;
   std::vector<std::string> methods;
   int64_t trials = 20;
   uint64_t seed = 1234;
   ScaleFlags scale;
-  int threads = 0;
-  std::string compute = "auto";
   int max_new = 10;
-  bool chat = false, json = false, resume = false, overwrite = false, progress = true;
+  bool chat = false;
 };
 
 std::vector<double> parse_depths(const std::string& s) {
@@ -47,7 +46,7 @@ Runner register_passkey(CLI::App& app) {
       "Passkey retrieval: a random number (1..50000) hidden at a random depth of filler text, "
       "greedy decoding of up to 10 tokens after the question; accuracy per method and length with "
       "its 95% Wilson interval; writes results.{md,csv,json} and accuracy.{png,svg} to -O DIR");
-  add_model_flags(cmd, a->model, a->tokenizer);
+  add_sweep_flags(cmd, a->c, "output directory (results.*, accuracy and depth plots)");
   add_lengths_option(cmd, a->lengths, "prompt lengths in tokens, e.g. 1k,2k,4k")->required();
   add_methods_option(cmd, a->methods);
   cmd->add_option("--trials", a->trials, "trials per method and length")
@@ -61,43 +60,25 @@ Runner register_passkey(CLI::App& app) {
       ->capture_default_str()
       ->check(in_range(1, 1000));
   add_scale_flags(cmd, a->scale);
-  add_out_dir_option(cmd, a->out, "output directory (results.*, accuracy and depth plots)");
-  add_threads_option(cmd, a->threads);
-  add_compute_flag(cmd, a->compute);
-  cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
-  cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -O DIR");
-  add_no_progress_flag(cmd, a->progress);
   return [a]() {
-    check_resume_has_out_dir("passkey", a->resume, a->out);
+    begin_sweep(a->c);
     PasskeyConfig cfg;
-    cfg.model_path = a->model;
-    as_usage_error("passkey", [&] { cfg.lengths = parse_lengths(a->lengths); });
-    cfg.methods = a->methods.empty() ? std::vector<std::string>{"none"} : a->methods;
-    as_usage_error("passkey", [&] { parse_method_specs(cfg.methods); });
+    cfg.model_path = a->c.model;
+    cfg.lengths = lengths_flag("passkey", a->lengths);
+    cfg.methods = methods_flag("passkey", a->methods);
     cfg.trials = a->trials;
     cfg.seed = a->seed;
     as_usage_error("passkey", [&] { cfg.depths = parse_depths(a->depths); });
     cfg.chat = a->chat;
     cfg.max_new = a->max_new;
     cfg.scale = scale_options(a->scale);
-    cfg.out_dir = a->out;
-    cfg.resume = a->resume;
-    cfg.overwrite = a->overwrite;
-    cfg.n_threads = resolve_threads(a->threads);
-    const SweepCommand c{.label = "passkey",
-                         .progress = a->progress,
-                         .json = a->json,
-                         .out_dir = a->out,
-                         .resume = a->resume,
-                         .overwrite = a->overwrite,
-                         .json_head = {{"model", a->model}, {"trials", a->trials}},
-                         .model = a->model,
-                         .tokenizer = a->tokenizer,
-                         .compute = a->compute,
-                         .threads = cfg.n_threads};
+    cfg.out_dir = a->c.out_dir;
+    cfg.resume = a->c.resume;
+    cfg.overwrite = a->c.overwrite;
+    cfg.n_threads = a->c.threads;
+    a->c.json_head = {{"model", a->c.model}, {"trials", a->trials}};
     return run_sweep_command(
-        c, [&](const Model& m) { return plan_passkey(m, cfg); },
+        a->c, [&](const Model& m) { return plan_passkey(m, cfg); },
         [&](const EvalRun& r, const Model& m) { return write_passkey_outputs(r, m, cfg); });
   };
 }

@@ -15,7 +15,8 @@ namespace longrope::cli {
 
 namespace {
 struct RulerArgs {
-  std::string model, tokenizer, lengths, out, tasks = "all";
+  SweepCommand c;  // label: the command name (add_sweep_flags)
+  std::string lengths, tasks = "all";
   std::vector<std::string> haystack, qa_data;
   std::string words = "/usr/share/dict/words";
   std::vector<std::string> methods;
@@ -23,9 +24,7 @@ struct RulerArgs {
   uint64_t seed = 42;
   double threshold = 85.6;
   ScaleFlags scale;
-  int threads = 0;
-  std::string compute = "auto";
-  bool chat = false, json = false, resume = false, overwrite = false, progress = true;
+  bool chat = false;
 };
 
 // The default essay haystack: the novels of $LONGROPE_SHARED_DIR/data, ../shared/data or
@@ -72,7 +71,8 @@ Runner register_ruler(CLI::App& app) {
       "task and length the score (0-100, RULER's string matching) over --samples prompts with its "
       "95% interval, the mean over tasks and the effective context length; writes results.{md,"
       "csv,json}, summary.csv, score and heat-map plots and RULER's prediction files to -O DIR");
-  add_model_flags(cmd, a->model, a->tokenizer);
+  add_sweep_flags(cmd, a->c,
+                  "output directory (results.*, summary.csv, plots, <label>/<length>/pred/)");
   add_lengths_option(cmd, a->lengths,
                      "prompt lengths in tokens (prompt + answer budget), e.g. 4k,8k,16k")
       ->required();
@@ -102,21 +102,12 @@ Runner register_ruler(CLI::App& app) {
       ->delimiter(',');
   cmd->add_flag("--chat", a->chat, "wrap the prompts in the ChatML template");
   add_scale_flags(cmd, a->scale);
-  add_out_dir_option(cmd, a->out,
-                     "output directory (results.*, summary.csv, plots, <label>/<length>/pred/)");
-  add_threads_option(cmd, a->threads);
-  add_compute_flag(cmd, a->compute);
-  cmd->add_flag("--json", a->json, "print the results as JSON instead of a Markdown table");
-  cmd->add_flag("--resume", a->resume, "reuse finished cells of DIR/results.json");
-  add_overwrite_flag(cmd, a->overwrite, "replace the results of another run in -O DIR");
-  add_no_progress_flag(cmd, a->progress);
   return [a]() {
-    check_resume_has_out_dir("ruler", a->resume, a->out);
+    begin_sweep(a->c);
     RulerConfig cfg;
-    cfg.model_path = a->model;
-    as_usage_error("ruler", [&] { cfg.lengths = parse_lengths(a->lengths); });
-    cfg.methods = a->methods.empty() ? std::vector<std::string>{"none"} : a->methods;
-    as_usage_error("ruler", [&] { parse_method_specs(cfg.methods); });
+    cfg.model_path = a->c.model;
+    cfg.lengths = lengths_flag("ruler", a->lengths);
+    cfg.methods = methods_flag("ruler", a->methods);
     as_usage_error("ruler", [&] { cfg.tasks = parse_ruler_tasks(a->tasks); });
     as_usage_error("ruler", [&] { parse_qa_data(a->qa_data, cfg); });
     cfg.samples = a->samples;
@@ -126,26 +117,16 @@ Runner register_ruler(CLI::App& app) {
     cfg.words_path = a->words;
     cfg.haystack_paths = a->haystack.empty() ? default_haystack() : a->haystack;
     cfg.scale = scale_options(a->scale);
-    cfg.out_dir = a->out;
-    cfg.resume = a->resume;
-    cfg.overwrite = a->overwrite;
-    cfg.n_threads = resolve_threads(a->threads);
+    cfg.out_dir = a->c.out_dir;
+    cfg.resume = a->c.resume;
+    cfg.overwrite = a->c.overwrite;
+    cfg.n_threads = a->c.threads;
     if (!cfg.out_dir.empty())
       refuse_existing_state("ruler", cfg.out_dir + "/results.json", cfg.resume, cfg.overwrite);
     std::shared_ptr<const RulerPrompts> prompts;
-    const SweepCommand c{.label = "ruler",
-                         .progress = a->progress,
-                         .json = a->json,
-                         .out_dir = a->out,
-                         .resume = a->resume,
-                         .overwrite = a->overwrite,
-                         .json_head = {{"model", a->model}, {"samples", a->samples}},
-                         .model = a->model,
-                         .tokenizer = a->tokenizer,
-                         .compute = a->compute,
-                         .threads = cfg.n_threads};
+    a->c.json_head = {{"model", a->c.model}, {"samples", a->samples}};
     return run_sweep_command(
-        c, [&](const Model& m) { return plan_ruler(m, cfg, &prompts); },
+        a->c, [&](const Model& m) { return plan_ruler(m, cfg, &prompts); },
         [&](const EvalRun& r, const Model& m) { return write_ruler_outputs(r, m, cfg, *prompts); });
   };
 }

@@ -125,6 +125,23 @@ void Progress::finish() {
   if (enabled_ && tty_) fmt::print(stderr, "\n");
 }
 
+void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help) {
+  c.label = cmd->get_name();
+  add_model_flags(cmd, c.model, c.tokenizer);
+  add_out_dir_option(cmd, c.out_dir, out_help);
+  add_threads_option(cmd, c.threads);
+  add_compute_flag(cmd, c.compute);
+  cmd->add_flag("--json", c.json, "print the results as JSON instead of a Markdown table");
+  cmd->add_flag("--resume", c.resume, "reuse finished cells of DIR/results.json");
+  add_overwrite_flag(cmd, c.overwrite, "replace the results of another run in -O DIR");
+  add_no_progress_flag(cmd, c.progress);
+}
+
+void begin_sweep(SweepCommand& c) {
+  check_resume_has_out_dir(c.label, c.resume, c.out_dir);
+  c.threads = resolve_threads(c.threads);
+}
+
 int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,
                       const std::function<std::string(const EvalRun&, const Model&)>& write) {
   std::shared_ptr<const Model> model;

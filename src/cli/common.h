@@ -74,16 +74,23 @@ class Progress {
 // or with --json the object json_head plus the cells; the other ranks compute cells. Returns the
 // exit code.
 struct SweepCommand {
-  std::string label;                      // progress bar label
-  bool progress = true;                   // show the bar
-  bool json = false;                      // print JSON instead of the table
-  std::string out_dir;                    // "" = nothing written
-  bool resume = false;                    // reuse finished cells of out_dir/results.json
-  bool overwrite = false;                 // replace out_dir's results of another run
-  nlohmann::json json_head;               // fields printed before "cells" with --json
-  std::string model, tokenizer, compute;  // -m, --tokenizer, --compute
-  int threads = 0;                        // after resolve_threads
+  std::string label;                               // progress bar label
+  bool progress = true;                            // show the bar
+  bool json = false;                               // print JSON instead of the table
+  std::string out_dir;                             // "" = nothing written
+  bool resume = false;                             // reuse finished cells of out_dir/results.json
+  bool overwrite = false;                          // replace out_dir's results of another run
+  nlohmann::json json_head;                        // fields printed before "cells" with --json
+  std::string model, tokenizer, compute = "auto";  // -m, --tokenizer, --compute
+  int threads = 0;                                 // after resolve_threads
 };
+// The flags every sweep command takes, into c (whose label becomes the command's name):
+// -m/--tokenizer, -O/--out-dir (out_help says what goes there), -t, --compute, --json, --resume,
+// --overwrite, --no-progress.
+void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help);
+// After parsing: --resume needs -O (a UsageError of c.label otherwise); c.threads resolved
+// (resolve_threads).
+void begin_sweep(SweepCommand& c);
 int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,
                       const std::function<std::string(const EvalRun&, const Model&)>& write);
 

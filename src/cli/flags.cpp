@@ -55,6 +55,19 @@ void add_methods_option(CLI::App* cmd, std::vector<std::string>& methods,
       ->delimiter('\0');
 }
 
+std::vector<std::string> methods_flag(const std::string& cmd, const std::vector<std::string>& given,
+                                      const std::string& default_list) {
+  std::vector<std::string> m = given.empty() ? std::vector<std::string>{default_list} : given;
+  as_usage_error(cmd, [&] { parse_method_specs(m); });
+  return m;
+}
+
+std::vector<int64_t> lengths_flag(const std::string& cmd, const std::string& given) {
+  std::vector<int64_t> l;
+  as_usage_error(cmd, [&] { l = parse_lengths(given); });
+  return l;
+}
+
 void add_out_dir_option(CLI::App* cmd, std::string& dir, const std::string& help) {
   cmd->add_option("-O,--out-dir", dir, help)->type_name("DIR");
   add_deprecated_alias(cmd, "-o,--output", "-O/--out-dir", dir);

@@ -71,6 +71,11 @@ CLI::Option* add_orig_ctx_option(CLI::App* cmd, std::function<void(int64_t)> set
 // LABEL=METHOD (the syntax is checked after the flags: parse_method_specs).
 void add_methods_option(CLI::App* cmd, std::vector<std::string>& methods,
                         const std::string& default_list = "none");
+// After parsing: the --methods list (default_list when not given, comma-separated), its syntax
+// checked (a UsageError of cmd), and the --lengths list (likewise).
+std::vector<std::string> methods_flag(const std::string& cmd, const std::vector<std::string>& given,
+                                      const std::string& default_list = "none");
+std::vector<int64_t> lengths_flag(const std::string& cmd, const std::string& given);
 // -O/--out-dir DIR, with -o/--output as a deprecated alias (these commands took -o DIR before).
 void add_out_dir_option(CLI::App* cmd, std::string& dir, const std::string& help);
 

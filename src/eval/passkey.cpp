@@ -170,17 +170,8 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   for (double d : cfg.depths)
     if (!(d >= 0 && d <= 1)) throw Error(fmt::format("depth {} is not in [0, 1]", d));
   SweepPlan plan;
-  plan.kind = "passkey";
-  plan.length_major = true;  // a run stopped midway has every method at the shorter lengths
-  plan.methods = parse_eval_methods(cfg.methods, model);
-  plan.lengths = cfg.lengths;
-  for (int64_t len : cfg.lengths) check_memory_for_length(model.hp(), len, cfg.n_threads);
-  auto scalings = std::make_shared<std::vector<std::vector<RopeScaling>>>();
-  for (const EvalMethod& m : plan.methods) {
-    std::vector<RopeScaling> row;
-    for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
-    scalings->push_back(std::move(row));
-  }
+  const auto scalings =
+      start_prompt_plan(plan, "passkey", model, cfg.methods, cfg.lengths, cfg.scale, cfg.n_threads);
   // Every prompt is built up front (also checks that every length is long enough).
   auto prompts = std::make_shared<std::vector<std::vector<PasskeyPrompt>>>();  // [length][trial]
   for (int64_t len : cfg.lengths) {
@@ -198,7 +189,6 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
       for (int64_t t = 0; t < n; ++t) all.push_back(row[size_t(t)].tokens);
     return all;
   };
-  auto all_prompts = std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(cfg.trials));
   nlohmann::json base_key = {{"model", path_name(cfg.model_path)},
                              {"model_fingerprint", model_fingerprint(model)},
                              {"seed", cfg.seed},
@@ -206,22 +196,8 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                              {"chat", cfg.chat},
                              {"max_new", cfg.max_new}};
   add_scale_key(base_key, cfg.scale);
-  auto key_for = [base_key, prompt_tokens, all_prompts, all = cfg.trials](int64_t n) {
-    nlohmann::json k = base_key;
-    k["prompts_fingerprint"] = tokens_fingerprint(n == all ? *all_prompts : prompt_tokens(n));
-    k["trials"] = n;
-    return k;
-  };
-  plan.keys = cell_keys(key_for(cfg.trials), plan.methods);
-  // A stored run of fewer trials (same seed, lengths, flags and model) holds this run's first
-  // trials: --resume with more --trials extends it.
-  plan.units = "trials";
-  plan.key_for_units = [key_for, methods = plan.methods](size_t mi, int64_t n) {
-    return cell_keys(key_for(n), {methods[mi]})[0];
-  };
-  plan.fingerprint = [&model, all_prompts, keys = plan.keys, lengths = plan.lengths] {
-    return sweep_fingerprint(model, *all_prompts, keys, lengths);
-  };
+  key_plan_by_prompts(plan, model, base_key, prompt_tokens, cfg.trials, "trials");
+
   const int64_t trials = cfg.trials;
   plan.work = [trials](int64_t len) {
     return trials * int64_t(double(len) * (1.0 + double(len) / 8192.0));

@@ -60,17 +60,8 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
   if (cfg.tasks.empty()) throw Error("no RULER task given (--tasks all, niah or a list)");
   for (const std::string& t : cfg.tasks) ruler_max_new(t);  // unknown names throw
   SweepPlan plan;
-  plan.kind = "ruler";
-  plan.length_major = true;  // a run stopped midway has every method at the shorter lengths
-  plan.methods = parse_eval_methods(cfg.methods, model);
-  plan.lengths = cfg.lengths;
-  for (int64_t len : cfg.lengths) check_memory_for_length(model.hp(), len, cfg.n_threads);
-  auto scalings = std::make_shared<std::vector<std::vector<RopeScaling>>>();
-  for (const EvalMethod& m : plan.methods) {
-    std::vector<RopeScaling> row;
-    for (int64_t len : cfg.lengths) row.push_back(eval_scaling(m, model, len, cfg.scale));
-    scalings->push_back(std::move(row));
-  }
+  const auto scalings =
+      start_prompt_plan(plan, "ruler", model, cfg.methods, cfg.lengths, cfg.scale, cfg.n_threads);
   // The tasks that run: qa_* only with its data.
   auto prompts = std::make_shared<RulerPrompts>();
   for (const std::string& t : cfg.tasks) {
@@ -112,30 +103,14 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
         for (int64_t i = 0; i < n; ++i) all.push_back(row[size_t(i)].tokens);
     return all;
   };
-  auto all_prompts =
-      std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(cfg.samples));
   nlohmann::json base_key = {{"model", path_name(cfg.model_path)},
                              {"model_fingerprint", model_fingerprint(model)},
                              {"seed", cfg.seed},
                              {"chat", cfg.chat},
                              {"tasks", prompts->tasks}};
   add_scale_key(base_key, cfg.scale);
-  auto key_for = [base_key, prompt_tokens, all_prompts, all = cfg.samples](int64_t n) {
-    nlohmann::json k = base_key;
-    k["prompts_fingerprint"] = tokens_fingerprint(n == all ? *all_prompts : prompt_tokens(n));
-    k["samples"] = n;
-    return k;
-  };
-  plan.keys = cell_keys(key_for(cfg.samples), plan.methods);
-  // A stored run of fewer samples (same seed, tasks, lengths, flags and model) holds this run's
-  // first samples: --resume with more --samples extends it.
-  plan.units = "samples";
-  plan.key_for_units = [key_for, methods = plan.methods](size_t mi, int64_t n) {
-    return cell_keys(key_for(n), {methods[mi]})[0];
-  };
-  plan.fingerprint = [&model, all_prompts, keys = plan.keys, lengths = plan.lengths] {
-    return sweep_fingerprint(model, *all_prompts, keys, lengths);
-  };
+  key_plan_by_prompts(plan, model, base_key, prompt_tokens, cfg.samples, "samples");
+
   const int64_t per_cell = cfg.samples * int64_t(prompts->tasks.size());
   plan.work = [per_cell](int64_t len) {
     return per_cell * int64_t(double(len) * (1.0 + double(len) / 8192.0));

@@ -49,6 +49,44 @@ nlohmann::json sweep_fingerprint(const Model& model,
           {"compute", kernels::compute_name(kernels::default_compute())}};
 }
 
+std::shared_ptr<const std::vector<std::vector<RopeScaling>>> start_prompt_plan(
+    SweepPlan& plan, const std::string& kind, const Model& model,
+    const std::vector<std::string>& methods, const std::vector<int64_t>& lengths,
+    const ScaleOptions& scale, int n_threads) {
+  plan.kind = kind;
+  plan.length_major = true;
+  plan.methods = parse_eval_methods(methods, model);
+  plan.lengths = lengths;
+  for (int64_t len : lengths) check_memory_for_length(model.hp(), len, n_threads);
+  auto scalings = std::make_shared<std::vector<std::vector<RopeScaling>>>();
+  for (const EvalMethod& m : plan.methods) {
+    std::vector<RopeScaling> row;
+    for (int64_t len : lengths) row.push_back(eval_scaling(m, model, len, scale));
+    scalings->push_back(std::move(row));
+  }
+  return scalings;
+}
+
+void key_plan_by_prompts(SweepPlan& plan, const Model& model, const nlohmann::json& base_key,
+                         std::function<std::vector<std::vector<int32_t>>(int64_t)> prompt_tokens,
+                         int64_t n, const std::string& units) {
+  auto all_prompts = std::make_shared<std::vector<std::vector<int32_t>>>(prompt_tokens(n));
+  auto key_for = [base_key, prompt_tokens, all_prompts, n, units](int64_t m) {
+    nlohmann::json k = base_key;
+    k["prompts_fingerprint"] = tokens_fingerprint(m == n ? *all_prompts : prompt_tokens(m));
+    k[units] = m;
+    return k;
+  };
+  plan.keys = cell_keys(key_for(n), plan.methods);
+  plan.units = units;
+  plan.key_for_units = [key_for, methods = plan.methods](size_t mi, int64_t m) {
+    return cell_keys(key_for(m), {methods[mi]})[0];
+  };
+  plan.fingerprint = [&model, all_prompts, keys = plan.keys, lengths = plan.lengths] {
+    return sweep_fingerprint(model, *all_prompts, keys, lengths);
+  };
+}
+
 EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
                       bool overwrite, const SweepProgress& progress) {
   if (!out_dir.empty())
