@@ -106,6 +106,8 @@ TEST(OutputGuard, EvalAndPasskeyKeepAnotherRunsResults) {
     const std::string other = run + dir.string() + " --methods none,ntk";
     EXPECT_EQ(test::run_command(other, &out), 2) << out;
     EXPECT_NE(out.find("holds an earlier run's progress"), std::string::npos) << out;
+    EXPECT_EQ(out.find("loaded "), std::string::npos) << "refused after loading the model:\n"
+                                                      << out;
     EXPECT_EQ(test::slurp(dir / "results.json"), results);
     EXPECT_EQ(test::run_command(other + " --resume", &out), 0) << out;  // keeps the none cell
     EXPECT_NE(out.find("1 cell(s) computed, 1 reused"), std::string::npos) << out;

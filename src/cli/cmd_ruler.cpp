@@ -7,7 +7,6 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
-#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/ruler.h"
 
@@ -121,8 +120,6 @@ Runner register_ruler(CLI::App& app) {
     cfg.resume = a->c.resume;
     cfg.overwrite = a->c.overwrite;
     cfg.n_threads = a->c.threads;
-    if (!cfg.out_dir.empty())
-      refuse_existing_state("ruler", cfg.out_dir + "/results.json", cfg.resume, cfg.overwrite);
     std::shared_ptr<const RulerPrompts> prompts;
     a->c.json_head = {{"model", a->c.model}, {"samples", a->samples}};
     return run_sweep_command(

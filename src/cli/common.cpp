@@ -11,6 +11,7 @@
 #include <optional>
 #include <sstream>
 
+#include "longrope/atomic_file.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
 
@@ -139,6 +140,10 @@ void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help
 
 void begin_sweep(SweepCommand& c) {
   check_resume_has_out_dir(c.label, c.resume, c.out_dir);
+  // Another run's results in -O DIR: refused before the model is loaded and the prompts built
+  // (execute_sweep checks again, for library callers).
+  if (!c.out_dir.empty())
+    refuse_existing_state(c.label, c.out_dir + "/results.json", c.resume, c.overwrite);
   c.threads = resolve_threads(c.threads);
 }
 

@@ -88,7 +88,8 @@ struct SweepCommand {
 // -m/--tokenizer, -O/--out-dir (out_help says what goes there), -t, --compute, --json, --resume,
 // --overwrite, --no-progress.
 void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help);
-// After parsing: --resume needs -O (a UsageError of c.label otherwise); c.threads resolved
+// After parsing: --resume needs -O (a UsageError of c.label otherwise); -O DIR holding another
+// run's results is refused (OutputRefused) unless --resume or --overwrite; c.threads resolved
 // (resolve_threads).
 void begin_sweep(SweepCommand& c);
 int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,

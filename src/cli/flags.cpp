@@ -131,10 +131,10 @@ void add_overwrite_flag(CLI::App* cmd, bool& overwrite, const std::string& help)
 
 void add_convention_flag(CLI::App* cmd, std::string& value) {
   cmd->add_option("--convention", value,
-                  "windows and scored tokens: longrope = BOS + CTX-1 text tokens, every one "
-                  "scored, CRLF read as LF; llama.cpp = llama-perplexity's (chunks of CTX tokens, "
-                  "BOS only where the model adds one, the second half of each chunk scored, the "
-                  "text bytes as they are)")
+                  "how windows are cut and which tokens are scored: " +
+                      window_convention_description(WindowConvention::kLongrope) + "; " +
+                      window_convention_description(WindowConvention::kLlamaCpp) +
+                      " (as llama-perplexity)")
       ->default_str("longrope")
       ->check(CLI::IsMember({"longrope", "llama.cpp"}));
 }

@@ -282,10 +282,8 @@ std::string write_eval_outputs(const EvalRun& run, const Model& model, const Eva
   out.hi_field = "ppl_max";
   out.plot.log_y = true;
   const int64_t orig = cfg.scale.orig_ctx ? *cfg.scale.orig_ctx : model.hp().n_ctx_train;
-  const std::string head =
-      fmt::format("{} per method and length, {} window(s) per text ({}).\n\n", what, cfg.docs,
-                  window_convention_description(cfg.convention));
-  out.md_head = head;
+  out.md_head = fmt::format("{} per method and length, {} window(s) per text ({}).\n\n", what,
+                            cfg.docs, window_convention_description(cfg.convention));
   std::string md = write_sweep_outputs(run, cfg.out_dir, orig, std::move(out));
   if (!cfg.kl_divergence) return md;
   // Beside perplexity: how far each method moves the model's next-token distributions.
