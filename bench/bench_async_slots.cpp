@@ -27,11 +27,11 @@ class EmulatedSlots : public Evaluator {
  public:
   EmulatedSlots(Evaluator& inner, int slots, uint64_t seed)
       : inner_(inner), slots_(slots), rng_(seed) {}
-  EvalResult evaluate(const RopeScaling& s, double bound) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& bound) override {
     return inner_.evaluate(s, bound);
   }
   int slots() const override { return slots_; }
-  void submit(size_t id, const RopeScaling& s, double bound) override {
+  void submit(size_t id, const RopeScaling& s, const RejectBound& bound) override {
     pending_.emplace_back(id, inner_.evaluate(s, bound));
   }
   std::pair<size_t, EvalResult> next() override {

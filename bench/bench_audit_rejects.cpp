@@ -33,7 +33,7 @@ class Replay : public Evaluator {
       : sp_(sp), whole_(whole) {
     for (const auto& [k, v] : memo.items()) memo_[k] = v;
   }
-  EvalResult evaluate(const RopeScaling& s, double bound) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& bound) override {
     const std::string k = key_of(s);
     auto it = memo_.find(k);
     if (it == memo_.end())
@@ -46,7 +46,7 @@ class Replay : public Evaluator {
       const double w = whole_.evaluate(s, INFINITY).ppl;
       whole.push_back(w);
       fmt::print(stderr, "rejected {} (stage {:.4f} > bound {:.4f}): whole {:.4f}\n", k, r.ppl,
-                 bound, w);
+                 bound.above, w);
     } else {
       r.ppl = f.at("ppl").get<double>();
       r.stage_ppl = f.at("stage").is_number() ? f.at("stage").get<double>() : INFINITY;

@@ -27,7 +27,7 @@ namespace {
 class Audit : public Evaluator {
  public:
   explicit Audit(PerplexityEvaluator& inner) : inner_(inner) {}
-  EvalResult evaluate(const RopeScaling& s, double bound) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& bound) override {
     EvalResult r = inner_.evaluate(s, bound);
     tokens += r.tokens;
     if (r.rejected) whole.push_back(inner_.evaluate(s, INFINITY).ppl);

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "longrope/model.h"
+#include "longrope/needle.h"
 #include "longrope/perplexity.h"
 #include "longrope/search.h"
 #include "test_paths.h"
@@ -57,6 +58,67 @@ TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
   EXPECT_EQ(cut.tokens, 768);  // positions 0..767 (the last predicts token 768)
   EXPECT_EQ(cut.ppl, whole.stage_ppl);
   EXPECT_EQ(cut.stage_ppl, whole.stage_ppl);
+}
+
+// The two-step API of a multi-objective cut (Evaluator::evaluate_staged) and the cut itself, on
+// stories260K: perplexity (with a prefix stage) and a needle fitness on one window (no stage).
+// Passing gives evaluate()'s values bit for bit; a cut stops the perplexity window at its stage
+// after the needle window was scored whole.
+TEST(SearchEvaluator, MultiObjectiveCutStopsTheStagedPartAtItsStage) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
+  auto model = Model::load(test::stories_gguf().string());
+  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
+  const auto ids = model->tokenizer().encode(text.substr(0, 80000));
+  const int64_t L = 1024;
+  auto ppl = std::make_unique<PerplexityEvaluator>(
+      model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
+  NeedleWindows nw = make_needle_windows(model->tokenizer(), ids, L, 1, 2, 3);
+  auto needle = std::make_unique<PerplexityEvaluator>(model, nw.tokens, nw.positions, 1, 512);
+  ASSERT_TRUE(ppl->has_stage());
+  ASSERT_FALSE(needle->has_stage());  // its answers are at the window's end
+
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.orig_ctx = 512;
+  s.target_ctx = L;
+  s.attn_factor = 1.0;
+  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  const EvalResult whole = ppl->evaluate(s, RejectBound{});
+  const EvalResult needle_whole = needle->evaluate(s, RejectBound{});
+  double seen = 0;
+  const EvalResult passed = ppl->evaluate_staged(s, [&](double st) {
+    seen = st;
+    return true;
+  });
+  EXPECT_EQ(seen, whole.stage_ppl);
+  EXPECT_EQ(passed.ppl, whole.ppl);
+  EXPECT_EQ(passed.stage_ppl, whole.stage_ppl);
+  EXPECT_EQ(passed.tokens, L - 1);
+  const EvalResult stopped = ppl->evaluate_staged(s, [](double) { return false; });
+  EXPECT_TRUE(stopped.rejected);
+  EXPECT_EQ(stopped.ppl, whole.stage_ppl);
+  EXPECT_EQ(stopped.tokens, 768);
+
+  std::vector<std::unique_ptr<Evaluator>> parts;
+  parts.push_back(std::move(ppl));
+  parts.push_back(std::move(needle));
+  MultiObjectiveEvaluator multi(std::move(parts));
+  auto point = [](double stage, double needle_ppl) {
+    RejectBound b;
+    b.points.push_back({{stage, needle_ppl}, {true, false}});
+    return b;
+  };
+  const EvalResult kept = multi.evaluate(s, point(whole.stage_ppl * 2, needle_whole.ppl * 2));
+  EXPECT_FALSE(kept.rejected);
+  EXPECT_EQ(kept.objectives, (std::vector<double>{whole.ppl, needle_whole.ppl}));
+  EXPECT_EQ(kept.stage_objectives[0], whole.stage_ppl);
+  EXPECT_TRUE(std::isnan(kept.stage_objectives[1]));
+  const EvalResult cut = multi.evaluate(s, point(whole.stage_ppl / 2, needle_whole.ppl / 2));
+  EXPECT_TRUE(cut.rejected);
+  EXPECT_EQ(cut.stage_objectives[0], whole.stage_ppl);
+  EXPECT_EQ(cut.objectives[1], needle_whole.ppl);
+  EXPECT_EQ(cut.tokens, 768 + needle_whole.tokens);
 }
 
 }  // namespace

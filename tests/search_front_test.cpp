@@ -101,29 +101,55 @@ SearchSpace space() {
 
 // A bowl around factors `centre` (the same for every pair), so that two of them with different
 // centres conflict: the front runs between the two centres.
+// With `staged`, it has a first stage (Evaluator::has_stage) whose value is 0.9 times the
+// complete one, and counts the evaluations that went past it.
 class Bowl : public Evaluator {
  public:
-  explicit Bowl(double centre) : centre_(centre) {}
-  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+  explicit Bowl(double centre, bool staged = false) : centre_(centre), staged_(staged) {}
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& rb) override {
+    const double reject_above = rb.above;
     ++calls;
     if (std::isfinite(reject_above)) ++bounded;
-    double v = 1.0;
-    for (double f : s.sets.at(0).factors) v += (f - centre_) * (f - centre_);
-    v += 0.001 * static_cast<double>(s.n_hat) + 0.1 * std::abs(*s.attn_factor - 1.0);
     EvalResult r;
-    r.ppl = v;
-    r.stage_ppl = v;
+    r.ppl = value(s);
+    r.stage_ppl = staged_ ? 0.9 * r.ppl : r.ppl;
+    r.tokens = 100;
+    if (staged_) ++completed;
     return r;
   }
-  int calls = 0, bounded = 0;
+  bool has_stage() const override { return staged_; }
+  EvalResult evaluate_staged(const RopeScaling& s,
+                             const std::function<bool(double)>& go_on) override {
+    if (!staged_) return Evaluator::evaluate_staged(s, go_on);
+    ++calls;
+    EvalResult r;
+    r.stage_ppl = 0.9 * value(s);
+    r.tokens = 60;
+    if (!go_on(r.stage_ppl)) {
+      r.rejected = true;
+      r.ppl = r.stage_ppl;
+      return r;
+    }
+    ++completed;
+    r.ppl = value(s);
+    r.tokens = 100;
+    return r;
+  }
+  double value(const RopeScaling& s) const {
+    double v = 1.0;
+    for (double f : s.sets.at(0).factors) v += (f - centre_) * (f - centre_);
+    return v + 0.001 * static_cast<double>(s.n_hat) + 0.1 * std::abs(*s.attn_factor - 1.0);
+  }
+  int calls = 0, bounded = 0, completed = 0;
 
  private:
   double centre_;
+  bool staged_;
 };
 
-std::unique_ptr<MultiObjectiveEvaluator> two_bowls(Bowl** first = nullptr) {
+std::unique_ptr<MultiObjectiveEvaluator> two_bowls(Bowl** first = nullptr, bool staged = false) {
   std::vector<std::unique_ptr<Evaluator>> parts;
-  parts.push_back(std::make_unique<Bowl>(1.5));
+  parts.push_back(std::make_unique<Bowl>(1.5, staged));
   parts.push_back(std::make_unique<Bowl>(3.5));
   if (first) *first = static_cast<Bowl*>(parts[0].get());
   return std::make_unique<MultiObjectiveEvaluator>(std::move(parts));
@@ -174,8 +200,15 @@ TEST(SearchFront, TheEvaluatorReportsEveryObjective) {
   EXPECT_THROW(MultiObjectiveEvaluator(std::move(one)), Error);
 }
 
-TEST(SearchFront, NoNonDominatedSetIsEverLost) {
-  auto ev = two_bowls();
+class SearchFrontReject : public ::testing::TestWithParam<bool> {};
+
+// Without a first stage nothing is cut; with one (the first objective's), children that the
+// front dominates are cut at their stage: the front stays the non-dominated set of every complete
+// evaluation either way.
+TEST_P(SearchFrontReject, NoNonDominatedSetIsEverLost) {
+  const bool staged = GetParam();
+  Bowl* first = nullptr;
+  auto ev = two_bowls(&first, staged);
   EvolutionSearch s(space(), nsga_settings());
   std::set<std::string> before;
   for (int it = 0; it <= 8; ++it) {
@@ -199,7 +232,72 @@ TEST(SearchFront, NoNonDominatedSetIsEverLost) {
   }
   // The two bowls conflict: the front holds many sets, from one centre to the other.
   EXPECT_GE(s.front().size(), 5u);
-  EXPECT_EQ(s.partial_evals(), 0);  // no early reject with several objectives
+  if (!staged) {
+    EXPECT_EQ(s.partial_evals(), 0);  // no objective has a first stage: nothing can be cut
+    return;
+  }
+  EXPECT_GT(s.partial_evals(), 0);
+  EXPECT_EQ(first->completed, s.full_evals());  // a cut child never completes its stage's part
+  // Every cut child was dominated, like with like, by a set that was on the front when it was
+  // cut, so by one of today's front (the front only improves): its second objective (no stage)
+  // complete, its first at the stage (0.9 of the complete value, with the 1% margin).
+  for (const auto& [k, f] : s.memo()) {
+    if (!f.rejected) continue;
+    ASSERT_EQ(f.stage_obj.size(), 2u);
+    EXPECT_TRUE(std::isnan(f.stage_obj[1]));
+    bool dominated = false;
+    for (const Individual& m : s.front()) {
+      const Fitness& g = s.memo().at(m.key());
+      dominated = dominated || dominates(std::vector<double>{g.stage_obj[0] * 1.01, g.obj[1]},
+                                         std::vector<double>{f.stage_obj[0], f.obj.at(1)});
+    }
+    EXPECT_TRUE(dominated) << k;
+  }
+}
+INSTANTIATE_TEST_SUITE_P(SearchFront, SearchFrontReject, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Staged" : "NoStage"; });
+
+// MultiObjectiveEvaluator's cut: the parts without a stage complete first, the staged parts
+// stop at their stage when a point dominates the candidate like with like, and otherwise give
+// the values of an evaluation without a bound.
+TEST(SearchFront, TheEvaluatorCutsLikeWithLike) {
+  Bowl* first = nullptr;
+  auto ev = two_bowls(&first, /*staged=*/true);
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.sets.push_back(FactorSet{std::vector<double>(6, 2.5), 0});
+  s.n_hat = 0;
+  s.attn_factor = 1.0;
+  const EvalResult whole = ev->evaluate(s, RejectBound{});  // 7 and 7
+  ASSERT_EQ(whole.objectives.size(), 2u);
+  EXPECT_DOUBLE_EQ(whole.objectives[0], 7.0);
+  EXPECT_DOUBLE_EQ(whole.objectives[1], 7.0);
+  EXPECT_EQ(first->completed, 1);  // no points: scored by evaluate()
+  auto bound = [](std::vector<double> v, std::vector<bool> st) {
+    RejectBound b;
+    b.points.push_back({std::move(v), std::move(st)});
+    return b;
+  };
+  // The stage is 6.3: a point at (6, 6.5) dominates it (stage, complete).
+  const EvalResult cut = ev->evaluate(s, bound({6.0, 6.5}, {true, false}));
+  EXPECT_TRUE(cut.rejected);
+  ASSERT_EQ(cut.stage_objectives.size(), 2u);
+  EXPECT_DOUBLE_EQ(cut.stage_objectives[0], 0.9 * 7.0);
+  EXPECT_DOUBLE_EQ(cut.objectives[1], 7.0);  // complete: no stage
+  EXPECT_TRUE(std::isnan(cut.objectives[0]));
+  EXPECT_DOUBLE_EQ(cut.ppl, 0.9 * 7.0);
+  EXPECT_EQ(first->completed, 1);
+  EXPECT_EQ(cut.tokens, 60 + 100);
+  // Not dominated (the complete value is better than the point's), or a point of another kind
+  // (a complete value where the candidate has a stage): scored whole, with the same values.
+  for (const RejectBound& b : {bound({6.0, 7.5}, {true, false}), bound({1.0, 1.0}, {false, false}),
+                               bound({1.0, 1.0}, {true, true})}) {
+    const EvalResult r = ev->evaluate(s, b);
+    EXPECT_FALSE(r.rejected);
+    EXPECT_EQ(r.objectives, whole.objectives);
+    EXPECT_DOUBLE_EQ(r.stage_objectives[0], 0.9 * 7.0);
+  }
+  EXPECT_EQ(first->completed, 4);
 }
 
 TEST(SearchFront, PopulationIsInNsgaOrder) {

@@ -33,7 +33,8 @@ double fake_centre(int j) {
 // evaluation (a "consistent" evaluator), so early reject cannot change the winner.
 class FakeEvaluator : public Evaluator {
  public:
-  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& rb) override {
+    const double reject_above = rb.above;
     ++calls;
     keys.push_back(scaling_key(s));
     double v = 1.0;
@@ -347,7 +348,8 @@ TEST(SearchRun, EarlyRejectKeepsTheWinner) {
 // window, inside the trained context, scores lower than the whole window).
 class StagedEvaluator : public FakeEvaluator {
  public:
-  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& rb) override {
+    const double reject_above = rb.above;
     EvalResult r = FakeEvaluator::evaluate(s, std::numeric_limits<double>::infinity());
     r.stage_ppl = r.ppl / 2;
     bounds.push_back(reject_above);
@@ -444,7 +446,8 @@ namespace {
 // Evaluates a batch last to first (as ranks finishing in another order would).
 class ReverseBatchEvaluator : public FakeEvaluator {
  public:
-  std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch, double bound,
+  std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch,
+                                         const RejectBound& bound,
                                          const std::function<void(size_t)>& done) override {
     std::vector<EvalResult> out(batch.size());
     for (size_t i = batch.size(); i-- > 0;) {
@@ -500,7 +503,7 @@ class ShuffledSlotsEvaluator : public FakeEvaluator {
   explicit ShuffledSlotsEvaluator(int n) : n_(n) {}
   int n_;
   int slots() const override { return n_; }
-  void submit(size_t id, const RopeScaling& s, double bound) override {
+  void submit(size_t id, const RopeScaling& s, const RejectBound& bound) override {
     pending.push_back({id, evaluate(s, bound)});
     max_pending = std::max(max_pending, pending.size());
   }
@@ -584,7 +587,8 @@ class PositionalEvaluator : public Evaluator {
     return (static_cast<double>(in) * inside(s) + static_cast<double>(out) * beyond(s)) /
            static_cast<double>(to - from);
   }
-  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& rb) override {
+    const double reject_above = rb.above;
     EvalResult r;
     r.stage_ppl = mean(s, stage_.first_scored + 1, stage_.tokens);
     const double fitness = mean(s, 1, kLen);

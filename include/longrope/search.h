@@ -4,6 +4,7 @@
 // nothing of models, threads or kernels.
 #pragma once
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -24,6 +25,27 @@
 namespace longrope {
 
 // ---- the evaluator seam ---------------------------------------------------------------------
+// When an evaluator may stop a candidate after its first stage (docs/search.md, "Early reject").
+// One objective: the candidate is cut when its first-stage perplexity exceeds `above`. Several
+// objectives (a multi-objective search): it is cut when one of `points` dominates it, each
+// objective compared like with like: an objective whose evaluator has a first stage by its
+// first-stage value (points[i].stage[k] true), one without by its complete value. Nothing cuts
+// by default, and a double converts to the one-objective bound.
+struct RejectBound {
+  double above = std::numeric_limits<double>::infinity();
+  struct Point {
+    std::vector<double> v;    // one value per objective
+    std::vector<bool> stage;  // v[k] is a first-stage value (else a complete one)
+  };
+  std::vector<Point> points;
+  RejectBound() = default;
+  RejectBound(double one_objective) : above(one_objective) {}  // NOLINT(google-explicit-*)
+  bool cuts() const { return std::isfinite(above) || !points.empty(); }
+  // Several objectives: whether some point dominates the candidate whose value of objective k is
+  // value[k], a first-stage value where staged[k] (coordinates of another kind never compare).
+  bool dominated(std::span<const double> value, const std::vector<bool>& staged) const;
+};
+
 struct EvalResult {
   // Complete evaluation: the fitness (perplexity, lower is better). Rejected: the perplexity of
   // the first stage only, kept for the log; it is NOT the candidate's fitness.
@@ -36,8 +58,11 @@ struct EvalResult {
   double stage_ppl = std::numeric_limits<double>::quiet_NaN();
   double seconds = 0;  // wall time of the evaluation
   // A multi-objective evaluator (MultiObjectiveEvaluator): each objective's value, lower is
-  // better; ppl == objectives[0]. Empty for one objective.
+  // better; ppl == objectives[0]. Empty for one objective. Rejected: the values known when the
+  // candidate was cut (complete values of the objectives without a first stage, NaN elsewhere).
   std::vector<double> objectives;
+  // Multi-objective: each objective's first-stage value (NaN where its evaluator has none).
+  std::vector<double> stage_objectives;
 };
 
 class Evaluator {
@@ -46,26 +71,35 @@ class Evaluator {
   // Fitness of the scaling. When reject_above is finite the evaluator may stop after a first
   // stage whose perplexity exceeds reject_above and return rejected = true. The search passes
   // the parents' worst stage_ppl when every parent has one, else their worst fitness.
-  virtual EvalResult evaluate(const RopeScaling& scaling, double reject_above) = 0;
+  virtual EvalResult evaluate(const RopeScaling& scaling, const RejectBound& reject_above) = 0;
   // The candidates of one generation under one bound, results in batch order; done(i) is called
   // as candidate i finishes (in any order: for progress only). The default evaluates them one
   // after another; a distributed evaluator spreads them over ranks (SearchRun, dist.h).
   virtual std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch,
-                                                 double reject_above,
+                                                 const RejectBound& reject_above,
                                                  const std::function<void(size_t)>& done);
 
   // The steady-state search (SearchSettings::steady_state) submits candidates one at a time and
   // takes each result as it finishes. slots(): how many run at once. The default runs each
   // candidate inside next(), in submission order (so one slot is deterministic).
+  // A multi-objective cut (MultiObjectiveEvaluator) in two steps: has_stage() says whether this
+  // evaluator has a first stage; evaluate_staged scores it, calls go_on(its value) and stops
+  // there (rejected, ppl the stage's value) when go_on returns false, else completes the
+  // evaluation with the same values as evaluate() and stage_ppl the stage's value. Without a
+  // stage: go_on(NaN), then evaluate() whole.
+  virtual bool has_stage() const { return false; }
+  virtual EvalResult evaluate_staged(const RopeScaling& scaling,
+                                     const std::function<bool(double)>& go_on);
+
   virtual int slots() const { return 1; }
-  virtual void submit(size_t id, const RopeScaling& scaling, double reject_above);
+  virtual void submit(size_t id, const RopeScaling& scaling, const RejectBound& reject_above);
   virtual std::pair<size_t, EvalResult> next();
 
  private:
   struct Queued {
     size_t id;
     RopeScaling scaling;
-    double bound;
+    RejectBound bound;
   };
   std::deque<Queued> queue_;
 };
@@ -103,7 +137,10 @@ class PerplexityEvaluator : public Evaluator {
   PerplexityEvaluator(std::shared_ptr<const Model> model, std::vector<std::vector<int32_t>> windows,
                       std::vector<std::vector<int64_t>> positions, int n_threads, int64_t orig_ctx,
                       double answer_weight = 1.0);
-  EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
+  EvalResult evaluate(const RopeScaling& scaling, const RejectBound& reject_above) override;
+  bool has_stage() const override { return stage_.on(); }
+  EvalResult evaluate_staged(const RopeScaling& scaling,
+                             const std::function<bool(double)>& go_on) override;
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
   const FirstStage& stage() const { return stage_; }
 
@@ -115,16 +152,24 @@ class PerplexityEvaluator : public Evaluator {
   std::vector<std::vector<int64_t>> positions_;  // needle fitness: scored NLL indices per window
   double answer_weight_ = 1.0;                   // < 1: the mixed fitness
   bool mixed() const { return !positions_.empty() && answer_weight_ < 1.0; }
+  // evaluate() and evaluate_staged(): go_on decides after the stage; a stage that is window 0
+  // whole runs apart only when always_stage (else window 0 is scored with the rest).
+  EvalResult run(const RopeScaling& scaling, const std::function<bool(double)>& go_on,
+                 bool always_stage);
 };
 
 // Several fitnesses of one candidate at once (a multi-objective search, SearchSettings::
-// objectives): each part scores the candidate on its own windows, without early reject (a cut on
-// one objective could drop a set that the other objectives put on the front). EvalResult::
-// objectives holds the parts' values in order, ppl the first one, tokens and seconds the sums.
+// objectives): each part scores the candidate on its own windows. EvalResult::objectives holds
+// the parts' values in order, ppl the first one, tokens and seconds the sums. Early reject
+// (RejectBound::points): the parts without a first stage are scored whole first, then each part
+// with one scores its stage (keeping its keys and values while the next part runs); the
+// candidate is cut when a point dominates it, each objective compared like with like (stage
+// with stage, complete with complete), else every staged part completes from its stage. A cut
+// therefore needs at least one part with a stage, and saves the rest of those parts' windows.
 class MultiObjectiveEvaluator : public Evaluator {
  public:
   explicit MultiObjectiveEvaluator(std::vector<std::unique_ptr<Evaluator>> parts);
-  EvalResult evaluate(const RopeScaling& scaling, double reject_above) override;
+  EvalResult evaluate(const RopeScaling& scaling, const RejectBound& reject_above) override;
 
  private:
   std::vector<std::unique_ptr<Evaluator>> parts_;
@@ -285,8 +330,13 @@ struct SearchSettings {
   bool record_seconds = true;
   // Objectives of the fitness (EvalResult::objectives): 1 = the single-fitness search; more =
   // NSGA-II survival (non-dominated rank, then crowding distance), the front of every complete
-  // evaluation kept (EvolutionSearch::front()), and no early reject.
+  // evaluation kept (EvolutionSearch::front()), and early reject by the front: a child is cut
+  // when a set on the front dominates it, compared like with like (RejectBound::points; first
+  // stages with the margin above).
   int objectives = 1;
+  // Several objectives: early reject by the front (with early_reject). Off only to continue a
+  // checkpoint of a multi-objective run started without it (in its settings as "front_reject").
+  bool front_reject = true;
   nlohmann::json to_json() const;  // without iterations and record_seconds
 };
 
@@ -299,6 +349,9 @@ struct Fitness {
   double stage = std::numeric_limits<double>::infinity();
   // Complete, multi-objective: each objective's value (obj[0] == ppl).
   std::vector<double> obj;
+  // Multi-objective: each objective's first-stage value (NaN where its evaluator has none; empty
+  // when not recorded, as in checkpoints written before the front's early reject).
+  std::vector<double> stage_obj;
   // Ordering key: rejected candidates rank after every complete one.
   bool better_than(const Fitness& o) const;
 };
@@ -353,11 +406,11 @@ class EvolutionSearch {
 
  private:
   // Evaluates the individuals not seen before under one bound and records them in order.
-  void evaluate(Evaluator& ev, const std::vector<Individual>& inds, double bound);
+  void evaluate(Evaluator& ev, const std::vector<Individual>& inds, const RejectBound& bound);
   // Records one evaluation in the memo, the counters and the best.
-  void record(const Individual& ind, const EvalResult& r, double bound);
-  // The parents (best complete individuals) and their early-reject bound.
-  std::vector<Individual> parents(double* bound) const;
+  void record(const Individual& ind, const EvalResult& r, const RejectBound& bound);
+  // The parents (best complete individuals) and their children's early-reject bound.
+  std::vector<Individual> parents(RejectBound* bound) const;
   // A parent drawn at random, and a crossover of two distinct random parents (a mutation of the
   // only one when there is one).
   const Individual& pick(const std::vector<Individual>& parents);
@@ -367,7 +420,7 @@ class EvolutionSearch {
   void log_iteration();
   struct InFlight {
     Individual ind;
-    double bound;
+    RejectBound bound;
   };
   std::map<size_t, InFlight> in_flight_;  // steady state: submitted, not yet recorded
   size_t next_id_ = 0;

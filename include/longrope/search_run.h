@@ -106,6 +106,7 @@ struct SearchRunResult {
   int64_t full_evals = 0, partial_evals = 0;
   double eval_seconds = 0;  // summed evaluation wall times (0 under SOURCE_DATE_EPOCH)
   std::string log_path, checkpoint_path;
+  std::vector<std::string> warnings;  // found while running (e.g. how a checkpoint continues)
 };
 
 class SearchRun {

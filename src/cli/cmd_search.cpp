@@ -97,6 +97,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
                   : "best " + best));
   });
   if (bar) bar->finish();
+  for (const std::string& w : r.warnings) fmt::print(stderr, "warning: {}\n", w);
   const double wall = wall_seconds() - t0;
   if (r.budget_spent)
     fmt::print(stderr,

@@ -70,8 +70,27 @@ PerplexityEvaluator::PerplexityEvaluator(std::shared_ptr<const Model> model,
   }
 }
 
+bool RejectBound::dominated(std::span<const double> value, const std::vector<bool>& staged) const {
+  for (const Point& p : points) {
+    if (p.v.size() != value.size() || p.stage != staged) continue;
+    if (dominates(p.v, value)) return true;
+  }
+  return false;
+}
+
+EvalResult Evaluator::evaluate_staged(const RopeScaling& scaling,
+                                      const std::function<bool(double)>& go_on) {
+  if (!go_on(std::numeric_limits<double>::quiet_NaN())) {
+    EvalResult r;
+    r.ppl = std::numeric_limits<double>::quiet_NaN();
+    r.rejected = true;
+    return r;
+  }
+  return evaluate(scaling, RejectBound{});
+}
+
 std::vector<EvalResult> Evaluator::evaluate_batch(const std::vector<RopeScaling>& batch,
-                                                  double reject_above,
+                                                  const RejectBound& reject_above,
                                                   const std::function<void(size_t)>& done) {
   std::vector<EvalResult> out;
   out.reserve(batch.size());
@@ -82,7 +101,7 @@ std::vector<EvalResult> Evaluator::evaluate_batch(const std::vector<RopeScaling>
   return out;
 }
 
-void Evaluator::submit(size_t id, const RopeScaling& scaling, double reject_above) {
+void Evaluator::submit(size_t id, const RopeScaling& scaling, const RejectBound& reject_above) {
   queue_.push_back({id, scaling, reject_above});
 }
 
@@ -93,7 +112,22 @@ std::pair<size_t, EvalResult> Evaluator::next() {
   return {q.id, evaluate(q.scaling, q.bound)};
 }
 
-EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reject_above) {
+EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling,
+                                         const RejectBound& reject_above) {
+  const double above = reject_above.above;
+  return run(
+      scaling, [&](double stage) { return !std::isfinite(above) || stage <= above; },
+      std::isfinite(above));
+}
+
+EvalResult PerplexityEvaluator::evaluate_staged(const RopeScaling& scaling,
+                                                const std::function<bool(double)>& go_on) {
+  if (!stage_.on()) return Evaluator::evaluate_staged(scaling, go_on);
+  return run(scaling, go_on, true);
+}
+
+EvalResult PerplexityEvaluator::run(const RopeScaling& scaling,
+                                    const std::function<bool(double)>& go_on, bool always_stage) {
   const auto t0 = std::chrono::steady_clock::now();
   ScoreOptions opts;
   opts.n_threads = n_threads_;
@@ -135,7 +169,7 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
   auto passes = [&](const std::vector<double>& nll) {
     r.stage_ppl = stage_ppl_of(nll);
     if (std::isnan(r.stage_ppl)) return false;
-    r.rejected = std::isfinite(reject_above) && !(r.stage_ppl <= reject_above);
+    r.rejected = !go_on(r.stage_ppl);
     return !r.rejected;
   };
   // After the stage: a NaN (finish throws) or a cut ends here, with the stage's value.
@@ -151,7 +185,7 @@ EvalResult PerplexityEvaluator::evaluate(const RopeScaling& scaling, double reje
     first = score_window_staged(*model_, w0, scaling, opts, fs, passes);
     r.tokens += static_cast<int64_t>(first.size());
     if (stopped()) return finish(r);
-  } else if (stage_.on() && std::isfinite(reject_above)) {
+  } else if (stage_.on() && always_stage) {
     // The stage is window 0 whole (several windows, or scored positions).
     ScoreOptions so = opts;
     if (!positions_.empty() && !mixed()) so.positions = positions_[0];
@@ -183,15 +217,53 @@ MultiObjectiveEvaluator::MultiObjectiveEvaluator(std::vector<std::unique_ptr<Eva
                             parts_.size()));
 }
 
-EvalResult MultiObjectiveEvaluator::evaluate(const RopeScaling& scaling, double) {
-  EvalResult out;
-  for (auto& part : parts_) {
-    const EvalResult r = part->evaluate(scaling, std::numeric_limits<double>::infinity());
-    out.objectives.push_back(r.ppl);
-    out.tokens += r.tokens;
-    out.seconds += r.seconds;
+EvalResult MultiObjectiveEvaluator::evaluate(const RopeScaling& scaling,
+                                             const RejectBound& reject_above) {
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  const size_t n = parts_.size();
+  std::vector<EvalResult> res(n);
+  std::vector<bool> staged(n, false);
+  std::vector<size_t> stage_parts;
+  // A cut saves only the rest of staged parts: with none, every part is scored whole.
+  const bool cuts =
+      !reject_above.points.empty() &&
+      std::any_of(parts_.begin(), parts_.end(), [](auto& p) { return p->has_stage(); });
+  for (size_t k = 0; k < n; ++k) {
+    staged[k] = cuts && parts_[k]->has_stage();
+    if (staged[k]) {
+      stage_parts.push_back(k);
+    } else {
+      res[k] = parts_[k]->evaluate(scaling, RejectBound{});  // complete: known before any cut
+    }
   }
-  out.ppl = out.objectives[0];
+  // The staged parts one inside the other: part i's stage, then (its keys and values kept) the
+  // next part's, and after the last stage the decision; each part then completes, or stops.
+  bool cut = false;
+  std::function<bool(size_t)> stages = [&](size_t i) {
+    if (i == stage_parts.size()) {
+      std::vector<double> v(n);
+      for (size_t k = 0; k < n; ++k) v[k] = staged[k] ? res[k].stage_ppl : res[k].ppl;
+      cut = reject_above.dominated(v, staged);
+      return !cut;
+    }
+    const size_t k = stage_parts[i];
+    res[k] = parts_[k]->evaluate_staged(scaling, [&](double stage) {
+      res[k].stage_ppl = stage;  // read by the decision, inside this call
+      return stages(i + 1);
+    });
+    return !cut;
+  };
+  if (cuts) stages(0);
+  EvalResult out;
+  out.rejected = cut;
+  for (size_t k = 0; k < n; ++k) {
+    out.objectives.push_back(cut && staged[k] ? kNaN : res[k].ppl);
+    // Recorded whenever the part has a stage (also without a bound: later children's points).
+    out.stage_objectives.push_back(parts_[k]->has_stage() ? res[k].stage_ppl : kNaN);
+    out.tokens += res[k].tokens;
+    out.seconds += res[k].seconds;
+  }
+  out.ppl = cut ? out.stage_objectives[0] : out.objectives[0];
   return out;
 }
 
@@ -621,6 +693,8 @@ nlohmann::json SearchSettings::to_json() const {
   if (reject_margin != 0.0) j["reject_margin"] = reject_margin;  // likewise
   if (blend_prob != 0.0) j["blend_prob"] = blend_prob;           // likewise
   if (objectives != 1) j["objectives"] = objectives;             // likewise
+  // Absent for runs started without the front's early reject: their checkpoints still match.
+  if (objectives > 1 && early_reject && front_reject) j["front_reject"] = true;
   return j;
 }
 
@@ -721,7 +795,8 @@ std::optional<Individual> EvolutionSearch::crossover(const Individual& a, const 
   return mutate(a);
 }
 
-void EvolutionSearch::evaluate(Evaluator& ev, const std::vector<Individual>& inds, double bound) {
+void EvolutionSearch::evaluate(Evaluator& ev, const std::vector<Individual>& inds,
+                               const RejectBound& bound) {
   std::vector<const Individual*> todo;
   std::vector<RopeScaling> batch;
   for (const auto& ind : inds) {
@@ -742,12 +817,15 @@ void EvolutionSearch::evaluate(Evaluator& ev, const std::vector<Individual>& ind
   for (size_t i = 0; i < todo.size(); ++i) record(*todo[i], results[i], bound);
 }
 
-void EvolutionSearch::record(const Individual& ind, const EvalResult& r, double bound) {
+void EvolutionSearch::record(const Individual& ind, const EvalResult& r, const RejectBound& bound) {
   if (settings_.record_seconds) eval_seconds_ += r.seconds;
   Fitness f;
+  if (settings_.objectives > 1) f.stage_obj = r.stage_objectives;
   if (r.rejected) {
+    // Several objectives: the values known when it was cut (NaN for the staged ones).
+    if (settings_.objectives > 1) f.obj = r.objectives;
     f.rejected = true;
-    f.bound = bound;
+    f.bound = bound.above;
     f.partial = r.ppl;
     ++partial_evals_;
   } else {
@@ -783,23 +861,37 @@ void EvolutionSearch::update_front(const Individual& ind, const Fitness& f) {
   front_.insert(it, ind);
 }
 
-std::vector<Individual> EvolutionSearch::parents(double* bound) const {
+std::vector<Individual> EvolutionSearch::parents(RejectBound* bound) const {
   std::vector<Individual> out;
   for (const auto& ind : population_) {
     if (static_cast<int>(out.size()) >= settings_.parents) break;
     if (!memo_.at(ind.key()).rejected) out.push_back(ind);
   }
   if (out.empty()) throw Error("search: no complete individual to breed from");
-  *bound = std::numeric_limits<double>::infinity();
-  // Several objectives: no early reject (a child worse in one objective may join the front).
+  *bound = RejectBound{};
+  // Several objectives: a child is cut when a set on the front dominates it (RejectBound), first
+  // stages compared with first stages (with the margin) and complete values with complete ones.
+  if (settings_.early_reject && settings_.front_reject && settings_.objectives > 1) {
+    for (const Individual& m : front_) {
+      const Fitness& f = memo_.at(m.key());
+      if (f.stage_obj.size() != f.obj.size()) continue;  // recorded before stages were kept
+      RejectBound::Point pt;
+      for (size_t k = 0; k < f.obj.size(); ++k) {
+        const bool st = std::isfinite(f.stage_obj[k]);
+        pt.v.push_back(st ? f.stage_obj[k] * (1.0 + settings_.reject_margin) : f.obj[k]);
+        pt.stage.push_back(st);
+      }
+      bound->points.push_back(std::move(pt));
+    }
+  }
   if (settings_.early_reject && settings_.objectives == 1) {
     // Children's first stages are compared with the parents' first stages (the loosest of
     // them): a child is cut only when its first stage is worse than every parent's. Without
     // stage scores (an evaluator without stages) the bound is the worst parent's fitness.
     double stage_bound = 0;
     for (const auto& p : out) stage_bound = std::max(stage_bound, memo_.at(p.key()).stage);
-    *bound = (std::isfinite(stage_bound) ? stage_bound : memo_.at(out.back().key()).ppl) *
-             (1.0 + settings_.reject_margin);
+    bound->above = (std::isfinite(stage_bound) ? stage_bound : memo_.at(out.back().key()).ppl) *
+                   (1.0 + settings_.reject_margin);
   }
   return out;
 }
@@ -853,9 +945,8 @@ std::optional<Individual> EvolutionSearch::cross(const std::vector<Individual>& 
 }
 
 void EvolutionSearch::step(Evaluator& ev) {
-  constexpr double kInf = std::numeric_limits<double>::infinity();
   std::vector<Individual> children;
-  double bound = kInf;
+  RejectBound bound;
   if (done_ == 0) {
     const auto seeds = rule_seeds(space_);
     std::vector<Individual> base;
@@ -920,7 +1011,7 @@ void EvolutionSearch::step_steady(Evaluator& ev) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
   // Breeds one child from the current population and submits it; false when none was found.
   auto breed = [&]() {
-    double bound = 0;
+    RejectBound bound;
     const std::vector<Individual> par = parents(&bound);
     const bool mutation = settings_.crossovers == 0 ||
                           u(rng_) * per_iteration < static_cast<double>(settings_.mutations) ||
@@ -992,7 +1083,15 @@ nlohmann::json EvolutionSearch::to_json() const {
                {"bound", num(f.bound)},
                {"partial", num(f.partial)},
                {"stage", num(f.stage)}};
-    if (!f.obj.empty()) memo[k]["obj"] = f.obj;  // multi-objective only: other files unchanged
+    // Multi-objective only (other files unchanged); null for NaN (unknown: no first stage, or
+    // a cut child's staged objectives).
+    auto nums = [](const std::vector<double>& v) {
+      nlohmann::json a = nlohmann::json::array();
+      for (double x : v) a.push_back(num(x));
+      return a;
+    };
+    if (!f.obj.empty()) memo[k]["obj"] = nums(f.obj);
+    if (!f.stage_obj.empty()) memo[k]["stage_obj"] = nums(f.stage_obj);
   }
   nlohmann::json pop = nlohmann::json::array();
   for (const auto& i : population_) pop.push_back(ind_json(i));
@@ -1042,7 +1141,14 @@ void EvolutionSearch::restore(const nlohmann::json& j) {
       x.bound = num_from(f.at("bound"));
       x.partial = num_from(f.at("partial"));
       if (f.contains("stage")) x.stage = num_from(f.at("stage"));
-      if (f.contains("obj")) x.obj = f.at("obj").get<std::vector<double>>();
+      auto nums = [](const nlohmann::json& a) {
+        std::vector<double> v;
+        for (const auto& x : a)
+          v.push_back(x.is_null() ? std::numeric_limits<double>::quiet_NaN() : x.get<double>());
+        return v;
+      };
+      if (f.contains("obj")) x.obj = nums(f.at("obj"));
+      if (f.contains("stage_obj")) x.stage_obj = nums(f.at("stage_obj"));
       if (settings_.objectives > 1 && !x.rejected &&
           static_cast<int>(x.obj.size()) != settings_.objectives)
         throw Error(fmt::format("memo entry with {} objective value(s), expected {}", x.obj.size(),

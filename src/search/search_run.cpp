@@ -2,6 +2,7 @@
 #include "longrope/search_run.h"
 
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <chrono>
@@ -109,16 +110,40 @@ nlohmann::json log_json(const EvolutionSearch& s) {
 }
 
 // ---- the wire format of a candidate between ranks ---------------------------------------------
-// Task: {"p": phase, "f": factors, "n": n_hat, "a": attention factor, "b": bound (null = none)}.
-// Result: {"ppl", "rej", "tok", "stage" (absent = none), "s"}. JSON numbers round-trip exactly.
+// Task: {"p": phase, "f": factors, "n": n_hat, "a": attention factor, "b": bound (null = none),
+// and with the front's points (several objectives) "pts": [[values]], "pst": [[is a stage]]}.
+// Result: {"ppl", "rej", "tok", "stage" (absent = none), "s", "o" and "so" (several
+// objectives; null for NaN)}. JSON numbers round-trip exactly.
 
-std::string encode_task(int phase, const RopeScaling& s, double bound) {
-  return nlohmann::json{{"p", phase},
-                        {"f", s.sets.at(0).factors},
-                        {"n", s.n_hat},
-                        {"a", *s.attn_factor},
-                        {"b", std::isfinite(bound) ? nlohmann::json(bound) : nlohmann::json()}}
-      .dump();
+std::string encode_task(int phase, const RopeScaling& s, const RejectBound& bound) {
+  nlohmann::json j = {
+      {"p", phase},
+      {"f", s.sets.at(0).factors},
+      {"n", s.n_hat},
+      {"a", *s.attn_factor},
+      {"b", std::isfinite(bound.above) ? nlohmann::json(bound.above) : nlohmann::json()}};
+  if (!bound.points.empty()) {
+    nlohmann::json pts = nlohmann::json::array(), pst = nlohmann::json::array();
+    for (const RejectBound::Point& p : bound.points) {
+      pts.push_back(p.v);
+      pst.push_back(p.stage);
+    }
+    j["pts"] = pts;
+    j["pst"] = pst;
+  }
+  return j.dump();
+}
+
+nlohmann::json nullable(const std::vector<double>& v) {
+  nlohmann::json j = nlohmann::json::array();
+  for (double x : v) j.push_back(std::isfinite(x) ? nlohmann::json(x) : nlohmann::json());
+  return j;
+}
+std::vector<double> from_nullable(const nlohmann::json& j) {
+  std::vector<double> v;
+  for (const auto& x : j)
+    v.push_back(x.is_null() ? std::numeric_limits<double>::quiet_NaN() : x.get<double>());
+  return v;
 }
 
 std::string encode_result(const EvalResult& r) {
@@ -127,7 +152,8 @@ std::string encode_result(const EvalResult& r) {
                       {"tok", r.tokens},
                       {"s", r.seconds}};
   if (std::isfinite(r.stage_ppl)) j["stage"] = r.stage_ppl;
-  if (!r.objectives.empty()) j["o"] = r.objectives;
+  if (!r.objectives.empty()) j["o"] = nullable(r.objectives);
+  if (!r.stage_objectives.empty()) j["so"] = nullable(r.stage_objectives);
   return j.dump();
 }
 
@@ -140,7 +166,8 @@ EvalResult decode_result(const std::string& m) {
   r.tokens = j.at("tok").get<int64_t>();
   r.seconds = j.at("s").get<double>();
   if (j.contains("stage")) r.stage_ppl = j.at("stage").get<double>();
-  if (j.contains("o")) r.objectives = j.at("o").get<std::vector<double>>();
+  if (j.contains("o")) r.objectives = from_nullable(j.at("o"));
+  if (j.contains("so")) r.stage_objectives = from_nullable(j.at("so"));
   return r;
 }
 
@@ -236,7 +263,7 @@ class FarmEvaluator : public Evaluator {
   std::optional<std::chrono::steady_clock::time_point> deadline;
   bool budget_spent() const { return deadline && std::chrono::steady_clock::now() >= *deadline; }
 
-  EvalResult evaluate(const RopeScaling& s, double reject_above) override {
+  EvalResult evaluate(const RopeScaling& s, const RejectBound& reject_above) override {
     return evaluate_batch({s}, reject_above, {}).at(0);
   }
   // The results of the running iteration by task (what an interrupted run saves), and results
@@ -244,7 +271,8 @@ class FarmEvaluator : public Evaluator {
   nlohmann::json finished = nlohmann::json::object();
   std::map<std::string, std::string> cache;
 
-  std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch, double bound,
+  std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch,
+                                         const RejectBound& bound,
                                          const std::function<void(size_t)>& done) override {
     const size_t base = next_id_;
     next_id_ += batch.size();
@@ -274,7 +302,7 @@ class FarmEvaluator : public Evaluator {
     return out;
   }
   int slots() const override { return pool_->slots(); }
-  void submit(size_t id, const RopeScaling& s, double bound) override {
+  void submit(size_t id, const RopeScaling& s, const RejectBound& bound) override {
     std::string msg = encode_task(phase_, s, bound);
     if (auto it = cache.find(msg); it != cache.end()) {
       finished[msg] = it->second;
@@ -343,6 +371,7 @@ struct SearchRun::Impl {
   std::string texts_fingerprint;  // of the texts' tokens, as eval's results key them
   nlohmann::json ck_settings;
   std::vector<std::string> warnings;
+  std::vector<std::string> staged_objectives;  // several objectives: those with a first stage
 
   // A candidate from another rank (or this one): decode, evaluate locally, encode.
   std::string evaluate_task(const std::string& m) const {
@@ -360,8 +389,14 @@ struct SearchRun::Impl {
     // The factors are relative to the model's own frequencies (its rope_freqs divisors, e.g.
     // Llama 3's), so lambda = 1 is the trained rotation.
     s.freq_factors = model->default_rope().freq_factors;
-    const double bound =
-        j.at("b").is_null() ? std::numeric_limits<double>::infinity() : j.at("b").get<double>();
+    RejectBound bound;
+    if (!j.at("b").is_null()) bound.above = j.at("b").get<double>();
+    if (j.contains("pts")) {
+      const auto& pst = j.at("pst");
+      for (size_t i = 0; i < j.at("pts").size(); ++i)
+        bound.points.push_back(
+            {j.at("pts")[i].get<std::vector<double>>(), pst.at(i).get<std::vector<bool>>()});
+    }
     return encode_result(ev->evaluate(s, bound));
   }
 };
@@ -446,6 +481,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
     std::vector<std::unique_ptr<Evaluator>> parts;
     for (const std::string& f : p.objectives) {
       parts.push_back(evaluator_of(f, L));
+      if (parts.back()->has_stage()) p.staged_objectives.push_back(f);
       if (!p.long_first) p.long_first = static_cast<PerplexityEvaluator*>(parts.back().get());
     }
     p.long_ev = std::make_unique<MultiObjectiveEvaluator>(std::move(parts));
@@ -537,10 +573,12 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
   }
   // --pick is not here: a finished run may be resumed to pick another set from its front.
 
-  if (c.settings.early_reject && multi)
-    p.warnings.push_back(
-        "early reject is off for a multi-objective search: a child worse in one objective's "
-        "first stage may still join the front through another");
+  if (c.settings.early_reject && multi && p.staged_objectives.empty())
+    p.warnings.push_back(fmt::format(
+        "early reject is off: none of the objectives {} has a first stage (a needle fitness "
+        "cuts on window 0, which needs --docs 2 or more; perplexity on a window longer than the "
+        "original context)",
+        fmt::join(p.objectives, ",")));
   if (c.settings.early_reject && !multi) {
     auto check = [&](const PerplexityEvaluator& ev, int64_t len, const char* phase) {
       if (ev.stage().on()) return;
@@ -599,6 +637,8 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   for (const std::string& path : {c.output, ckpt_path, log_path}) check_writable(path);
 
   nlohmann::json ck;
+  bool front_reject_off = false;
+  std::vector<std::string> run_warnings;
   if (c.resume) {
     std::ifstream f(ckpt_path);
     if (!f)
@@ -627,6 +667,19 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
                         ckpt_path, k == "text" ? "text/window set" : k,
                         ck["fingerprint"].value(k, nlohmann::json()).dump(), v.dump()));
     }
+    // A multi-objective run started without the front's early reject continues without it.
+    if (p.objectives.size() > 1 && p.ck_settings.contains("front_reject") &&
+        ck["settings"].is_object() && !ck["settings"].contains("front_reject")) {
+      nlohmann::json without = p.ck_settings;
+      without.erase("front_reject");
+      if (ck["settings"] == without) {
+        p.ck_settings = without;
+        front_reject_off = true;
+        run_warnings.push_back(
+            "this checkpoint's run was started without the front's early reject; it continues "
+            "without it");
+      }
+    }
     if (ck["settings"] != p.ck_settings)
       throw Error(
           fmt::format("{}: checkpoint was written with other search settings ({}); expected the "
@@ -636,6 +689,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
 
   SearchSettings settings = c.settings;
   settings.record_seconds = !reproducible_outputs();
+  if (front_reject_off) settings.front_reject = false;
   auto task = [&p](const std::string& m) { return p.evaluate_task(m); };
   FarmEvaluator long_farm(0, "long", task, c.root_computes);
   FarmEvaluator short_farm(1, "short", task, c.root_computes);
@@ -929,6 +983,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   r.eval_seconds = lng.eval_seconds();
   r.log_path = log_path;
   r.checkpoint_path = ckpt_path;
+  r.warnings = run_warnings;
   return r;
 }
 
