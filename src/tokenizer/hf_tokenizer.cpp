@@ -7,8 +7,8 @@
 
 #include "longrope/error.h"
 #include "longrope/hf.h"
-#include "rope/json_fields.h"
 #include "tokenizer/tokenizer_internal.h"
+#include "util/json_fields.h"
 
 namespace longrope {
 
@@ -18,7 +18,7 @@ namespace {
 
 const std::string kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
-using rope_detail::field_error;
+using json_fields::field_error;
 
 // A token given as a string or as {"content": ...} (tokenizer_config.json's two spellings).
 std::optional<std::string> token_text(const json& obj, const char* key) {
