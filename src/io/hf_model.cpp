@@ -12,6 +12,8 @@
 #include "io/model_file_internal.h"
 #include "longrope/error.h"
 #include "longrope/hf.h"
+#include "longrope/hf_tokenizer.h"
+#include "longrope/rope.h"
 #include "longrope/safetensors.h"
 #include "util/json_fields.h"
 

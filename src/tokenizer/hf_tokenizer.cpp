@@ -1,4 +1,6 @@
-// HF tokenizer.json (+ tokenizer_config.json) <-> VocabSpec (include/longrope/hf.h).
+// HF tokenizer.json (+ tokenizer_config.json) <-> VocabSpec (include/longrope/hf_tokenizer.h).
+#include "longrope/hf_tokenizer.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -6,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "longrope/error.h"
-#include "longrope/hf.h"
 #include "tokenizer/tokenizer_internal.h"
 #include "util/json_fields.h"
 
