@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "longrope/model_file.h"
+#include "longrope/vocab.h"
 
 namespace longrope {
 

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "longrope/model_file.h"
+#include "longrope/vocab.h"
 
 namespace longrope {
 
