@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "longrope/error.h"
-#include "longrope/hf.h"
+#include "longrope/hf_tokenizer.h"
 #include "longrope/safetensors.h"
 #include "longrope/tokenizer.h"
 

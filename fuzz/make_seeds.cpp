@@ -24,7 +24,7 @@
 #include "io/model_file_internal.h"
 #include "longrope/error.h"
 #include "longrope/gguf.h"
-#include "longrope/hf.h"
+#include "longrope/hf_tokenizer.h"
 #include "longrope/llama2c.h"
 #include "longrope/rope.h"
 #include "longrope/safetensors.h"

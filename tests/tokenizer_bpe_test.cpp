@@ -279,5 +279,23 @@ TEST(TokenizerPreTokenizer, UnknownNameWarnsAndFallsBack) {
   EXPECT_EQ(out, (Strs{"Hello", " world"}));
 }
 
+// The one ChatML layout of generate, passkey and ruler: the system prompt defaults to the one the
+// chat template writes (its Jinja text spells the newline as \n).
+TEST(TokenizerChat, ChatMlPrompt) {
+  const ChatPrompt plain = chat_prompt();
+  EXPECT_EQ(plain.open, "<|im_start|>user\n");
+  EXPECT_EQ(plain.close, "<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(chat_prompt("Be brief.").wrap("Hi"),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\n");
+  const std::string tmpl =
+      "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are helpful."
+      "<|im_end|>\\n' }}{% endif %}";
+  EXPECT_EQ(chat_prompt("", tmpl).open,
+            "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n");
+  EXPECT_EQ(chat_prompt("Own.", tmpl).open,
+            "<|im_start|>system\nOwn.<|im_end|>\n<|im_start|>user\n");
+}
+
 }  // namespace
 }  // namespace longrope

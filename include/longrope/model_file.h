@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "longrope/quant.h"
+#include "longrope/rope.h"
+#include "longrope/vocab.h"
 
 namespace longrope {
 
@@ -29,42 +31,6 @@ struct HParams {
   int n_rot = 0;  // rotary dimensions per head (<= head_dim)
   double rope_base = 10000.0;
   float norm_eps = 1e-5f;
-};
-
-struct VocabSpec {
-  enum class Kind { kSpm, kGpt2 };
-  Kind kind = Kind::kSpm;
-  std::vector<std::string> tokens;
-  std::vector<float> scores;  // SPM merge scores (empty for gpt2)
-  std::vector<int32_t>
-      types;  // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user, 6 byte
-  std::vector<std::string> merges;  // gpt2: "a b" per line, in rank order
-  std::string pre = "default";      // gpt2 pre-tokenizer name (tokenizer.ggml.pre)
-  // gpt2: the pre-tokenizer as regexes applied in turn (from an HF tokenizer.json); when given,
-  // they replace the rules named by `pre`.
-  std::vector<std::string> pre_regexes;
-  std::optional<bool> ignore_merges;  // gpt2: overrides the pre-tokenizer rules' choice
-  int32_t bos = -1, eos = -1, unk = -1, pad = -1, eot = -1;
-  bool add_bos = true;
-  bool add_eos = false;
-  bool add_space_prefix = true;  // SPM: prepend a space before encoding
-  std::string chat_template;     // tokenizer.chat_template, if any
-};
-
-// RoPE scaling as declared by a model file (raw; turned into a RopeScaling by src/rope).
-struct RopeScalingMeta {
-  std::string type;  // "", "none", "linear", "yarn", "longrope", "llama3", ...
-  std::optional<double> factor;
-  std::optional<int64_t> original_context_length;
-  std::optional<double> attn_factor;
-  std::optional<double> yarn_beta_fast, yarn_beta_slow, yarn_ext_factor, yarn_log_multiplier;
-  std::vector<float> rope_freqs;     // rope_freqs.weight (divides the frequencies)
-  std::vector<float> factors_long;   // rope_factors_long.weight
-  std::vector<float> factors_short;  // rope_factors_short.weight
-  // longrope's own keys (written by `longrope export`; llama.cpp ignores them):
-  std::optional<int64_t> n_hat;  // longrope.n_hat: start tokens keeping the original rotation
-  std::optional<int64_t> short_max_len;  // longrope.short_max_len: longest length of the short set
-  std::optional<double> short_attn_factor;  // longrope.short_attn_factor: the short set's own
 };
 
 struct TensorRef {
@@ -104,5 +70,11 @@ std::string path_name(const std::string& path);
 // tokenizer_path is required for llama2.c checkpoints (tokenizer.bin) and refused otherwise.
 // Validates hyper-parameters and tensor shapes; throws Error with one clear line on any problem.
 ModelFile load_model_file(const std::string& path, const std::string& tokenizer_path = "");
+
+// The scaling a loaded model file declares, whatever its format: rope_from_meta for GGUF and
+// llama2.c, rope_from_hf_config for an HF folder, where a llama3 rule (fixed per-pair divisors)
+// becomes freq_factors on method none, exactly as a Llama 3 GGUF carries it (rope_freqs), so
+// that every scaling chosen later composes with it.
+RopeScaling rope_of_model_file(const ModelFile& mf);
 
 }  // namespace longrope

@@ -87,8 +87,6 @@ struct RopeScaling {
 // ---------------------------------------------------------------------------------------------
 // Additions (src/rope). Everything below throws longrope::Error with a one-line message.
 
-struct RopeScalingMeta;  // longrope/model_file.h
-
 // "sqrt_log", "yarn_log", "constant".
 const char* longrope_attn_name(LongropeAttn a);
 LongropeAttn parse_longrope_attn(const std::string& name);
@@ -113,6 +111,23 @@ double yarn_mscale(double s, double x = 1.0);
 int64_t rope_made_for_length(const RopeScaling& scaling, int64_t model_ctx);
 
 // --- From model files -------------------------------------------------------------------------
+// RoPE scaling as declared by a model file (raw, as src/io reads it from GGUF keys and tensors;
+// turned into a RopeScaling by rope_from_meta).
+struct RopeScalingMeta {
+  std::string type;  // "", "none", "linear", "yarn", "longrope", "llama3", ...
+  std::optional<double> factor;
+  std::optional<int64_t> original_context_length;
+  std::optional<double> attn_factor;
+  std::optional<double> yarn_beta_fast, yarn_beta_slow, yarn_ext_factor, yarn_log_multiplier;
+  std::vector<float> rope_freqs;     // rope_freqs.weight (divides the frequencies)
+  std::vector<float> factors_long;   // rope_factors_long.weight
+  std::vector<float> factors_short;  // rope_factors_short.weight
+  // longrope's own keys (written by `longrope export`; llama.cpp ignores them):
+  std::optional<int64_t> n_hat;  // longrope.n_hat: start tokens keeping the original rotation
+  std::optional<int64_t> short_max_len;  // longrope.short_max_len: longest length of the short set
+  std::optional<double> short_attn_factor;  // longrope.short_attn_factor: the short set's own
+};
+
 // RoPE scaling declared by a model file (GGUF {arch}.rope.scaling.* keys and the rope_freqs /
 // rope_factors_long / rope_factors_short tensors). model_ctx is the file's context_length, which
 // for an extended model (Phi-3 style longrope, yarn) is the extended (target) length; n_rot is
@@ -135,12 +150,7 @@ RopeScaling rope_from_meta(const RopeScalingMeta& meta, int n_rot, int64_t model
 RopeScaling rope_from_hf_config(const nlohmann::json& config,
                                 const std::string& source = "config.json");
 
-// The scaling a loaded model file declares, whatever its format: rope_from_meta for GGUF and
-// llama2.c, rope_from_hf_config for an HF folder, where a llama3 rule (fixed per-pair divisors)
-// becomes freq_factors on method none, exactly as a Llama 3 GGUF carries it (rope_freqs), so
-// that every scaling chosen later composes with it.
-class ModelFile;  // longrope/model_file.h
-RopeScaling rope_of_model_file(const ModelFile& mf);
+// The scaling a loaded model file declares: rope_of_model_file (longrope/model_file.h).
 
 // --- LongRoPE factors file (docs/factors-format.md) ----------------------------------------------
 // Parses a factors JSON object (a superset of HF's longrope rope_scaling object; a whole HF

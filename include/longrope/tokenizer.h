@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "longrope/model_file.h"
+#include "longrope/vocab.h"
 
 namespace longrope {
 
@@ -43,5 +43,19 @@ class Tokenizer {
   explicit Tokenizer(VocabSpec spec) : spec_(std::move(spec)) {}
   VocabSpec spec_;
 };
+
+// ChatML (SmolLM2, Qwen, ...), the chat format of `generate --chat`, `passkey --chat` and
+// `ruler --chat`: a prompt is open + the user's message + close. open holds the system turn, when
+// there is a system prompt, and opens the user turn; close ends it and opens the assistant's turn.
+// Encode open and close with parse_special, so that the markers become their control tokens.
+struct ChatPrompt {
+  std::string open;
+  std::string close;
+  // The whole prompt as one text (open + user + close).
+  std::string wrap(const std::string& user) const { return open + user + close; }
+};
+// system: the system prompt; when empty, the one chat_template writes by default (its
+// "<|im_start|>system\n" turn), if any. No system turn when neither gives one.
+ChatPrompt chat_prompt(const std::string& system = "", const std::string& chat_template = "");
 
 }  // namespace longrope

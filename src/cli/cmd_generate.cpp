@@ -12,6 +12,7 @@
 #include "longrope/error.h"
 #include "longrope/perplexity.h"
 #include "longrope/sampling.h"
+#include "longrope/tokenizer.h"
 
 namespace longrope::cli {
 
@@ -34,22 +35,6 @@ struct GenerateArgs {
   RopeFlags rope;
 };
 
-// ChatML (SmolLM2, Qwen, ...): the system prompt defaults to the one the template itself writes.
-std::string chatml(const std::string& tmpl, const std::string& system, const std::string& user) {
-  std::string sys = system;
-  if (sys.empty()) {
-    const std::string open = "<|im_start|>system\\n";
-    const size_t a = tmpl.find(open);
-    if (a != std::string::npos) {
-      const size_t b = tmpl.find("<|im_end|>", a);
-      if (b != std::string::npos) sys = tmpl.substr(a + open.size(), b - a - open.size());
-    }
-  }
-  std::string s;
-  if (!sys.empty()) s += "<|im_start|>system\n" + sys + "<|im_end|>\n";
-  s += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
-  return s;
-}
 }  // namespace
 
 Runner register_generate(CLI::App& app) {
@@ -104,7 +89,7 @@ Runner register_generate(CLI::App& app) {
         throw Error(args->model +
                     ": --chat supports ChatML models (<|im_start|>), and this "
                     "model's chat template is not ChatML");
-      const auto p = tok.encode(chatml(tmpl, args->system, args->prompt), true);
+      const auto p = tok.encode(chat_prompt(args->system, tmpl).wrap(args->prompt), true);
       ids.insert(ids.end(), p.begin(), p.end());
     } else {
       const auto p = tok.encode(args->prompt);

@@ -1,5 +1,5 @@
-// Shared by the retrieval evaluations (passkey, ruler): the ChatML turn markers their --chat
-// prompts use, and greedy decoding of a prompt through the engine's KV cache.
+// Shared by the retrieval evaluations (passkey, ruler): greedy decoding of a prompt through the
+// engine's KV cache (their --chat prompts: chat_prompt, longrope/tokenizer.h).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,11 +9,6 @@
 #include "longrope/rope.h"
 
 namespace longrope {
-
-// ChatML (SmolLM2, Qwen): a user turn opens with kChatMlUser; kChatMlAssistant ends it and opens
-// the assistant's turn. Encoded with parse_special, so the markers become their control tokens.
-inline constexpr const char* kChatMlUser = "<|im_start|>user\n";
-inline constexpr const char* kChatMlAssistant = "<|im_end|>\n<|im_start|>assistant\n";
 
 struct GreedyOutput {
   std::string text;  // decoded new tokens

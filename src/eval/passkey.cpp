@@ -62,14 +62,15 @@ PasskeyPrompt make_passkey_prompt(const Model& model, int64_t length, int64_t ke
     throw Error(fmt::format("passkey depth {} is not in [0, 1]", depth));
   std::vector<int32_t> head, tail;
   if (tok.add_bos() && tok.bos() >= 0) head.push_back(tok.bos());
-  if (chat) append(head, tok.encode(kChatMlUser, true));
+  const ChatPrompt turn = chat_prompt();
+  if (chat) append(head, tok.encode(turn.open, true));
   append(head, tok.encode(kIntro));
   const std::string k = std::to_string(key);
   const std::vector<int32_t> needle = tok.encode(
       piece(tok, fmt::format("The pass key is {0}. Remember it. {0} is the pass key.", k)));
   if (chat) {
     append(tail, tok.encode(piece(tok, kChatQuestion)));
-    append(tail, tok.encode(std::string(kChatMlAssistant) + "The pass key is", true));
+    append(tail, tok.encode(turn.close + "The pass key is", true));
   } else {
     append(tail, tok.encode(piece(tok, kQuestion)));
   }

@@ -662,9 +662,10 @@ std::vector<int32_t> ruler_prompt_tokens(const Model& model, const RulerSample& 
   if (tok.add_bos() && tok.bos() >= 0) out.push_back(tok.bos());
   auto add = [&out](const std::vector<int32_t>& t) { out.insert(out.end(), t.begin(), t.end()); };
   if (chat) {
-    add(tok.encode(kChatMlUser, true));
+    const ChatPrompt turn = chat_prompt();
+    add(tok.encode(turn.open, true));
     add(tok.encode(s.input));
-    add(tok.encode(kChatMlAssistant, true));
+    add(tok.encode(turn.close, true));
     add(tok.encode(trim(s.answer_prefix)));
   } else {
     add(tok.encode(s.input + s.answer_prefix));

@@ -12,8 +12,10 @@
 #include "io/model_file_internal.h"
 #include "longrope/error.h"
 #include "longrope/hf.h"
+#include "longrope/hf_tokenizer.h"
+#include "longrope/rope.h"
 #include "longrope/safetensors.h"
-#include "rope/json_fields.h"
+#include "util/json_fields.h"
 
 namespace longrope {
 
@@ -43,20 +45,20 @@ struct Config {
   const json& j;
   std::string src;
   std::optional<int64_t> opt_int(const char* key) const {
-    return rope_detail::opt_int(j, key, src, "");
+    return json_fields::opt_int(j, key, src, "");
   }
   int64_t req_int(const char* key) const {
     if (auto v = opt_int(key)) return *v;
-    rope_detail::field_error(src, key, "missing; expected an integer");
+    json_fields::field_error(src, key, "missing; expected an integer");
   }
   std::optional<double> opt_num(const char* key) const {
-    return rope_detail::opt_number(j, key, src, "");
+    return json_fields::opt_number(j, key, src, "");
   }
   std::optional<bool> opt_bool(const char* key) const {
-    return rope_detail::opt_bool(j, key, src, "");
+    return json_fields::opt_bool(j, key, src, "");
   }
   std::optional<std::string> opt_str(const char* key) const {
-    return rope_detail::opt_string(j, key, src, "");
+    return json_fields::opt_string(j, key, src, "");
   }
 };
 

@@ -15,17 +15,18 @@
 #include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/rope.h"
-#include "rope/json_fields.h"
+#include "rope/longrope_object.h"
+#include "util/json_fields.h"
 
 namespace longrope {
 
+using json_fields::field_error;
+using json_fields::json_type_name;
+using json_fields::number_array;
+using json_fields::opt_int;
+using json_fields::opt_number;
+using json_fields::opt_string;
 using nlohmann::json;
-using rope_detail::field_error;
-using rope_detail::json_type_name;
-using rope_detail::number_array;
-using rope_detail::opt_int;
-using rope_detail::opt_number;
-using rope_detail::opt_string;
 
 namespace {
 

@@ -1,5 +1,5 @@
 // RoPE scaling declared by model files: GGUF metadata (RopeScalingMeta, read by src/io) and
-// Hugging Face config.json.
+// Hugging Face config.json (rope_of_model_file in src/io picks one per format).
 #include <fmt/format.h>
 
 #include <climits>
@@ -9,19 +9,19 @@
 #include <vector>
 
 #include "longrope/error.h"
-#include "longrope/model_file.h"
 #include "longrope/rope.h"
-#include "rope/json_fields.h"
+#include "rope/longrope_object.h"
+#include "util/json_fields.h"
 
 namespace longrope {
 
+using json_fields::field_error;
+using json_fields::json_type_name;
+using json_fields::opt_bool;
+using json_fields::opt_int;
+using json_fields::opt_number;
+using json_fields::opt_string;
 using nlohmann::json;
-using rope_detail::field_error;
-using rope_detail::json_type_name;
-using rope_detail::opt_bool;
-using rope_detail::opt_int;
-using rope_detail::opt_number;
-using rope_detail::opt_string;
 
 namespace {
 
@@ -264,38 +264,6 @@ RopeScaling rope_from_hf_config(const json& config, const std::string& source) {
     s.validate(n_rot);
   } catch (const Error& e) {
     throw Error(fmt::format("{}: {}", source, e.what()));
-  }
-  return s;
-}
-
-}  // namespace longrope
-
-namespace longrope {
-
-RopeScaling rope_of_model_file(const ModelFile& mf) {
-  if (mf.format != "hf") return rope_from_meta(mf.rope, mf.hp.n_rot, mf.hp.n_ctx_train);
-  const std::string source = mf.path + "/config.json";
-  json config;
-  try {
-    config = json::parse(mf.hf_config);
-  } catch (const json::exception& e) {
-    throw Error(fmt::format("{}: not valid JSON ({})", source, e.what()));
-  }
-  RopeScaling s = rope_from_hf_config(config, source);
-  if (s.method == RopeMethod::kLlama3) {
-    // Fixed per-pair divisors of the trained frequencies: the same as GGUF's rope_freqs.
-    const int64_t orig = s.orig_ctx > 0 ? s.orig_ctx : mf.hp.n_ctx_train;
-    const std::vector<double> w = default_inv_freq(mf.hp.n_rot, mf.hp.rope_base);
-    const RopeTables t = s.tables(orig, mf.hp.n_rot, mf.hp.rope_base, orig);
-    RopeScaling plain;
-    plain.freq_factors.resize(w.size());
-    for (size_t j = 0; j < w.size(); ++j) plain.freq_factors[j] = w[j] / t.inv_freq[j];
-    s = plain;
-  }
-  try {
-    s.validate(mf.hp.n_rot);
-  } catch (const Error& e) {
-    throw Error(fmt::format("{}: rope_scaling: {}", source, e.what()));
   }
   return s;
 }

@@ -1,4 +1,6 @@
-// HF tokenizer.json (+ tokenizer_config.json) <-> VocabSpec (include/longrope/hf.h).
+// HF tokenizer.json (+ tokenizer_config.json) <-> VocabSpec (include/longrope/hf_tokenizer.h).
+#include "longrope/hf_tokenizer.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -6,9 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "longrope/error.h"
-#include "longrope/hf.h"
-#include "rope/json_fields.h"
 #include "tokenizer/tokenizer_internal.h"
+#include "util/json_fields.h"
 
 namespace longrope {
 
@@ -18,7 +19,7 @@ namespace {
 
 const std::string kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
-using rope_detail::field_error;
+using json_fields::field_error;
 
 // A token given as a string or as {"content": ...} (tokenizer_config.json's two spellings).
 std::optional<std::string> token_text(const json& obj, const char* key) {

@@ -11,8 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "longrope/model_file.h"
 #include "longrope/tokenizer.h"
+#include "longrope/vocab.h"
 
 namespace longrope::tok {
 

@@ -9,7 +9,7 @@
 #include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/export.h"
-#include "longrope/hf.h"
+#include "longrope/hf_tokenizer.h"
 #include "longrope/safetensors.h"
 
 namespace longrope {

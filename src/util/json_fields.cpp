@@ -1,4 +1,4 @@
-#include "rope/json_fields.h"
+#include "util/json_fields.h"
 
 #include <fmt/format.h>
 
@@ -7,7 +7,7 @@
 
 #include "longrope/error.h"
 
-namespace longrope::rope_detail {
+namespace longrope::json_fields {
 
 void field_error(const std::string& source, const std::string& field, const std::string& what) {
   throw Error(fmt::format("{}: {}: {}", source, field, what));
@@ -96,4 +96,4 @@ std::vector<double> number_array(const json& v, const std::string& source,
   return out;
 }
 
-}  // namespace longrope::rope_detail
+}  // namespace longrope::json_fields

@@ -7,9 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "longrope/rope.h"
-
-namespace longrope::rope_detail {
+namespace longrope::json_fields {
 
 using nlohmann::json;
 
@@ -31,12 +29,4 @@ std::optional<std::string> opt_string(const json& obj, const std::string& key,
 std::vector<double> number_array(const json& v, const std::string& source,
                                  const std::string& field);
 
-// A longrope rope_scaling object (HF's, or the factors-file superset) -> RopeScaling, not yet
-// validated. top: the enclosing HF config for top-level fallbacks
-// (original_max_position_embeddings, max_position_embeddings), or null. prefix: how fields of `rs`
-// are named in errors
-// ("rope_scaling." or "").
-RopeScaling parse_longrope_object(const json& rs, const json* top, const std::string& source,
-                                  const std::string& prefix);
-
-}  // namespace longrope::rope_detail
+}  // namespace longrope::json_fields

@@ -6,10 +6,10 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "longrope/error.h"
 #include "longrope/gguf.h"
-#include "longrope/hf.h"
 #include "longrope/model_file.h"
 
 namespace longrope {
