@@ -33,6 +33,7 @@ HEADERS = {
     "error.h": "util",
     "atomic_file.h": "util",
     "interrupt.h": "util",
+    "progress.h": "util",
     "vocab.h": "tokenizer",
     "tokenizer.h": "tokenizer",
     "hf_tokenizer.h": "tokenizer",

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "longrope/error.h"
 #include "longrope/eval.h"
@@ -357,6 +358,78 @@ TEST(SearchRunLib, MultiObjectiveRunWritesTheFrontAndThePick) {
   bad = cfg(d / "c.json", 1);
   bad.fitness = "ppl,ppl";
   test::expect_error([&] { SearchRun(model, bad); }, "ppl given twice");
+  fs::remove_all(d);
+}
+
+// The front's early reject in a real run (perplexity has a first stage at 1024 on a model
+// trained at 512; the needle fitness on one window has none): children that the front dominates
+// are cut. A checkpoint of a run started without it ("front_reject" absent from its settings)
+// continues without it, with a warning, to the files of a run that never had it.
+TEST(SearchRunLib, MultiObjectiveFrontRejectAndRunsStartedWithoutIt) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchfrontcut");
+  auto model = Model::load(test::stories_gguf().string());
+  auto cfg = [&](const fs::path& out, int iterations, bool front_reject) {
+    SearchRunConfig c = tiny(out, iterations);
+    c.short_ctx.reset();
+    c.fitness = "ppl,needle";
+    c.settings.objectives = 2;
+    c.settings.front_reject = front_reject;
+    c.needles = 3;
+    return c;
+  };
+  const SearchRunResult cut = SearchRun(model, cfg(d / "cut.json", 3, true)).run();
+  EXPECT_GT(cut.partial_evals, 0);
+  EXPECT_TRUE(cut.warnings.empty());
+  const SearchRunResult whole = SearchRun(model, cfg(d / "a.json", 2, false)).run();
+  EXPECT_EQ(whole.partial_evals, 0);
+  SearchRun(model, cfg(d / "b.json", 1, false)).run();
+  SearchRunConfig more = cfg(d / "b.json", 2, true);  // today's default, on an older checkpoint
+  more.resume = true;
+  const SearchRunResult resumed = SearchRun(model, more).run();
+  ::unsetenv("SOURCE_DATE_EPOCH");
+  ASSERT_EQ(resumed.warnings.size(), 1u);
+  EXPECT_NE(resumed.warnings[0].find("without the front's early reject"), std::string::npos);
+  for (const char* ext : {"", ".log.json", ".ckpt.json"})
+    EXPECT_EQ(test::slurp(d / (std::string("a.json") + ext)),
+              test::slurp(d / (std::string("b.json") + ext)))
+        << ext;
+  fs::remove_all(d);
+}
+
+// The progress reports the work behind the ETA in tokens: this run's tokens so far grow with
+// every report, and the estimate of what is left includes the short phase until it starts and
+// reaches 0 at the end.
+TEST(SearchRunLib, ProgressCountsTheTokensLeft) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  const fs::path d = test::fresh_temp_dir("searchprogress");
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRunConfig c = tiny(d / "p.json", 1);  // 8 + 4 long candidates, then 8 + 4 short ones
+  std::vector<SearchProgress> seen;
+  SearchRun(model, c).run([&](const SearchProgress& p) { seen.push_back(p); });
+  ASSERT_FALSE(seen.empty());
+  const SearchProgress& first = seen.front();
+  EXPECT_STREQ(first.phase, "search");
+  // Before any evaluation: nominal windows, 12 long candidates of 1024 and 12 short of 768.
+  EXPECT_EQ(first.tokens_done, 0);
+  EXPECT_DOUBLE_EQ(first.tokens_left, 12.0 * 1024 + 12.0 * 768);
+  int64_t last_done = -1;
+  std::string phase;
+  for (const SearchProgress& p : seen) {
+    if (phase != p.phase) last_done = -1;  // each phase counts its own tokens
+    phase = p.phase;
+    EXPECT_GE(p.tokens_done, last_done);
+    last_done = p.tokens_done;
+    if (phase == "search") {
+      EXPECT_GE(p.tokens_left, 12.0 * 768);  // the short phase is ahead
+    }
+  }
+  EXPECT_EQ(phase, "short");
+  EXPECT_GT(seen.back().tokens_done, 0);
+  EXPECT_DOUBLE_EQ(seen.back().tokens_left, 0.0);
   fs::remove_all(d);
 }
 

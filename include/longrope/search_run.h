@@ -87,6 +87,11 @@ struct SearchProgress {
   int64_t full_evals = 0, partial_evals = 0;
   double best_ppl = 0;  // the best value of the first objective
   int front_size = 0;   // several objectives: sets on the front
+  // The work behind the ETA, in tokens scored: this phase's so far in this run (first stages
+  // and cut candidates included), and an estimate of what is left of this phase and the next
+  // (this run's mean per candidate for this phase; nominal windows for the short phase).
+  int64_t tokens_done = 0;
+  double tokens_left = 0;
 };
 
 struct SearchRunResult {

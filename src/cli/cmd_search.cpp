@@ -76,8 +76,9 @@ int lead(const SearchArgs& a, SearchRun& run) {
       // The bar counts evaluations (the budget: the population, then the children of each
       // iteration), so that its ETA moves within an iteration.
       const SearchSettings& st = cfg.settings;
-      bar = std::make_unique<Progress>(
-          phase, st.population + int64_t(T) * (st.mutations + st.crossovers), a.progress);
+      bar = std::make_unique<Progress>(phase,
+                                       st.population + int64_t(T) * (st.mutations + st.crossovers),
+                                       a.progress, "evaluations");
       // The first report of a phase comes before its first evaluation: what it counts was
       // restored from a checkpoint, and the ETA follows this run's pace only.
       bar->resumed_at(done);
@@ -86,6 +87,7 @@ int lead(const SearchArgs& a, SearchRun& run) {
     const std::string best =
         std::isfinite(p.best_ppl) ? fmt::format("{:.4f}", p.best_ppl) : std::string("-");
     const double left = cfg.budget_seconds - (wall_seconds() - t0);
+    bar->work(static_cast<double>(p.tokens_done), p.tokens_left);
     bar->update(
         done,
         fmt::format(

@@ -87,45 +87,6 @@ void apply_compute_flag(const std::string& value) {
   if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
 }
 
-Progress::Progress(std::string label, int64_t total, bool enabled, std::string unit)
-    : label_(std::move(label)),
-      total_(total),
-      unit_(std::move(unit)),
-      enabled_(enabled),
-      tty_(isatty(2) != 0),
-      start_(omp_get_wtime()),
-      last_line_(start_) {}
-
-void Progress::update(int64_t done, const std::string& extra) {
-  if (!enabled_) return;
-  const double now = omp_get_wtime();
-  // Redirected stderr (a log file): a plain line at most every kLogInterval seconds.
-  if (!tty_ && now - last_line_ < kLogInterval) return;
-  const int width = 30;
-  const int fill = total_ > 0 ? int(width * std::clamp<int64_t>(done, 0, total_) / total_) : 0;
-  const double el = now - start_;
-  double eta = done > before_ ? el * double(total_ - done) / double(done - before_) : 0.0;
-  if (deadline_ > 0 && done > before_)
-    eta = std::min(eta, std::max(0.0, deadline_ - now) + el / double(done - before_));
-  const std::string count =
-      unit_.empty()
-          ? fmt::format("{:.1f}%", total_ > 0 ? 100.0 * double(done) / double(total_) : 100.0)
-          : fmt::format("{}/{} {}", done, total_, unit_);
-  const std::string bar = fmt::format("{} [{}{}] {} {} ETA {:.0f}s", label_, std::string(fill, '#'),
-                                      std::string(width - fill, '.'), count, extra, eta);
-  if (tty_) {
-    fmt::print(stderr, "\r{}   ", bar);
-  } else {
-    fmt::print(stderr, "{} (elapsed {:.0f}s)\n", bar, el);
-    last_line_ = now;
-  }
-  std::fflush(stderr);
-}
-
-void Progress::finish() {
-  if (enabled_ && tty_) fmt::print(stderr, "\n");
-}
-
 void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help) {
   c.label = cmd->get_name();
   add_model_flags(cmd, c.model, c.tokenizer);

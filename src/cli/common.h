@@ -11,6 +11,7 @@
 #include "longrope/error.h"
 #include "longrope/eval.h"
 #include "longrope/model.h"
+#include "longrope/progress.h"
 
 namespace longrope::cli {
 
@@ -38,35 +39,6 @@ double number_prefix(const std::string& text, size_t* used);
 // lead() and the other ranks serve() until rank 0 is done. Without MPI: prepare() then lead().
 int run_distributed(const std::function<nlohmann::json()>& prepare,
                     const std::function<int()>& lead, const std::function<void()>& serve);
-
-// A progress bar on stderr: "label [#####.....] done/total  extra  ETA 12s", redrawn in place
-// when stderr is a terminal; when it is redirected (a log file), the same text as a plain line at
-// most every 30 s, so that short runs print nothing and long ones leave a readable trail.
-class Progress {
- public:
-  // unit names what done/total count ("steps"); empty: the bar shows a percentage (for work
-  // counted in internal units, such as a sweep's weighted cells).
-  Progress(std::string label, int64_t total, bool enabled, std::string unit = "");
-  void update(int64_t done, const std::string& extra = "");
-  // Work finished by an earlier run that this one resumes: the ETA counts only this run's pace.
-  void resumed_at(int64_t done_before) { before_ = done_before; }
-  // Work that stops at a time budget: the ETA is at most the budget left plus one unit at the
-  // measured pace (the unit in flight when the budget ends still finishes).
-  void stop_by(double wall_deadline) { deadline_ = wall_deadline; }
-  void finish();
-
- private:
-  std::string label_;
-  int64_t total_;
-  std::string unit_;
-  static constexpr double kLogInterval = 30.0;  // seconds between lines when not a terminal
-  bool enabled_;
-  bool tty_;
-  double start_;
-  double last_line_;
-  int64_t before_ = 0;
-  double deadline_ = 0;  // 0: none
-};
 
 // The part of `eval` and `passkey` after the flags, on every MPI rank (run_distributed): loads
 // the model, builds the sweep plan (plan returns it), then rank 0 runs it under a progress bar,

@@ -295,6 +295,7 @@ class FarmEvaluator : public Evaluator {
     for (size_t k = 0; k < in_pool; ++k) {
       auto [id, m] = pool_->next();
       out[id - base] = decode_result(m);
+      computed(out[id - base]);
       arrived(id, m);
       if (done) done(id - base);
       stop_point();
@@ -327,13 +328,22 @@ class FarmEvaluator : public Evaluator {
     arrived(mine, m);
     const size_t id = ids_.at(mine);
     ids_.erase(mine);
-    return {id, decode_result(m)};
+    EvalResult r = decode_result(m);
+    computed(r);
+    return {id, std::move(r)};
   }
+  // Evaluations computed by this run (not read back from a checkpoint) and the tokens they
+  // scored, first stages and cut candidates included: the measured cost behind the ETA.
+  int64_t evals_computed = 0, tokens_computed = 0;
 
  private:
   int phase_;
   std::string name_;
   std::unique_ptr<dist::Pool> pool_;
+  void computed(const EvalResult& r) {
+    ++evals_computed;
+    tokens_computed += r.tokens;
+  }
   // A result came back for pool id `id`: kept for a checkpoint of an interrupted iteration.
   void arrived(size_t id, const std::string& m) {
     labels_.erase(id);
@@ -746,6 +756,10 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   };
 
   const int T = settings.iterations;
+  // The tokens of one complete evaluation: every objective's windows (the short set: its first
+  // objective's, 0 when there is no short search).
+  const int64_t long_tokens = c.docs * c.target_ctx * static_cast<int64_t>(p.objectives.size());
+  const int64_t short_tokens = p.short_ev ? c.docs * *c.short_ctx : 0;
   auto run_phase = [&](EvolutionSearch& srch, FarmEvaluator& ev, const char* label,
                        nlohmann::json& state, int phase) {
     SearchProgress pr;
@@ -760,6 +774,18 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       pr.partial_evals = srch.partial_evals();
       pr.best_ppl = srch.best_ppl();
       pr.front_size = static_cast<int>(srch.front().size());
+      // Tokens left: this phase's candidates at the mean cost this run has measured (the
+      // nominal windows before any), then the short phase's at its nominal windows.
+      const int64_t per_phase =
+          settings.population + int64_t(T) * (settings.mutations + settings.crossovers);
+      const int64_t left =
+          std::max<int64_t>(0, per_phase - (pr.full_evals + pr.partial_evals + done));
+      const double mean = ev.evals_computed > 0
+                              ? double(ev.tokens_computed) / double(ev.evals_computed)
+                              : double(phase == 0 ? long_tokens : short_tokens);
+      pr.tokens_done = ev.tokens_computed;
+      pr.tokens_left =
+          double(left) * mean + (phase == 0 ? double(per_phase) * double(short_tokens) : 0.0);
       progress(pr);
     };
     // Every finished evaluation reaches the checkpoint at once (pending until its iteration
@@ -915,7 +941,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     if (it != lng.memo().end() && !it->second.rejected)
       seeds[name] = multi ? named(it->second.obj) : nlohmann::json(it->second.ppl);
   }
-  nlohmann::json search = c.settings.to_json();
+  nlohmann::json search = settings.to_json();
   search["iterations"] = T;
   search["docs"] = c.docs;
   search["space"] = space_json(sp);
