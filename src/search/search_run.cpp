@@ -655,7 +655,6 @@ namespace {
 // unwritable output.
 void check_outputs(const SearchRunConfig& c, const std::string& ckpt_path,
                    const std::string& log_path) {
-  // Nothing the user owns is replaced: not an input, not an earlier run's checkpoint.
   std::vector<std::string> inputs = c.texts;
   inputs.push_back(c.model_path);
   inputs.insert(inputs.end(), c.seed_factors.begin(), c.seed_factors.end());
