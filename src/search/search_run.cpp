@@ -409,6 +409,24 @@ struct SearchRun::Impl {
     }
     return encode_result(ev->evaluate(s, bound));
   }
+
+  // The evaluation of a candidate from a farm's rank: evaluate_task, as the farms take it.
+  std::function<std::string(const std::string&)> task() {
+    return [this](const std::string& m) { return evaluate_task(m); };
+  }
+
+  // What run() takes from a checkpoint it resumes: the checkpoint, whether its run had the front's
+  // early reject off, and the warnings on how it continues.
+  struct Resumed {
+    nlohmann::json ck;
+    bool front_reject_off = false;
+    std::vector<std::string> warnings;
+  };
+  // Reads the checkpoint to resume and checks it matches this run (its fingerprint and settings);
+  // a run started without the front's early reject continues without it (ck_settings too).
+  Resumed read_checkpoint(const std::string& ckpt_path);
+
+  struct Run;  // one run() call (below)
 };
 
 SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
@@ -629,13 +647,14 @@ void SearchRun::serve() {
   dist::serve([this](const std::string& m) { return p_->evaluate_task(m); });
 }
 
-SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>& progress) {
-  Impl& p = *p_;
-  const SearchRunConfig& c = p.cfg;
-  const SearchSpace& sp = p.space;
-  const std::string ckpt_path = c.output + ".ckpt.json";
-  const std::string log_path = c.output + ".log.json";
-  // Nothing the user owns is replaced: not an input, not an earlier run's checkpoint.
+// ---- SearchRun::run ---------------------------------------------------------------------------
+
+namespace {
+
+// Refuses to replace what the user owns (an input, an earlier run's checkpoint), and fails on an
+// unwritable output.
+void check_outputs(const SearchRunConfig& c, const std::string& ckpt_path,
+                   const std::string& log_path) {
   std::vector<std::string> inputs = c.texts;
   inputs.push_back(c.model_path);
   inputs.insert(inputs.end(), c.seed_factors.begin(), c.seed_factors.end());
@@ -645,84 +664,194 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   refuse_existing_state("search", ckpt_path, c.resume, c.overwrite);
   // An unwritable output fails now, not after the first iteration has been paid for.
   for (const std::string& path : {c.output, ckpt_path, log_path}) check_writable(path);
+}
 
+// The checkpoint at ckpt_path (written by a run with -o output), checked to be a search
+// checkpoint.
+nlohmann::json parse_checkpoint(const std::string& ckpt_path, const std::string& output) {
+  std::ifstream f(ckpt_path);
+  if (!f)
+    throw Error(
+        fmt::format("search: --resume but no checkpoint at {} (expected the file written by an "
+                    "earlier run with -o {})",
+                    ckpt_path, output));
   nlohmann::json ck;
-  bool front_reject_off = false;
-  std::vector<std::string> run_warnings;
-  if (c.resume) {
-    std::ifstream f(ckpt_path);
-    if (!f)
-      throw Error(
-          fmt::format("search: --resume but no checkpoint at {} (expected the file written by an "
-                      "earlier run with -o {})",
-                      ckpt_path, c.output));
-    try {
-      ck = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception&) {
-      throw Error(fmt::format(
-          "{}: corrupt checkpoint (not valid JSON); delete it and start again without --resume",
-          ckpt_path));
-    }
-    if (!ck.is_object() || ck.value("format", "") != "longrope-search-checkpoint" ||
-        !ck.contains("fingerprint") || !ck.contains("settings") || !ck.contains("long"))
-      throw Error(
-          fmt::format("{}: corrupt checkpoint (expected a longrope search checkpoint)", ckpt_path));
-    // Checkpoints written before the one model fingerprint name the model by its legacy one.
-    if (ck["fingerprint"].value("model", "") == legacy_model_fingerprint(*p.model))
-      ck["fingerprint"]["model"] = p.fingerprint["model"];
-    for (const auto& [k, v] : p.fingerprint.items()) {
-      if (ck["fingerprint"].value(k, nlohmann::json()) != v)
-        throw Error(
-            fmt::format("{}: checkpoint is for another {} ({} there, {} here); refusing to resume",
-                        ckpt_path, k == "text" ? "text/window set" : k,
-                        ck["fingerprint"].value(k, nlohmann::json()).dump(), v.dump()));
-    }
-    // A multi-objective run started without the front's early reject continues without it.
-    if (p.objectives.size() > 1 && p.ck_settings.contains("front_reject") &&
-        ck["settings"].is_object() && !ck["settings"].contains("front_reject")) {
-      nlohmann::json without = p.ck_settings;
-      without.erase("front_reject");
-      if (ck["settings"] == without) {
-        p.ck_settings = without;
-        front_reject_off = true;
-        run_warnings.push_back(
-            "this checkpoint's run was started without the front's early reject; it continues "
-            "without it");
-      }
-    }
-    if (ck["settings"] != p.ck_settings)
-      throw Error(
-          fmt::format("{}: checkpoint was written with other search settings ({}); expected the "
-                      "same flags except --iterations",
-                      ckpt_path, ck["settings"].dump()));
+  try {
+    ck = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception&) {
+    throw Error(fmt::format(
+        "{}: corrupt checkpoint (not valid JSON); delete it and start again without --resume",
+        ckpt_path));
   }
+  if (!ck.is_object() || ck.value("format", "") != "longrope-search-checkpoint" ||
+      !ck.contains("fingerprint") || !ck.contains("settings") || !ck.contains("long"))
+    throw Error(
+        fmt::format("{}: corrupt checkpoint (expected a longrope search checkpoint)", ckpt_path));
+  return ck;
+}
 
-  SearchSettings settings = c.settings;
+// The settings a run searches with: the config's, recording seconds unless the outputs must be
+// reproducible, without the front's early reject when the resumed run had none.
+SearchSettings run_settings(const SearchSettings& configured, bool front_reject_off) {
+  SearchSettings settings = configured;
   settings.record_seconds = !reproducible_outputs();
   if (front_reject_off) settings.front_reject = false;
-  auto task = [&p](const std::string& m) { return p.evaluate_task(m); };
-  FarmEvaluator long_farm(0, "long", task, c.root_computes);
-  FarmEvaluator short_farm(1, "short", task, c.root_computes);
-  bool budget_spent = false;
-  if (c.budget_seconds > 0) {
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                              std::chrono::duration<double>(c.budget_seconds));
-    long_farm.deadline = short_farm.deadline = deadline;
-  }
+  return settings;
+}
 
-  EvolutionSearch lng(sp, settings);
-  std::optional<EvolutionSearch> shrt;
-  nlohmann::json short_basis;
-  auto restore = [&](EvolutionSearch& srch, const nlohmann::json& j) {
-    try {
-      srch.restore(j);
-    } catch (const Error& e) {
-      throw Error(fmt::format("{}: corrupt checkpoint: {}", ckpt_path, e.what()));
+// The end of a time budget of `seconds` from now (none without a budget).
+std::optional<std::chrono::steady_clock::time_point> budget_deadline(double seconds) {
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (seconds > 0)
+    deadline = std::chrono::steady_clock::now() +
+               std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                   std::chrono::duration<double>(seconds));
+  return deadline;
+}
+
+}  // namespace
+
+SearchRun::Impl::Resumed SearchRun::Impl::read_checkpoint(const std::string& ckpt_path) {
+  Resumed r;
+  r.ck = parse_checkpoint(ckpt_path, cfg.output);
+  nlohmann::json& ck = r.ck;
+  // Checkpoints written before the one model fingerprint name the model by its legacy one.
+  if (ck["fingerprint"].value("model", "") == legacy_model_fingerprint(*model))
+    ck["fingerprint"]["model"] = fingerprint["model"];
+  for (const auto& [k, v] : fingerprint.items()) {
+    if (ck["fingerprint"].value(k, nlohmann::json()) != v)
+      throw Error(
+          fmt::format("{}: checkpoint is for another {} ({} there, {} here); refusing to resume",
+                      ckpt_path, k == "text" ? "text/window set" : k,
+                      ck["fingerprint"].value(k, nlohmann::json()).dump(), v.dump()));
+  }
+  // A multi-objective run started without the front's early reject continues without it.
+  if (objectives.size() > 1 && ck_settings.contains("front_reject") && ck["settings"].is_object() &&
+      !ck["settings"].contains("front_reject")) {
+    nlohmann::json without = ck_settings;
+    without.erase("front_reject");
+    if (ck["settings"] == without) {
+      ck_settings = without;
+      r.front_reject_off = true;
+      r.warnings.push_back(
+          "this checkpoint's run was started without the front's early reject; it continues "
+          "without it");
     }
-  };
+  }
+  if (ck["settings"] != ck_settings)
+    throw Error(
+        fmt::format("{}: checkpoint was written with other search settings ({}); expected the "
+                    "same flags except --iterations",
+                    ckpt_path, ck["settings"].dump()));
+  return r;
+}
+
+// One run() call: the checkpoint it resumes from, the long and short searches with their
+// evaluators, the states its checkpoint is written from, and the result it makes.
+struct SearchRun::Impl::Run {
+  using ProgressFn = std::function<void(const SearchProgress&)>;
+  // Sets up the evaluators (with the budget's deadline) and the long search, restored from the
+  // checkpoint when resuming.
+  Run(Impl& impl, const ProgressFn& progress_fn, std::string ckpt, std::string log,
+      Resumed resumed);
+
+  // Restores a search from its state in the checkpoint.
+  void restore(EvolutionSearch& srch, const nlohmann::json& j) const;
+  // Gives an interrupted iteration's finished evaluations to its evaluator, to be reused when the
+  // iteration runs again.
+  void restore_pending();
+  // Writes the checkpoint (with phase pending_phase's finished evaluations of an interrupted
+  // iteration: 0 long, 1 short) and the log.
+  void save(int pending_phase = -1);
+  // Reports a phase's progress (done of total evaluations of its iteration), when asked for.
+  void report(SearchProgress& pr, const EvolutionSearch& srch, const FarmEvaluator& ev, int phase,
+              int done, int total) const;
+  // Runs a phase's iterations until its last or the budget, saving as it goes (state: the
+  // search's state after its last finished iteration).
+  void run_phase(EvolutionSearch& srch, FarmEvaluator& ev, const char* label, nlohmann::json& state,
+                 int phase);
+  // The objectives' values by name (several objectives).
+  nlohmann::json named(const std::vector<double>& v) const;
+  // The pick rule, with the value of its reference seed when it has one.
+  PickRule pick_rule() const;
+  // Sets the result from the long search: its best set, or with several objectives the set the
+  // pick rule takes from its front (kept for the factors file, the picked set marked).
+  void pick_result();
+  // Whether the short set has an attention factor of its own (only longrope runs one).
+  bool own_short_attn() const { return c.deploy == DeployTarget::kLongrope; }
+  // Makes the result's short set the plain model.
+  void plain_short_set();
+  // Leaves the result without a searched short set.
+  void without_short_set();
+  // Adds the short set (--short-ctx) to the result: plain, left out when the budget is spent, or
+  // searched.
+  void add_short_set();
+  // The short search's space at N tokens.
+  SearchSpace short_space(int64_t N) const;
+  // Searches the short set, starting from the long set's n_hat and attention factor.
+  void search_short_set();
+  // The rule seeds' values as the long search evaluated them (the rejected left out).
+  nlohmann::json seed_values() const;
+  // The search's settings as the provenance records them.
+  nlohmann::json search_json() const;
+  // The factors file's provenance.
+  nlohmann::json provenance(const nlohmann::json& seeds) const;
+  // Writes the factors file and the front's plot; returns what the run found.
+  SearchRunResult write_outputs();
+
+  Impl& p;
+  const SearchRunConfig& c;
+  const SearchSpace& sp;
+  const ProgressFn& progress;
+  const std::string ckpt_path, log_path;
+  nlohmann::json ck;                  // the checkpoint resumed from (null for a new run)
+  std::vector<std::string> warnings;  // found while running
+  const SearchSettings settings;
+  FarmEvaluator long_farm, short_farm;
+  const std::optional<std::chrono::steady_clock::time_point> deadline;  // of the budget
+  bool budget_spent = false;
+  EvolutionSearch lng;
+  std::optional<EvolutionSearch> shrt;
+  nlohmann::json short_basis;  // the long set's n_hat and attention factor the short search keeps
+  // The states at the end of the last finished iteration (what a checkpoint holds).
+  nlohmann::json long_state, short_state;
+  // The result, and with several objectives the front, the picked set's values and a pick note.
+  RopeScaling result;
+  nlohmann::json front;
+  std::vector<double> picked;
+  std::string pick_note;
+};
+
+SearchRun::Impl::Run::Run(Impl& impl, const ProgressFn& progress_fn, std::string ckpt,
+                          std::string log, Resumed resumed)
+    : p(impl),
+      c(impl.cfg),
+      sp(impl.space),
+      progress(progress_fn),
+      ckpt_path(std::move(ckpt)),
+      log_path(std::move(log)),
+      ck(std::move(resumed.ck)),
+      warnings(std::move(resumed.warnings)),
+      settings(run_settings(c.settings, resumed.front_reject_off)),
+      long_farm(0, "long", impl.task(), c.root_computes),
+      short_farm(1, "short", impl.task(), c.root_computes),
+      deadline(budget_deadline(c.budget_seconds)),
+      lng(sp, settings) {
+  long_farm.deadline = short_farm.deadline = deadline;
   if (c.resume) restore(lng, ck["long"]);
-  // An interrupted iteration's finished evaluations: reused when the iteration runs again.
+  restore_pending();
+  long_state = lng.to_json();
+}
+
+void SearchRun::Impl::Run::restore(EvolutionSearch& srch, const nlohmann::json& j) const {
+  try {
+    srch.restore(j);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: corrupt checkpoint: {}", ckpt_path, e.what()));
+  }
+}
+
+void SearchRun::Impl::Run::restore_pending() {
   if (c.resume && ck.contains("pending") && ck["pending"].is_object()) {
     try {
       FarmEvaluator& f = ck["pending"].at("phase").get<int>() == 0 ? long_farm : short_farm;
@@ -732,217 +861,228 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       throw Error(fmt::format("{}: corrupt checkpoint: pending results: {}", ckpt_path, e.what()));
     }
   }
-  // The states at the end of the last finished iteration (what a checkpoint holds).
-  nlohmann::json long_state = lng.to_json(), short_state;
+}
 
-  // pending: the finished evaluations of an interrupted iteration (phase 0 long, 1 short).
-  auto save = [&](int pending_phase = -1) {
-    nlohmann::json pending;
-    if (pending_phase >= 0)
-      pending = {{"phase", pending_phase},
-                 {"results", (pending_phase == 0 ? long_farm : short_farm).finished}};
-    const nlohmann::json j = {{"format", "longrope-search-checkpoint"},
-                              {"version", 1},
-                              {"fingerprint", p.fingerprint},
-                              {"settings", p.ck_settings},
-                              {"long", long_state},
-                              {"short", short_state},
-                              {"short_basis", short_basis},
-                              {"pending", pending}};
-    write_file_atomically(ckpt_path, j.dump(1) + "\n");
-    nlohmann::json lg = {{"phases", nlohmann::json::array({log_json(lng)})}};
-    if (shrt) lg["phases"].push_back(log_json(*shrt));
-    write_file_atomically(log_path, lg.dump(1) + "\n");
-  };
+void SearchRun::Impl::Run::save(int pending_phase) {
+  nlohmann::json pending;
+  if (pending_phase >= 0)
+    pending = {{"phase", pending_phase},
+               {"results", (pending_phase == 0 ? long_farm : short_farm).finished}};
+  const nlohmann::json j = {{"format", "longrope-search-checkpoint"},
+                            {"version", 1},
+                            {"fingerprint", p.fingerprint},
+                            {"settings", p.ck_settings},
+                            {"long", long_state},
+                            {"short", short_state},
+                            {"short_basis", short_basis},
+                            {"pending", pending}};
+  write_file_atomically(ckpt_path, j.dump(1) + "\n");
+  nlohmann::json lg = {{"phases", nlohmann::json::array({log_json(lng)})}};
+  if (shrt) lg["phases"].push_back(log_json(*shrt));
+  write_file_atomically(log_path, lg.dump(1) + "\n");
+}
 
-  const int T = settings.iterations;
+void SearchRun::Impl::Run::report(SearchProgress& pr, const EvolutionSearch& srch,
+                                  const FarmEvaluator& ev, int phase, int done, int total) const {
+  if (!progress) return;
+  pr.iteration = srch.iterations_done();
+  pr.evals_done = done;
+  pr.evals_total = total;
+  pr.full_evals = srch.full_evals();
+  pr.partial_evals = srch.partial_evals();
+  pr.best_ppl = srch.best_ppl();
+  pr.front_size = static_cast<int>(srch.front().size());
   // The tokens of one complete evaluation: every objective's windows (the short set: its first
   // objective's, 0 when there is no short search).
   const int64_t long_tokens = c.docs * c.target_ctx * static_cast<int64_t>(p.objectives.size());
   const int64_t short_tokens = p.short_ev ? c.docs * *c.short_ctx : 0;
-  auto run_phase = [&](EvolutionSearch& srch, FarmEvaluator& ev, const char* label,
-                       nlohmann::json& state, int phase) {
-    SearchProgress pr;
-    pr.phase = label;
-    pr.iterations = T;
-    auto report = [&](int done, int total) {
-      if (!progress) return;
-      pr.iteration = srch.iterations_done();
-      pr.evals_done = done;
-      pr.evals_total = total;
-      pr.full_evals = srch.full_evals();
-      pr.partial_evals = srch.partial_evals();
-      pr.best_ppl = srch.best_ppl();
-      pr.front_size = static_cast<int>(srch.front().size());
-      // Tokens left: this phase's candidates at the mean cost this run has measured (the
-      // nominal windows before any), then the short phase's at its nominal windows.
-      const int64_t per_phase =
-          settings.population + int64_t(T) * (settings.mutations + settings.crossovers);
-      const int64_t left =
-          std::max<int64_t>(0, per_phase - (pr.full_evals + pr.partial_evals + done));
-      const double mean = ev.evals_computed > 0
-                              ? double(ev.tokens_computed) / double(ev.evals_computed)
-                              : double(phase == 0 ? long_tokens : short_tokens);
-      pr.tokens_done = ev.tokens_computed;
-      pr.tokens_left =
-          double(left) * mean + (phase == 0 ? double(per_phase) * double(short_tokens) : 0.0);
-      progress(pr);
-    };
-    // Every finished evaluation reaches the checkpoint at once (pending until its iteration
-    // ends, as an interrupted run saves it): a run killed without warning (a session's end, an
-    // out-of-memory kill) loses only the evaluations in flight.
-    srch.on_eval = [&](int done, int total) {
-      if (done > 0) save(phase);
-      report(done, total);
-    };
-    while (!srch.finished(T)) {
-      ev.iteration = srch.iterations_done();
-      if (ev.budget_spent()) {
-        // The last save (or an earlier run's, with its pending evaluations) is the state.
-        if (!std::filesystem::exists(ckpt_path)) save();
+  // Tokens left: this phase's candidates at the mean cost this run has measured (the
+  // nominal windows before any), then the short phase's at its nominal windows.
+  const int64_t per_phase = settings.population + int64_t(settings.iterations) *
+                                                      (settings.mutations + settings.crossovers);
+  const int64_t left = std::max<int64_t>(0, per_phase - (pr.full_evals + pr.partial_evals + done));
+  const double mean = ev.evals_computed > 0 ? double(ev.tokens_computed) / double(ev.evals_computed)
+                                            : double(phase == 0 ? long_tokens : short_tokens);
+  pr.tokens_done = ev.tokens_computed;
+  pr.tokens_left =
+      double(left) * mean + (phase == 0 ? double(per_phase) * double(short_tokens) : 0.0);
+  progress(pr);
+}
+
+void SearchRun::Impl::Run::run_phase(EvolutionSearch& srch, FarmEvaluator& ev, const char* label,
+                                     nlohmann::json& state, int phase) {
+  const int T = settings.iterations;
+  SearchProgress pr;
+  pr.phase = label;
+  pr.iterations = T;
+  // Every finished evaluation reaches the checkpoint at once (pending until its iteration
+  // ends, as an interrupted run saves it): a run killed without warning (a session's end, an
+  // out-of-memory kill) loses only the evaluations in flight.
+  srch.on_eval = [&](int done, int total) {
+    if (done > 0) save(phase);
+    report(pr, srch, ev, phase, done, total);
+  };
+  while (!srch.finished(T)) {
+    ev.iteration = srch.iterations_done();
+    if (ev.budget_spent()) {
+      // The last save (or an earlier run's, with its pending evaluations) is the state.
+      if (!std::filesystem::exists(ckpt_path)) save();
+      budget_spent = true;
+      break;
+    }
+    report(pr, srch, ev, phase, 0, 0);
+    try {
+      srch.step(ev);
+    } catch (const Interrupted&) {
+      save(phase);
+      // The budget: the finished evaluations of this iteration wait in the checkpoint for
+      // --resume; the result is made from the iterations finished.
+      if (ev.budget_spent() && !stop_requested()) {
         budget_spent = true;
         break;
       }
-      report(0, 0);
-      try {
-        srch.step(ev);
-      } catch (const Interrupted&) {
-        save(phase);
-        // The budget: the finished evaluations of this iteration wait in the checkpoint for
-        // --resume; the result is made from the iterations finished.
-        if (ev.budget_spent() && !stop_requested()) {
-          budget_spent = true;
-          break;
-        }
-        throw Interrupted(fmt::format(
-            "search interrupted in iteration {} of the {} phase: {} finished evaluation(s) of it "
-            "and every earlier iteration saved in {}; the same command with --resume continues",
-            srch.iterations_done(), label, ev.finished.size(), ckpt_path));
-      }
-      ev.finished = nlohmann::json::object();
-      state = srch.to_json();
-      save();
-      if (stop_requested())
-        throw Interrupted(fmt::format(
-            "search interrupted after iteration {} of the {} phase (saved in {}); the same "
-            "command with --resume continues",
-            srch.iterations_done(), label, ckpt_path));
+      throw Interrupted(fmt::format(
+          "search interrupted in iteration {} of the {} phase: {} finished evaluation(s) of it "
+          "and every earlier iteration saved in {}; the same command with --resume continues",
+          srch.iterations_done(), label, ev.finished.size(), ckpt_path));
     }
-    srch.on_eval = nullptr;
-  };
-  run_phase(lng, long_farm, "search", long_state, 0);
-  if (lng.iterations_done() == 0)  // saved where it stopped (its pending evaluations kept)
-    throw Error(fmt::format(
-        "search: the budget of {:g} s ended before the initial population was evaluated (saved "
-        "in {}; the same command with --resume and a larger --budget continues)",
-        c.budget_seconds, ckpt_path));
-
-  RopeScaling result = to_scaling(sp, lng.best());
-  const bool multi = p.objectives.size() > 1;
-  // The objectives' values by name (several objectives).
-  auto named = [&](const std::vector<double>& v) {
-    nlohmann::json o = nlohmann::json::object();
-    for (size_t k = 0; k < v.size(); ++k) o[p.objectives[k]] = v[k];
-    return o;
-  };
-  nlohmann::json front;  // several objectives: every set on the front, the picked one marked
-  std::vector<double> picked;
-  std::string pick_note;
-  if (multi) {
-    PickRule rule = p.pick;
-    if (!rule.bound_ref.empty()) {
-      for (const auto& [name, ind] : rule_seeds(sp))
-        if (name == rule.bound_ref) {
-          const auto it = lng.memo().find(ind.key());
-          if (it == lng.memo().end() || it->second.obj.empty())
-            throw Error(fmt::format("search: --pick {}: seed {} was not evaluated", c.pick, name));
-          rule.bound_value = it->second.obj[size_t(rule.bound_objective)];
-        }
-    }
-    std::vector<std::vector<double>> pts;
-    for (const Individual& ind : lng.front()) pts.push_back(lng.memo().at(ind.key()).obj);
-    const size_t k = pick_from_front(pts, rule, &pick_note);
-    picked = pts[k];
-    result = to_scaling(sp, lng.front()[k]);
-    front = nlohmann::json::array();
-    for (size_t i = 0; i < pts.size(); ++i) {
-      const RopeScaling f = to_scaling(sp, lng.front()[i]);
-      front.push_back({{"objectives", named(pts[i])},
-                       {"n_hat", f.n_hat},
-                       {"attention_factor", *f.attn_factor},
-                       {"factors", f.sets[0].factors}});
-      if (i == k) front.back()["picked"] = true;
-    }
+    ev.finished = nlohmann::json::object();
+    state = srch.to_json();
+    save();
+    if (stop_requested())
+      throw Interrupted(fmt::format(
+          "search interrupted after iteration {} of the {} phase (saved in {}); the same "
+          "command with --resume continues",
+          srch.iterations_done(), label, ckpt_path));
   }
-  // Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
-  // Under another runtime the short set runs with the long set's attention factor (llama.cpp and
-  // transformers have one): the file says so rather than claim the plain model.
-  const bool own_short_attn = c.deploy == DeployTarget::kLongrope;
-  auto plain_short_set = [&] {
-    FactorSet ones{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx};
-    if (own_short_attn) ones.attn_factor = 1.0;
-    result.sets = {std::move(ones), FactorSet{result.sets[0].factors, 0}};
-  };
-  // The budget left no time for a searched short set (--resume adds it): up to N <= L_orig the
-  // plain model, above L_orig the long set serves every length.
-  auto without_short_set = [&] {
-    if (*c.short_ctx <= p.orig) plain_short_set();
-  };
+  srch.on_eval = nullptr;
+}
+
+nlohmann::json SearchRun::Impl::Run::named(const std::vector<double>& v) const {
+  nlohmann::json o = nlohmann::json::object();
+  for (size_t k = 0; k < v.size(); ++k) o[p.objectives[k]] = v[k];
+  return o;
+}
+
+PickRule SearchRun::Impl::Run::pick_rule() const {
+  PickRule rule = p.pick;
+  if (!rule.bound_ref.empty()) {
+    for (const auto& [name, ind] : rule_seeds(sp))
+      if (name == rule.bound_ref) {
+        const auto it = lng.memo().find(ind.key());
+        if (it == lng.memo().end() || it->second.obj.empty())
+          throw Error(fmt::format("search: --pick {}: seed {} was not evaluated", c.pick, name));
+        rule.bound_value = it->second.obj[size_t(rule.bound_objective)];
+      }
+  }
+  return rule;
+}
+
+void SearchRun::Impl::Run::pick_result() {
+  result = to_scaling(sp, lng.best());
+  if (p.objectives.size() <= 1) return;
+  const PickRule rule = pick_rule();
+  std::vector<std::vector<double>> pts;
+  for (const Individual& ind : lng.front()) pts.push_back(lng.memo().at(ind.key()).obj);
+  const size_t k = pick_from_front(pts, rule, &pick_note);
+  picked = pts[k];
+  result = to_scaling(sp, lng.front()[k]);
+  front = nlohmann::json::array();
+  for (size_t i = 0; i < pts.size(); ++i) {
+    const RopeScaling f = to_scaling(sp, lng.front()[i]);
+    front.push_back({{"objectives", named(pts[i])},
+                     {"n_hat", f.n_hat},
+                     {"attention_factor", *f.attn_factor},
+                     {"factors", f.sets[0].factors}});
+    if (i == k) front.back()["picked"] = true;
+  }
+}
+
+// Inputs up to N <= L_orig: the model as trained (factors 1, attention factor 1).
+// Under another runtime the short set runs with the long set's attention factor (llama.cpp and
+// transformers have one): the file says so rather than claim the plain model.
+void SearchRun::Impl::Run::plain_short_set() {
+  FactorSet ones{std::vector<double>(sp.n_pairs, 1.0), *c.short_ctx};
+  if (own_short_attn()) ones.attn_factor = 1.0;
+  result.sets = {std::move(ones), FactorSet{result.sets[0].factors, 0}};
+}
+
+// The budget left no time for a searched short set (--resume adds it): up to N <= L_orig the
+// plain model, above L_orig the long set serves every length.
+void SearchRun::Impl::Run::without_short_set() {
+  if (*c.short_ctx <= p.orig) plain_short_set();
+}
+
+void SearchRun::Impl::Run::add_short_set() {
   if (c.short_ctx && short_set_is_plain(c, p.orig)) {
     plain_short_set();
   } else if (c.short_ctx && budget_spent) {
     without_short_set();
   } else if (c.short_ctx) {
-    const int64_t N = *c.short_ctx;
-    SearchSpace ss = sp;
-    ss.target_ctx = N;
-    ss.lambda_max = lambda_hundredths(c.short_lambda_max.value_or(
-        std::max(1.0, 1.25 * static_cast<double>(N) / static_cast<double>(p.orig))));
-    ss.n_hat_candidates = {result.n_hat};
-    // Up to L_orig the plain attention factor (1) is a candidate too, so the plain model (every
-    // rule seed at s = 1) is in the first population.
-    ss.attn_candidates = {*result.attn_factor};
-    if (N <= p.orig && *result.attn_factor != 1.0 && own_short_attn)
-      ss.attn_candidates.insert(ss.attn_candidates.begin(), 1.0);
-    ss.lo.clear();
-    ss.hi.clear();
-    if (const int k = critical_dim_of(c, p.model->hp(), p.orig); k >= 0 && N > p.orig)
-      apply_critical_dim(ss, k, c.critical_margin);
-    if (result.n_hat >= N)
-      throw Error(fmt::format(
-          "search: the long set's n_hat {} is not below --short-ctx {} (expected n_hat < N)",
-          result.n_hat, N));
-    validate_space(ss);
-    short_basis = {{"n_hat", result.n_hat}, {"attn", *result.attn_factor}};
-    SearchSettings st = settings;
-    st.seed = settings.seed ^ 0x9e3779b97f4a7c15ull;
-    st.objectives = 1;  // the short set: the first objective only
-    shrt.emplace(ss, st);
-    if (c.resume && ck.contains("short") && !ck["short"].is_null() &&
-        ck.value("short_basis", nlohmann::json()) == short_basis)
-      restore(*shrt, ck["short"]);
-    short_state = shrt->to_json();
-    run_phase(*shrt, short_farm, "short", short_state, 1);
-    if (shrt->best().lambda.empty()) {  // the budget ended before any short set was complete
-      without_short_set();
-    } else {
-      const RopeScaling sr = to_scaling(ss, shrt->best());
-      FactorSet short_set{sr.sets[0].factors, N};
-      if (*sr.attn_factor != *result.attn_factor) short_set.attn_factor = sr.attn_factor;
-      result.sets = {std::move(short_set), FactorSet{result.sets[0].factors, 0}};
-    }
+    search_short_set();
   }
-  if (!budget_spent) save();  // else saved where it stopped, with its pending evaluations
+}
 
-  // Provenance: deterministic for a given seed (the date honours SOURCE_DATE_EPOCH).
+SearchSpace SearchRun::Impl::Run::short_space(int64_t N) const {
+  SearchSpace ss = sp;
+  ss.target_ctx = N;
+  ss.lambda_max = lambda_hundredths(c.short_lambda_max.value_or(
+      std::max(1.0, 1.25 * static_cast<double>(N) / static_cast<double>(p.orig))));
+  ss.n_hat_candidates = {result.n_hat};
+  // Up to L_orig the plain attention factor (1) is a candidate too, so the plain model (every
+  // rule seed at s = 1) is in the first population.
+  ss.attn_candidates = {*result.attn_factor};
+  if (N <= p.orig && *result.attn_factor != 1.0 && own_short_attn())
+    ss.attn_candidates.insert(ss.attn_candidates.begin(), 1.0);
+  ss.lo.clear();
+  ss.hi.clear();
+  if (const int k = critical_dim_of(c, p.model->hp(), p.orig); k >= 0 && N > p.orig)
+    apply_critical_dim(ss, k, c.critical_margin);
+  if (result.n_hat >= N)
+    throw Error(fmt::format(
+        "search: the long set's n_hat {} is not below --short-ctx {} (expected n_hat < N)",
+        result.n_hat, N));
+  validate_space(ss);
+  return ss;
+}
+
+void SearchRun::Impl::Run::search_short_set() {
+  const int64_t N = *c.short_ctx;
+  const SearchSpace ss = short_space(N);
+  short_basis = {{"n_hat", result.n_hat}, {"attn", *result.attn_factor}};
+  SearchSettings st = settings;
+  st.seed = settings.seed ^ 0x9e3779b97f4a7c15ull;
+  st.objectives = 1;  // the short set: the first objective only
+  shrt.emplace(ss, st);
+  if (c.resume && ck.contains("short") && !ck["short"].is_null() &&
+      ck.value("short_basis", nlohmann::json()) == short_basis)
+    restore(*shrt, ck["short"]);
+  short_state = shrt->to_json();
+  run_phase(*shrt, short_farm, "short", short_state, 1);
+  if (shrt->best().lambda.empty()) {  // the budget ended before any short set was complete
+    without_short_set();
+  } else {
+    const RopeScaling sr = to_scaling(ss, shrt->best());
+    FactorSet short_set{sr.sets[0].factors, N};
+    if (*sr.attn_factor != *result.attn_factor) short_set.attn_factor = sr.attn_factor;
+    result.sets = {std::move(short_set), FactorSet{result.sets[0].factors, 0}};
+  }
+}
+
+nlohmann::json SearchRun::Impl::Run::seed_values() const {
+  const bool multi = p.objectives.size() > 1;
   nlohmann::json seeds = nlohmann::json::object();
   for (const auto& [name, ind] : rule_seeds(sp)) {
     auto it = lng.memo().find(ind.key());
     if (it != lng.memo().end() && !it->second.rejected)
       seeds[name] = multi ? named(it->second.obj) : nlohmann::json(it->second.ppl);
   }
+  return seeds;
+}
+
+nlohmann::json SearchRun::Impl::Run::search_json() const {
   nlohmann::json search = settings.to_json();
-  search["iterations"] = T;
+  search["iterations"] = settings.iterations;
   search["docs"] = c.docs;
   search["space"] = space_json(sp);
   search["reject_stage"] = c.reject_stage;
@@ -953,6 +1093,11 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     if (c.fitness == "mix") search["needle_weight"] = c.needle_weight;
   }
   if (!sp.lo.empty()) search["critical_dim"] = critical_dim_of(c, p.model->hp(), p.orig);
+  return search;
+}
+
+// Provenance: deterministic for a given seed (the date honours SOURCE_DATE_EPOCH).
+nlohmann::json SearchRun::Impl::Run::provenance(const nlohmann::json& seeds) const {
   nlohmann::json prov = {
       {"tool", "longrope search"},
       {"model", path_name(c.model_path)},
@@ -962,7 +1107,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
       {"target_ctx", c.target_ctx},
       {"orig_ctx", p.orig},
       {"rope_base", p.model->hp().rope_base},
-      {"search", search},
+      {"search", search_json()},
       {"seed", c.settings.seed},
       {"date", provenance_date()},
       {"best_ppl", lng.best_ppl()},
@@ -973,7 +1118,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
     prov["budget"] = {{"seconds", c.budget_seconds},
                       {"spent", budget_spent},
                       {"iterations_done", lng.iterations_done() - 1}};
-  if (multi) {
+  if (p.objectives.size() > 1) {
     prov["objectives"] = p.objectives;
     prov["pick"] = c.pick;
     prov["picked"] = named(picked);
@@ -988,7 +1133,12 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
         {"best_ppl", shrt->best_ppl()},
         {"evaluations", {{"full", shrt->full_evals()}, {"partial", shrt->partial_evals()}}}};
   }
-  write_factors_file(c.output, result, prov, front);
+  return prov;
+}
+
+SearchRunResult SearchRun::Impl::Run::write_outputs() {
+  const nlohmann::json seeds = seed_values();
+  write_factors_file(c.output, result, provenance(seeds), front);
   const std::vector<std::string> plots =
       write_front_plot(c.output + ".front", front, seeds, p.objectives, c.pick, c.target_ctx);
 
@@ -1009,8 +1159,27 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   r.eval_seconds = lng.eval_seconds();
   r.log_path = log_path;
   r.checkpoint_path = ckpt_path;
-  r.warnings = run_warnings;
+  r.warnings = warnings;
   return r;
+}
+
+SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>& progress) {
+  Impl& p = *p_;
+  const std::string ckpt_path = p.cfg.output + ".ckpt.json";
+  const std::string log_path = p.cfg.output + ".log.json";
+  check_outputs(p.cfg, ckpt_path, log_path);
+  Impl::Resumed resumed = p.cfg.resume ? p.read_checkpoint(ckpt_path) : Impl::Resumed{};
+  Impl::Run run(p, progress, ckpt_path, log_path, std::move(resumed));
+  run.run_phase(run.lng, run.long_farm, "search", run.long_state, 0);
+  if (run.lng.iterations_done() == 0)  // saved where it stopped (its pending evaluations kept)
+    throw Error(fmt::format(
+        "search: the budget of {:g} s ended before the initial population was evaluated (saved "
+        "in {}; the same command with --resume and a larger --budget continues)",
+        p.cfg.budget_seconds, ckpt_path));
+  run.pick_result();
+  run.add_short_set();
+  if (!run.budget_spent) run.save();  // else saved where it stopped, with its pending evaluations
+  return run.write_outputs();
 }
 
 }  // namespace longrope

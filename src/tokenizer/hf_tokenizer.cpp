@@ -113,10 +113,9 @@ std::vector<std::string> read_merges(const json& model, const std::string& sourc
   return out;
 }
 
-VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config, int64_t n_vocab,
-                     const std::string& source) {
-  if (!tok.is_object()) field_error(source, "(top)", "expected a JSON object");
-  const json& model = tok.contains("model") ? tok["model"] : json();
+// The tokenizer's model object: a BPE model with a vocab object.
+json bpe_model(const json& tok, const std::string& source) {
+  json model = tok.contains("model") ? tok["model"] : json();
   if (!model.is_object())
     field_error(source, "model", "missing (expected the tokenizer model object)");
   const std::string type = model.value("type", "BPE");
@@ -125,15 +124,23 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
   const auto vit = model.find("vocab");
   if (vit == model.end() || !vit->is_object())
     field_error(source, "model.vocab", "missing (expected an object token -> id)");
+  return model;
+}
 
-  // Ids: the vocabulary, then the added tokens (which may also extend it).
+// The token texts by id, and which ids are added tokens (and whether special).
+struct Ids {
   std::map<int64_t, std::string> by_id;
-  for (const auto& [text, id] : vit->items()) {
+  std::map<int64_t, bool> added;  // id -> special
+};
+
+// Ids: the vocabulary, then the added tokens (which may also extend it).
+Ids read_ids(const json& tok, const json& model, const std::string& source) {
+  Ids ids;
+  for (const auto& [text, id] : model.find("vocab")->items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
       field_error(source, "model.vocab." + text, "expected a non-negative integer id");
-    by_id[id.get<int64_t>()] = text;
+    ids.by_id[id.get<int64_t>()] = text;
   }
-  std::map<int64_t, bool> added;  // id -> special
   if (tok.contains("added_tokens") && tok["added_tokens"].is_array()) {
     for (const json& a : tok["added_tokens"]) {
       if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
@@ -142,10 +149,17 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
                     "expected objects with an integer id and a content string");
       const int64_t id = a["id"].get<int64_t>();
       if (id < 0) field_error(source, "added_tokens", fmt::format("id {} is negative", id));
-      by_id[id] = a["content"].get<std::string>();
-      added[id] = a.value("special", false);
+      ids.by_id[id] = a["content"].get<std::string>();
+      ids.added[id] = a.value("special", false);
     }
   }
+  return ids;
+}
+
+// The vocabulary's size: the ids given, or the model's vocab_size (n_vocab, 0 for none) when it is
+// larger. Refuses ids beyond vocab_size, gaps without one and a vocab_size far beyond the tokens.
+int64_t vocab_rows(const std::map<int64_t, std::string>& by_id, int64_t n_vocab,
+                   const std::string& source) {
   if (by_id.empty()) field_error(source, "model.vocab", "empty (expected at least one token)");
   const int64_t n_tok = by_id.rbegin()->first + 1;
   if (n_vocab > 0 && n_tok > n_vocab)
@@ -168,34 +182,47 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
         fmt::format("{} tokens for a model vocab_size of {} (expected the tokenizer to cover "
                     "nearly all of it)",
                     given, n_vocab));
-  const int64_t n = std::max(n_tok, n_vocab);
+  return std::max(n_tok, n_vocab);
+}
 
+// A spec with n tokens and their types: the ids given, padding for the rest, added tokens typed
+// control (special) or user-defined.
+VocabSpec token_table(const Ids& ids, int64_t n) {
   VocabSpec v;
   v.tokens.resize(static_cast<size_t>(n));
   v.types.assign(static_cast<size_t>(n), tok::kTypeNormal);
   for (int64_t id = 0; id < n; ++id) {
-    const auto it = by_id.find(id);
-    if (it == by_id.end()) {
+    const auto it = ids.by_id.find(id);
+    if (it == ids.by_id.end()) {
       v.tokens[id] = fmt::format("[PAD{}]", id);  // ids the tokenizer never produces
       v.types[id] = tok::kTypeUnused;
     } else {
       v.tokens[id] = it->second;
     }
   }
-  for (const auto& [id, special] : added)
+  for (const auto& [id, special] : ids.added)
     v.types[id] = special ? tok::kTypeControl : tok::kTypeUserDefined;
-  v.merges = read_merges(model, source);
-  if (model.contains("ignore_merges") && model["ignore_merges"].is_boolean())
-    v.ignore_merges = model["ignore_merges"].get<bool>();
+  return v;
+}
 
-  auto find_id = [&](const std::string& text) -> int32_t {
-    for (int64_t id = 0; id < n; ++id)
-      if (v.tokens[id] == text) return static_cast<int32_t>(id);
-    return -1;
-  };
+// The id of the first token with this text (-1: none).
+int32_t find_id(const VocabSpec& v, const std::string& text) {
+  const auto n = static_cast<int64_t>(v.tokens.size());
+  for (int64_t id = 0; id < n; ++id)
+    if (v.tokens[id] == text) return static_cast<int32_t>(id);
+  return -1;
+}
 
-  const json pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : json();
-  const json norm = tok.contains("normalizer") ? tok["normalizer"] : json();
+// How text meets the vocabulary: SentencePiece-style (spaces as U+2581) or byte-level, and
+// whether a space is prepended.
+struct Spacing {
+  bool spm = false;
+  bool prepend = false;
+};
+
+// The spacing the normalizer and pre-tokenizer describe (byte_fallback also means SentencePiece).
+Spacing read_spacing(const json& model, const json& norm, const json& pre,
+                     const std::string& source) {
   bool spm = model.value("byte_fallback", false);
   bool prepend = false;
   for (const json& s : steps(norm, "normalizers")) {
@@ -221,73 +248,93 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
                 (scheme.empty() && s.value("add_prefix_space", true));
     }
   }
+  return {spm, prepend};
+}
 
-  if (spm) {
-    v.kind = VocabSpec::Kind::kSpm;
-    v.add_space_prefix = prepend;
-    // SentencePiece merges the pair whose concatenation scores highest; HF BPE the pair with the
-    // lowest merge rank. A token made by merge k gets score -k; tokens no merge makes (single
-    // characters, byte tokens, specials) score below every merge.
-    v.scores.assign(static_cast<size_t>(n), -1e30f);
-    const tok::TokenMap map = tok::build_token_map(v.tokens);
-    std::string joined;
-    for (size_t k = 0; k < v.merges.size(); ++k) {
-      const std::string& m = v.merges[k];
-      const size_t sp = m.find(' ', 1);
-      if (sp == std::string::npos) continue;
-      joined = m.substr(0, sp) + m.substr(sp + 1);
-      const auto it = map.find(joined);
-      if (it != map.end() && v.scores[it->second] == -1e30f)
-        v.scores[it->second] = -static_cast<float>(k);
-    }
-    v.merges.clear();
-    for (int64_t id = 0; id < n; ++id) {
-      const std::string& t = v.tokens[id];
-      if (t.size() == 6 && t.rfind("<0x", 0) == 0 && t[5] == '>' && v.types[id] == tok::kTypeNormal)
-        v.types[id] = tok::kTypeByte;
-    }
-    if (auto u = model.find("unk_token"); u != model.end() && u->is_string())
-      v.unk = find_id(u->get<std::string>());
-    if (v.unk >= 0) v.types[v.unk] = tok::kTypeUnknown;
-  } else {
-    v.kind = VocabSpec::Kind::kGpt2;
-    v.pre_regexes = byte_level_regexes(pre, source);
-    // Name the rule sets longrope knows, so GGUF-side code sees a familiar name.
-    if (v.pre_regexes == std::vector<std::string>{tok::gpt2_pretokenizer_regex()}) {
-      v.pre = "gpt2";
-      v.pre_regexes.clear();
-    } else if (v.pre_regexes == std::vector<std::string>{tok::digit_pretokenizer_regex(),
-                                                         tok::gpt2_pretokenizer_regex()}) {
-      v.pre = "smollm";
-      v.pre_regexes.clear();
-    } else {
-      v.pre = "custom";
-    }
-    v.add_space_prefix = false;
-    if (v.merges.empty())
-      field_error(source, "model.merges", "missing or empty (expected BPE merges)");
+// Makes v a SentencePiece vocabulary: scores from the merge ranks (the merges dropped), byte
+// tokens and the unknown token typed.
+void make_spm(VocabSpec& v, const json& model, bool prepend) {
+  const auto n = static_cast<int64_t>(v.tokens.size());
+  v.kind = VocabSpec::Kind::kSpm;
+  v.add_space_prefix = prepend;
+  // SentencePiece merges the pair whose concatenation scores highest; HF BPE the pair with the
+  // lowest merge rank. A token made by merge k gets score -k; tokens no merge makes (single
+  // characters, byte tokens, specials) score below every merge.
+  v.scores.assign(static_cast<size_t>(n), -1e30f);
+  const tok::TokenMap map = tok::build_token_map(v.tokens);
+  std::string joined;
+  for (size_t k = 0; k < v.merges.size(); ++k) {
+    const std::string& m = v.merges[k];
+    const size_t sp = m.find(' ', 1);
+    if (sp == std::string::npos) continue;
+    joined = m.substr(0, sp) + m.substr(sp + 1);
+    const auto it = map.find(joined);
+    if (it != map.end() && v.scores[it->second] == -1e30f)
+      v.scores[it->second] = -static_cast<float>(k);
   }
+  v.merges.clear();
+  for (int64_t id = 0; id < n; ++id) {
+    const std::string& t = v.tokens[id];
+    if (t.size() == 6 && t.rfind("<0x", 0) == 0 && t[5] == '>' && v.types[id] == tok::kTypeNormal)
+      v.types[id] = tok::kTypeByte;
+  }
+  if (auto u = model.find("unk_token"); u != model.end() && u->is_string())
+    v.unk = find_id(v, u->get<std::string>());
+  if (v.unk >= 0) v.types[v.unk] = tok::kTypeUnknown;
+}
 
-  // Special ids: config.json first, then tokenizer_config.json's token texts.
-  auto special_id = [&](const char* id_key, const char* text_key) -> int32_t {
-    if (auto id = config_id(config, id_key)) {
-      if (*id < 0 || *id >= n)
-        field_error(source, id_key, fmt::format("{} is not a token id below {}", *id, n));
-      return static_cast<int32_t>(*id);
-    }
-    if (auto text = token_text(tok_config, text_key)) return find_id(*text);
-    return -1;
-  };
-  v.bos = special_id("bos_token_id", "bos_token");
-  v.eos = special_id("eos_token_id", "eos_token");
-  v.pad = special_id("pad_token_id", "pad_token");
+// Makes v a GPT-2 style byte-level BPE vocabulary with the pre-tokenizer's regexes.
+void make_gpt2(VocabSpec& v, const json& pre, const std::string& source) {
+  v.kind = VocabSpec::Kind::kGpt2;
+  v.pre_regexes = byte_level_regexes(pre, source);
+  // Name the rule sets longrope knows, so GGUF-side code sees a familiar name.
+  if (v.pre_regexes == std::vector<std::string>{tok::gpt2_pretokenizer_regex()}) {
+    v.pre = "gpt2";
+    v.pre_regexes.clear();
+  } else if (v.pre_regexes == std::vector<std::string>{tok::digit_pretokenizer_regex(),
+                                                       tok::gpt2_pretokenizer_regex()}) {
+    v.pre = "smollm";
+    v.pre_regexes.clear();
+  } else {
+    v.pre = "custom";
+  }
+  v.add_space_prefix = false;
+  if (v.merges.empty())
+    field_error(source, "model.merges", "missing or empty (expected BPE merges)");
+}
+
+// A special token's id: config.json's id_key, else the token tokenizer_config.json names by
+// text_key (-1: neither).
+int32_t special_id(const VocabSpec& v, const json& config, const json& tok_config,
+                   const char* id_key, const char* text_key, const std::string& source) {
+  const auto n = static_cast<int64_t>(v.tokens.size());
+  if (auto id = config_id(config, id_key)) {
+    if (*id < 0 || *id >= n)
+      field_error(source, id_key, fmt::format("{} is not a token id below {}", *id, n));
+    return static_cast<int32_t>(*id);
+  }
+  if (auto text = token_text(tok_config, text_key)) return find_id(v, *text);
+  return -1;
+}
+
+// Special ids: config.json first, then tokenizer_config.json's token texts; the end of turn by
+// the texts of known chat formats.
+void read_special_ids(VocabSpec& v, const json& tok_config, const json& config,
+                      const std::string& source) {
+  v.bos = special_id(v, config, tok_config, "bos_token_id", "bos_token", source);
+  v.eos = special_id(v, config, tok_config, "eos_token_id", "eos_token", source);
+  v.pad = special_id(v, config, tok_config, "pad_token_id", "pad_token", source);
   if (v.unk < 0) {
-    if (auto text = token_text(tok_config, "unk_token")) v.unk = find_id(*text);
+    if (auto text = token_text(tok_config, "unk_token")) v.unk = find_id(v, *text);
   }
   for (const char* eot : {"<|im_end|>", "<|eot_id|>", "<|end|>"}) {
-    if (v.eot < 0) v.eot = find_id(eot);
+    if (v.eot < 0) v.eot = find_id(v, eot);
   }
-  // BOS: tokenizer_config's add_bos_token, else a post-processor template that starts with it.
+}
+
+// BOS: tokenizer_config's add_bos_token, else a post-processor template that starts with it (whose
+// token is the BOS when none was named).
+void read_add_bos(VocabSpec& v, const json& tok, const json& tok_config) {
   std::optional<bool> add_bos;
   if (tok_config.is_object() && tok_config.contains("add_bos_token") &&
       tok_config["add_bos_token"].is_boolean())
@@ -300,7 +347,7 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
       const json& single = s.contains("single") ? s["single"] : json();
       if (single.is_array() && !single.empty() && single[0].contains("SpecialToken")) {
         const std::string text = single[0]["SpecialToken"].value("id", "");
-        const int32_t id = find_id(text);
+        const int32_t id = find_id(v, text);
         if (id >= 0) {
           add_bos = true;
           if (v.bos < 0) v.bos = id;
@@ -309,10 +356,10 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
     }
   }
   v.add_bos = *add_bos && v.bos >= 0;
-  v.add_eos = tok_config.is_object() && tok_config.value("add_eos_token", false);
-  for (int32_t id : {v.bos, v.eos}) {
-    if (id >= 0 && v.types[id] == tok::kTypeNormal) v.types[id] = tok::kTypeControl;
-  }
+}
+
+// tokenizer_config's chat template: a string, or the "default" one of a list of named templates.
+void read_chat_template(VocabSpec& v, const json& tok_config) {
   if (tok_config.is_object() && tok_config.contains("chat_template")) {
     const json& ct = tok_config["chat_template"];
     if (ct.is_string()) {
@@ -323,6 +370,33 @@ VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config
           v.chat_template = e["template"].get<std::string>();
     }
   }
+}
+
+VocabSpec read_vocab(const json& tok, const json& tok_config, const json& config, int64_t n_vocab,
+                     const std::string& source) {
+  if (!tok.is_object()) field_error(source, "(top)", "expected a JSON object");
+  const json model = bpe_model(tok, source);
+  const Ids ids = read_ids(tok, model, source);
+  VocabSpec v = token_table(ids, vocab_rows(ids.by_id, n_vocab, source));
+  v.merges = read_merges(model, source);
+  if (model.contains("ignore_merges") && model["ignore_merges"].is_boolean())
+    v.ignore_merges = model["ignore_merges"].get<bool>();
+
+  const json pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : json();
+  const json norm = tok.contains("normalizer") ? tok["normalizer"] : json();
+  const Spacing spacing = read_spacing(model, norm, pre, source);
+  if (spacing.spm)
+    make_spm(v, model, spacing.prepend);
+  else
+    make_gpt2(v, pre, source);
+
+  read_special_ids(v, tok_config, config, source);
+  read_add_bos(v, tok, tok_config);
+  v.add_eos = tok_config.is_object() && tok_config.value("add_eos_token", false);
+  for (int32_t id : {v.bos, v.eos}) {
+    if (id >= 0 && v.types[id] == tok::kTypeNormal) v.types[id] = tok::kTypeControl;
+  }
+  read_chat_template(v, tok_config);
   tok::validate_spec(v);
   return v;
 }

@@ -275,9 +275,10 @@ RopeScaling as_factor_scaling(const RopeScaling& rope, const HParams& hp, int64_
   return f;
 }
 
-FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
-                            const std::function<void(const FinetuneStep&)>& on_step) {
-  // ---- settings, before any work
+namespace {
+
+// Refuses flags out of range, a missing text or output, an unknown output type or compute mode.
+void check_flags(const FinetuneConfig& c) {
   if (c.ctx < 2) throw Error(fmt::format("finetune: -c {} (expected at least 2 tokens)", c.ctx));
   if (c.steps < 1) throw Error(fmt::format("finetune: --steps {} (expected >= 1)", c.steps));
   if (c.batch < 1) throw Error(fmt::format("finetune: --batch {} (expected >= 1)", c.batch));
@@ -291,47 +292,72 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
     throw Error("finetune: no output (expected -o OUT.gguf, --hf-dir DIR or both)");
   output_type(c.out_type);
   kernels::require_compute(c.compute);
-  // The state, log and plot are named after the GGUF output, else after the HF folder.
+}
+
+// The files a run writes besides its outputs: the state, log and plot are named after the GGUF
+// output, else after the HF folder (base: the name without the suffix).
+struct RunPaths {
+  std::string base, state, log;
+};
+RunPaths run_paths(const FinetuneConfig& c) {
   const std::string base = !c.output.empty() ? c.output : trim_trailing_slashes(c.hf_dir);
-  const std::string state_path = c.state_path.empty() ? base + ".train" : c.state_path;
-  const std::string log_path = base + ".log.json";
+  return {base, c.state_path.empty() ? base + ".train" : c.state_path, base + ".log.json"};
+}
+
+// Refuses outputs that would replace an input or an earlier run's state, or cannot be written.
+void check_outputs(const FinetuneConfig& c, const RunPaths& paths) {
   std::vector<std::string> inputs = c.texts;
   inputs.push_back(c.model_path);
   inputs.insert(inputs.end(), c.other_inputs.begin(), c.other_inputs.end());
-  for (const std::string& path :
-       {c.output, state_path, log_path, base + ".loss.svg", base + ".loss.png", c.hf_dir})
+  for (const std::string& path : {c.output, paths.state, paths.log, paths.base + ".loss.svg",
+                                  paths.base + ".loss.png", c.hf_dir})
     refuse_output_over_inputs("finetune", path, inputs);
-  refuse_existing_state("finetune", state_path, c.resume, c.overwrite);
+  refuse_existing_state("finetune", paths.state, c.resume, c.overwrite);
   if (!c.output.empty()) check_writable(c.output);
-  check_writable(state_path);
-  check_writable(log_path);
+  check_writable(paths.state);
+  check_writable(paths.log);
   if (!c.hf_dir.empty()) {
     std::error_code ec;
     if (std::filesystem::exists(c.hf_dir, ec) && !std::filesystem::is_directory(c.hf_dir, ec))
       throw Error(fmt::format("finetune: --hf-dir {} exists and is not a folder", c.hf_dir));
   }
-  if (c.n_threads > 0) omp_set_num_threads(c.n_threads);
+}
 
+// Refuses a -o output for a model that is not GGUF, and a scaling the model or -c cannot take.
+void check_model(const Model& model, const FinetuneConfig& c) {
   const ModelFile& mf = model.file();
   if (!mf.gguf && !c.output.empty())
     throw Error(fmt::format(
         "finetune: {} is a {} model; the -o output is a copy of a GGUF model with new weights "
         "(expected a GGUF file, or --hf-dir DIR to write an HF model folder)",
         c.model_path, mf.format));
-  const HParams& hp = model.hp();
-  c.rope.validate(hp.n_rot);
+  c.rope.validate(model.hp().n_rot);
   if (c.rope.method == RopeMethod::kLongrope && c.rope.n_hat >= c.ctx)
     throw Error(
         fmt::format("finetune: n_hat {} must be smaller than the context {}", c.rope.n_hat, c.ctx));
-  const train::ParamLayout P = train::param_layout(model);
+}
+
+// The settings the flags leave to defaults: the short sequences' length and the learning-rate
+// schedule's floor and warm-up steps.
+struct Derived {
+  int64_t short_ctx;
+  double min_lr;
+  int64_t warmup;
+};
+Derived derive(const FinetuneConfig& c, const HParams& hp) {
   const int64_t orig_ctx = c.rope.orig_ctx > 0 ? c.rope.orig_ctx : hp.n_ctx_train;
   const int64_t short_ctx = c.short_ctx > 0 ? c.short_ctx : orig_ctx;
   if (c.short_share > 0 && (short_ctx < 2 || short_ctx > c.ctx))
     throw Error(fmt::format("finetune: --short-ctx {} (expected 2..{})", short_ctx, c.ctx));
-  const double min_lr = c.min_lr.value_or(c.lr / 10);
-  const int64_t warmup = c.warmup >= 0 ? c.warmup : c.steps / 10;
+  return {short_ctx, c.min_lr.value_or(c.lr / 10), c.warmup >= 0 ? c.warmup : c.steps / 10};
+}
 
-  // ---- data: one token stream; a sequence is BOS + len - 1 consecutive tokens
+// The training data: one token stream; a sequence is BOS + len - 1 consecutive tokens.
+struct TrainingData {
+  std::vector<int32_t> stream;
+  int32_t bos;
+};
+TrainingData read_training_data(const Model& model, const FinetuneConfig& c) {
   std::vector<int32_t> stream;
   for (const std::string& path : c.texts) {
     const std::vector<int32_t> t =
@@ -347,22 +373,33 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
         "finetune: the training texts hold {} tokens, fewer than one sequence of {} (expected "
         "longer or more texts)",
         stream.size(), c.ctx));
-  const std::string data_fp = tokens_fingerprint({stream});
-  const nlohmann::json settings = settings_json(c, model, data_fp, min_lr, warmup, short_ctx);
+  return {std::move(stream), bos};
+}
 
-  // Rotary tables: the scaling at ctx; short sequences use the scaling's short set when it has
-  // one that serves short_ctx, else the model's own RoPE.
-  const RopeTables long_tables = c.rope.tables(c.ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+// The rotary tables of long and short sequences.
+struct Tables {
+  RopeTables lng, shrt;
+};
+// The scaling at ctx; short sequences use the scaling's short set when it has one that serves
+// short_ctx, else the model's own RoPE.
+Tables rope_tables(const Model& model, const FinetuneConfig& c, int64_t short_ctx) {
+  const HParams& hp = model.hp();
+  RopeTables long_tables = c.rope.tables(c.ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
   const bool has_short_set = c.rope.method == RopeMethod::kLongrope && c.rope.sets.size() > 1 &&
                              short_ctx <= c.rope.sets.front().max_len;
-  const RopeTables short_tables =
+  RopeTables short_tables =
       has_short_set
           ? c.rope.tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train)
           : model.default_rope().tables(short_ctx, hp.n_rot, hp.rope_base, hp.n_ctx_train);
+  return {std::move(long_tables), std::move(short_tables)};
+}
 
-  // ---- state
+// The state to start from: the saved one when resuming (its losses go to r, which describe the
+// whole run), else the model's weights with zero moments.
+State start_state(const Model& model, const FinetuneConfig& c, const train::ParamLayout& P,
+                  const nlohmann::json& settings, const std::string& state_path,
+                  FinetuneResult& r) {
   State s;
-  FinetuneResult r;
   if (c.resume) {
     s = load_state(state_path, settings, P.total, legacy_model_fingerprint(model));
     r.resumed_from = s.step;
@@ -375,77 +412,131 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
     s.m.assign(P.total, 0.0f);
     s.v.assign(P.total, 0.0f);
   }
-  std::vector<float> grad(P.total, 0.0f);
-  r.state_bytes = 4 * sizeof(float) * P.total;
-  train::TrainWorkspace<float> ws;
-  const train::LossOptions lo{c.checkpoint_activations, c.compute};
+  return s;
+}
 
+// A step's entry in the state's and the log's history.
+nlohmann::json history_entry(const FinetuneStep& st, int64_t batch) {
+  return {{"step", st.step},
+          {"loss", st.loss},
+          {"lr", st.lr},
+          {"grad_norm", st.grad_norm},
+          {"tokens", st.tokens},
+          {"short_seqs", st.short_seqs},
+          {"long_seqs", batch - st.short_seqs},
+          {"seconds", st.seconds},
+          {"elapsed", st.elapsed}};
+}
+
+// A step's summed NLL over its batch, the tokens it predicted and its short sequences.
+struct BatchLoss {
+  double nll = 0;
+  int64_t predicted = 0, n_short = 0;
+};
+
+// The training loop: its fixed inputs and the buffers its steps reuse.
+class Trainer {
+ public:
+  Trainer(const FinetuneConfig& c, const train::ParamLayout& P, const TrainingData& data,
+          const Tables& tables, const Derived& d, const nlohmann::json& settings,
+          const std::string& state_path)
+      : c_(c),
+        P_(P),
+        data_(data),
+        tables_(tables),
+        d_(d),
+        settings_(settings),
+        state_path_(state_path),
+        grad_(P.total, 0.0f),
+        lo_{c.checkpoint_activations, c.compute} {}
+
+  // Trains s from its step to c.steps, saving the state when due, at the end and when stopped;
+  // fills r's step count, times and workspace size.
+  void train(State& s, FinetuneResult& r, const std::function<void(const FinetuneStep&)>& on_step);
+
+ private:
+  // Step `step`'s batch: its gradient into grad_, scaled so that it is that of the mean NLL per
+  // token.
+  BatchLoss batch_gradient(const State& s, int64_t step);
+
+  const FinetuneConfig& c_;
+  const train::ParamLayout& P_;
+  const TrainingData& data_;
+  const Tables& tables_;
+  const Derived& d_;
+  const nlohmann::json& settings_;
+  const std::string& state_path_;
+  std::vector<float> grad_;
+  train::TrainWorkspace<float> ws_;
+  const train::LossOptions lo_;
+  std::vector<int32_t> seq_;
+};
+
+BatchLoss Trainer::batch_gradient(const State& s, int64_t step) {
+  std::fill(grad_.begin(), grad_.end(), 0.0f);
+  // Every sequence's gradient is scaled by 1 / (all predicted tokens of the step): the step's
+  // gradient is that of the mean NLL per token.
+  std::vector<Draw> draws;
+  BatchLoss b;
+  for (int64_t k = 0; k < c_.batch; ++k) {
+    draws.push_back(draw(c_.seed, step, k, c_.short_share));
+    const int64_t len = draws.back().is_short ? d_.short_ctx : c_.ctx;
+    b.predicted += len - 1;
+    b.n_short += draws.back().is_short;
+  }
+  const std::vector<int32_t>& stream = data_.stream;
+  for (int64_t k = 0; k < c_.batch; ++k) {
+    const int64_t len = draws[size_t(k)].is_short ? d_.short_ctx : c_.ctx;
+    const uint64_t span = uint64_t(int64_t(stream.size()) - (len - 1)) + 1;
+    const int64_t start = int64_t(draws[size_t(k)].start_u % span);
+    seq_.assign(1, data_.bos);
+    seq_.insert(seq_.end(), stream.begin() + start, stream.begin() + start + (len - 1));
+    b.nll += train::loss_and_grad<float>(P_, s.params.data(), seq_.data(), len,
+                                         draws[size_t(k)].is_short ? tables_.shrt : tables_.lng,
+                                         grad_.data(), 1.0f / float(b.predicted), ws_, lo_);
+  }
+  return b;
+}
+
+void Trainer::train(State& s, FinetuneResult& r,
+                    const std::function<void(const FinetuneStep&)>& on_step) {
   const double t_start = omp_get_wtime();
   double last_save = t_start;
   const double elapsed_before = s.history.empty() ? 0.0 : s.history.back().value("elapsed", 0.0);
   int64_t tokens_done = 0;
-  std::vector<int32_t> seq;
-  auto save = [&] { save_state(state_path, settings, s); };
-  while (s.step < c.steps) {
+  auto save = [&] { save_state(state_path_, settings_, s); };
+  while (s.step < c_.steps) {
     if (stop_requested()) {
       save();
       throw Interrupted(fmt::format(
           "interrupted after step {} of {}; the training state is in {} (resume with --resume)",
-          s.step, c.steps, state_path));
+          s.step, c_.steps, state_path_));
     }
     const int64_t step = s.step + 1;
     const double t0 = omp_get_wtime();
-    std::fill(grad.begin(), grad.end(), 0.0f);
-    // Every sequence's gradient is scaled by 1 / (all predicted tokens of the step): the step's
-    // gradient is that of the mean NLL per token.
-    std::vector<Draw> draws;
-    int64_t predicted = 0, n_short = 0;
-    for (int64_t b = 0; b < c.batch; ++b) {
-      draws.push_back(draw(c.seed, step, b, c.short_share));
-      const int64_t len = draws.back().is_short ? short_ctx : c.ctx;
-      predicted += len - 1;
-      n_short += draws.back().is_short;
-    }
-    double nll = 0;
-    for (int64_t b = 0; b < c.batch; ++b) {
-      const int64_t len = draws[size_t(b)].is_short ? short_ctx : c.ctx;
-      const uint64_t span = uint64_t(int64_t(stream.size()) - (len - 1)) + 1;
-      const int64_t start = int64_t(draws[size_t(b)].start_u % span);
-      seq.assign(1, bos);
-      seq.insert(seq.end(), stream.begin() + start, stream.begin() + start + (len - 1));
-      nll += train::loss_and_grad<float>(P, s.params.data(), seq.data(), len,
-                                         draws[size_t(b)].is_short ? short_tables : long_tables,
-                                         grad.data(), 1.0f / float(predicted), ws, lo);
-    }
-    const double loss = nll / double(predicted);
+    const BatchLoss b = batch_gradient(s, step);
+    const double loss = b.nll / double(b.predicted);
     if (!std::isfinite(loss))
       throw Error(fmt::format(
           "finetune: the loss is {} at step {} (expected a finite number; try a lower --lr); the "
           "last saved state is in {}",
-          loss, step, state_path));
-    const double gnorm = train::clip_grad_norm(grad.data(), grad.size(), c.clip);
-    const double lr = train::schedule_lr(c.lr, min_lr, warmup, c.steps, c.decay, step);
-    train::adamw_update(P, c.adam, lr, step, s.params.data(), grad.data(), s.m.data(), s.v.data());
+          loss, step, state_path_));
+    const double gnorm = train::clip_grad_norm(grad_.data(), grad_.size(), c_.clip);
+    const double lr = train::schedule_lr(c_.lr, d_.min_lr, d_.warmup, c_.steps, c_.decay, step);
+    train::adamw_update(P_, c_.adam, lr, step, s.params.data(), grad_.data(), s.m.data(),
+                        s.v.data());
     s.step = step;
     const double t1 = omp_get_wtime();
-    tokens_done += predicted;
-    FinetuneStep st{step,    c.steps, loss,
-                    lr,      gnorm,   predicted,
-                    n_short, t1 - t0, elapsed_before + (t1 - t_start)};
-    s.history.push_back({{"step", step},
-                         {"loss", loss},
-                         {"lr", lr},
-                         {"grad_norm", gnorm},
-                         {"tokens", predicted},
-                         {"short_seqs", n_short},
-                         {"long_seqs", c.batch - n_short},
-                         {"seconds", st.seconds},
-                         {"elapsed", st.elapsed}});
+    tokens_done += b.predicted;
+    FinetuneStep st{step,      c_.steps, loss,
+                    lr,        gnorm,    b.predicted,
+                    b.n_short, t1 - t0,  elapsed_before + (t1 - t_start)};
+    s.history.push_back(history_entry(st, c_.batch));
     if (r.first_loss == 0) r.first_loss = loss;
     r.last_loss = loss;
     if (on_step) on_step(st);
-    const bool due = c.save_every > 0 ? step % c.save_every == 0 : t1 - last_save > 600.0;
-    if (due || step == c.steps) {
+    const bool due = c_.save_every > 0 ? step % c_.save_every == 0 : t1 - last_save > 600.0;
+    if (due || step == c_.steps) {
       save();
       last_save = omp_get_wtime();
     }
@@ -453,9 +544,15 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
   r.steps_done = s.step;
   r.seconds = omp_get_wtime() - t_start;
   r.tokens_per_second = r.seconds > 0 ? double(tokens_done) / r.seconds : 0;
-  r.workspace_bytes = ws.bytes();
+  r.workspace_bytes = ws_.bytes();
+}
 
-  // ---- outputs
+// Writes the outputs: the trained model (-o and/or --hf-dir), the log and the loss plot.
+void write_outputs(const Model& model, const FinetuneConfig& c, const train::ParamLayout& P,
+                   const State& s, const nlohmann::json& settings, const RunPaths& paths,
+                   FinetuneResult& r) {
+  const ModelFile& mf = model.file();
+  const HParams& hp = model.hp();
   const RopeScaling trained =
       c.rope.method == RopeMethod::kNone ? c.rope : as_factor_scaling(c.rope, hp, c.ctx);
   if (!c.output.empty()) write_output_gguf(mf, P, s.params.data(), trained, c.out_type, c.output);
@@ -468,12 +565,42 @@ FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
                         {"hf_dir", c.hf_dir},
                         {"out_type", c.out_type},
                         {"steps", s.history}};
-  write_file_atomically(log_path, log.dump(1) + "\n");
-  r.log_path = log_path;
+  write_file_atomically(paths.log, log.dump(1) + "\n");
+  r.log_path = paths.log;
   write_loss_plot(s.history,
                   fmt::format("fine-tuning {} at {} tokens ({})", path_name(c.model_path), c.ctx,
                               c.rope_label.empty() ? c.rope.describe() : c.rope_label),
-                  base + ".loss", r);
+                  paths.base + ".loss", r);
+}
+
+}  // namespace
+
+FinetuneResult run_finetune(const Model& model, const FinetuneConfig& c,
+                            const std::function<void(const FinetuneStep&)>& on_step) {
+  // ---- settings, before any work
+  check_flags(c);
+  const RunPaths paths = run_paths(c);
+  check_outputs(c, paths);
+  if (c.n_threads > 0) omp_set_num_threads(c.n_threads);
+  check_model(model, c);
+  const train::ParamLayout P = train::param_layout(model);
+  const Derived d = derive(c, model.hp());
+
+  // ---- data
+  const TrainingData data = read_training_data(model, c);
+  const std::string data_fp = tokens_fingerprint({data.stream});
+  const nlohmann::json settings = settings_json(c, model, data_fp, d.min_lr, d.warmup, d.short_ctx);
+  const Tables tables = rope_tables(model, c, d.short_ctx);
+
+  // ---- state and training
+  FinetuneResult r;
+  State s = start_state(model, c, P, settings, paths.state, r);
+  Trainer trainer(c, P, data, tables, d, settings, paths.state);
+  r.state_bytes = 4 * sizeof(float) * P.total;
+  trainer.train(s, r, on_step);
+
+  // ---- outputs
+  write_outputs(model, c, P, s, settings, paths, r);
   return r;
 }
 
