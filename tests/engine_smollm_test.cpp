@@ -106,7 +106,11 @@ TEST(EngineSmolLM, NllMatchesAnIndependentReference) {
   std::filesystem::remove_all(dir);
   ASSERT_EQ(ref.size(), scalings.size());
   for (const kernels::Compute mode : {kernels::Compute::kF32, kernels::Compute::kBF16}) {
-    if (mode == kernels::Compute::kBF16 && !kernels::cpu_has_avx512_bf16()) continue;
+    if (mode == kernels::Compute::kBF16 && !kernels::cpu_has_avx512_bf16()) {
+      std::printf("bf16 compute not checked: %s\n",
+                  kernels::cpu_variant_missing(kernels::CpuVariant::kAvx512Bf16).c_str());
+      continue;
+    }
     const bool f32 = mode == kernels::Compute::kF32;
     for (size_t s = 0; s < scalings.size(); ++s) {
       ScoreOptions opts;
