@@ -25,6 +25,11 @@ std::shared_ptr<const Model> smollm() {
 }
 }  // namespace
 
+// The answer starts "The capital of France is": greedy decoding must go on with Paris. Left to
+// choose its first token, the model is at a near-tie ("The" 25.33 against "L" 25.24 in exact
+// arithmetic), which the int8 activations of gemv_w's VNNI path (FP32 compute on an AVX512_VNNI
+// CPU without AVX512_BF16, or --compute f32) flip to a French answer without "Paris"; after the
+// prefix, " Paris" leads by 4.6 logits on every path, far above their differences (< 0.15).
 TEST(EngineSmolLM, ChatAnswerIsCoherent) {
   LONGROPE_REQUIRE_FILE(test::smollm_path());
   auto m = smollm();
@@ -32,7 +37,7 @@ TEST(EngineSmolLM, ChatAnswerIsCoherent) {
   const auto ids = tok.encode(
       "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
       "Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-      "<|im_start|>assistant\n",
+      "<|im_start|>assistant\nThe capital of France is",
       true);
   Context ctx(m, {.n_ctx = 512, .n_threads = 0});
   auto logits = ctx.decode(ids);
