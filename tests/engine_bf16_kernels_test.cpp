@@ -18,9 +18,9 @@ namespace lk = longrope::kernels;
 
 namespace {
 
-#define SKIP_WITHOUT_BF16()                                                  \
-  do {                                                                       \
-    if (!lk::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU lacks AVX512_BF16"; \
+#define SKIP_WITHOUT_BF16()                                    \
+  do {                                                         \
+    LONGROPE_REQUIRE_CPU_VARIANT(lk::CpuVariant::kAvx512Bf16); \
   } while (0)
 
 float bf16_value(uint16_t h) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "engine/forward.h"
@@ -75,7 +76,11 @@ TEST(CompactWeights, MatmulMatchesReferenceOnEveryPath) {
   const std::vector<float> f32w = rnd(size_t(77 * 96), 3, 0.1f);
   WeightView f32{GgmlType::F32, reinterpret_cast<const uint8_t*>(f32w.data()), 77, 96, 96 * 4};
   std::vector<Compute> computes = {Compute::kF32};
-  if (kernels::cpu_has_avx512_bf16()) computes.push_back(Compute::kBF16);
+  if (kernels::cpu_has_avx512_bf16())
+    computes.push_back(Compute::kBF16);
+  else
+    std::printf("bf16 compute not checked: %s\n",
+                kernels::cpu_variant_missing(kernels::CpuVariant::kAvx512Bf16).c_str());
   for (const WeightView& W : {q41, f32})
     for (int64_t M : {1, 3, 8, 9, 70})
       for (Compute c : computes) {
@@ -154,7 +159,7 @@ TEST(CompactWeights, ScoredPositionsMatchTheWholeWindow) {
 // bf16 compute changes SmolLM2's perplexity by a few hundredths of a percent (measured 0.02% at
 // 2048 and 0.03% at 8192 tokens), well inside the 0.3% the bf16 path is held to.
 TEST(CompactWeights, Bf16PerplexityIsCloseToF32) {
-  if (!kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  LONGROPE_REQUIRE_CPU_VARIANT(kernels::CpuVariant::kAvx512Bf16);
   LONGROPE_REQUIRE_FILE(test::smollm_path());
   const auto text = test::shared_text("pride_and_prejudice.txt");
   LONGROPE_REQUIRE_FILE(text);

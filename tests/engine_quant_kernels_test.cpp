@@ -278,7 +278,9 @@ TEST(EngineQuantKernels, GemvMatchesScalar) {
 // per block of 32, so the error against the exact product is about 1e-3 of sum|w x| rather than
 // the FP32 path's 1e-7. Row lengths of 1, 5, 18 and 37 blocks (partial groups and chunks).
 TEST(EngineQuantKernels, GemvInt8ActivationsMatchScalar) {
-  if (!lk::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512_VNNI: gemv_w stays on FP32";
+  LONGROPE_REQUIRE_CPU_VARIANT(lk::CpuVariant::kAvx512);
+  if (!lk::cpu_has_avx512_vnni())
+    GTEST_SKIP() << "this CPU lacks AVX512_VNNI: gemv_w stays on FP32";
   double worst = 0.0;
   std::string per_type;
   for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0}) {

@@ -136,8 +136,7 @@ class GoldenPerplexity : public ::testing::TestWithParam<lk::Compute> {};
 
 TEST_P(GoldenPerplexity, EveryCaseWithinTheMeasuredAgreement) {
   const lk::Compute mode = GetParam();
-  if (mode == lk::Compute::kBF16 && !lk::cpu_has_avx512_bf16())
-    GTEST_SKIP() << "CPU without AVX512_BF16";
+  if (mode == lk::Compute::kBF16) LONGROPE_REQUIRE_CPU_VARIANT(lk::CpuVariant::kAvx512Bf16);
   const double tol = mode == lk::Compute::kF32 ? kGoldenRelTolF32 : kGoldenRelTolBf16;
   const auto golden = test::shared_dir() / "golden" / "ppl_stories260k.json";
   LONGROPE_REQUIRE_FILE(golden);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "longrope/error.h"
+#include "longrope/kernels.h"
 
 namespace longrope::test {
 
@@ -79,4 +80,16 @@ void expect_error(F&& f, const std::vector<std::string>& parts) {
     if (!std::filesystem::exists(p))                                                    \
       LONGROPE_SKIP_OR_FAIL("missing test input " + std::filesystem::path(p).string() + \
                             " (run scripts/setup.sh / need ../shared)");                \
+  } while (0)
+
+// Skips a test of a path that needs CPU variant `v` (kernels::CpuVariant) where the variant in
+// effect lacks it, saying why: this CPU lacks the feature, or LONGROPE_CPU chose a lower variant
+// (docs/design.md, "CPU variants and the conformance suite"). A skip, also with CI=true: the path
+// runs in the runs of the higher variants, and BackendConformance runs every variant the CPU has.
+#define LONGROPE_REQUIRE_CPU_VARIANT(v)                                                      \
+  do {                                                                                       \
+    const std::string longrope_why_ = longrope::kernels::cpu_variant_missing(v);             \
+    if (!longrope_why_.empty())                                                              \
+      GTEST_SKIP() << "needs CPU variant " << longrope::kernels::cpu_variant_name(v) << ": " \
+                   << longrope_why_;                                                         \
   } while (0)

@@ -179,7 +179,7 @@ Bf16Agreement bf16_against_fp32(const Model& m, size_t n_text, const RopeScaling
 
 TEST(TrainModel, Bf16GradientTracksFp32) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
-  if (!kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  LONGROPE_REQUIRE_CPU_VARIANT(kernels::CpuVariant::kAvx512Bf16);
   const Bf16Agreement a = bf16_against_fp32(*stories(), 700, odd_scaling());
   // Measured: loss 7.7e-5 relative, gradient 2.0e-2 relative L2 (cosine 0.9998): bf16 rounding of
   // both operands (8 significant bits), where the FP32 paths agree to 5e-8.
@@ -190,7 +190,7 @@ TEST(TrainModel, Bf16GradientTracksFp32) {
 
 TEST(TrainModel, Bf16GradientTracksFp32OnSmolLM2) {
   LONGROPE_REQUIRE_FILE(test::smollm_path());
-  if (!kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  LONGROPE_REQUIRE_CPU_VARIANT(kernels::CpuVariant::kAvx512Bf16);
   const auto m = Model::load(test::smollm_path().string());
   const Bf16Agreement a = bf16_against_fp32(*m, 255, RopeScaling{});
   // Error model: every bf16 product rounds its operands to 8 significant bits (relative error
@@ -439,6 +439,9 @@ TEST(TrainFinetune, AStateWithoutComputeResumesAsF32) {
   if (kernels::cpu_has_avx512_bf16()) {
     c.compute = kernels::Compute::kBF16;
     test::expect_error([&] { run_finetune(*m, c); }, {"compute was \"f32\", now \"bf16\""});
+  } else {
+    std::printf("resuming with bf16 compute not checked: %s\n",
+                kernels::cpu_variant_missing(kernels::CpuVariant::kAvx512Bf16).c_str());
   }
   c.compute = kernels::Compute::kF32;
   const FinetuneResult r = run_finetune(*m, c);

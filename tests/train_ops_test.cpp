@@ -509,7 +509,7 @@ Vec round_bf16(const Vec& v) {
 }
 
 TEST(TrainOpsBf16, LinearEqualsRoundedOperands) {
-  if (!longrope::kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  LONGROPE_REQUIRE_CPU_VARIANT(longrope::kernels::CpuVariant::kAvx512Bf16);
   // Odd sizes: partial blocks of the transposes and of the GEMM.
   const int64_t n = 77, in = 45, out = 70;
   const Vec X = randn(sz(n * in), 101), W = randn(sz(out * in), 102, 0.3), b = randn(sz(out), 103),
@@ -537,7 +537,7 @@ TEST(TrainOpsBf16, LinearEqualsRoundedOperands) {
 }
 
 TEST(TrainOpsBf16, LmHeadLossEqualsRoundedOperandsAndGradientsTrackFp32) {
-  if (!longrope::kernels::cpu_has_avx512_bf16()) GTEST_SKIP() << "CPU without AVX512_BF16";
+  LONGROPE_REQUIRE_CPU_VARIANT(longrope::kernels::CpuVariant::kAvx512Bf16);
   const int64_t n = 41, d = 37, V = 300;
   const Vec H = randn(sz(n * d), 111), W = randn(sz(V * d), 112, 0.5);
   std::vector<int32_t> target(sz(n));

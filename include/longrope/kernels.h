@@ -7,26 +7,69 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "longrope/quant.h"
 
 namespace longrope::kernels {
 
-// ---- CPU features (run-time detection; the AVX-512 kernels are compiled with function target
-// attributes, so a portable build runs everywhere and picks them only where the CPU has them).
-bool cpu_has_avx512();       // AVX512F + BW + VL + DQ
-bool cpu_has_avx512_vnni();  // + AVX512_VNNI
-bool cpu_has_avx512_bf16();  // + AVX512_BF16
+// ---- CPU variants. The kernels pick their paths at run time by CPU feature (the AVX-512 kernels
+// are compiled with function target attributes, so a portable build runs everywhere). A variant
+// caps what the cpu_has_* functions report, so one machine can run every path at or below the
+// best it has (docs/design.md, "CPU variants and the conformance suite"). From lowest:
+//   kPortable    no AVX-512 kernels: what an AVX2 CPU (AMD Zen 3) runs; f32 compute only
+//   kAvx512      the AVX-512 kernels (and the AVX512_VNNI ones where the CPU has VNNI)
+//   kAvx512Bf16  + AVX512_BF16: bf16 compute, oneDNN without AMX (AMD Zen 4)
+//   kAmx         + AMX tiles through oneDNN (Intel Xeon since Sapphire Rapids; a oneDNN build)
+enum class CpuVariant { kPortable, kAvx512, kAvx512Bf16, kAmx };
+// The variant in effect: a test's CpuVariantForTesting if one is alive, else $LONGROPE_CPU
+// (portable, avx512, avx512_bf16, amx; unset, empty or "auto": cpu_best_variant()), read at the
+// first call. Throws Error (at every call) naming the variable when its value is unknown or above
+// what this CPU supports. With LONGROPE_CPU below amx on an AMX CPU, oneDNN is capped as well.
+CpuVariant cpu_variant();
+CpuVariant cpu_best_variant();                     // the best this CPU (and build) can run
+std::vector<CpuVariant> cpu_variants_supported();  // kPortable .. cpu_best_variant(), lowest first
+const char* cpu_variant_name(CpuVariant v);        // "portable", "avx512", "avx512_bf16", "amx"
+// The variant of a name as LONGROPE_CPU takes it ("auto" is not one); throws Error otherwise.
+CpuVariant parse_cpu_variant(const std::string& name);
+// Why a path that needs variant `needed` does not run here, in words ("this CPU lacks AVX512_BF16
+// (it supports portable, avx512)", "the CPU variant in effect, avx512 (LONGROPE_CPU=avx512),
+// leaves out AVX512_BF16"); empty when cpu_variant() >= needed.
+std::string cpu_variant_missing(CpuVariant needed);
+// Caps the variant of this process while alive, over $LONGROPE_CPU (tests: run each path on one
+// machine); restores the previous cap when destroyed. Throws Error when v is above
+// cpu_best_variant(). Not while kernels run on other threads. It caps the project's dispatch only:
+// oneDNN's own choice of AMX inside gemm_bf16_nt cannot change after its first use, so only
+// LONGROPE_CPU keeps AMX out of oneDNN.
+class CpuVariantForTesting {
+ public:
+  explicit CpuVariantForTesting(CpuVariant v);
+  ~CpuVariantForTesting();
+  CpuVariantForTesting(const CpuVariantForTesting&) = delete;
+  CpuVariantForTesting& operator=(const CpuVariantForTesting&) = delete;
+
+ private:
+  int previous_;
+};
+
+// CPU features within the variant in effect (each throws cpu_variant()'s Error).
+bool cpu_has_avx512();       // AVX512F + BW + VL + DQ (kAvx512 and above)
+bool cpu_has_avx512_vnni();  // + AVX512_VNNI (kAvx512 and above, where the CPU has it)
+bool cpu_has_avx512_bf16();  // + AVX512_BF16 (kAvx512Bf16 and above)
+bool cpu_has_amx();          // AMX-BF16 tiles usable through oneDNN (kAmx)
 
 // Arithmetic of the prefill GEMMs and attention. kBF16: bf16 inputs, FP32 accumulation
 // (AVX512_BF16). kF32 is the reference path.
 enum class Compute { kF32, kBF16 };
 // The process default (what ScoreOptions and ContextParams start with): set_default_compute's
 // value if it was called (the CLI's --compute), else kBF16 where the CPU has AVX512_BF16 and
-// kF32 elsewhere. set_default_compute(kBF16) throws Error on a CPU without AVX512_BF16.
+// kF32 elsewhere, decided at each call (so it follows the variant in effect).
+// set_default_compute(kBF16) throws Error on a CPU (or variant) without AVX512_BF16.
 Compute default_compute();
 void set_default_compute(Compute c);
-// Throws Error when this CPU cannot run `c` (bf16 without AVX512_BF16).
+// Forgets set_default_compute's value: default_compute() detects again (tests).
+void clear_default_compute();
+// Throws Error when this CPU (variant) cannot run `c` (bf16 without AVX512_BF16).
 void require_compute(Compute c);
 // "f32" -> kF32, "bf16" -> kBF16; anything else throws Error.
 Compute parse_compute(const std::string& name);

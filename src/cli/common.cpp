@@ -14,8 +14,18 @@
 #include "longrope/atomic_file.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
+#include "longrope/kernels.h"
 
 namespace longrope::cli {
+
+namespace {
+// " (CPU variant avx512, LONGROPE_CPU)" when LONGROPE_CPU runs a variant below the CPU's best.
+std::string cpu_variant_note() {
+  const kernels::CpuVariant v = kernels::cpu_variant();
+  if (v == kernels::cpu_best_variant()) return "";
+  return fmt::format(" (CPU variant {}, LONGROPE_CPU)", kernels::cpu_variant_name(v));
+}
+}  // namespace
 
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,
                                                 const std::string& tokenizer_path, int threads) {
@@ -29,11 +39,11 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
   fmt::print(stderr,
              "loaded {} ({}, {} layers, dim {}, {} heads / {} kv, vocab {}, trained ctx {}, rope "
              "base {:g}, {:.1f}M params, {:.0f} MB of weights kept as stored) in {:.2f}s; compute "
-             "{}\n",
+             "{}{}\n",
              path, model->file().format, hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.n_vocab,
              hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6,
              double(model->weight_bytes()) / 1048576.0, omp_get_wtime() - t0,
-             kernels::compute_name(kernels::default_compute()));
+             kernels::compute_name(kernels::default_compute()), cpu_variant_note());
   return model;
 }
 

@@ -12,6 +12,7 @@
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/interrupt.h"
+#include "longrope/kernels.h"
 
 namespace {
 
@@ -50,6 +51,8 @@ int run(int argc, char** argv) {
     fmt::print(stderr, "error: {} (see longrope{} --help)\n", what, cmd);
     return 2;
   }
+  // An unknown or unsupported LONGROPE_CPU fails here, with its one-line error, before any work.
+  (void)longrope::kernels::cpu_variant();
   for (auto& [sub, runner] : cmds) {
     if (!sub->parsed()) continue;
     const std::string name = sub->get_name();

@@ -66,6 +66,8 @@ void Model::embed(int32_t tok, float* dst) const {
 }
 
 std::shared_ptr<const Model> Model::load(const std::string& path, const LoadOptions& opts) {
+  // LONGROPE_CPU's error, if any, here: not first inside a parallel region of the kernels.
+  (void)kernels::cpu_variant();
   std::shared_ptr<Model> m(new Model());
   m->file_ = load_model_file(path, opts.tokenizer_path);
   if (opts.n_threads > 0) omp_set_num_threads(opts.n_threads);

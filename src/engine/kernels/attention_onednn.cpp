@@ -45,7 +45,9 @@ dnnl::engine& cpu_engine() {
   return e;
 }
 
-bool cpu_has_amx() {
+// Whether oneDNN runs AMX here (the OS granted the tile state); asked only once cpu_has_amx()
+// says the variant in effect allows AMX, so LONGROPE_CPU is read before oneDNN's first use.
+bool onednn_has_amx() {
   // ISA values are bit sets: AMX when all of avx512_core_amx's bits are present.
   const unsigned want = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_amx);
   static const bool amx = (static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & want) == want;
@@ -258,7 +260,8 @@ void attention_item(const AttentionArgsBf16& a, int kvh, int64_t q0, int64_t bq,
 bool attention_bf16_onednn(const AttentionArgsBf16& a) {
   const bool big = a.n >= kMinN || (a.n >= kMinShort && a.n * (a.p0 + a.n) >= kMinPairs &&
                                     a.n_head_kv >= 2);  // depends on the shape only
-  if (!big || a.head_dim % 16 != 0 || a.head_dim < 32 || !cpu_has_amx()) return false;
+  if (!big || a.head_dim % 16 != 0 || a.head_dim < 32 || !cpu_has_amx() || !onednn_has_amx())
+    return false;
   // Queries per item: the heads of a kv head share the item (and its K and V blocks), up to
   // about kMaxRows rows in all.
   const int group = a.n_head / a.n_head_kv;

@@ -52,17 +52,21 @@ bool have_onednn();
 
 // Causal attention with the two products of each tile on oneDNN matmuls (AMX) for long prefill
 // (attention_onednn.cpp). Returns false, computing nothing, when the build has no oneDNN, the CPU
-// has no AMX, or the input is short (see kMinN there) or has a small head_dim: attention_bf16 then
-// runs its own kernel.
+// (variant in effect) has no AMX, or the input is short (see kMinN there) or has a small head_dim:
+// attention_bf16 then runs its own kernel.
 bool attention_bf16_onednn(const AttentionArgsBf16& a);
 
-// Throws longrope::Error naming `fn` when the CPU lacks AVX512_BF16.
+// Throws longrope::Error naming `fn` when the CPU (variant in effect) lacks AVX512_BF16.
 inline void require_avx512_bf16(const char* fn) {
   if (!cpu_has_avx512_bf16())
-    throw Error(std::string(fn) +
-                ": this CPU lacks AVX512_BF16 (check kernels::cpu_has_avx512_bf16() and use the "
-                "FP32 kernels)");
+    throw Error(std::string(fn) + ": " + cpu_variant_missing(CpuVariant::kAvx512Bf16) +
+                " (check kernels::cpu_has_avx512_bf16() and use the FP32 kernels)");
 }
+
+// Caps the ISA oneDNN may use below AMX (avx512_core_bf16), for LONGROPE_CPU below amx on an AMX
+// CPU; works only before oneDNN's first use (cpu.cpp calls it when it reads LONGROPE_CPU, before
+// any kernel runs). A no-op without oneDNN.
+void onednn_cap_isa_below_amx();
 
 inline float bf16_to_f32(uint16_t h) {
   const uint32_t x = uint32_t(h) << 16;

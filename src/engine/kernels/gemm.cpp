@@ -45,6 +45,7 @@ void decode_panel(const WeightView& W, int64_t r0, int64_t n, Compute compute, P
   }
   constexpr int64_t kRowsPerTask = 16;
   const int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
+  (void)cpu_variant();  // LONGROPE_CPU's error, if any, here rather than in the parallel loop
 #pragma omp parallel for schedule(static) if (tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t a = t * kRowsPerTask, b = std::min(n, a + kRowsPerTask);
@@ -59,6 +60,7 @@ void rows_to_bf16(const float* A, int64_t M, int64_t K, int64_t lda, RowsBf16& o
   const size_t need = static_cast<size_t>(M * K);
   if (out.data.size() < need) out.data.resize(need);
   uint16_t* dst = out.data.data();
+  (void)cpu_variant();  // LONGROPE_CPU's error, if any, here rather than in the parallel loop
 #pragma omp parallel for schedule(static) if (M * K > 65536)
   for (int64_t i = 0; i < M; ++i) f32_to_bf16(A + i * lda, dst + i * K, K);
 }

@@ -23,6 +23,11 @@ bool have_onednn() {
   return cpu_has_avx512_bf16();
 }
 
+void onednn_cap_isa_below_amx() {
+  // Fails (returns an error status) only after oneDNN's first use; the caller runs before it.
+  (void)dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx512_core_bf16);
+}
+
 bool gemm_bf16_onednn(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                       const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta) {
   if (!cpu_has_avx512_bf16() || M <= 0 || N <= 0 || K <= 0) return false;
@@ -59,6 +64,8 @@ bool gemm_bf16_onednn(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 bool have_onednn() {
   return false;
 }
+
+void onednn_cap_isa_below_amx() {}
 
 bool gemm_bf16_onednn(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t,
                       float*, int64_t, float) {
