@@ -1,5 +1,6 @@
 // SearchRun, the search as a library call, on stories260K: a run stopped after one iteration and
 // resumed to three writes the same files as three iterations straight, without the CLI.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -7,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "longrope/error.h"
@@ -474,6 +476,59 @@ TEST(SearchRunLib, BudgetStopsAndResumesToTheUninterruptedFiles) {
   none.budget_seconds = 1e-9;
   test::expect_error([&] { SearchRun(model, none).run(); }, "before the initial population");
   EXPECT_TRUE(fs::exists(d / "c.json.ckpt.json"));
+  ::unsetenv("SOURCE_DATE_EPOCH");
+  fs::remove_all(d);
+}
+
+// A budget that ends inside the initial population: the result is the best of the candidates it
+// evaluated (with a warning that says how many), the checkpoint keeps them, and the same search
+// resumed without a budget ends with the files of a run that never stopped.
+TEST(SearchRunLib, BudgetInsideTheInitialPopulationGivesTheBestEvaluated) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  ::setenv("SOURCE_DATE_EPOCH", "0", 1);
+  const fs::path d = test::fresh_temp_dir("searchbudget0");
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRunConfig whole = tiny(d / "a.json", 2);
+  whole.short_ctx.reset();
+  SearchRun(model, whole).run();
+  const auto a_ckpt = nlohmann::json::parse(test::slurp(d / "a.json.ckpt.json"));
+
+  // The clock passes the budget while the third candidate is due: two were evaluated.
+  SearchRunConfig cut = whole;
+  cut.output = (d / "b.json").string();
+  cut.budget_seconds = 3;
+  const SearchRunResult r = SearchRun(model, cut).run([](const SearchProgress& p) {
+    if (p.iteration == 0 && p.evals_done == 2)
+      std::this_thread::sleep_for(std::chrono::milliseconds(3100));
+  });
+  EXPECT_TRUE(r.budget_spent);
+  EXPECT_EQ(r.iterations_done, 0);
+  ASSERT_GE(r.full_evals, 1);
+  EXPECT_LE(r.full_evals, 2);  // 1 only where one evaluation took the whole budget
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find(fmt::format("after {} of the 8 candidates", r.full_evals)),
+            std::string::npos)
+      << r.warnings[0];
+  // Its set is one the uninterrupted run evaluated, with the same perplexity, and no better than
+  // that run's initial population.
+  const auto b = nlohmann::json::parse(test::slurp(d / "b.json"));
+  EXPECT_EQ(b["provenance"]["budget"]["spent"], true);
+  bool found = false;
+  for (const auto& [key, fit] : a_ckpt["long"]["memo"].items())
+    if (fit.contains("ppl") && fit["ppl"].is_number() && fit["ppl"].get<double>() == r.best_ppl)
+      found = true;
+  EXPECT_TRUE(found) << r.best_ppl;
+  EXPECT_GE(r.best_ppl, a_ckpt["long"]["log"][0]["best_ppl"].get<double>());
+
+  SearchRunConfig more = whole;
+  more.output = cut.output;
+  more.resume = true;
+  EXPECT_FALSE(SearchRun(model, more).run().budget_spent);
+  for (const char* ext : {"", ".log.json", ".ckpt.json"})
+    EXPECT_EQ(test::slurp(d / (std::string("a.json") + ext)),
+              test::slurp(d / (std::string("b.json") + ext)))
+        << ext;
   ::unsetenv("SOURCE_DATE_EPOCH");
   fs::remove_all(d);
 }

@@ -63,6 +63,9 @@ struct EvalResult {
   std::vector<double> objectives;
   // Multi-objective: each objective's first-stage value (NaN where its evaluator has none).
   std::vector<double> stage_objectives;
+  // Not evaluated (a time budget ended first): no value at all; the search leaves the candidate
+  // out of its memo and population.
+  bool left_out = false;
 };
 
 class Evaluator {

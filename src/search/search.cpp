@@ -818,6 +818,7 @@ void EvolutionSearch::evaluate(Evaluator& ev, const std::vector<Individual>& ind
 }
 
 void EvolutionSearch::record(const Individual& ind, const EvalResult& r, const RejectBound& bound) {
+  if (r.left_out) return;
   if (settings_.record_seconds) eval_seconds_ += r.seconds;
   Fitness f;
   if (settings_.objectives > 1) f.stage_obj = r.stage_objectives;
@@ -976,7 +977,8 @@ void EvolutionSearch::step(Evaluator& ev) {
     population_ = std::move(parents);
   }
   evaluate(ev, children, bound);
-  for (const auto& c : children) population_.push_back(c);
+  for (const auto& c : children)
+    if (memo_.count(c.key())) population_.push_back(c);  // the left out have no fitness
   sort_population();
   log_iteration();
 }

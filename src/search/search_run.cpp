@@ -270,6 +270,9 @@ class FarmEvaluator : public Evaluator {
   // read back from such a checkpoint, used instead of evaluating the same task again.
   nlohmann::json finished = nlohmann::json::object();
   std::map<std::string, std::string> cache;
+  // Only the cached results: the candidates without one come back left out (EvalResult::left_out)
+  // instead of being evaluated.
+  bool replay_only = false;
 
   std::vector<EvalResult> evaluate_batch(const std::vector<RopeScaling>& batch,
                                          const RejectBound& bound,
@@ -284,6 +287,10 @@ class FarmEvaluator : public Evaluator {
         out[i] = decode_result(it->second);
         finished[msg] = it->second;
         if (done) done(i);
+        continue;
+      }
+      if (replay_only) {
+        out[i].left_out = true;
         continue;
       }
       labels_[base + i] = fmt::format("candidate {} of {} in iteration {} of the {} search", i + 1,
@@ -770,6 +777,10 @@ struct SearchRun::Impl::Run {
   // search's state after its last finished iteration).
   void run_phase(EvolutionSearch& srch, FarmEvaluator& ev, const char* label, nlohmann::json& state,
                  int phase);
+  // The budget ended inside the initial population: makes the long search's result from the
+  // candidates it evaluated (the checkpoint keeps them as they were saved, for --resume), or
+  // throws when there are none.
+  void close_initial_population();
   // The objectives' values by name (several objectives).
   nlohmann::json named(const std::vector<double>& v) const;
   // The pick rule, with the value of its reference seed when it has one.
@@ -956,6 +967,30 @@ void SearchRun::Impl::Run::run_phase(EvolutionSearch& srch, FarmEvaluator& ev, c
           srch.iterations_done(), label, ckpt_path));
   }
   srch.on_eval = nullptr;
+}
+
+void SearchRun::Impl::Run::close_initial_population() {
+  // Its finished evaluations: this run's, and those an earlier run saved that this one did not
+  // reach again.
+  for (const auto& [task, result] : long_farm.finished.items())
+    long_farm.cache[task] = result.get<std::string>();
+  const size_t evaluated = long_farm.cache.size();
+  if (evaluated == 0)  // saved where it stopped
+    throw Error(fmt::format(
+        "search: the budget of {:g} s ended before the initial population was evaluated (saved "
+        "in {}; the same command with --resume and a larger --budget continues)",
+        c.budget_seconds, ckpt_path));
+  // The same initial population again, from the state before it, with only the finished results.
+  EvolutionSearch partial(sp, settings);
+  restore(partial, long_state);
+  long_farm.replay_only = true;
+  partial.step(long_farm);
+  lng = std::move(partial);
+  warnings.push_back(fmt::format(
+      "the budget of {:g} s ended after {} of the {} candidates of the initial population: the "
+      "result is the best of those {} (the checkpoint keeps them; the same command with --resume "
+      "and a larger --budget continues the search)",
+      c.budget_seconds, evaluated, settings.population, evaluated));
 }
 
 nlohmann::json SearchRun::Impl::Run::named(const std::vector<double>& v) const {
@@ -1171,11 +1206,7 @@ SearchRunResult SearchRun::run(const std::function<void(const SearchProgress&)>&
   Impl::Resumed resumed = p.cfg.resume ? p.read_checkpoint(ckpt_path) : Impl::Resumed{};
   Impl::Run run(p, progress, ckpt_path, log_path, std::move(resumed));
   run.run_phase(run.lng, run.long_farm, "search", run.long_state, 0);
-  if (run.lng.iterations_done() == 0)  // saved where it stopped (its pending evaluations kept)
-    throw Error(fmt::format(
-        "search: the budget of {:g} s ended before the initial population was evaluated (saved "
-        "in {}; the same command with --resume and a larger --budget continues)",
-        p.cfg.budget_seconds, ckpt_path));
+  if (run.lng.iterations_done() == 0) run.close_initial_population();
   run.pick_result();
   run.add_short_set();
   if (!run.budget_spent) run.save();  // else saved where it stopped, with its pending evaluations
