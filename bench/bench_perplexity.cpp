@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
   try {
     const int64_t ctx = std::atoll(argv[3]);
     const int threads = argc > 4 ? std::atoi(argv[4]) : 0;
-    longrope::kernels::Compute compute = longrope::kernels::default_compute();
+    longrope::kernels::Compute compute = longrope::kernels::best_compute();
     if (argc > 5) compute = longrope::kernels::parse_compute(argv[5]);
     double t0 = omp_get_wtime();
     auto model = longrope::Model::load(argv[1], {.tokenizer_path = "", .n_threads = threads});

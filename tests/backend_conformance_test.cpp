@@ -478,15 +478,16 @@ TEST_P(BackendConformance, FeaturesFollowTheVariant) {
     EXPECT_FALSE(lk::cpu_has_avx512_vnni());
   }
   EXPECT_EQ(lk::cpu_variant_missing(v), "");
-  lk::clear_default_compute();  // detect, whatever an earlier test of this process set
+  EXPECT_EQ(lk::compute_of_flag("f32"), lk::Compute::kF32);
   if (has_bf16()) {
-    EXPECT_EQ(lk::default_compute(), lk::Compute::kBF16);
+    EXPECT_EQ(lk::best_compute(), lk::Compute::kBF16);
+    EXPECT_EQ(lk::compute_of_flag("auto"), lk::Compute::kBF16);
     EXPECT_NO_THROW(lk::require_compute(lk::Compute::kBF16));
   } else {
-    EXPECT_EQ(lk::default_compute(), lk::Compute::kF32);
+    EXPECT_EQ(lk::best_compute(), lk::Compute::kF32);
+    EXPECT_EQ(lk::compute_of_flag("auto"), lk::Compute::kF32);
     expect_needs_bf16([] { lk::require_compute(lk::Compute::kBF16); }, "require_compute(bf16)");
-    expect_needs_bf16([] { lk::set_default_compute(lk::Compute::kBF16); },
-                      "set_default_compute(bf16)");
+    expect_needs_bf16([] { lk::compute_of_flag("bf16"); }, "compute_of_flag(bf16)");
     EXPECT_NE(lk::cpu_variant_missing(CpuVariant::kAvx512Bf16), "");
   }
 }

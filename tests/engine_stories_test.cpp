@@ -143,8 +143,6 @@ TEST_P(GoldenPerplexity, EveryCaseWithinTheMeasuredAgreement) {
   LONGROPE_REQUIRE_FILE(stories_gguf());
   auto m = Model::load(stories_gguf().string());
   const auto j = nlohmann::json::parse(slurp(golden));
-  const lk::Compute saved = lk::default_compute();
-  lk::set_default_compute(mode);
   std::map<std::string, std::vector<int32_t>> tokens;
   double worst = 0.0;
   for (const auto& c : j["cases"]) {
@@ -163,7 +161,8 @@ TEST_P(GoldenPerplexity, EveryCaseWithinTheMeasuredAgreement) {
       s.target_ctx = sc["max_position_embeddings"];
       s.n_hat = sc.value("n_hat", 0);
     }
-    const auto r = perplexity(*m, tokens[text], c["ctx"], c["docs"], s);
+    const auto r = perplexity(*m, tokens[text], c["ctx"], c["docs"], s, 0, {}, {},
+                              WindowConvention::kLongrope, mode);
     const double want = c["ppl"];
     EXPECT_EQ(r.tokens, c["tokens"].get<int64_t>());
     const double rel = std::fabs(r.ppl - want) / want;
@@ -171,7 +170,6 @@ TEST_P(GoldenPerplexity, EveryCaseWithinTheMeasuredAgreement) {
     EXPECT_LT(rel, tol) << text << " ctx " << c["ctx"] << " " << sc.dump() << ": got " << r.ppl
                         << ", golden " << want;
   }
-  lk::set_default_compute(saved);
   std::printf("golden perplexity (%s): largest relative difference = %.3g\n",
               mode == lk::Compute::kF32 ? "f32" : "bf16", worst);
 }

@@ -41,7 +41,7 @@ struct ContextParams {
   SwitchPolicy switch_policy = SwitchPolicy::kAuto;
   // Arithmetic of prompt processing and attention; with kBF16 the KV cache is bf16 (half the
   // memory). Token-by-token decoding always reads the weight blocks directly in FP32.
-  kernels::Compute compute = kernels::default_compute();
+  kernels::Compute compute = kernels::best_compute();
 };
 
 // What the RoPE switches of a context cost so far.
@@ -96,7 +96,7 @@ class Context {
 // and row chunks: memory is linear in n, with no n x n or n x vocab buffer.
 struct ScoreOptions {
   int n_threads = 0;
-  kernels::Compute compute = kernels::default_compute();
+  kernels::Compute compute = kernels::best_compute();
   // Positions i whose next-token NLL (of tokens[i+1]) is wanted, in any order; empty = all
   // i = 0..n-2. The LM head runs only at these positions, and the result has one value each.
   std::vector<int64_t> positions;

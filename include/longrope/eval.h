@@ -141,6 +141,7 @@ struct EvalConfig {
   int64_t docs = 1;                  // windows per text
   ScaleOptions scale;
   int n_threads = 0;
+  kernels::Compute compute = kernels::best_compute();
   std::string out_dir;  // "" = write nothing
   bool resume = false;
   bool overwrite = false;  // replace out_dir's results of another run (else refused)
@@ -198,8 +199,9 @@ struct SweepPlan {
   std::string kind;  // results file kind: "perplexity" or "passkey"
   std::vector<EvalMethod> methods;
   std::vector<int64_t> lengths;
-  std::vector<nlohmann::json> keys;  // the cell key of each method (cell_keys)
-  bool length_major = false;         // order of the cells: all methods at a length, then the next
+  std::vector<nlohmann::json> keys;                    // the cell key of each method (cell_keys)
+  kernels::Compute compute = kernels::best_compute();  // the arithmetic of its cells
+  bool length_major = false;  // order of the cells: all methods at a length, then the next
   // The cell of methods[mi] at lengths[li] (with method, label, length and key). `progress`, when
   // set, is called with the fraction of the cell done and a message. `prefix` is null, or a stored
   // cell of a shorter run (see units) whose units the cell reuses.
@@ -223,7 +225,7 @@ struct SweepPlan {
 nlohmann::json sweep_fingerprint(const Model& model,
                                  const std::vector<std::vector<int32_t>>& tokens,
                                  const std::vector<nlohmann::json>& keys,
-                                 const std::vector<int64_t>& lengths);
+                                 const std::vector<int64_t>& lengths, kernels::Compute compute);
 
 // The start of a plan whose cells prompt the model (passkey, ruler): kind, length-major order (a
 // run stopped midway has every method at the shorter lengths), the methods, the lengths (each

@@ -61,14 +61,14 @@ bool cpu_has_amx();          // AMX-BF16 tiles usable through oneDNN (kAmx)
 // Arithmetic of the prefill GEMMs and attention. kBF16: bf16 inputs, FP32 accumulation
 // (AVX512_BF16). kF32 is the reference path.
 enum class Compute { kF32, kBF16 };
-// The process default (what ScoreOptions and ContextParams start with): set_default_compute's
-// value if it was called (the CLI's --compute), else kBF16 where the CPU has AVX512_BF16 and
-// kF32 elsewhere, decided at each call (so it follows the variant in effect).
-// set_default_compute(kBF16) throws Error on a CPU (or variant) without AVX512_BF16.
-Compute default_compute();
-void set_default_compute(Compute c);
-// Forgets set_default_compute's value: default_compute() detects again (tests).
-void clear_default_compute();
+// The fastest arithmetic this CPU runs (what ScoreOptions, ContextParams and the run configs
+// start with, and what --compute auto picks): kBF16 where the CPU (variant in effect) has
+// AVX512_BF16, else kF32. A function of the CPU and LONGROPE_CPU only, decided at each call:
+// there is no process-wide setting; a caller that wants another passes it.
+Compute best_compute();
+// --compute's value: "auto" -> best_compute(), "f32"/"bf16" -> parse_compute, checked with
+// require_compute.
+Compute compute_of_flag(const std::string& value);
 // Throws Error when this CPU (variant) cannot run `c` (bf16 without AVX512_BF16).
 void require_compute(Compute c);
 // "f32" -> kF32, "bf16" -> kBF16; anything else throws Error.

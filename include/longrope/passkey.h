@@ -54,7 +54,8 @@ struct PasskeyAnswer {
 // the prompt are kept while generating: SwitchPolicy::kKeep). Correct when the decimal key
 // appears in the output (and is not part of a longer number).
 PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
-                                const RopeScaling& scaling, int n_threads, int max_new = 10);
+                                const RopeScaling& scaling, int n_threads, int max_new = 10,
+                                kernels::Compute compute = kernels::best_compute());
 
 struct PasskeyConfig {
   std::string model_path;
@@ -67,6 +68,7 @@ struct PasskeyConfig {
   int max_new = 10;
   ScaleOptions scale;
   int n_threads = 0;
+  kernels::Compute compute = kernels::best_compute();
   std::string out_dir;
   bool resume = false;
   bool overwrite = false;  // replace out_dir's results of another run (else refused)

@@ -101,6 +101,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
                             int64_t docs, const RopeScaling& scaling, int n_threads = 0,
                             const ProgressFn& progress = {},
                             const std::function<void(double)>& within = {},
-                            WindowConvention convention = WindowConvention::kLongrope);
+                            WindowConvention convention = WindowConvention::kLongrope,
+                            kernels::Compute compute = kernels::best_compute());
 
 }  // namespace longrope

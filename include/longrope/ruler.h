@@ -132,6 +132,7 @@ struct RulerConfig {
   std::string squad_path, hotpot_path;      // --qa-data
   ScaleOptions scale;
   int n_threads = 0;
+  kernels::Compute compute = kernels::best_compute();
   std::string out_dir;
   bool resume = false;
   bool overwrite = false;

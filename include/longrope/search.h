@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
 
@@ -146,11 +147,15 @@ class PerplexityEvaluator : public Evaluator {
                              const std::function<bool(double)>& go_on) override;
   const std::vector<std::vector<int32_t>>& windows() const { return windows_; }
   const FirstStage& stage() const { return stage_; }
+  // The arithmetic the windows are scored with (kernels::best_compute() until set).
+  void set_compute(kernels::Compute c) { compute_ = c; }
+  kernels::Compute compute() const { return compute_; }
 
  private:
   std::shared_ptr<const Model> model_;
   std::vector<std::vector<int32_t>> windows_;
   int n_threads_;
+  kernels::Compute compute_ = kernels::best_compute();
   FirstStage stage_;
   std::vector<std::vector<int64_t>> positions_;  // needle fitness: scored NLL indices per window
   double answer_weight_ = 1.0;                   // < 1: the mixed fitness

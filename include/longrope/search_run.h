@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
 #include "longrope/search.h"
@@ -76,6 +77,8 @@ struct SearchRunConfig {
   // else none, the long set serving every length); --resume continues.
   double budget_seconds = 0;
   int n_threads = 0;
+  // The arithmetic of every evaluation (bf16 and FP32 values never mix in one checkpoint).
+  kernels::Compute compute = kernels::best_compute();
   bool root_computes = true;  // under MPI: rank 0 evaluates candidates too
 };
 

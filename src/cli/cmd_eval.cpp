@@ -81,6 +81,7 @@ Runner register_eval(CLI::App& app) {
     cfg.kl_divergence = a->kl;
     cfg.convention = parse_window_convention(a->convention);
     cfg.n_threads = a->c.threads;
+    cfg.compute = a->c.compute_mode;
     a->c.json_head = {{"model", a->c.model}, {"docs", a->docs}};
     return run_sweep_command(
         a->c, [&](const Model& m) { return plan_eval(m, cfg); },

@@ -113,10 +113,9 @@ Runner register_finetune(CLI::App& app) {
     c.other_inputs = {a->rope.factors_path, a->tokenizer};
     c.decay = train::parse_decay(a->decay);
     c.checkpoint_activations = !a->no_checkpoint;
-    c.compute =
-        a->compute == "auto" ? kernels::default_compute() : kernels::parse_compute(a->compute);
+    c.compute = kernels::compute_of_flag(a->compute);
     c.n_threads = resolve_threads(c.n_threads);
-    auto model = load_model_verbose(a->model, a->tokenizer, c.n_threads);
+    auto model = load_model_verbose(a->model, a->tokenizer, c.n_threads, c.compute);
     c.rope = resolve_rope_for_length(a->rope, *model, c.ctx);
     c.rope_label = a->rope.factors_path.empty() ? c.rope.describe() : a->rope.factors_path;
     fmt::print(stderr, "finetune: {} steps x {} sequence(s) of {} tokens, {} products, rope: {}\n",

@@ -77,8 +77,8 @@ Runner register_generate(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "recompute", "rerotate", "keep", "new-tokens"}));
   add_rope_flags(cmd, args->rope);
   return [args]() {
-    apply_compute_flag(args->compute);
-    auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
+    const kernels::Compute compute = kernels::compute_of_flag(args->compute);
+    auto model = load_model_verbose(args->model, args->tokenizer, args->threads, compute);
     const Tokenizer& tok = model->tokenizer();
     if (!args->prompt_file.empty()) args->prompt = read_text_file(args->prompt_file);
     std::vector<int32_t> ids;
@@ -99,6 +99,7 @@ Runner register_generate(CLI::App& app) {
     ContextParams cp;
     cp.n_ctx = args->ctx > 0 ? args->ctx : model->hp().n_ctx_train;
     cp.n_threads = args->threads;
+    cp.compute = compute;
     for (SwitchPolicy p : {SwitchPolicy::kAuto, SwitchPolicy::kRecompute, SwitchPolicy::kRerotate,
                            SwitchPolicy::kKeep, SwitchPolicy::kNewTokens})
       if (args->policy == switch_policy_name(p)) cp.switch_policy = p;

@@ -76,6 +76,7 @@ Runner register_passkey(CLI::App& app) {
     cfg.resume = a->c.resume;
     cfg.overwrite = a->c.overwrite;
     cfg.n_threads = a->c.threads;
+    cfg.compute = a->c.compute_mode;
     a->c.json_head = {{"model", a->c.model}, {"trials", a->trials}};
     return run_sweep_command(
         a->c, [&](const Model& m) { return plan_passkey(m, cfg); },

@@ -46,8 +46,8 @@ Runner register_perplexity(CLI::App& app) {
   add_no_progress_flag(cmd, args->progress);
   add_rope_flags(cmd, args->rope);
   return [args]() {
-    apply_compute_flag(args->compute);
-    auto model = load_model_verbose(args->model, args->tokenizer, args->threads);
+    const kernels::Compute compute = kernels::compute_of_flag(args->compute);
+    auto model = load_model_verbose(args->model, args->tokenizer, args->threads, compute);
     const RopeScaling scaling = resolve_rope_for_length(args->rope, *model, args->ctx);
     const WindowConvention convention = parse_window_convention(args->convention);
     const std::string text = text_for_convention(read_text_file(args->text), convention);
@@ -65,7 +65,8 @@ Runner register_perplexity(CLI::App& app) {
           shown = fmt::format("| ppl {:.4f} after {} of {} window(s)", ppl, done, docs);
           bar.update(done * n_layer, shown);
         },
-        [&](double windows) { bar.update(std::llround(windows * n_layer), shown); }, convention);
+        [&](double windows) { bar.update(std::llround(windows * n_layer), shown); }, convention,
+        compute);
     bar.finish();
     if (args->json) {
       nlohmann::json j = {{"ppl", r.ppl},

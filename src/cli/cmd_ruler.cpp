@@ -120,6 +120,7 @@ Runner register_ruler(CLI::App& app) {
     cfg.resume = a->c.resume;
     cfg.overwrite = a->c.overwrite;
     cfg.n_threads = a->c.threads;
+    cfg.compute = a->c.compute_mode;
     std::shared_ptr<const RulerPrompts> prompts;
     a->c.json_head = {{"model", a->c.model}, {"samples", a->samples}};
     return run_sweep_command(

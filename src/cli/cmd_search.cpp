@@ -357,8 +357,8 @@ Runner register_search(CLI::App& app) {
     std::unique_ptr<SearchRun> run;
     return run_distributed(
         [&] {
-          apply_compute_flag(a->compute);
-          auto model = load_model_verbose(a->model, a->tokenizer, cfg.n_threads);
+          cfg.compute = kernels::compute_of_flag(a->compute);
+          auto model = load_model_verbose(a->model, a->tokenizer, cfg.n_threads, cfg.compute);
           run = std::make_unique<SearchRun>(model, cfg);
           if (dist::world().size == 1) return nlohmann::json();  // no other rank to agree with
           return run->fingerprint();

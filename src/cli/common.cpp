@@ -28,7 +28,8 @@ std::string cpu_variant_note() {
 }  // namespace
 
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,
-                                                const std::string& tokenizer_path, int threads) {
+                                                const std::string& tokenizer_path, int threads,
+                                                kernels::Compute compute) {
   const double t0 = omp_get_wtime();
   LoadOptions opts;
   opts.tokenizer_path = tokenizer_path;
@@ -43,7 +44,7 @@ std::shared_ptr<const Model> load_model_verbose(const std::string& path,
              path, model->file().format, hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.n_vocab,
              hp.n_ctx_train, hp.rope_base, double(model->n_params()) / 1e6,
              double(model->weight_bytes()) / 1048576.0, omp_get_wtime() - t0,
-             kernels::compute_name(kernels::default_compute()), cpu_variant_note());
+             kernels::compute_name(compute), cpu_variant_note());
   return model;
 }
 
@@ -93,10 +94,6 @@ int run_distributed(const std::function<nlohmann::json()>& prepare,
   return rc;
 }
 
-void apply_compute_flag(const std::string& value) {
-  if (value != "auto") kernels::set_default_compute(kernels::parse_compute(value));
-}
-
 void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help) {
   c.label = cmd->get_name();
   add_model_flags(cmd, c.model, c.tokenizer);
@@ -116,6 +113,7 @@ void begin_sweep(SweepCommand& c) {
   if (!c.out_dir.empty())
     refuse_existing_state(c.label, c.out_dir + "/results.json", c.resume, c.overwrite);
   c.threads = resolve_threads(c.threads);
+  c.compute_mode = kernels::compute_of_flag(c.compute);
 }
 
 int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,
@@ -147,8 +145,7 @@ int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const
   };
   return run_distributed(
       [&] {
-        apply_compute_flag(c.compute);
-        model = load_model_verbose(c.model, c.tokenizer, c.threads);
+        model = load_model_verbose(c.model, c.tokenizer, c.threads, c.compute_mode);
         p = plan(*model);
         return dist::world().size > 1 ? p->fingerprint() : nlohmann::json();
       },

@@ -10,16 +10,17 @@
 #include "cli/flags.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/progress.h"
 
 namespace longrope::cli {
 
-// Loads a model, printing what was loaded (and how long it took) on stderr.
+// Loads a model, printing what was loaded (and how long it took, and the compute the command
+// runs with) on stderr.
 std::shared_ptr<const Model> load_model_verbose(const std::string& path,
-                                                const std::string& tokenizer_path, int threads);
-// Sets the process default from the flag's value; throws Error for bf16 on a CPU without it.
-void apply_compute_flag(const std::string& value);
+                                                const std::string& tokenizer_path, int threads,
+                                                kernels::Compute compute);
 
 // The -t value a rank uses: the given one, or under MPI (when 0) the cores of this process shared
 // among the ranks on its host. Warns on rank 0 when it runs more threads than it has cores (an
@@ -55,6 +56,7 @@ struct SweepCommand {
   nlohmann::json json_head;                        // fields printed before "cells" with --json
   std::string model, tokenizer, compute = "auto";  // -m, --tokenizer, --compute
   int threads = 0;                                 // after resolve_threads
+  kernels::Compute compute_mode = kernels::Compute::kF32;  // --compute, after begin_sweep
 };
 // The flags every sweep command takes, into c (whose label becomes the command's name):
 // -m/--tokenizer, -O/--out-dir (out_help says what goes there), -t, --compute, --json, --resume,
@@ -62,7 +64,7 @@ struct SweepCommand {
 void add_sweep_flags(CLI::App* cmd, SweepCommand& c, const std::string& out_help);
 // After parsing: --resume needs -O (a UsageError of c.label otherwise); -O DIR holding another
 // run's results is refused (OutputRefused) unless --resume or --overwrite; c.threads resolved
-// (resolve_threads).
+// (resolve_threads) and c.compute_mode set from --compute (kernels::compute_of_flag).
 void begin_sweep(SweepCommand& c);
 int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const Model&)>& plan,
                       const std::function<std::string(const EvalRun&, const Model&)>& write);

@@ -76,6 +76,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
     throw Error(fmt::format("--convention {} scores plain windows: it takes --fitness ppl, not {}",
                             window_convention_name(cfg.convention), cfg.fitness));
   plan.methods = parse_eval_methods(cfg.methods, model);
+  plan.compute = cfg.compute;
   plan.length_major = cfg.kl_divergence;  // one length's reference states kept at a time
   plan.lengths = cfg.lengths;
   for (int64_t len : cfg.lengths) check_memory_for_length(model.hp(), len, cfg.n_threads);
@@ -132,20 +133,22 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
   if (cfg.convention != WindowConvention::kLongrope)   // likewise
     key["convention"] = window_convention_name(cfg.convention);
   plan.keys = cell_keys(key, plan.methods);
-  plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths] {
-    return sweep_fingerprint(model, *texts, keys, lengths);
+  plan.fingerprint = [&model, texts, keys = plan.keys, lengths = plan.lengths,
+                      compute = plan.compute] {
+    return sweep_fingerprint(model, *texts, keys, lengths, compute);
   };
 
   const int64_t docs = cfg.docs, n_texts = int64_t(texts->size());
   const int n_threads = cfg.n_threads;
+  const kernels::Compute compute = cfg.compute;
   plan.work = [docs, n_texts](int64_t len) { return cell_work(len, docs * n_texts); };
   const bool kl = cfg.kl_divergence;
   const int64_t trained = model.hp().n_ctx_train;
   auto reference = std::make_shared<ReferenceStates>();
   const WindowConvention convention = cfg.convention;
-  plan.compute_cell = [&model, scalings, texts, needles, docs, n_threads, weight, kl, trained,
-                       reference, convention, methods = plan.methods, lengths = plan.lengths,
-                       keys = plan.keys, fitness = cfg.fitness](
+  plan.compute_cell = [&model, scalings, texts, needles, docs, n_threads, compute, weight, kl,
+                       trained, reference, convention, methods = plan.methods,
+                       lengths = plan.lengths, keys = plan.keys, fitness = cfg.fitness](
                           size_t mi, size_t li,
                           const std::function<void(double, const std::string&)>& progress,
                           const nlohmann::json& /*prefix: perplexity cells have no units*/) {
@@ -164,6 +167,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
         const NeedleWindows& nws = (*needles)[size_t(ti)][li];
         ScoreOptions so;
         so.n_threads = n_threads;
+        so.compute = compute;
         const double t0 = omp_get_wtime();
         MixedNll text_mix;
         const WindowLoop loop = score_windows(
@@ -197,6 +201,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
             cut_windows(convention, (*texts)[size_t(ti)], model.tokenizer(), len, docs);
         ScoreOptions so;
         so.n_threads = n_threads;
+        so.compute = compute;
         const double t0 = omp_get_wtime();
         double text_nll = 0;
         int64_t text_tokens = 0;
@@ -224,7 +229,7 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
           [&](int64_t done, int64_t, double) {
             if (progress) progress(double(ti * docs + done) / double(n * docs), "");
           },
-          {}, convention);
+          {}, convention, compute);
       nll_sum += r.mean_nll * double(r.tokens);
       tokens += r.tokens;
       seconds += r.seconds;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
 
@@ -19,6 +20,7 @@ struct GreedyOutput {
 // turn (KV cache; the RoPE tables chosen at the prompt are kept while generating:
 // SwitchPolicy::kKeep).
 GreedyOutput greedy_decode(const Model& model, const std::vector<int32_t>& prompt,
-                           const RopeScaling& scaling, int n_threads, int max_new);
+                           const RopeScaling& scaling, int n_threads, int max_new,
+                           kernels::Compute compute = kernels::best_compute());
 
 }  // namespace longrope

@@ -126,13 +126,15 @@ PasskeyTrialSpec passkey_trial_spec(uint64_t seed, int64_t length, int64_t trial
 }
 
 GreedyOutput greedy_decode(const Model& model, const std::vector<int32_t>& prompt,
-                           const RopeScaling& scaling, int n_threads, int max_new) {
+                           const RopeScaling& scaling, int n_threads, int max_new,
+                           kernels::Compute compute) {
   const double t0 = omp_get_wtime();
   // Non-owning handle: the caller keeps the model alive for the whole call.
   std::shared_ptr<const Model> handle(std::shared_ptr<const Model>{}, &model);
   ContextParams cp;
   cp.n_ctx = int64_t(prompt.size()) + max_new + 1;
   cp.n_threads = n_threads;
+  cp.compute = compute;
   cp.switch_policy = SwitchPolicy::kKeep;
   Context ctx(handle, cp, scaling);
   std::vector<float> logits = ctx.decode(prompt);
@@ -155,8 +157,9 @@ GreedyOutput greedy_decode(const Model& model, const std::vector<int32_t>& promp
 }
 
 PasskeyAnswer run_passkey_trial(const Model& model, const PasskeyPrompt& prompt,
-                                const RopeScaling& scaling, int n_threads, int max_new) {
-  const GreedyOutput g = greedy_decode(model, prompt.tokens, scaling, n_threads, max_new);
+                                const RopeScaling& scaling, int n_threads, int max_new,
+                                kernels::Compute compute) {
+  const GreedyOutput g = greedy_decode(model, prompt.tokens, scaling, n_threads, max_new, compute);
   PasskeyAnswer a;
   a.output = g.text;
   a.correct = contains_key(a.output, prompt.key);
@@ -171,6 +174,7 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   for (double d : cfg.depths)
     if (!(d >= 0 && d <= 1)) throw Error(fmt::format("depth {} is not in [0, 1]", d));
   SweepPlan plan;
+  plan.compute = cfg.compute;
   const auto scalings =
       start_prompt_plan(plan, "passkey", model, cfg.methods, cfg.lengths, cfg.scale, cfg.n_threads);
   // Every prompt is built up front (also checks that every length is long enough).
@@ -203,59 +207,59 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
   plan.work = [trials](int64_t len) {
     return trials * int64_t(double(len) * (1.0 + double(len) / 8192.0));
   };
-  plan.compute_cell = [&model, scalings, prompts, trials, n_threads = cfg.n_threads,
-                       max_new = cfg.max_new, methods = plan.methods, lengths = plan.lengths,
-                       keys = plan.keys](
-                          size_t mi, size_t li,
-                          const std::function<void(double, const std::string&)>& progress,
-                          const nlohmann::json& prefix) {
-    const EvalMethod& m = methods[mi];
-    const int64_t len = lengths[li];
-    nlohmann::json results = nlohmann::json::array();
-    int64_t correct = 0;
-    double seconds = 0;
-    // The trials of a shorter stored run (its key matched this run's first trials).
-    if (!prefix.is_null())
-      for (const nlohmann::json& r : prefix.at("results")) {
-        const PasskeyPrompt& p = (*prompts)[li][results.size()];
-        if (results.size() >= size_t(trials) || r.at("key") != p.key ||
-            r.at("prompt_tokens") != p.tokens.size())
-          throw Error(
-              fmt::format("the stored passkey trials of {} @ {} do not match this run's "
-                          "prompts (results.json edited?)",
-                          m.label, len));
-        correct += r.at("correct").get<bool>() ? 1 : 0;
-        seconds += r.at("seconds").get<double>();
-        results.push_back(r);
-      }
-    for (int64_t t = int64_t(results.size()); t < trials; ++t) {
-      if (progress)
-        progress(double(t) / double(trials),
-                 fmt::format("{} @ {} trial {}/{}", m.label, len, t + 1, trials));
-      const PasskeyPrompt& p = (*prompts)[li][size_t(t)];
-      const PasskeyAnswer a = run_passkey_trial(model, p, (*scalings)[mi][li], n_threads, max_new);
-      correct += a.correct ? 1 : 0;
-      seconds += a.seconds;
-      results.push_back({{"key", p.key},
-                         {"depth", p.depth},
-                         {"prompt_tokens", p.tokens.size()},
-                         {"output", a.output},
-                         {"correct", a.correct},
-                         {"seconds", a.seconds}});
-    }
-    return nlohmann::json{{"method", m.spec},
-                          {"label", m.label},
-                          {"length", len},
-                          {"key", keys[mi]},
-                          {"trials", trials},
-                          {"correct", correct},
-                          {"accuracy", double(correct) / double(trials)},
-                          {"ci_low", wilson_interval(correct, trials).first},
-                          {"ci_high", wilson_interval(correct, trials).second},
-                          {"seconds", seconds},
-                          {"rope", (*scalings)[mi][li].describe()},
-                          {"results", results}};
-  };
+  plan.compute_cell =
+      [&model, scalings, prompts, trials, n_threads = cfg.n_threads, compute = cfg.compute,
+       max_new = cfg.max_new, methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
+          size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
+          const nlohmann::json& prefix) {
+        const EvalMethod& m = methods[mi];
+        const int64_t len = lengths[li];
+        nlohmann::json results = nlohmann::json::array();
+        int64_t correct = 0;
+        double seconds = 0;
+        // The trials of a shorter stored run (its key matched this run's first trials).
+        if (!prefix.is_null())
+          for (const nlohmann::json& r : prefix.at("results")) {
+            const PasskeyPrompt& p = (*prompts)[li][results.size()];
+            if (results.size() >= size_t(trials) || r.at("key") != p.key ||
+                r.at("prompt_tokens") != p.tokens.size())
+              throw Error(
+                  fmt::format("the stored passkey trials of {} @ {} do not match this run's "
+                              "prompts (results.json edited?)",
+                              m.label, len));
+            correct += r.at("correct").get<bool>() ? 1 : 0;
+            seconds += r.at("seconds").get<double>();
+            results.push_back(r);
+          }
+        for (int64_t t = int64_t(results.size()); t < trials; ++t) {
+          if (progress)
+            progress(double(t) / double(trials),
+                     fmt::format("{} @ {} trial {}/{}", m.label, len, t + 1, trials));
+          const PasskeyPrompt& p = (*prompts)[li][size_t(t)];
+          const PasskeyAnswer a =
+              run_passkey_trial(model, p, (*scalings)[mi][li], n_threads, max_new, compute);
+          correct += a.correct ? 1 : 0;
+          seconds += a.seconds;
+          results.push_back({{"key", p.key},
+                             {"depth", p.depth},
+                             {"prompt_tokens", p.tokens.size()},
+                             {"output", a.output},
+                             {"correct", a.correct},
+                             {"seconds", a.seconds}});
+        }
+        return nlohmann::json{{"method", m.spec},
+                              {"label", m.label},
+                              {"length", len},
+                              {"key", keys[mi]},
+                              {"trials", trials},
+                              {"correct", correct},
+                              {"accuracy", double(correct) / double(trials)},
+                              {"ci_low", wilson_interval(correct, trials).first},
+                              {"ci_high", wilson_interval(correct, trials).second},
+                              {"seconds", seconds},
+                              {"rope", (*scalings)[mi][li].describe()},
+                              {"results", results}};
+      };
   return plan;
 }
 

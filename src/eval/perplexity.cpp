@@ -210,7 +210,7 @@ WindowLoop score_windows(const Model& model, const std::vector<std::vector<int32
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_tokens, int64_t ctx,
                             int64_t docs, const RopeScaling& scaling, int n_threads,
                             const ProgressFn& progress, const std::function<void(double)>& within,
-                            WindowConvention convention) {
+                            WindowConvention convention, kernels::Compute compute) {
   scaling.validate(model.hp().n_rot);
   if (scaling.n_hat >= ctx && scaling.method == RopeMethod::kLongrope)
     throw Error("n_hat " + std::to_string(scaling.n_hat) + " must be smaller than the context " +
@@ -222,6 +222,7 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> text_to
   const double t0 = omp_get_wtime();
   ScoreOptions so;
   so.n_threads = n_threads;
+  so.compute = compute;
   double total = 0.0;
   int64_t tokens = 0;
   int64_t done = 0;

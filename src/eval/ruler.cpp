@@ -60,6 +60,7 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
   if (cfg.tasks.empty()) throw Error("no RULER task given (--tasks all, niah or a list)");
   for (const std::string& t : cfg.tasks) ruler_max_new(t);  // unknown names throw
   SweepPlan plan;
+  plan.compute = cfg.compute;
   const auto scalings =
       start_prompt_plan(plan, "ruler", model, cfg.methods, cfg.lengths, cfg.scale, cfg.n_threads);
   // The tasks that run: qa_* only with its data.
@@ -116,7 +117,8 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
     return per_cell * int64_t(double(len) * (1.0 + double(len) / 8192.0));
   };
   plan.compute_cell = [&model, scalings, prompts, samples = cfg.samples, n_threads = cfg.n_threads,
-                       methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
+                       compute = cfg.compute, methods = plan.methods, lengths = plan.lengths,
+                       keys = plan.keys](
                           size_t mi, size_t li,
                           const std::function<void(double, const std::string&)>& progress,
                           const nlohmann::json& prefix) {
@@ -147,7 +149,7 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
                    fmt::format("{} @ {} {} sample {}/{}", m.label, len, task, i + 1, samples));
         const RulerSample& s = row[size_t(i)];
         const GreedyOutput g =
-            greedy_decode(model, s.tokens, (*scalings)[mi][li], n_threads, s.max_new);
+            greedy_decode(model, s.tokens, (*scalings)[mi][li], n_threads, s.max_new, compute);
         results.push_back({{"index", s.index},
                            {"pred", g.text},
                            {"outputs", s.outputs},

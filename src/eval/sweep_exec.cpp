@@ -40,13 +40,13 @@ nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
 nlohmann::json sweep_fingerprint(const Model& model,
                                  const std::vector<std::vector<int32_t>>& tokens,
                                  const std::vector<nlohmann::json>& keys,
-                                 const std::vector<int64_t>& lengths) {
+                                 const std::vector<int64_t>& lengths, kernels::Compute compute) {
   const std::string k = nlohmann::json(keys).dump();
   return {{"model", model_fingerprint(model)},
           {"tokens", tokens_fingerprint(tokens)},
           {"cells", fmt::format("{:016x}", fnv1a(k.data(), k.size()))},
           {"lengths", lengths},
-          {"compute", kernels::compute_name(kernels::default_compute())}};
+          {"compute", kernels::compute_name(compute)}};
 }
 
 std::shared_ptr<const std::vector<std::vector<RopeScaling>>> start_prompt_plan(
@@ -82,8 +82,9 @@ void key_plan_by_prompts(SweepPlan& plan, const Model& model, const nlohmann::js
   plan.key_for_units = [key_for, methods = plan.methods](size_t mi, int64_t m) {
     return cell_keys(key_for(m), {methods[mi]})[0];
   };
-  plan.fingerprint = [&model, all_prompts, keys = plan.keys, lengths = plan.lengths] {
-    return sweep_fingerprint(model, *all_prompts, keys, lengths);
+  plan.fingerprint = [&model, all_prompts, keys = plan.keys, lengths = plan.lengths,
+                      compute = plan.compute] {
+    return sweep_fingerprint(model, *all_prompts, keys, lengths, compute);
   };
 }
 

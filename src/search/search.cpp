@@ -131,6 +131,7 @@ EvalResult PerplexityEvaluator::run(const RopeScaling& scaling,
   const auto t0 = std::chrono::steady_clock::now();
   ScoreOptions opts;
   opts.n_threads = n_threads_;
+  opts.compute = compute_;
   EvalResult r;
   const auto& w0 = windows_[0];
   const int64_t n = static_cast<int64_t>(w0.size());

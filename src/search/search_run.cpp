@@ -501,12 +501,14 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
       throw Error(fmt::format("search: too little text for {} window(s) of {} tokens: {}", c.docs,
                               ctx, e.what()));
     }
-    if (needles)
-      return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens),
-                                                   std::move(w.positions), c.n_threads, p.orig,
-                                                   mixed ? c.needle_weight : 1.0);
-    return std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens), c.n_threads, p.orig,
-                                                 c.reject_stage);
+    std::unique_ptr<PerplexityEvaluator> ev =
+        needles ? std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens),
+                                                        std::move(w.positions), c.n_threads, p.orig,
+                                                        mixed ? c.needle_weight : 1.0)
+                : std::make_unique<PerplexityEvaluator>(p.model, std::move(w.tokens), c.n_threads,
+                                                        p.orig, c.reject_stage);
+    ev->set_compute(c.compute);
+    return ev;
   };
   if (!multi) {
     auto ev = evaluator_of(p.objectives[0], L);
@@ -592,7 +594,7 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
                    // A plain short set evaluates nothing: a run may be resumed to add one.
                    {"short_ctx", p.short_ev ? *c.short_ctx : 0},
                    // bf16 and FP32 fitness values must not mix in one run.
-                   {"compute", kernels::compute_name(kernels::default_compute())}};
+                   {"compute", kernels::compute_name(c.compute)}};
   p.ck_settings = c.settings.to_json();
   p.ck_settings["space"] = space_json(sp);
   p.ck_settings["short_lambda_max"] = c.short_lambda_max ? *c.short_lambda_max : 0.0;

@@ -170,14 +170,7 @@ bool cpu_has_amx() {
   return cpu_variant() >= CpuVariant::kAmx;
 }
 
-namespace {
-// -1: not set (detect); else the Compute value.
-std::atomic<int> g_default_compute{-1};
-}  // namespace
-
-Compute default_compute() {
-  const int v = g_default_compute.load(std::memory_order_relaxed);
-  if (v >= 0) return static_cast<Compute>(v);
+Compute best_compute() {
   return cpu_has_avx512_bf16() ? Compute::kBF16 : Compute::kF32;
 }
 
@@ -196,13 +189,11 @@ Compute parse_compute(const std::string& name) {
   throw Error("compute must be f32 or bf16, got '" + name + "'");
 }
 
-void set_default_compute(Compute c) {
+Compute compute_of_flag(const std::string& value) {
+  if (value == "auto") return best_compute();
+  const Compute c = parse_compute(value);
   require_compute(c);
-  g_default_compute.store(static_cast<int>(c), std::memory_order_relaxed);
-}
-
-void clear_default_compute() {
-  g_default_compute.store(-1, std::memory_order_relaxed);
+  return c;
 }
 
 const char* compute_name(Compute c) {
