@@ -46,6 +46,7 @@ HEADERS = {
     "safetensors.h": "io",
     "hf.h": "io",
     "kernels.h": "engine",
+    "backend.h": "engine",
     "model.h": "engine",
     "context.h": "engine",
     "fingerprint.h": "engine",

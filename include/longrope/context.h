@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "longrope/backend.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
 
@@ -42,6 +43,9 @@ struct ContextParams {
   // Arithmetic of prompt processing and attention; with kBF16 the KV cache is bf16 (half the
   // memory). Token-by-token decoding always reads the weight blocks directly in FP32.
   kernels::Compute compute = kernels::best_compute();
+  // What runs the forward pass and owns the KV cache (longrope/backend.h); null: cpu_backend
+  // (compute). When set, its compute() decides the arithmetic and `compute` is not read.
+  std::shared_ptr<const Backend> backend = nullptr;
 };
 
 // What the RoPE switches of a context cost so far.
@@ -76,6 +80,8 @@ class Context {
   int64_t n_ctx() const { return n_ctx_; }
   const SwitchStats& switch_stats() const { return switch_stats_; }
   const Model& model() const { return *model_; }
+  // What runs this context's forward pass and holds its KV cache.
+  const Backend& backend() const;
 
  private:
   void advance(std::span<const int32_t> tokens, const std::function<void(double)>& on_progress);
@@ -97,6 +103,9 @@ class Context {
 struct ScoreOptions {
   int n_threads = 0;
   kernels::Compute compute = kernels::best_compute();
+  // What runs the forward pass and the LM head (longrope/backend.h); null: cpu_backend(compute).
+  // When set, its compute() decides the arithmetic and `compute` is not read.
+  std::shared_ptr<const Backend> backend = nullptr;
   // Positions i whose next-token NLL (of tokens[i+1]) is wanted, in any order; empty = all
   // i = 0..n-2. The LM head runs only at these positions, and the result has one value each.
   std::vector<int64_t> positions;

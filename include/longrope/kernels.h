@@ -1,5 +1,5 @@
-// The kernel boundary: every numeric routine the forward pass calls goes through these functions,
-// so another backend (CUDA, a training path) replaces them without touching the model code.
+// The CPU kernels: every numeric routine of the CPU backend (longrope/backend.h, CpuBackend), which
+// is how the engine reaches them; training (src/train) calls some of them directly.
 // Each optimised kernel has a plain scalar reference (`*_scalar`) that tests compare it against.
 // All matrices are row-major FP32.
 #pragma once

@@ -6,11 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "engine/forward.h"
+#include "longrope/backend.h"
 #include "longrope/error.h"
-#include "longrope/kernels.h"
 
 namespace longrope {
 
@@ -51,36 +50,35 @@ std::vector<int64_t> scored_positions(const ScoreOptions& opts, int64_t n) {
 }
 
 // The final-normed rows of `pos` (positions relative to the rows of x) gathered densely.
-std::vector<float> gather_normed(const Model& model, const float* x,
+std::vector<float> gather_normed(const Backend& be, const Model& model, const float* x,
                                  const std::vector<int64_t>& pos) {
   const HParams& hp = model.hp();
   const int64_t d = hp.n_embd, m = static_cast<int64_t>(pos.size());
   std::vector<float> h(static_cast<size_t>(m * d));
-#pragma omp parallel for schedule(static) if (m > 64)
-  for (int64_t r = 0; r < m; ++r)
-    kernels::rmsnorm(x + pos[r] * d, model.output_norm(), h.data() + r * d, 1, d, hp.norm_eps);
+  be.rmsnorm_rows(x, pos.data(), m, model.output_norm(), h.data(), d, hp.norm_eps);
   return h;
 }
 
 // Runs the window through every layer and gathers the final-normed rows of `pos` densely.
-std::vector<float> normed_rows(const Model& model, std::span<const int32_t> tokens,
-                               const RopeTables& tables, const ScoreOptions& opts,
-                               const std::vector<int64_t>& pos, PhaseStats& st) {
+std::vector<float> normed_rows(const Backend& be, const Model& model,
+                               std::span<const int32_t> tokens, const RopeTables& tables,
+                               const ScoreOptions& opts, const std::vector<int64_t>& pos,
+                               PhaseStats& st) {
   const int64_t n = static_cast<int64_t>(tokens.size());
-  engine::KvStorage kv(model.hp(), n, 1, opts.compute);
-  engine::Workspace ws;
-  engine::forward_layers(model, tokens.data(), n, 0, tables, kv.view, ws, &st, nullptr,
+  const std::unique_ptr<KvStorage> kv = be.make_kv(model.hp(), n, 1);
+  const std::unique_ptr<Workspace> ws = be.make_workspace();
+  engine::forward_layers(be, model, tokens.data(), n, 0, tables, kv->view, *ws, &st, nullptr,
                          opts.on_layer);
-  return gather_normed(model, ws.x.data(), pos);
+  return gather_normed(be, model, ws->x, pos);
 }
 
 // One line naming where a non-finite loss first appears (a checked pass of the prefix).
-void check_finite_losses(const Model& model, std::span<const int32_t> tokens,
-                         const RopeTables& tables, kernels::Compute compute,
-                         const std::vector<int64_t>& pos, const std::vector<double>& nll) {
+void check_finite_losses(const Backend& be, const Model& model, std::span<const int32_t> tokens,
+                         const RopeTables& tables, const std::vector<int64_t>& pos,
+                         const std::vector<double>& nll) {
   for (size_t r = 0; r < nll.size(); ++r) {
     if (std::isfinite(nll[r])) continue;
-    const int at = engine::first_nonfinite_at(model, tokens.data(), pos[r] + 1, tables, compute);
+    const int at = engine::first_nonfinite_at(be, model, tokens.data(), pos[r] + 1, tables);
     throw Error(fmt::format(
         "the loss of token {} of {} is {} (non-finite); the first non-finite values appear in {} "
         "(expected finite weights and RoPE tables: check the model file)",
@@ -95,16 +93,15 @@ std::vector<int32_t> targets_of(std::span<const int32_t> tokens, const std::vect
 }
 
 // The NLLs of the rows h (final-normed, one per position of `pos`) of the window `tokens`.
-std::vector<double> head_nll(const Model& model, std::span<const int32_t> tokens,
-                             const RopeTables& tables, kernels::Compute compute,
-                             const std::vector<int64_t>& pos, const std::vector<float>& h,
-                             PhaseStats& st) {
+std::vector<double> head_nll(const Backend& be, const Model& model, std::span<const int32_t> tokens,
+                             const RopeTables& tables, const std::vector<int64_t>& pos,
+                             const std::vector<float>& h, PhaseStats& st) {
   const double t0 = omp_get_wtime();
   const int64_t m = static_cast<int64_t>(pos.size());
   const std::vector<int32_t> target = targets_of(tokens, pos);
   std::vector<double> nll(static_cast<size_t>(m));
-  engine::lm_head_nll(model, h.data(), m, target.data(), compute, nll.data());
-  check_finite_losses(model, tokens, tables, compute, pos, nll);
+  engine::lm_head_nll(be, model, h.data(), m, target.data(), nll.data());
+  check_finite_losses(be, model, tokens, tables, pos, nll);
   st.lm_head_seconds += omp_get_wtime() - t0;
   st.lm_head_flops += 2.0 * double(m) * double(model.output().rows) * double(model.hp().n_embd);
   return nll;
@@ -117,9 +114,10 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   const int64_t n = static_cast<int64_t>(tokens.size());
   const std::vector<int64_t> pos = scored_positions(opts, n);
   const RopeTables tables = tables_for(model, scaling, n);
+  const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
   PhaseStats st;
-  const std::vector<float> h = normed_rows(model, tokens, tables, opts, pos, st);
-  std::vector<double> nll = head_nll(model, tokens, tables, opts.compute, pos, h, st);
+  const std::vector<float> h = normed_rows(*be, model, tokens, tables, opts, pos, st);
+  std::vector<double> nll = head_nll(*be, model, tokens, tables, pos, h, st);
   g_last_stats = st;
   return nll;
 }
@@ -139,23 +137,24 @@ std::vector<double> score_window_staged(
   // computation, not a shorter window.
   const RopeTables tables = tables_for(model, scaling, n);
   const HParams& hp = model.hp();
-  engine::KvStorage kv(hp, n, hp.n_layer, opts.compute);  // every layer's keys and values
-  engine::Workspace ws;
+  const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
+  const std::unique_ptr<KvStorage> kv = be->make_kv(hp, n, hp.n_layer);  // every layer's K, V
+  const std::unique_ptr<Workspace> ws = be->make_workspace();
   PhaseStats st;
   std::vector<double> nll;
   nll.reserve(static_cast<size_t>(n - 1));
   // Positions [p0, p0 + len) through every layer, then the NLLs of those that have a next token.
   auto step = [&](int64_t p0, int64_t len) {
-    engine::forward_layers(model, tokens.data() + p0, len, p0, tables, kv.view, ws, &st, nullptr,
-                           opts.on_layer);
+    engine::forward_layers(*be, model, tokens.data() + p0, len, p0, tables, kv->view, *ws, &st,
+                           nullptr, opts.on_layer);
     const int64_t m = std::min(len, n - 1 - p0);
     std::vector<int64_t> rel(static_cast<size_t>(m)), pos(static_cast<size_t>(m));
     for (int64_t r = 0; r < m; ++r) {
       rel[r] = r;
       pos[r] = p0 + r;
     }
-    const std::vector<double> part = head_nll(model, tokens, tables, opts.compute, pos,
-                                              gather_normed(model, ws.x.data(), rel), st);
+    const std::vector<double> part =
+        head_nll(*be, model, tokens, tables, pos, gather_normed(*be, model, ws->x, rel), st);
     nll.insert(nll.end(), part.begin(), part.end());
   };
   step(0, prefix);
@@ -170,7 +169,8 @@ std::vector<float> window_states(const Model& model, std::span<const int32_t> to
   const int64_t n = static_cast<int64_t>(tokens.size());
   const std::vector<int64_t> pos = scored_positions(opts, n);
   PhaseStats st;
-  return normed_rows(model, tokens, tables_for(model, scaling, n), opts, pos, st);
+  return normed_rows(*backend_or_cpu(opts.backend, opts.compute), model, tokens,
+                     tables_for(model, scaling, n), opts, pos, st);
 }
 
 WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
@@ -184,12 +184,12 @@ WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
     throw Error(fmt::format("the reference states hold {} values, expected {} positions x {}",
                             reference_states.size(), m, d));
   const RopeTables tables = tables_for(model, scaling, n);
+  const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
   PhaseStats st;
-  const std::vector<float> h = normed_rows(model, tokens, tables, opts, pos, st);
+  const std::vector<float> h = normed_rows(*be, model, tokens, tables, opts, pos, st);
   const std::vector<int32_t> target = targets_of(tokens, pos);
   std::vector<kernels::KlRow> rows(static_cast<size_t>(m));
-  engine::lm_head_kl(model, reference_states.data(), h.data(), m, target.data(), opts.compute,
-                     rows.data());
+  engine::lm_head_kl(*be, model, reference_states.data(), h.data(), m, target.data(), rows.data());
   WindowKl out;
   out.nll.resize(size_t(m));
   out.kl.resize(size_t(m));
@@ -199,14 +199,16 @@ WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
     out.kl[r] = rows[r].kl;
     out.same_top[r] = rows[r].same_top ? 1 : 0;
   }
-  check_finite_losses(model, tokens, tables, opts.compute, pos, out.nll);
+  check_finite_losses(*be, model, tokens, tables, pos, out.nll);
   return out;
 }
 
 struct Context::Impl {
-  std::unique_ptr<engine::KvStorage> kv;
-  engine::Workspace ws;
-  RopeTables tables;  // tables the cached keys were rotated with
+  std::shared_ptr<const Backend> backend;
+  std::unique_ptr<KvStorage> kv;
+  std::unique_ptr<Workspace> ws;
+  int64_t x_row0 = 0;  // the rows of ws->x that hold the tokens of the last advance start here
+  RopeTables tables;   // tables the cached keys were rotated with
   bool have_tables = false;
 };
 
@@ -221,10 +223,16 @@ Context::Context(std::shared_ptr<const Model> model, ContextParams params, RopeS
     throw Error("context of " + std::to_string(n_ctx_) + " tokens is too large (expected <= 2^24)");
   set_threads(params.n_threads);
   scaling_.validate(hp.n_rot);
-  impl_->kv = std::make_unique<engine::KvStorage>(hp, n_ctx_, hp.n_layer, params.compute);
+  impl_->backend = backend_or_cpu(std::move(params.backend), params.compute);
+  impl_->kv = impl_->backend->make_kv(hp, n_ctx_, hp.n_layer);
+  impl_->ws = impl_->backend->make_workspace();
 }
 
 Context::~Context() = default;
+
+const Backend& Context::backend() const {
+  return *impl_->backend;
+}
 
 void Context::reset() {
   n_past_ = 0;
@@ -242,9 +250,9 @@ namespace {
 
 // Re-rotates cached keys at positions [0, n) from tables `from` to tables `to`:
 // k' = (a_to/a_from) * R(p*w_to - p*w_from) k, per position and pair.
-void rerotate(const HParams& hp, const engine::KvView& kv, int64_t n, const RopeTables& from,
-              const RopeTables& to) {
-  const int64_t half = hp.n_rot / 2, hd = hp.head_dim;
+void rerotate(const Backend& be, const HParams& hp, const KvView& kv, int64_t n,
+              const RopeTables& from, const RopeTables& to) {
+  const int64_t half = hp.n_rot / 2;
   std::vector<float> c(static_cast<size_t>(n * half)), s(static_cast<size_t>(n * half));
   for (int64_t p = 0; p < n; ++p) {
     const bool sf = p < from.n_hat, st = p < to.n_hat;
@@ -257,21 +265,7 @@ void rerotate(const HParams& hp, const engine::KvView& kv, int64_t n, const Rope
       s[p * half + j] = static_cast<float>(std::sin(ang) * at / af);
     }
   }
-  // One parallel region over (layer, kv head); rope_apply's own region then runs serially.
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int l = 0; l < hp.n_layer; ++l)
-    for (int h = 0; h < hp.n_head_kv; ++h) {
-      const int64_t off = l * kv.layer_stride + int64_t(h) * kv.cap * hd;
-      if (kv.compute == kernels::Compute::kBF16) {
-        // Rotate an FP32 copy and round back to bf16.
-        std::vector<float> tmp(static_cast<size_t>(n * hd));
-        for (int64_t i = 0; i < n * hd; ++i) tmp[i] = bf16_to_fp32(kv.k16[off + i]);
-        kernels::rope_apply(tmp.data(), n, hd, 1, int(hd), hp.n_rot, c.data(), s.data());
-        kernels::f32_to_bf16(tmp.data(), kv.k16 + off, n * hd);
-      } else {
-        kernels::rope_apply(kv.k + off, n, hd, 1, int(hd), hp.n_rot, c.data(), s.data());
-      }
-    }
+  be.rerotate_keys(kv, hp.n_layer, hp.n_head_kv, hp.head_dim, hp.n_rot, n, c.data(), s.data());
 }
 
 }  // namespace
@@ -318,7 +312,7 @@ void Context::advance(std::span<const int32_t> tokens,
       // Cached keys stay as written; only the new tokens see the new tables.
     } else if (policy == SwitchPolicy::kRerotate) {
       switch_stats_.positions += n_past_;
-      rerotate(hp, impl_->kv->view, n_past_, impl_->tables, tables);
+      rerotate(*impl_->backend, hp, impl_->kv->view, n_past_, impl_->tables, tables);
       switch_stats_.seconds += omp_get_wtime() - t0;
     } else {
       switch_stats_.positions += n_past_;
@@ -332,15 +326,11 @@ void Context::advance(std::span<const int32_t> tokens,
   const double t0 = omp_get_wtime();
   std::function<void(int, int)> on_layer;
   if (on_progress) on_layer = [&](int done, int all) { on_progress(double(done) / all); };
-  engine::forward_layers(*model_, run.data(), int64_t(run.size()), p0, impl_->tables,
-                         impl_->kv->view, impl_->ws, nullptr, nullptr, on_layer);
+  engine::forward_layers(*impl_->backend, *model_, run.data(), int64_t(run.size()), p0,
+                         impl_->tables, impl_->kv->view, *impl_->ws, nullptr, nullptr, on_layer);
   if (p0 == 0 && n_past_ > 0) switch_stats_.seconds += omp_get_wtime() - t0;
-  // Only the rows of the new tokens matter to the caller: move them to the front.
-  if (int64_t(run.size()) != n) {
-    const int64_t d = hp.n_embd;
-    std::memmove(impl_->ws.x.data(), impl_->ws.x.data() + (int64_t(run.size()) - n) * d,
-                 sizeof(float) * n * d);
-  }
+  // Only the rows of the new tokens (the last n) matter to the caller.
+  impl_->x_row0 = int64_t(run.size()) - n;
   n_past_ += n;
 }
 
@@ -349,12 +339,13 @@ std::vector<float> Context::decode_all_logits(std::span<const int32_t> tokens) {
   const HParams& hp = model_->hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = hp.n_embd;
-  kernels::rmsnorm(impl_->ws.x.data(), model_->output_norm(), impl_->ws.h.data(), n, d,
-                   hp.norm_eps);
+  const Backend& be = *impl_->backend;
+  Workspace& ws = *impl_->ws;
+  // h has rows for every row of x, so the n rows of the new tokens fit.
+  be.rmsnorm(ws.x + impl_->x_row0 * d, model_->output_norm(), ws.h, n, d, hp.norm_eps);
   const WeightView& W = model_->output();
   std::vector<float> logits(static_cast<size_t>(n * W.rows));
-  kernels::matmul_w(n, impl_->ws.h.data(), d, W, logits.data(), W.rows, 0.0f,
-                    impl_->kv->view.compute);
+  be.matmul_w(n, ws.h, d, W, logits.data(), W.rows, 0.0f);
   return logits;
 }
 
@@ -364,17 +355,18 @@ std::vector<float> Context::decode(std::span<const int32_t> tokens,
   const HParams& hp = model_->hp();
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = hp.n_embd;
+  const Backend& be = *impl_->backend;
   std::vector<float> h(static_cast<size_t>(d));
-  kernels::rmsnorm(impl_->ws.x.data() + (n - 1) * d, model_->output_norm(), h.data(), 1, d,
-                   hp.norm_eps);
+  be.rmsnorm(impl_->ws->x + (impl_->x_row0 + n - 1) * d, model_->output_norm(), h.data(), 1, d,
+             hp.norm_eps);
   const WeightView& W = model_->output();
   std::vector<float> logits(static_cast<size_t>(W.rows));
-  kernels::gemv_w(1, h.data(), d, W, logits.data(), W.rows, 0.0f);
+  be.gemv_w(1, h.data(), d, W, logits.data(), W.rows, 0.0f);
   for (float x : logits) {
     if (std::isfinite(x)) continue;
     // Where did it start? Everything fed so far again, checked layer by layer.
-    const int at = engine::first_nonfinite_at(*model_, history_.data(), int64_t(history_.size()),
-                                              impl_->tables, impl_->kv->view.compute);
+    const int at = engine::first_nonfinite_at(be, *model_, history_.data(),
+                                              int64_t(history_.size()), impl_->tables);
     throw Error(fmt::format(
         "the logits after {} token(s) are non-finite; the first non-finite values appear in {} "
         "(expected finite weights and RoPE tables: check the model file)",
