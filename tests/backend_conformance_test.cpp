@@ -26,6 +26,7 @@
 #include "longrope/quant.h"
 #include "longrope/train_ops.h"
 #include "test_paths.h"
+#include "test_weights.h"
 
 namespace longrope::kernels {
 // Test names and failure messages show a variant by name.
@@ -202,71 +203,10 @@ void expect_needs_bf16(F&& f, const char* what) {
 
 // ---- Test weights ------------------------------------------------------------------------------
 
-void put_half(uint8_t* p, float v) {
-  const uint16_t h = longrope::fp32_to_fp16(v);
-  std::memcpy(p, &h, 2);
-}
-
 float get_half(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return longrope::fp16_to_fp32(h);
-}
-
-// A random finite block scale: magnitude in [2^-10, 2^-4], random sign.
-float rand_scale(std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> mag(-10.0f, -4.0f);
-  return std::exp2(mag(rng)) * ((rng() & 1) ? 1.0f : -1.0f);
-}
-
-// rows x cols weights of type t: normal values for the float types; random quant bytes with sane
-// finite scales for the block types.
-std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  const size_t rb = longrope::ggml_row_size(t, cols);
-  std::vector<uint8_t> m(rb * static_cast<size_t>(rows));
-  if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) {
-    const auto f = normal(static_cast<size_t>(rows * cols), seed);
-    const auto enc = longrope::encode_floats(f.data(), f.size(), t);
-    std::copy(enc.begin(), enc.end(), m.begin());
-    return m;
-  }
-  for (auto& b : m) b = static_cast<uint8_t>(rng());
-  const size_t bsz = longrope::ggml_type_size(t);
-  for (size_t off = 0; off < m.size(); off += bsz) {
-    uint8_t* b = m.data() + off;
-    switch (t) {
-      case GgmlType::Q4_0:
-      case GgmlType::Q5_0:
-      case GgmlType::Q8_0:
-        put_half(b, rand_scale(rng));
-        break;
-      case GgmlType::Q4_1:
-      case GgmlType::Q5_1:
-      case GgmlType::Q4_K:
-      case GgmlType::Q5_K:
-        put_half(b, rand_scale(rng));
-        put_half(b + 2, rand_scale(rng) * 8.0f);
-        break;
-      case GgmlType::Q2_K:
-        put_half(b + 80, rand_scale(rng));
-        put_half(b + 82, rand_scale(rng));
-        break;
-      case GgmlType::Q3_K:
-        put_half(b + 108, rand_scale(rng));
-        break;
-      case GgmlType::Q6_K:
-        put_half(b + 208, rand_scale(rng));
-        break;
-      default:
-        ADD_FAILURE() << "no test weights for " << longrope::ggml_type_name(uint32_t(t));
-    }
-  }
-  return m;
-}
-
-lk::WeightView view_of(GgmlType t, const std::vector<uint8_t>& m, int64_t rows, int64_t cols) {
-  return {t, m.data(), rows, cols, longrope::ggml_row_size(t, cols)};
 }
 
 // The weights as io's dequantize() gives them (what every kernel must multiply by).
@@ -525,8 +465,8 @@ TEST_P(BackendConformance, DequantRows) {
   for (GgmlType t : kWeightTypes) {
     const int64_t bs = longrope::ggml_block_size(t), rows = 5;
     const int64_t cols = bs == 1 ? 37 : bs == 32 ? 160 : 512;
-    const auto m = random_weights(t, rows, cols, 21);
-    const auto W = view_of(t, m, rows, cols);
+    const auto m = longrope::test::random_weights(t, rows, cols, 21);
+    const auto W = longrope::test::weight_view(t, m, rows, cols);
     const auto ref = decoded(W);
     std::vector<float> f(ref.size());
     std::vector<uint16_t> h(ref.size());
@@ -556,8 +496,8 @@ TEST_P(BackendConformance, MatmulW) {
   for (GgmlType t : kWeightTypes) {
     const int64_t bs = longrope::ggml_block_size(t), N = 24;
     const int64_t K = bs == 1 ? 96 : bs == 32 ? 160 : 512;
-    const auto m = random_weights(t, N, K, 41 + int(t));
-    const auto W = view_of(t, m, N, K);
+    const auto m = longrope::test::random_weights(t, N, K, 41 + int(t));
+    const auto W = longrope::test::weight_view(t, m, N, K);
     const auto w = decoded(W);
     for (int64_t M : {1, 3, 8, 9, 40}) {
       for (lk::Compute compute : {lk::Compute::kF32, lk::Compute::kBF16}) {
@@ -602,8 +542,8 @@ TEST_P(BackendConformance, GemvW) {
   for (GgmlType t : kWeightTypes) {
     const int64_t bs = longrope::ggml_block_size(t), N = 33;
     const int64_t K = bs == 1 ? 37 : bs == 32 ? 96 : 256;
-    const auto m = random_weights(t, N, K, 51 + int(t));
-    const auto W = view_of(t, m, N, K);
+    const auto m = longrope::test::random_weights(t, N, K, 51 + int(t));
+    const auto W = longrope::test::weight_view(t, m, N, K);
     const auto w = decoded(W);
     for (int64_t M : {1, 2, 5, 8}) {
       for (float beta : {0.0f, 1.0f}) {

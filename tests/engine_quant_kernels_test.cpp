@@ -17,6 +17,7 @@
 #include "longrope/kernels.h"
 #include "longrope/quant.h"
 #include "test_paths.h"
+#include "test_weights.h"
 
 namespace lk = longrope::kernels;
 namespace qi = longrope::kernels::quant_internal;
@@ -41,80 +42,6 @@ std::vector<int64_t> test_cols(GgmlType t) {
   return {256, 256 * 3};
 }
 
-void put_half(uint8_t* p, float v) {
-  const uint16_t h = longrope::fp32_to_fp16(v);
-  std::memcpy(p, &h, 2);
-}
-
-// A random finite block scale: magnitude in [2^-10, 2^-4], random sign.
-float rand_scale(std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> mag(-10.0f, -4.0f);
-  return std::exp2(mag(rng)) * ((rng() & 1) ? 1.0f : -1.0f);
-}
-
-// rows x cols of random blocks: random quant bytes, sane finite scales written explicitly.
-std::vector<uint8_t> random_matrix(GgmlType t, int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  const size_t rb = longrope::ggml_row_size(t, cols);
-  std::vector<uint8_t> m(rb * static_cast<size_t>(rows));
-  if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) {
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (size_t i = 0; i < static_cast<size_t>(rows * cols); ++i) {
-      const float v = nd(rng);
-      if (t == GgmlType::F32) {
-        std::memcpy(m.data() + 4 * i, &v, 4);
-      } else {
-        const uint16_t h =
-            t == GgmlType::F16 ? longrope::fp32_to_fp16(v) : longrope::fp32_to_bf16(v);
-        std::memcpy(m.data() + 2 * i, &h, 2);
-      }
-    }
-    return m;
-  }
-  for (auto& b : m) b = static_cast<uint8_t>(rng());
-  const size_t bsz = longrope::ggml_type_size(t);
-  for (size_t off = 0; off < m.size(); off += bsz) {
-    uint8_t* b = m.data() + off;
-    switch (t) {
-      case GgmlType::Q4_0:
-      case GgmlType::Q5_0:
-      case GgmlType::Q8_0:
-        put_half(b, rand_scale(rng));
-        break;
-      case GgmlType::Q4_1:
-      case GgmlType::Q5_1:
-      case GgmlType::Q8_1:
-      case GgmlType::Q4_K:
-      case GgmlType::Q5_K:
-        put_half(b, rand_scale(rng));
-        put_half(b + 2, rand_scale(rng) * 8.0f);
-        break;
-      case GgmlType::Q2_K:
-        put_half(b + 80, rand_scale(rng));
-        put_half(b + 82, rand_scale(rng));
-        break;
-      case GgmlType::Q3_K:
-        put_half(b + 108, rand_scale(rng));
-        break;
-      case GgmlType::Q6_K:
-        put_half(b + 208, rand_scale(rng));
-        break;
-      case GgmlType::Q8_K: {
-        const float d = rand_scale(rng);
-        std::memcpy(b, &d, 4);
-        break;
-      }
-      default:
-        break;
-    }
-  }
-  return m;
-}
-
-lk::WeightView view(GgmlType t, const std::vector<uint8_t>& m, int64_t rows, int64_t cols) {
-  return {t, m.data(), rows, cols, longrope::ggml_row_size(t, cols)};
-}
-
 std::vector<float> io_rows(const lk::WeightView& W) {
   std::vector<float> r(static_cast<size_t>(W.rows * W.cols));
   for (int64_t i = 0; i < W.rows; ++i) {
@@ -137,8 +64,8 @@ void check_dequant_f32(DequantF32 fn) {
   for (GgmlType t : kAllTypes) {
     for (int64_t rows : {1, 3, 17, 64}) {
       for (int64_t cols : test_cols(t)) {
-        const auto m = random_matrix(t, rows, cols, 100 + rows * 7 + cols);
-        const auto W = view(t, m, rows, cols);
+        const auto m = longrope::test::random_weights(t, rows, cols, 100 + rows * 7 + cols);
+        const auto W = longrope::test::weight_view(t, m, rows, cols);
         const auto ref = io_rows(W);
         // All rows, then rows [r0, rows) into a wider buffer.
         for (int64_t r0 : {int64_t{0}, rows / 2}) {
@@ -163,8 +90,8 @@ void check_dequant_bf16(DequantBf16 bf16) {
   for (GgmlType t : kAllTypes) {
     for (int64_t rows : {1, 3, 17, 64}) {
       for (int64_t cols : test_cols(t)) {
-        const auto m = random_matrix(t, rows, cols, 200 + rows * 7 + cols);
-        const auto W = view(t, m, rows, cols);
+        const auto m = longrope::test::random_weights(t, rows, cols, 200 + rows * 7 + cols);
+        const auto W = longrope::test::weight_view(t, m, rows, cols);
         const auto ref = io_rows(W);
         const int64_t ld = cols + 3;
         std::vector<uint16_t> h(static_cast<size_t>(rows * ld), 0xdead);
@@ -190,8 +117,8 @@ void check_gemv(Gemv fn, const char* label) {
     double worst_t = 0.0;
     for (int64_t rows : {1, 3, 17, 64}) {
       for (int64_t cols : test_cols(t)) {
-        const auto mat = random_matrix(t, rows, cols, 300 + rows * 7 + cols);
-        const auto W = view(t, mat, rows, cols);
+        const auto mat = longrope::test::random_weights(t, rows, cols, 300 + rows * 7 + cols);
+        const auto W = longrope::test::weight_view(t, mat, rows, cols);
         const auto w = io_rows(W);
         for (int64_t m : {1, 2, 3, 8, 11}) {
           for (float beta : {0.0f, 1.0f}) {
@@ -262,7 +189,7 @@ TEST(EngineQuantKernels, F16RowsCoverEveryFiniteHalf) {
   }
   const int64_t cols = 32, rows = static_cast<int64_t>(m.size() / 2 / cols);
   ASSERT_EQ(rows * cols * 2, static_cast<int64_t>(m.size()));
-  const auto W = view(GgmlType::F16, m, rows, cols);
+  const auto W = longrope::test::weight_view(GgmlType::F16, m, rows, cols);
   const auto ref = io_rows(W);
   std::vector<float> out(ref.size());
   lk::dequant_rows_f32(W, 0, rows, out.data(), cols);
@@ -287,8 +214,8 @@ TEST(EngineQuantKernels, GemvInt8ActivationsMatchScalar) {
     double worst_t = 0.0;
     for (int64_t rows : {1, 17, 64}) {
       for (int64_t cols : {32, 160, 576, 1184}) {
-        const auto mat = random_matrix(t, rows, cols, 1000 + rows * 7 + cols);
-        const auto W = view(t, mat, rows, cols);
+        const auto mat = longrope::test::random_weights(t, rows, cols, 1000 + rows * 7 + cols);
+        const auto W = longrope::test::weight_view(t, mat, rows, cols);
         const auto w = io_rows(W);
         const auto x = rnd(static_cast<size_t>(cols), 1100 + cols);
         for (float beta : {0.0f, 1.0f}) {
@@ -335,8 +262,8 @@ TEST(EngineQuantKernels, GemvIndependentOfThreadCount) {
   for (Gemv fn : {Gemv{&lk::gemv_w}, Gemv{&qi::gemv_w_f32}, Gemv{&qi::gemv_w_generic}}) {
     for (GgmlType t : kAllTypes) {
       const int64_t rows = 203, cols = longrope::ggml_block_size(t) == 256 ? 768 : 576;
-      const auto mat = random_matrix(t, rows, cols, 700);
-      const auto W = view(t, mat, rows, cols);
+      const auto mat = longrope::test::random_weights(t, rows, cols, 700);
+      const auto W = longrope::test::weight_view(t, mat, rows, cols);
       for (int64_t m : {1, 3, 8}) {
         const auto X = rnd(static_cast<size_t>(m * cols), 800 + m);
         std::vector<float> y1(static_cast<size_t>(m * rows)), y2(y1.size());
