@@ -1,5 +1,5 @@
 // Training kernels (Google Benchmark): the tiled attention forward and backward and the chunked
-// LM-head cross-entropy of src/train/ops.cpp at SmolLM2-135M shapes.
+// LM-head cross-entropy of src/engine/kernels/train_ops.cpp at SmolLM2-135M shapes.
 // Run: build/release/bench/bench_train  (GFLOP/s shown as "FLOPS" counters)
 #include <benchmark/benchmark.h>
 

@@ -61,7 +61,7 @@ HEADERS = {
     "search.h": "search",
     "search_run.h": "search",
     "train.h": "train",
-    "train_ops.h": "train",
+    "train_ops.h": "engine",
     "finetune.h": "train",
 }
 

@@ -1,6 +1,7 @@
 // The engine's backend seam (include/longrope/backend.h): a backend passed through ScoreOptions or
-// ContextParams runs every operation of scoring and decoding (each op is counted), and the CPU
-// backend given explicitly gives results bit-identical to the default path.
+// ContextParams runs every operation of scoring and decoding, and one passed through
+// train::LossOptions every operation of a training step (each op is counted); the CPU backend
+// given explicitly gives results bit-identical to the default path.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "longrope/error.h"
 #include "longrope/kernels.h"
 #include "longrope/model.h"
+#include "longrope/train.h"
 #include "test_paths.h"
 
 using namespace longrope;
@@ -48,16 +50,50 @@ enum Op {
   kLseUpdateRows,
   kKlUpdateRows,
   kKlFinishRows,
+  kCopy,
+  kAttentionForward,
+  kAttentionBackward,
+  kLinearBackward,
+  kRmsnormBackward,
+  kRopeBackward,
+  kSwigluBackward,
+  kLmHeadCrossEntropy,
+  kEmbeddingBackward,
   kOps
 };
 
 const char* op_name(int op) {
-  static const char* names[kOps] = {
-      "make_kv",        "make_workspace", "reserve_workspace", "make_head_panel", "embed",
-      "matmul_w",       "gemv_w",         "add_bias",          "rmsnorm",         "rmsnorm_rows",
-      "rope_apply",     "store_kv",       "attention",         "swiglu",          "rerotate_keys",
-      "all_finite",     "head_rows",      "decode_head_panel", "head_logits",     "lse_update_rows",
-      "kl_update_rows", "kl_finish_rows"};
+  static const char* names[kOps] = {"make_kv",
+                                    "make_workspace",
+                                    "reserve_workspace",
+                                    "make_head_panel",
+                                    "embed",
+                                    "matmul_w",
+                                    "gemv_w",
+                                    "add_bias",
+                                    "rmsnorm",
+                                    "rmsnorm_rows",
+                                    "rope_apply",
+                                    "store_kv",
+                                    "attention",
+                                    "swiglu",
+                                    "rerotate_keys",
+                                    "all_finite",
+                                    "head_rows",
+                                    "decode_head_panel",
+                                    "head_logits",
+                                    "lse_update_rows",
+                                    "kl_update_rows",
+                                    "kl_finish_rows",
+                                    "copy",
+                                    "attention_forward",
+                                    "attention_backward",
+                                    "linear_backward",
+                                    "rmsnorm_backward",
+                                    "rope_backward",
+                                    "swiglu_backward",
+                                    "lm_head_cross_entropy",
+                                    "embedding_backward"};
   return names[op];
 }
 
@@ -84,9 +120,10 @@ class CountingBackend : public CpuBackend {
     hit(kMakeHeadPanel);
     return CpuBackend::make_head_panel();
   }
-  void embed(const Model& model, const int32_t* tokens, int64_t n, float* x) const override {
+  void embed(const lk::WeightView& table, const int32_t* tokens, int64_t n,
+             float* x) const override {
     hit(kEmbed);
-    CpuBackend::embed(model, tokens, n, x);
+    CpuBackend::embed(table, tokens, n, x);
   }
   void matmul_w(int64_t M, const float* A, int64_t lda, const lk::WeightView& W, float* C,
                 int64_t ldc, float beta) const override {
@@ -166,6 +203,52 @@ class CountingBackend : public CpuBackend {
   void kl_finish_rows(const lk::KlState* st, int64_t n, lk::KlRow* out) const override {
     hit(kKlFinishRows);
     CpuBackend::kl_finish_rows(st, n, out);
+  }
+  void copy(const float* src, float* dst, int64_t count) const override {
+    hit(kCopy);
+    CpuBackend::copy(src, dst, count);
+  }
+  void attention_forward(const train::AttentionShape& s, const float* q, const float* k,
+                         const float* v, float* out, float* lse) const override {
+    hit(kAttentionForward);
+    CpuBackend::attention_forward(s, q, k, v, out, lse);
+  }
+  void attention_backward(const train::AttentionShape& s, const float* q, const float* k,
+                          const float* v, const float* out, const float* lse, const float* dout,
+                          float* dq, float* dk, float* dv) const override {
+    hit(kAttentionBackward);
+    CpuBackend::attention_backward(s, q, k, v, out, lse, dout, dq, dk, dv);
+  }
+  void linear_backward(const float* X, int64_t n, const lk::WeightView& W, const float* dY,
+                       float* dX, bool accumulate_dx, float* dW, float* db) const override {
+    hit(kLinearBackward);
+    CpuBackend::linear_backward(X, n, W, dY, dX, accumulate_dx, dW, db);
+  }
+  void rmsnorm_backward(const float* x, const float* w, float eps, const float* dy, int64_t n,
+                        int64_t d, float* dx, bool accumulate_dx, float* dw) const override {
+    hit(kRmsnormBackward);
+    CpuBackend::rmsnorm_backward(x, w, eps, dy, n, d, dx, accumulate_dx, dw);
+  }
+  void rope_backward(float* dx, int64_t n, int64_t row_stride, int n_heads, int head_dim, int n_rot,
+                     const float* cos_tab, const float* sin_tab) const override {
+    hit(kRopeBackward);
+    CpuBackend::rope_backward(dx, n, row_stride, n_heads, head_dim, n_rot, cos_tab, sin_tab);
+  }
+  void swiglu_backward(const float* g, const float* u, const float* dout, float* dg, float* du,
+                       int64_t n) const override {
+    hit(kSwigluBackward);
+    CpuBackend::swiglu_backward(g, u, dout, dg, du, n);
+  }
+  double lm_head_cross_entropy(const float* h, int64_t n, const lk::WeightView& W,
+                               const int32_t* target, float grad_scale, float* dh,
+                               float* dW) const override {
+    hit(kLmHeadCrossEntropy);
+    return CpuBackend::lm_head_cross_entropy(h, n, W, target, grad_scale, dh, dW);
+  }
+  void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const float* dx,
+                          float* dE) const override {
+    hit(kEmbeddingBackward);
+    CpuBackend::embedding_backward(tokens, n, d, dx, dE);
   }
 
  private:
@@ -301,6 +384,43 @@ TEST_P(BackendSeam, ContextRerotatesTheCacheThroughTheBackend) {
   EXPECT_EQ(got.decode(ids.subspan(16, 1)), ref.decode(ids.subspan(16, 1)));
   EXPECT_EQ(got.switch_stats().switches, 1);
   EXPECT_EQ(be->count(kRerotateKeys), 1);
+}
+
+// Training runs the layer code of inference through the backend: every op of a training step,
+// forward and backward, is counted, and the result is bit-identical to the default backend's.
+TEST_P(BackendSeam, TrainingStepRunsEveryOpThroughTheBackend) {
+  const lk::Compute c = GetParam();
+  const train::ParamLayout P = train::param_layout(*model_);
+  const std::vector<float> p = train::load_params<float>(*model_, P);
+  const int64_t n = int64_t(ids_.size());
+  const RopeTables t = RopeScaling{}.tables(n, model_->hp().n_rot, model_->hp().rope_base, 512);
+  std::vector<float> g_ref(P.total, 0.0f), g(P.total, 0.0f);
+  train::TrainWorkspace<float> w_ref, w;
+  train::LossOptions plain;
+  plain.checkpoint = false;
+  plain.compute = c;
+  const double l_ref =
+      train::loss_and_grad<float>(P, p.data(), ids_.data(), n, t, g_ref.data(), 0.1f, w_ref, plain);
+  auto be = std::make_shared<CountingBackend>(c);
+  train::LossOptions counted = plain;
+  counted.backend = be;
+  counted.compute = c == lk::Compute::kF32 ? lk::best_compute() : lk::Compute::kF32;  // not read
+  const double l =
+      train::loss_and_grad<float>(P, p.data(), ids_.data(), n, t, g.data(), 0.1f, w, counted);
+  EXPECT_EQ(l, l_ref);
+  EXPECT_TRUE(g == g_ref);
+  expect_counts(*be, {kEmbed, kMatmulW, kRmsnorm, kRopeApply, kSwiglu, kCopy, kAttentionForward,
+                      kAttentionBackward, kLinearBackward, kRmsnormBackward, kRopeBackward,
+                      kSwigluBackward, kLmHeadCrossEntropy, kEmbeddingBackward});
+  const int layers = model_->hp().n_layer;
+  EXPECT_EQ(be->count(kMatmulW), 7 * layers);  // the same projections as inference
+  EXPECT_EQ(be->count(kLinearBackward), 7 * layers);
+  EXPECT_EQ(be->count(kAttentionForward), layers);
+  EXPECT_EQ(be->count(kAttentionBackward), layers);
+  EXPECT_EQ(be->count(kRmsnorm), 2 * layers + 1);
+  EXPECT_EQ(be->count(kRmsnormBackward), 2 * layers + 1);
+  EXPECT_EQ(be->count(kRopeBackward), 2 * layers);
+  EXPECT_EQ(be->count(kLmHeadCrossEntropy), 1);
 }
 
 TEST(BackendSeamCpu, FactoryChecksTheComputeAndDescribesItself) {

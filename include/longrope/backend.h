@@ -1,10 +1,12 @@
-// The seam between the inference engine and the hardware it runs on. The engine
-// (src/engine/forward.cpp, src/engine/context.cpp) does its arithmetic only through a Backend: the
-// arithmetic choice (compute()), the storage of the KV cache and of the forward workspaces, and
-// the table of forward operations below. CpuBackend runs the kernels of longrope/kernels.h; a
-// CUDA backend would implement the same table over device memory (docs/design.md, "How to add a
-// backend"). The backend reaches the engine explicitly, through ContextParams::backend and
-// ScoreOptions::backend; there is no global.
+// The seam between the model code and the hardware it runs on. Inference (src/engine/forward.cpp,
+// src/engine/context.cpp) and training (src/train/model_grad.cpp) run one layer code
+// (src/engine/layer.h) that does its arithmetic only through a Backend: the arithmetic choice
+// (compute()), the storage of the KV cache and of the forward workspaces, and the table of
+// forward operations and their backward siblings below. CpuBackend runs the kernels of
+// longrope/kernels.h and longrope/train_ops.h; a CUDA backend would implement the same table over
+// device memory (docs/design.md, "How to add a backend"). The backend is passed explicitly
+// (ContextParams::backend, ScoreOptions::backend, train::LossOptions::backend); there is no
+// global.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -13,6 +15,7 @@
 
 #include "longrope/kernels.h"
 #include "longrope/model.h"
+#include "longrope/train_ops.h"
 
 namespace longrope {
 
@@ -97,8 +100,10 @@ class Backend {
   virtual std::unique_ptr<HeadPanel> make_head_panel() const = 0;
 
   // ---- The forward pass (same semantics as the kernels of longrope/kernels.h).
-  // FP32 embeddings of tokens[0, n) into rows of x (n_embd each); throws for an id out of range.
-  virtual void embed(const Model& model, const int32_t* tokens, int64_t n, float* x) const = 0;
+  // FP32 rows of the embedding table (rows: the vocabulary) for tokens[0, n) into rows of x
+  // (table.cols each); throws for an id out of range.
+  virtual void embed(const kernels::WeightView& table, const int32_t* tokens, int64_t n,
+                     float* x) const = 0;
   // C[M, W.rows] = beta*C + A[M, W.cols] * W^T with W in its file encoding (kernels::matmul_w
   // with compute()).
   virtual void matmul_w(int64_t M, const float* A, int64_t lda, const kernels::WeightView& W,
@@ -127,6 +132,8 @@ class Backend {
   // per-position tables cos/sin (n_rot / 2 values per position): a RoPE switch in place.
   virtual void rerotate_keys(const KvView& kv, int n_layer, int n_head_kv, int head_dim, int n_rot,
                              int64_t n, const float* cos_tab, const float* sin_tab) const = 0;
+  // dst[0, count) = src[0, count) (both in the backend's memory; a residual kept aside).
+  virtual void copy(const float* src, float* dst, int64_t count) const = 0;
   // True when x[0, n) holds no NaN or Inf (the non-finite diagnostic).
   virtual bool all_finite(const float* x, int64_t n) const = 0;
 
@@ -146,6 +153,43 @@ class Backend {
   virtual void kl_update_rows(const float* a, const float* b, int64_t n, int64_t width, int64_t v0,
                               const int32_t* target, kernels::KlState* st) const = 0;
   virtual void kl_finish_rows(const kernels::KlState* st, int64_t n, kernels::KlRow* out) const = 0;
+
+  // ---- Training (src/train): the forward ops that keep what a backward pass needs, and the
+  // backward sibling of each forward op above (semantics of longrope/train_ops.h, float). A
+  // trainable model's weights are dense FP32 matrices: WeightViews of type F32. The products
+  // follow compute() (kBF16: both operands rounded to bf16, FP32 sums); attention, norms, RoPE
+  // and SwiGLU stay FP32.
+  // Dense causal attention over one sequence, saving each query's log-sum-exp in lse.
+  virtual void attention_forward(const train::AttentionShape& s, const float* q, const float* k,
+                                 const float* v, float* out, float* lse) const = 0;
+  virtual void attention_backward(const train::AttentionShape& s, const float* q, const float* k,
+                                  const float* v, const float* out, const float* lse,
+                                  const float* dout, float* dq, float* dk, float* dv) const = 0;
+  // Of C = A W^T (matmul_w): dX = dY W (+= with accumulate_dx; skipped when dX is null),
+  // dW += dY^T X, db += column sums of dY (when db is not null). W dense F32.
+  virtual void linear_backward(const float* X, int64_t n, const kernels::WeightView& W,
+                               const float* dY, float* dX, bool accumulate_dx, float* dW,
+                               float* db) const = 0;
+  // Of rmsnorm (the rows' rms recomputed from x): dx (+= with accumulate_dx), dw +=.
+  virtual void rmsnorm_backward(const float* x, const float* w, float eps, const float* dy,
+                                int64_t n, int64_t d, float* dx, bool accumulate_dx,
+                                float* dw) const = 0;
+  // Of rope_apply: the transposed rotation, in place on the gradient.
+  virtual void rope_backward(float* dx, int64_t n, int64_t row_stride, int n_heads, int head_dim,
+                             int n_rot, const float* cos_tab, const float* sin_tab) const = 0;
+  // Of swiglu: dg, du (written) from dout.
+  virtual void swiglu_backward(const float* g, const float* u, const float* dout, float* dg,
+                               float* du, int64_t n) const = 0;
+  // The LM head and cross-entropy of n rows of final states h (through the output norm) against
+  // W (dense F32, rows: the vocabulary), streamed in row chunks (train::lm_head_cross_entropy):
+  // returns the sum of the NLLs of rows with target >= 0; dh (written) and dW (+=) scaled by
+  // grad_scale when not null.
+  virtual double lm_head_cross_entropy(const float* h, int64_t n, const kernels::WeightView& W,
+                                       const int32_t* target, float grad_scale, float* dh,
+                                       float* dW) const = 0;
+  // Of embed: dE[tokens[r]] += dx[r] for n rows of d values.
+  virtual void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const float* dx,
+                                  float* dE) const = 0;
 };
 
 // The CPU backend: the kernels of longrope/kernels.h with host memory, so results are those of
@@ -162,7 +206,8 @@ class CpuBackend : public Backend {
   void reserve_workspace(Workspace& ws, const HParams& hp, int64_t n) const override;
   std::unique_ptr<HeadPanel> make_head_panel() const override;
 
-  void embed(const Model& model, const int32_t* tokens, int64_t n, float* x) const override;
+  void embed(const kernels::WeightView& table, const int32_t* tokens, int64_t n,
+             float* x) const override;
   void matmul_w(int64_t M, const float* A, int64_t lda, const kernels::WeightView& W, float* C,
                 int64_t ldc, float beta) const override;
   void gemv_w(int64_t m, const float* X, int64_t ldx, const kernels::WeightView& W, float* Y,
@@ -180,6 +225,7 @@ class CpuBackend : public Backend {
   void swiglu(float* g, const float* u, int64_t n) const override;
   void rerotate_keys(const KvView& kv, int n_layer, int n_head_kv, int head_dim, int n_rot,
                      int64_t n, const float* cos_tab, const float* sin_tab) const override;
+  void copy(const float* src, float* dst, int64_t count) const override;
   bool all_finite(const float* x, int64_t n) const override;
 
   std::unique_ptr<HeadRows> head_rows(const float* h, int64_t n, int64_t d) const override;
@@ -192,6 +238,25 @@ class CpuBackend : public Backend {
   void kl_update_rows(const float* a, const float* b, int64_t n, int64_t width, int64_t v0,
                       const int32_t* target, kernels::KlState* st) const override;
   void kl_finish_rows(const kernels::KlState* st, int64_t n, kernels::KlRow* out) const override;
+
+  void attention_forward(const train::AttentionShape& s, const float* q, const float* k,
+                         const float* v, float* out, float* lse) const override;
+  void attention_backward(const train::AttentionShape& s, const float* q, const float* k,
+                          const float* v, const float* out, const float* lse, const float* dout,
+                          float* dq, float* dk, float* dv) const override;
+  void linear_backward(const float* X, int64_t n, const kernels::WeightView& W, const float* dY,
+                       float* dX, bool accumulate_dx, float* dW, float* db) const override;
+  void rmsnorm_backward(const float* x, const float* w, float eps, const float* dy, int64_t n,
+                        int64_t d, float* dx, bool accumulate_dx, float* dw) const override;
+  void rope_backward(float* dx, int64_t n, int64_t row_stride, int n_heads, int head_dim, int n_rot,
+                     const float* cos_tab, const float* sin_tab) const override;
+  void swiglu_backward(const float* g, const float* u, const float* dout, float* dg, float* du,
+                       int64_t n) const override;
+  double lm_head_cross_entropy(const float* h, int64_t n, const kernels::WeightView& W,
+                               const int32_t* target, float grad_scale, float* dh,
+                               float* dW) const override;
+  void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const float* dx,
+                          float* dE) const override;
 
  private:
   kernels::Compute compute_;

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +39,8 @@ struct FinetuneConfig {
   bool checkpoint_activations = true;
   // Arithmetic of the linear layers and the LM head (train::LossOptions::compute).
   kernels::Compute compute = kernels::Compute::kF32;
+  // The backend every training step runs on; null: the CPU backend with `compute`.
+  std::shared_ptr<const Backend> backend;
   std::string output;            // the GGUF written at the end
   std::string hf_dir;            // an HF model folder written at the end (any input format)
   std::string out_type = "f32";  // f32, f16 or bf16

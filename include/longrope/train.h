@@ -5,9 +5,11 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "longrope/backend.h"
 #include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/rope.h"
@@ -48,14 +50,14 @@ std::vector<T> load_params(const Model& model, const ParamLayout& layout);
 // One layer's activations kept for its backward pass.
 template <class T>
 struct LayerActs {
-  std::vector<T> h1, rstd1, q, k, v, att, lse, xmid, h2, rstd2, g, u, a;
+  std::vector<T> h1, q, k, v, att, lse, xmid, h2, g, u, a;
 };
 // Scratch memory of loss_and_grad, reused between calls (grown, never shrunk).
 template <class T>
 struct TrainWorkspace {
   std::vector<T> xs;               // the input of every layer and the final hidden states
   std::vector<LayerActs<T>> acts;  // one layer's (checkpointing) or every layer's
-  std::vector<T> xf, rstd_f, dy, dx, dxmid, dh, datt, dq, dk, dv, da, dg, du;
+  std::vector<T> xf, dy, dx, dxmid, dh, datt, dq, dk, dv, da, dg, du;
   std::vector<int32_t> target;
   std::vector<float> cos_tab, sin_tab;
   size_t bytes() const;  // held now
@@ -68,6 +70,8 @@ struct LossOptions {
   // Arithmetic of the linear layers and the LM head (train_ops.h): kBF16 rounds both operands of
   // each product to bf16 and accumulates in FP32 (float only, CPUs with AVX512_BF16).
   kernels::Compute compute = kernels::Compute::kF32;
+  // The backend the step runs on (float only); null: the CPU backend with `compute`.
+  std::shared_ptr<const Backend> backend;
 };
 
 // Next-token loss of one sequence: tokens[0, n) are the inputs at positions 0..n-1, tokens[r + 1]

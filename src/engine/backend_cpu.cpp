@@ -101,9 +101,13 @@ std::unique_ptr<HeadPanel> CpuBackend::make_head_panel() const {
   return std::make_unique<CpuHeadPanel>();
 }
 
-void CpuBackend::embed(const Model& model, const int32_t* tokens, int64_t n, float* x) const {
-  const int64_t d = model.hp().n_embd;
-  for (int64_t i = 0; i < n; ++i) model.embed(tokens[i], x + i * d);
+void CpuBackend::embed(const kernels::WeightView& table, const int32_t* tokens, int64_t n,
+                       float* x) const {
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= table.rows)
+      throw Error(fmt::format("token id {} out of range [0, {})", tokens[i], table.rows));
+    kernels::dequant_rows_f32(table, tokens[i], 1, x + i * table.cols, table.cols);
+  }
 }
 
 void CpuBackend::matmul_w(int64_t M, const float* A, int64_t lda, const kernels::WeightView& W,
@@ -196,6 +200,10 @@ void CpuBackend::rerotate_keys(const KvView& kv, int n_layer, int n_head_kv, int
     }
 }
 
+void CpuBackend::copy(const float* src, float* dst, int64_t count) const {
+  if (count > 0) std::memcpy(dst, src, sizeof(float) * size_t(count));
+}
+
 bool CpuBackend::all_finite(const float* x, int64_t n) const {
   bool ok = true;
 #pragma omp parallel for reduction(&& : ok) schedule(static)
@@ -240,6 +248,65 @@ void CpuBackend::kl_update_rows(const float* a, const float* b, int64_t n, int64
 
 void CpuBackend::kl_finish_rows(const kernels::KlState* st, int64_t n, kernels::KlRow* out) const {
   for (int64_t r = 0; r < n; ++r) out[r] = kernels::kl_finish(st[r]);
+}
+
+namespace {
+// A trainable weight: dense FP32 rows (what train_ops.h's functions take).
+const float* dense_f32(const kernels::WeightView& W, const char* fn) {
+  if (W.type != GgmlType::F32 || W.row_bytes != sizeof(float) * size_t(W.cols))
+    throw Error(fmt::format("{}: the weights of a training step must be dense FP32 rows", fn));
+  return reinterpret_cast<const float*>(W.data);
+}
+}  // namespace
+
+void CpuBackend::attention_forward(const train::AttentionShape& s, const float* q, const float* k,
+                                   const float* v, float* out, float* lse) const {
+  train::attention_forward(s, q, k, v, out, lse);
+}
+
+void CpuBackend::attention_backward(const train::AttentionShape& s, const float* q, const float* k,
+                                    const float* v, const float* out, const float* lse,
+                                    const float* dout, float* dq, float* dk, float* dv) const {
+  train::attention_backward(s, q, k, v, out, lse, dout, dq, dk, dv);
+}
+
+void CpuBackend::linear_backward(const float* X, int64_t n, const kernels::WeightView& W,
+                                 const float* dY, float* dX, bool accumulate_dx, float* dW,
+                                 float* db) const {
+  train::linear_backward(X, n, W.cols, dense_f32(W, "linear_backward"), W.rows, dY, dX,
+                         accumulate_dx, dW, db, compute_);
+}
+
+void CpuBackend::rmsnorm_backward(const float* x, const float* w, float eps, const float* dy,
+                                  int64_t n, int64_t d, float* dx, bool accumulate_dx,
+                                  float* dw) const {
+  thread_local std::vector<float> y, rstd;
+  grow(y, n * d);
+  grow(rstd, n);
+  train::rmsnorm_forward(x, w, n, d, eps, y.data(), rstd.data());
+  train::rmsnorm_backward(x, w, rstd.data(), dy, n, d, dx, accumulate_dx, dw);
+}
+
+void CpuBackend::rope_backward(float* dx, int64_t n, int64_t row_stride, int n_heads, int head_dim,
+                               int n_rot, const float* cos_tab, const float* sin_tab) const {
+  train::rope_backward(dx, n, row_stride, n_heads, head_dim, n_rot, cos_tab, sin_tab);
+}
+
+void CpuBackend::swiglu_backward(const float* g, const float* u, const float* dout, float* dg,
+                                 float* du, int64_t n) const {
+  train::swiglu_backward(g, u, dout, dg, du, n);
+}
+
+double CpuBackend::lm_head_cross_entropy(const float* h, int64_t n, const kernels::WeightView& W,
+                                         const int32_t* target, float grad_scale, float* dh,
+                                         float* dW) const {
+  return train::lm_head_cross_entropy(h, n, W.cols, dense_f32(W, "lm_head_cross_entropy"), W.rows,
+                                      target, grad_scale, dh, dW, 256, compute_);
+}
+
+void CpuBackend::embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const float* dx,
+                                    float* dE) const {
+  train::embedding_backward(tokens, n, d, dx, dE);
 }
 
 std::shared_ptr<const Backend> cpu_backend(kernels::Compute c) {

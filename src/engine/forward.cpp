@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "engine/layer.h"
 #include "longrope/error.h"
 
 namespace longrope::engine {
@@ -65,16 +66,7 @@ void forward_layers(const Backend& be, const Model& model, const int32_t* tokens
     bucket += t1 - t0;
     t0 = t1;
   };
-  // C[n, W.rows] = beta*C + A[n, W.cols] * W^T.
-  auto gemm = [&](const float* A, const WeightView& W, float* C, float beta) {
-    be.matmul_w(n, A, W.cols, W, C, W.rows, beta);
-  };
-  // Adds a bias row to each of the n rows; nothing when the layer has none.
-  auto add_bias = [&](float* x, int64_t cols, const float* bias) {
-    if (bias) be.add_bias(x, n, cols, bias);
-  };
-
-  be.embed(model, tokens, n, ws.x);
+  be.embed(model.tok_embd(), tokens, n, ws.x);
   if (nonfinite_at) {
     *nonfinite_at = -1;
     if (!be.all_finite(ws.x, n * d)) {
@@ -89,35 +81,23 @@ void forward_layers(const Backend& be, const Model& model, const int32_t* tokens
   const double att_pairs = static_cast<double>(n) * p0 + 0.5 * double(n) * double(n + 1);
   const AttentionCall att{ws.q, qdim,   ws.att,  qdim,    n,
                           p0,   int(H), int(KV), int(hd), 1.0f / std::sqrt(float(hd))};
+  const BackendOps ops{be};
+  const LayerDims D(hp, n);
+  // In place: the layer's input, middle residual and output share ws.x, both norms ws.h, and the
+  // SwiGLU overwrites ws.g.
+  const LayerRows<float> rows{ws.h, ws.q, ws.k, ws.v, ws.att, ws.x, ws.h, ws.g, ws.u, ws.g};
+  const auto phase = [&](Phase p) {
+    lap(p == Phase::kMatmul      ? st.matmul_seconds
+        : p == Phase::kAttention ? st.attention_seconds
+                                 : st.other_seconds);
+  };
   for (int l = 0; l < hp.n_layer; ++l) {
-    const LayerWeights& L = model.layers()[l];
-    be.rmsnorm(ws.x, L.attn_norm, ws.h, n, d, hp.norm_eps);
-    lap(st.other_seconds);
-    gemm(ws.h, L.wq, ws.q, 0.0f);
-    gemm(ws.h, L.wk, ws.k, 0.0f);
-    gemm(ws.h, L.wv, ws.v, 0.0f);
-    add_bias(ws.q, qdim, L.bq);
-    add_bias(ws.k, kvdim, L.bk);
-    add_bias(ws.v, kvdim, L.bv);
-    lap(st.matmul_seconds);
-    be.rope_apply(ws.q, n, qdim, int(H), int(hd), hp.n_rot, ws.cos_tab.data(), ws.sin_tab.data());
-    be.rope_apply(ws.k, n, kvdim, int(KV), int(hd), hp.n_rot, ws.cos_tab.data(), ws.sin_tab.data());
-    be.store_kv(kv, l, p0, n, int(KV), int(hd), ws.k, ws.v);
-    lap(st.other_seconds);
-    be.attention(kv, l, att);
-    lap(st.attention_seconds);
-    gemm(ws.att, L.wo, ws.x, 1.0f);
-    add_bias(ws.x, d, L.bo);
-    lap(st.matmul_seconds);
-    be.rmsnorm(ws.x, L.ffn_norm, ws.h, n, d, hp.norm_eps);
-    lap(st.other_seconds);
-    gemm(ws.h, L.w_gate, ws.g, 0.0f);
-    gemm(ws.h, L.w_up, ws.u, 0.0f);
-    lap(st.matmul_seconds);
-    be.swiglu(ws.g, ws.u, n * ff);
-    lap(st.other_seconds);
-    gemm(ws.g, L.w_down, ws.x, 1.0f);
-    lap(st.matmul_seconds);
+    const auto attend = [&](const float*, const float* k, const float* v, float*) {
+      be.store_kv(kv, l, p0, n, int(KV), int(hd), k, v);
+      be.attention(kv, l, att);
+    };
+    layer_forward(ops, layer_params(model.layers()[size_t(l)]), D, ws.x, ws.x, rows,
+                  ws.cos_tab.data(), ws.sin_tab.data(), attend, phase);
     st.matmul_flops += mm_flops_per_tok * double(n);
     st.attention_flops += 4.0 * double(hd) * double(H) * att_pairs;
     if (nonfinite_at && !be.all_finite(ws.x, n * d)) {

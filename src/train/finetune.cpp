@@ -448,7 +448,7 @@ class Trainer {
         settings_(settings),
         state_path_(state_path),
         grad_(P.total, 0.0f),
-        lo_{c.checkpoint_activations, c.compute} {}
+        lo_{c.checkpoint_activations, c.compute, backend_or_cpu(c.backend, c.compute)} {}
 
   // Trains s from its step to c.steps, saving the state when due, at the end and when stopped;
   // fills r's step count, times and workspace size.

@@ -1,12 +1,15 @@
-// The whole-model loss and gradient (include/longrope/train.h): the Llama forward pass of
-// src/engine/forward.cpp in trainable form, and its backward pass, layer by layer.
+// The whole-model loss and gradient (include/longrope/train.h): the layer code of inference
+// (src/engine/layer.h) over trainable parameters, and its backward pass, layer by layer, through
+// a Backend (float) or the double-precision reference ops (the gradient checks).
 #include <fmt/core.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "engine/forward.h"
+#include "engine/layer.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
 #include "longrope/train.h"
@@ -106,12 +109,11 @@ template <class T>
 size_t TrainWorkspace<T>::bytes() const {
   size_t b = 0;
   auto add = [&](const auto& v) { b += v.capacity() * sizeof(v[0]); };
-  for (const auto* v :
-       {&xs, &xf, &rstd_f, &dy, &dx, &dxmid, &dh, &datt, &dq, &dk, &dv, &da, &dg, &du})
+  for (const auto* v : {&xs, &xf, &dy, &dx, &dxmid, &dh, &datt, &dq, &dk, &dv, &da, &dg, &du})
     add(*v);
   for (const LayerActs<T>& a : acts)
-    for (const auto* v : {&a.h1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.xmid, &a.h2,
-                          &a.rstd2, &a.g, &a.u, &a.a})
+    for (const auto* v :
+         {&a.h1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.xmid, &a.h2, &a.g, &a.u, &a.a})
       add(*v);
   add(target);
   add(cos_tab);
@@ -135,99 +137,185 @@ T* at(T* p, size_t off) {
   return off == ParamLayout::kNone || p == nullptr ? nullptr : p + off;
 }
 
-struct Dims {
-  int64_t n, d, hd, H, KV, qdim, kvdim, ff, n_rot;
-  AttentionShape att;
+// The double-precision reference of engine::BackendOps: the same operation table over the
+// templates of longrope/train_ops.h, which the finite-difference gradient checks run through the
+// one layer code (src/engine/layer.h). Tests only; training runs BackendOps.
+template <class T>
+struct ReferenceOps {
+  using Scalar = T;
+  struct Weight {
+    const T* data;
+    int64_t rows, cols;
+  };
+  static Weight weight(const T* data, int64_t rows, int64_t cols) { return {data, rows, cols}; }
+
+  void rmsnorm(const T* x, const T* w, T* y, int64_t n, int64_t d, float eps) const {
+    std::vector<T> rstd(static_cast<size_t>(n));
+    train::rmsnorm_forward(x, w, n, d, T(eps), y, rstd.data());
+  }
+  void linear(const T* A, int64_t n, const Weight& W, T* C, float beta) const {
+    if (beta == 0) {
+      linear_forward(A, n, W.cols, W.data, W.rows, static_cast<const T*>(nullptr), C);
+      return;
+    }
+    std::vector<T> y(static_cast<size_t>(n * W.rows));
+    linear_forward(A, n, W.cols, W.data, W.rows, static_cast<const T*>(nullptr), y.data());
+    for (size_t i = 0; i < y.size(); ++i) C[i] = T(beta) * C[i] + y[i];
+  }
+  void add_bias(T* x, int64_t n, int64_t cols, const T* b) const {
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < cols; ++j) x[r * cols + j] += b[j];
+  }
+  void rope(T* x, int64_t n, int64_t stride, int heads, int hd, int n_rot, const float* c,
+            const float* s) const {
+    rope_forward(x, n, stride, heads, hd, n_rot, c, s);
+  }
+  void swiglu(T* g, const T* u, int64_t n) const { swiglu_forward(g, u, g, n); }
+  void copy(const T* src, T* dst, int64_t count) const { std::copy(src, src + count, dst); }
+  void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* out,
+                         T* lse) const {
+    train::attention_forward(s, q, k, v, out, lse);
+  }
+  void linear_backward(const T* X, int64_t n, const Weight& W, const T* dY, T* dX,
+                       bool accumulate_dx, T* dW, T* db) const {
+    train::linear_backward(X, n, W.cols, W.data, W.rows, dY, dX, accumulate_dx, dW, db);
+  }
+  void rmsnorm_backward(const T* x, const T* w, float eps, const T* dy, int64_t n, int64_t d, T* dx,
+                        bool accumulate_dx, T* dw) const {
+    std::vector<T> y(static_cast<size_t>(n * d)), rstd(static_cast<size_t>(n));
+    train::rmsnorm_forward(x, w, n, d, T(eps), y.data(), rstd.data());
+    train::rmsnorm_backward(x, w, rstd.data(), dy, n, d, dx, accumulate_dx, dw);
+  }
+  void rope_backward(T* dx, int64_t n, int64_t stride, int heads, int hd, int n_rot, const float* c,
+                     const float* s) const {
+    train::rope_backward(dx, n, stride, heads, hd, n_rot, c, s);
+  }
+  void swiglu_backward(const T* g, const T* u, const T* dout, T* dg, T* du, int64_t n) const {
+    train::swiglu_backward(g, u, dout, dg, du, n);
+  }
+  void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* out,
+                          const T* lse, const T* dout, T* dq, T* dk, T* dv) const {
+    train::attention_backward(s, q, k, v, out, lse, dout, dq, dk, dv);
+  }
+  void embed(const Weight& table, const int32_t* tokens, int64_t n, T* x) const {
+    for (int64_t i = 0; i < n; ++i)
+      std::copy(table.data + tokens[i] * table.cols, table.data + (tokens[i] + 1) * table.cols,
+                x + i * table.cols);
+  }
+  double lm_head_cross_entropy(const T* h, int64_t n, const Weight& W, const int32_t* target,
+                               T grad_scale, T* dh, T* dW) const {
+    return train::lm_head_cross_entropy(h, n, W.cols, W.data, W.rows, target, grad_scale, dh, dW);
+  }
+  void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const T* dx, T* dE) const {
+    train::embedding_backward(tokens, n, d, dx, dE);
+  }
 };
 
-Dims dims_of(const HParams& hp, int64_t n) {
-  Dims D{};
-  D.n = n;
-  D.d = hp.n_embd;
-  D.hd = hp.head_dim;
-  D.H = hp.n_head;
-  D.KV = hp.n_head_kv;
-  D.qdim = D.H * D.hd;
-  D.kvdim = D.KV * D.hd;
-  D.ff = hp.n_ff;
-  D.n_rot = hp.n_rot;
-  D.att = AttentionShape{n, hp.n_head, hp.n_head_kv, hp.head_dim,
-                         1.0 / std::sqrt(static_cast<double>(hp.head_dim))};
-  return D;
-}
-
 template <class T>
-void size_acts(LayerActs<T>& A, const Dims& D) {
+void size_acts(LayerActs<T>& A, const engine::LayerDims& D) {
   const int64_t n = D.n;
   for (auto* v : {&A.h1, &A.xmid, &A.h2}) grow(*v, n * D.d);
-  for (auto* v : {&A.rstd1, &A.rstd2}) grow(*v, n);
   for (auto* v : {&A.q, &A.att}) grow(*v, n * D.qdim);
   for (auto* v : {&A.k, &A.v}) grow(*v, n * D.kvdim);
   grow(A.lse, n * D.H);
   for (auto* v : {&A.g, &A.u, &A.a}) grow(*v, n * D.ff);
 }
 
-// x_out = layer l (x); A receives what the backward pass needs.
 template <class T>
-void layer_forward(const ParamLayout& P, const T* p, int l, const Dims& D, const T* x,
-                   const float* cos_tab, const float* sin_tab, T eps, kernels::Compute cm,
-                   LayerActs<T>& A, T* x_out) {
-  const ParamLayout::Layer& L = P.layers[size_t(l)];
-  const int64_t n = D.n, d = D.d;
-  rmsnorm_forward(x, p + L.attn_norm, n, d, eps, A.h1.data(), A.rstd1.data());
-  linear_forward(A.h1.data(), n, d, p + L.wq, D.qdim, at(p, L.bq), A.q.data(), cm);
-  linear_forward(A.h1.data(), n, d, p + L.wk, D.kvdim, at(p, L.bk), A.k.data(), cm);
-  linear_forward(A.h1.data(), n, d, p + L.wv, D.kvdim, at(p, L.bv), A.v.data(), cm);
-  rope_forward(A.q.data(), n, D.qdim, int(D.H), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
-  rope_forward(A.k.data(), n, D.kvdim, int(D.KV), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
-  attention_forward(D.att, A.q.data(), A.k.data(), A.v.data(), A.att.data(), A.lse.data());
-  linear_forward(A.att.data(), n, D.qdim, p + L.wo, d, at(p, L.bo), A.xmid.data(), cm);
-  for (int64_t i = 0; i < n * d; ++i) A.xmid[size_t(i)] += x[i];
-  rmsnorm_forward(A.xmid.data(), p + L.ffn_norm, n, d, eps, A.h2.data(), A.rstd2.data());
-  linear_forward(A.h2.data(), n, d, p + L.w_gate, D.ff, static_cast<const T*>(nullptr), A.g.data(),
-                 cm);
-  linear_forward(A.h2.data(), n, d, p + L.w_up, D.ff, static_cast<const T*>(nullptr), A.u.data(),
-                 cm);
-  swiglu_forward(A.g.data(), A.u.data(), A.a.data(), n * D.ff);
-  linear_forward(A.a.data(), n, D.ff, p + L.w_down, d, static_cast<const T*>(nullptr), x_out, cm);
-  for (int64_t i = 0; i < n * d; ++i) x_out[i] += A.xmid[size_t(i)];
+engine::LayerRows<T> rows_of(LayerActs<T>& A) {
+  return {A.h1.data(),   A.q.data(),  A.k.data(), A.v.data(), A.att.data(),
+          A.xmid.data(), A.h2.data(), A.g.data(), A.u.data(), A.a.data()};
 }
 
-// dx = d(loss)/d(layer input) from dy = d(loss)/d(layer output); weight gradients += into g.
-template <class T>
-void layer_backward(const ParamLayout& P, const T* p, int l, const Dims& D, const T* x,
-                    const float* cos_tab, const float* sin_tab, kernels::Compute cm,
-                    const LayerActs<T>& A, const T* dy, T* dx, T* g, TrainWorkspace<T>& ws) {
+// Layer l's parameters in p as the layer code reads them.
+template <class Ops, class T>
+auto layer_params(const ParamLayout& P, const T* p, int l) {
   const ParamLayout::Layer& L = P.layers[size_t(l)];
-  const int64_t n = D.n, d = D.d, ff = D.ff;
-  T* dxmid = ws.dxmid.data();
-  std::copy(dy, dy + n * d, dxmid);
-  // x_out = xmid + swiglu(h2 Wg, h2 Wu) Wd^T
-  linear_backward(A.a.data(), n, ff, p + L.w_down, d, dy, ws.da.data(), false, g + L.w_down,
-                  static_cast<T*>(nullptr), cm);
-  swiglu_backward(A.g.data(), A.u.data(), ws.da.data(), ws.dg.data(), ws.du.data(), n * ff);
-  linear_backward(A.h2.data(), n, d, p + L.w_gate, ff, ws.dg.data(), ws.dh.data(), false,
-                  g + L.w_gate, static_cast<T*>(nullptr), cm);
-  linear_backward(A.h2.data(), n, d, p + L.w_up, ff, ws.du.data(), ws.dh.data(), true, g + L.w_up,
-                  static_cast<T*>(nullptr), cm);
-  rmsnorm_backward(A.xmid.data(), p + L.ffn_norm, A.rstd2.data(), ws.dh.data(), n, d, dxmid, true,
-                   g + L.ffn_norm);
-  // xmid = x + attention(rope(h1 Wq), rope(h1 Wk), h1 Wv) Wo^T
-  std::copy(dxmid, dxmid + n * d, dx);
-  linear_backward(A.att.data(), n, D.qdim, p + L.wo, d, dxmid, ws.datt.data(), false, g + L.wo,
-                  at(g, L.bo), cm);
-  attention_backward(D.att, A.q.data(), A.k.data(), A.v.data(), A.att.data(), A.lse.data(),
-                     ws.datt.data(), ws.dq.data(), ws.dk.data(), ws.dv.data());
-  rope_backward(ws.dq.data(), n, D.qdim, int(D.H), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
-  rope_backward(ws.dk.data(), n, D.kvdim, int(D.KV), int(D.hd), int(D.n_rot), cos_tab, sin_tab);
-  linear_backward(A.h1.data(), n, d, p + L.wq, D.qdim, ws.dq.data(), ws.dh.data(), false, g + L.wq,
-                  at(g, L.bq), cm);
-  linear_backward(A.h1.data(), n, d, p + L.wk, D.kvdim, ws.dk.data(), ws.dh.data(), true, g + L.wk,
-                  at(g, L.bk), cm);
-  linear_backward(A.h1.data(), n, d, p + L.wv, D.kvdim, ws.dv.data(), ws.dh.data(), true, g + L.wv,
-                  at(g, L.bv), cm);
-  rmsnorm_backward(x, p + L.attn_norm, A.rstd1.data(), ws.dh.data(), n, d, dx, true,
-                   g + L.attn_norm);
+  const HParams& hp = P.hp;
+  const int64_t d = hp.n_embd, qdim = int64_t(hp.n_head) * hp.head_dim,
+                kvdim = int64_t(hp.n_head_kv) * hp.head_dim, ff = hp.n_ff;
+  return engine::LayerParams<typename Ops::Weight, T>{p + L.attn_norm,
+                                                      p + L.ffn_norm,
+                                                      Ops::weight(p + L.wq, qdim, d),
+                                                      Ops::weight(p + L.wk, kvdim, d),
+                                                      Ops::weight(p + L.wv, kvdim, d),
+                                                      Ops::weight(p + L.wo, d, qdim),
+                                                      Ops::weight(p + L.w_gate, ff, d),
+                                                      Ops::weight(p + L.w_up, ff, d),
+                                                      Ops::weight(p + L.w_down, d, ff),
+                                                      at(p, L.bq),
+                                                      at(p, L.bk),
+                                                      at(p, L.bv),
+                                                      at(p, L.bo)};
+}
+
+template <class T>
+engine::LayerGrads<T> layer_grads(const ParamLayout& P, T* g, int l) {
+  const ParamLayout::Layer& L = P.layers[size_t(l)];
+  return {g + L.attn_norm, g + L.ffn_norm, g + L.wq,   g + L.wk,     g + L.wv,
+          g + L.wo,        g + L.w_gate,   g + L.w_up, g + L.w_down, at(g, L.bq),
+          at(g, L.bk),     at(g, L.bv),    at(g, L.bo)};
+}
+
+// The loss and gradient through the operation table `ops` (engine/layer.h).
+template <class Ops, class T>
+double loss_and_grad_with(const Ops& ops, const ParamLayout& P, const T* p, const int32_t* tokens,
+                          int64_t n, const RopeTables& tables, T* grad, T grad_scale,
+                          TrainWorkspace<T>& ws, bool checkpoint) {
+  const HParams& hp = P.hp;
+  const engine::LayerDims D(hp, n);
+  const int64_t d = D.d, NL = hp.n_layer, V = hp.n_vocab;
+  const bool ckpt = checkpoint || grad == nullptr;
+  grow(ws.xs, (NL + 1) * n * d);
+  if (ws.acts.size() < (ckpt ? 1u : size_t(NL))) ws.acts.resize(ckpt ? 1u : size_t(NL));
+  for (size_t i = 0; i < (ckpt ? 1u : size_t(NL)); ++i) size_acts(ws.acts[i], D);
+  engine::build_rope_cache(tables, 0, n, ws.cos_tab, ws.sin_tab);
+  const float* cs = ws.cos_tab.data();
+  const float* sn = ws.sin_tab.data();
+  auto xs = [&](int64_t l) { return ws.xs.data() + l * n * d; };
+  const auto no_lap = [](engine::Phase) {};
+  auto forward = [&](int l, LayerActs<T>& A) {
+    const auto attend = [&](const T* q, const T* k, const T* v, T* out) {
+      ops.attention_forward(D.att, q, k, v, out, A.lse.data());
+    };
+    engine::layer_forward(ops, layer_params<Ops>(P, p, l), D, xs(l), xs(l + 1), rows_of(A), cs, sn,
+                          attend, no_lap);
+  };
+
+  ops.embed(Ops::weight(p + P.tok_embd, V, d), tokens, n, xs(0));
+  for (int l = 0; l < NL; ++l) forward(l, ws.acts[ckpt ? 0 : size_t(l)]);
+
+  grow(ws.xf, n * d);
+  ops.rmsnorm(xs(NL), p + P.output_norm, ws.xf.data(), n, d, D.eps);
+  grow(ws.target, n);
+  for (int64_t i = 0; i + 1 < n; ++i) ws.target[size_t(i)] = tokens[i + 1];
+  ws.target[size_t(n - 1)] = -1;
+  if (grad) {
+    for (auto* v : {&ws.dy, &ws.dx, &ws.dxmid, &ws.dh}) grow(*v, n * d);
+    for (auto* v : {&ws.datt, &ws.dq}) grow(*v, n * D.qdim);
+    for (auto* v : {&ws.dk, &ws.dv}) grow(*v, n * D.kvdim);
+    for (auto* v : {&ws.da, &ws.dg, &ws.du}) grow(*v, n * D.ff);
+  }
+  // dy = d(loss)/d(normed final hidden states)
+  const double loss = ops.lm_head_cross_entropy(
+      ws.xf.data(), n, Ops::weight(p + P.output, V, d), ws.target.data(), grad_scale,
+      grad ? ws.dy.data() : nullptr, grad ? grad + P.output : nullptr);
+  if (!grad) return loss;
+  ops.rmsnorm_backward(xs(NL), p + P.output_norm, D.eps, ws.dy.data(), n, d, ws.dx.data(), false,
+                       grad + P.output_norm);
+  const engine::LayerGradRows<T> S{ws.dxmid.data(), ws.dh.data(), ws.datt.data(),
+                                   ws.dq.data(),    ws.dk.data(), ws.dv.data(),
+                                   ws.da.data(),    ws.dg.data(), ws.du.data()};
+  // ws.dx holds d(loss)/d(output of layer l); the layer's backward writes its input's into dy.
+  for (int l = int(NL) - 1; l >= 0; --l) {
+    LayerActs<T>& A = ws.acts[ckpt ? 0 : size_t(l)];
+    if (ckpt) forward(l, A);
+    engine::layer_backward(ops, layer_params<Ops>(P, p, l), D, xs(l), rows_of(A), A.lse.data(), cs,
+                           sn, ws.dx.data(), ws.dy.data(), layer_grads(P, grad, l), S);
+    std::swap(ws.dx, ws.dy);
+  }
+  ops.embedding_backward(tokens, n, d, ws.dx.data(), grad + P.tok_embd);
+  return loss;
 }
 
 }  // namespace
@@ -245,55 +333,16 @@ double loss_and_grad(const ParamLayout& P, const T* p, const int32_t* tokens, in
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
       throw Error(
           fmt::format("token id {} at position {} out of range [0, {})", tokens[i], i, hp.n_vocab));
-  kernels::require_compute(opts.compute);
-  const Dims D = dims_of(hp, n);
-  const int64_t d = D.d, NL = hp.n_layer;
-  const T eps = static_cast<T>(hp.norm_eps);
-  const bool ckpt = opts.checkpoint || grad == nullptr;
-  grow(ws.xs, (NL + 1) * n * d);
-  if (ws.acts.size() < (ckpt ? 1u : size_t(NL))) ws.acts.resize(ckpt ? 1u : size_t(NL));
-  for (size_t i = 0; i < (ckpt ? 1u : size_t(NL)); ++i) size_acts(ws.acts[i], D);
-  engine::build_rope_cache(tables, 0, n, ws.cos_tab, ws.sin_tab);
-  const float* cs = ws.cos_tab.data();
-  const float* sn = ws.sin_tab.data();
-  auto xs = [&](int64_t l) { return ws.xs.data() + l * n * d; };
-
-  for (int64_t i = 0; i < n; ++i)
-    std::copy(p + P.tok_embd + size_t(tokens[i]) * size_t(d),
-              p + P.tok_embd + size_t(tokens[i] + 1) * size_t(d), xs(0) + i * d);
-  for (int l = 0; l < NL; ++l)
-    layer_forward(P, p, l, D, xs(l), cs, sn, eps, opts.compute, ws.acts[ckpt ? 0 : size_t(l)],
-                  xs(l + 1));
-
-  grow(ws.xf, n * d);
-  grow(ws.rstd_f, n);
-  rmsnorm_forward(xs(NL), p + P.output_norm, n, d, eps, ws.xf.data(), ws.rstd_f.data());
-  grow(ws.target, n);
-  for (int64_t i = 0; i + 1 < n; ++i) ws.target[size_t(i)] = tokens[i + 1];
-  ws.target[size_t(n - 1)] = -1;
-  if (grad) {
-    for (auto* v : {&ws.dy, &ws.dx, &ws.dxmid, &ws.dh}) grow(*v, n * d);
-    for (auto* v : {&ws.datt, &ws.dq}) grow(*v, n * D.qdim);
-    for (auto* v : {&ws.dk, &ws.dv}) grow(*v, n * D.kvdim);
-    for (auto* v : {&ws.da, &ws.dg, &ws.du}) grow(*v, n * D.ff);
+  if constexpr (std::is_same_v<T, float>) {
+    const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
+    return loss_and_grad_with(engine::BackendOps{*be}, P, p, tokens, n, tables, grad, grad_scale,
+                              ws, opts.checkpoint);
+  } else {
+    if (opts.backend || opts.compute != kernels::Compute::kF32)
+      throw Error("loss_and_grad: a backend and bf16 compute are for float training only");
+    return loss_and_grad_with(ReferenceOps<T>{}, P, p, tokens, n, tables, grad, grad_scale, ws,
+                              opts.checkpoint);
   }
-  // dy = d(loss)/d(normed final hidden states)
-  const double loss = lm_head_cross_entropy(
-      ws.xf.data(), n, d, p + P.output, int64_t(hp.n_vocab), ws.target.data(), grad_scale,
-      grad ? ws.dy.data() : nullptr, grad ? grad + P.output : nullptr, 256, opts.compute);
-  if (!grad) return loss;
-  rmsnorm_backward(xs(NL), p + P.output_norm, ws.rstd_f.data(), ws.dy.data(), n, d, ws.dx.data(),
-                   false, grad + P.output_norm);
-  // ws.dx holds d(loss)/d(output of layer l); the layer's backward writes its input's into dy.
-  for (int l = int(NL) - 1; l >= 0; --l) {
-    LayerActs<T>& A = ws.acts[ckpt ? 0 : size_t(l)];
-    if (ckpt) layer_forward(P, p, l, D, xs(l), cs, sn, eps, opts.compute, A, xs(l + 1));
-    layer_backward(P, p, l, D, xs(l), cs, sn, opts.compute, A, ws.dx.data(), ws.dy.data(), grad,
-                   ws);
-    std::swap(ws.dx, ws.dy);
-  }
-  embedding_backward(tokens, n, d, ws.dx.data(), grad + P.tok_embd);
-  return loss;
 }
 
 template std::vector<float> load_params<float>(const Model&, const ParamLayout&);

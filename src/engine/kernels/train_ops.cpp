@@ -1,7 +1,11 @@
-// The operations of a training step, forward and backward (include/longrope/train_ops.h).
+// The operations of a training step, forward and backward (include/longrope/train_ops.h): the
+// backward siblings of the engine kernels, which the CPU backend (backend_cpu.cpp) runs for
+// training, and their double instantiations, which the reference ops of the gradient checks run.
 // Matrix products go through BLAS, or through kernels::gemm_bf16_nt for the bf16 linear layers and
 // LM head; every parallel loop writes disjoint outputs in a fixed order,
 // so the results do not depend on the number of threads.
+#include "longrope/train_ops.h"
+
 #include <cblas.h>
 #include <fmt/format.h>
 
@@ -14,7 +18,6 @@
 #include "engine/kernels/vec_math.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
-#include "longrope/train_ops.h"
 
 namespace longrope::train {
 
