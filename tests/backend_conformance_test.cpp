@@ -1,8 +1,10 @@
-// The backend conformance suite: every kernel of include/longrope/kernels.h and the training ops
-// of include/longrope/train_ops.h, run under each CPU variant this CPU supports
-// (kernels::CpuVariantForTesting), against references computed here in double precision, each
-// element within a bound that an error model of the arithmetic derives from the actual inputs
-// (docs/design.md, "CPU variants and the conformance suite").
+// The backend conformance suite: every operation of a Backend (include/longrope/backend.h),
+// forward and backward, called through the backend object, and the CPU kernels beneath the CPU
+// backend (include/longrope/kernels.h), run for each backend under test and, for the CPU backend,
+// under each CPU variant this CPU supports (kernels::CpuVariantForTesting), against references
+// computed here in double precision, each element within a bound that an error model of the
+// arithmetic derives from the actual inputs (docs/design.md, "CPU variants and the conformance
+// suite"). A new backend joins by adding its Target to targets() below.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -21,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "longrope/backend.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
 #include "longrope/quant.h"
@@ -38,9 +41,30 @@ void PrintTo(CpuVariant v, std::ostream* os) {
 namespace lk = longrope::kernels;
 namespace lt = longrope::train;
 using lk::CpuVariant;
+using longrope::Backend;
 using longrope::GgmlType;
 
 namespace {
+
+// A backend under test: its name, its factory (by arithmetic; throws longrope::Error for an
+// arithmetic it cannot run) and the CPU variant in effect while it runs.
+using BackendFactory = std::shared_ptr<const Backend> (*)(lk::Compute);
+struct Target {
+  const char* backend;
+  BackendFactory make;
+  CpuVariant variant;
+};
+void PrintTo(const Target& t, std::ostream* os) {
+  *os << t.backend << " " << lk::cpu_variant_name(t.variant);
+}
+
+// Every backend under test: the CPU backend under each variant this CPU supports. (A CUDA
+// backend would add {"cuda", &cuda_backend, lk::cpu_best_variant()}.)
+std::vector<Target> targets() {
+  std::vector<Target> t;
+  for (CpuVariant v : lk::cpu_variants_supported()) t.push_back({"cpu", &longrope::cpu_backend, v});
+  return t;
+}
 
 // ---- The error model --------------------------------------------------------------------------
 //
@@ -388,20 +412,31 @@ class SummaryPrinter : public ::testing::Environment {
 [[maybe_unused]] ::testing::Environment* const g_summary =
     ::testing::AddGlobalTestEnvironment(new SummaryPrinter);
 
-class BackendConformance : public ::testing::TestWithParam<CpuVariant> {
+class BackendConformance : public ::testing::TestWithParam<Target> {
  protected:
   void SetUp() override {
-    cap_ = std::make_unique<lk::CpuVariantForTesting>(GetParam());
+    cap_ = std::make_unique<lk::CpuVariantForTesting>(variant());
     g_worst = 0.0;
     std::lock_guard<std::mutex> lock(g_ran_mu);
-    g_ran.insert(int(GetParam()));
+    g_ran.insert(int(variant()));
   }
   void TearDown() override {
     if (g_worst > 0)
-      std::printf("[%s] largest |error| / bound %.3g\n", lk::cpu_variant_name(GetParam()), g_worst);
+      std::printf("[%s %s] largest |error| / bound %.3g\n", GetParam().backend,
+                  lk::cpu_variant_name(variant()), g_worst);
     cap_.reset();
   }
-  bool has_bf16() const { return GetParam() >= CpuVariant::kAvx512Bf16; }
+  CpuVariant variant() const { return GetParam().variant; }
+  bool has_bf16() const { return variant() >= CpuVariant::kAvx512Bf16; }
+  // The backend under test with arithmetic c, or null after checking that it refuses c because
+  // the CPU variant lacks AVX512_BF16.
+  std::shared_ptr<const Backend> backend(lk::Compute c) const {
+    if (c == lk::Compute::kBF16 && !has_bf16()) {
+      expect_needs_bf16([&] { GetParam().make(c); }, "a bf16 backend");
+      return nullptr;
+    }
+    return GetParam().make(c);
+  }
 
  private:
   std::unique_ptr<lk::CpuVariantForTesting> cap_;
@@ -409,7 +444,7 @@ class BackendConformance : public ::testing::TestWithParam<CpuVariant> {
 
 // The features the kernels see follow the variant, and so do the compute paths.
 TEST_P(BackendConformance, FeaturesFollowTheVariant) {
-  const CpuVariant v = GetParam();
+  const CpuVariant v = variant();
   EXPECT_EQ(lk::cpu_variant(), v);
   EXPECT_EQ(lk::cpu_has_avx512(), v >= CpuVariant::kAvx512);
   EXPECT_EQ(lk::cpu_has_avx512_bf16(), v >= CpuVariant::kAvx512Bf16);
@@ -514,9 +549,10 @@ TEST_P(BackendConformance, MatmulW) {
             expect_needs_bf16(
                 [&] { lk::matmul_w(M, A.data(), lda, W, C.data(), ldc, beta, compute); },
                 what.c_str());
-            continue;
           }
-          lk::matmul_w(M, A.data(), lda, W, C.data(), ldc, beta, compute);
+          const auto be = backend(compute);
+          if (!be) continue;
+          be->matmul_w(M, A.data(), lda, W, C.data(), ldc, beta);
           const Arith arith = projection_arith(M, t, compute);
           std::vector<double> got;
           std::vector<Err> want;
@@ -551,7 +587,7 @@ TEST_P(BackendConformance, GemvW) {
         const auto X = normal(static_cast<size_t>(M * ldx), 52 + M);
         const auto Y0 = normal(static_cast<size_t>(M * ldy), 53);
         auto Y = Y0;
-        lk::gemv_w(M, X.data(), ldx, W, Y.data(), ldy, beta);
+        backend(lk::Compute::kF32)->gemv_w(M, X.data(), ldx, W, Y.data(), ldy, beta);
         const Arith arith = projection_arith(M, t, lk::Compute::kF32);
         std::vector<double> got;
         std::vector<Err> want;
@@ -613,22 +649,32 @@ TEST_P(BackendConformance, Rmsnorm) {
   const auto x = normal(static_cast<size_t>(n * d), 71, 3.0f);
   const auto w = normal(static_cast<size_t>(d), 72);
   std::vector<float> y(x.size());
-  lk::rmsnorm(x.data(), w.data(), y.data(), n, d, eps);
+  const auto be = backend(lk::Compute::kF32);
+  be->rmsnorm(x.data(), w.data(), y.data(), n, d, eps);
+  std::vector<std::vector<Err>> rows(static_cast<size_t>(n));
   std::vector<Err> want;
   for (int64_t r = 0; r < n; ++r) {
     Sum ss;
     for (int64_t i = 0; i < d; ++i) ss.add(mul(in(x[r * d + i]), in(x[r * d + i])));
     const Err inv = div(in(1.0), sqrt_of(add(div(ss.result(), in(double(d))), in(eps))));
-    for (int64_t i = 0; i < d; ++i) want.push_back(mul(mul(in(x[r * d + i]), inv), in(w[i])));
+    for (int64_t i = 0; i < d; ++i) rows[r].push_back(mul(mul(in(x[r * d + i]), inv), in(w[i])));
+    want.insert(want.end(), rows[r].begin(), rows[r].end());
   }
   ASSERT_TRUE(within("rmsnorm", as_double(y), want));
+  // Chosen rows, written densely.
+  const std::vector<int64_t> pick = {69, 0, 33, 34, 7};
+  std::vector<float> yr(pick.size() * d);
+  be->rmsnorm_rows(x.data(), pick.data(), int64_t(pick.size()), w.data(), yr.data(), d, eps);
+  std::vector<Err> want_rows;
+  for (int64_t r : pick) want_rows.insert(want_rows.end(), rows[r].begin(), rows[r].end());
+  ASSERT_TRUE(within("rmsnorm_rows", as_double(yr), want_rows));
 }
 
 TEST_P(BackendConformance, Swiglu) {
   const auto g0 = normal(5000, 81, 4.0f);
   const auto u = normal(5000, 82);
   auto g = g0;
-  lk::swiglu(g.data(), u.data(), int64_t(g.size()));
+  backend(lk::Compute::kF32)->swiglu(g.data(), u.data(), int64_t(g.size()));
   std::vector<Err> want;
   for (size_t i = 0; i < g0.size(); ++i) {
     const Err e = exp_of(in(-double(g0[i])), kExpRel);
@@ -670,10 +716,15 @@ TEST_P(BackendConformance, RopeApply) {
       c[r * n_rot / 2 + j] = float(1.1 * std::cos(th));
       s[r * n_rot / 2 + j] = float(1.1 * std::sin(th));
     }
-  auto x = x0;
-  lk::rope_apply(x.data(), n, stride, n_heads, hd, n_rot, c.data(), s.data());
+  auto x = x0, dx = x0;
+  const auto be = backend(lk::Compute::kF32);
+  be->rope_apply(x.data(), n, stride, n_heads, hd, n_rot, c.data(), s.data());
   ASSERT_TRUE(
       within("rope_apply", as_double(x), rope_ref(x0, n, stride, n_heads, hd, n_rot, c, s, 1.0)));
+  // The backward: the transposed rotation.
+  be->rope_backward(dx.data(), n, stride, n_heads, hd, n_rot, c.data(), s.data());
+  ASSERT_TRUE(within("rope_backward", as_double(dx),
+                     rope_ref(x0, n, stride, n_heads, hd, n_rot, c, s, -1.0)));
 }
 
 // Attention shapes: decode (one query far into the cache), a short prefill, a grouped prefill
@@ -688,34 +739,42 @@ const AttnCase kAttnCases[] = {{1, 1100, 4, 2, 64},
                                {40, 290, 4, 2, 64},
                                {160, 0, 4, 2, 64}};
 
-template <class KV>
-void check_attention(const AttnCase& c, bool bf16_path) {
-  const int64_t cap = c.p0 + c.n + 7;
+// Keys and values enter the cache through store_kv (rounded to bf16 there when the backend's
+// arithmetic is bf16; the reference sees the cache's values) and the queries of positions
+// p0.. attend through the backend's attention.
+void check_attention(const Backend& be, const AttnCase& c) {
+  const bool bf16_path = be.compute() == lk::Compute::kBF16;
+  const int64_t len = c.p0 + c.n, cap = len + 7;
   const int hd = c.hd;
-  const int64_t qs = int64_t(c.n_head) * hd + 3;
+  const int64_t qs = int64_t(c.n_head) * hd + 3, kvdim = int64_t(c.n_head_kv) * hd;
   const auto q = normal(static_cast<size_t>(c.n * qs), 101 + c.n, 1.5f);
-  auto k = normal(static_cast<size_t>(c.n_head_kv * cap * hd), 102 + c.n);
-  auto v = normal(static_cast<size_t>(c.n_head_kv * cap * hd), 103 + c.n);
-  std::vector<KV> kk(k.size()), vv(v.size());
-  for (size_t i = 0; i < k.size(); ++i) {
-    if constexpr (std::is_same_v<KV, uint16_t>) {
-      kk[i] = longrope::fp32_to_bf16(k[i]);
-      vv[i] = longrope::fp32_to_bf16(v[i]);
-      k[i] = bf16_value(kk[i]);  // the reference sees the cache's values
-      v[i] = bf16_value(vv[i]);
-    } else {
-      kk[i] = k[i];
-      vv[i] = v[i];
-    }
-  }
+  const auto k_rows = normal(static_cast<size_t>(len * kvdim), 102 + c.n);
+  const auto v_rows = normal(static_cast<size_t>(len * kvdim), 103 + c.n);
+  longrope::HParams hp;
+  hp.n_head = c.n_head;
+  hp.n_head_kv = c.n_head_kv;
+  hp.head_dim = hd;
+  const auto kv = be.make_kv(hp, cap, 1);
+  // Two calls: the prefix, then the rest (a cache continued).
+  const int64_t split = len / 3;
+  be.store_kv(kv->view, 0, 0, split, c.n_head_kv, hd, k_rows.data(), v_rows.data());
+  be.store_kv(kv->view, 0, split, len - split, c.n_head_kv, hd, k_rows.data() + split * kvdim,
+              v_rows.data() + split * kvdim);
+  // The reference's cache: kv head h, position p at (h * cap + p) * hd.
+  std::vector<float> k(static_cast<size_t>(c.n_head_kv * cap * hd)), v(k.size());
+  for (int64_t p = 0; p < len; ++p)
+    for (int h = 0; h < c.n_head_kv; ++h)
+      for (int d = 0; d < hd; ++d) {
+        const float kx = k_rows[p * kvdim + h * hd + d], vx = v_rows[p * kvdim + h * hd + d];
+        const size_t at = static_cast<size_t>((h * cap + p) * hd + d);
+        k[at] = bf16_path ? bf16_value(longrope::fp32_to_bf16(kx)) : kx;
+        v[at] = bf16_path ? bf16_value(longrope::fp32_to_bf16(vx)) : vx;
+      }
   std::vector<float> out(static_cast<size_t>(c.n * qs), -7.0f);
   const float scale = 1.0f / std::sqrt(float(hd));
-  lk::AttentionArgsT<KV> a{q.data(), qs,   kk.data(), vv.data(),   cap, out.data(), qs,
-                           c.n,      c.p0, c.n_head,  c.n_head_kv, hd,  scale};
-  if constexpr (std::is_same_v<KV, uint16_t>)
-    lk::attention_bf16(a);
-  else
-    lk::attention(a);
+  be.attention(kv->view, 0,
+               longrope::AttentionCall{q.data(), qs, out.data(), qs, c.n, c.p0, c.n_head,
+                                       c.n_head_kv, hd, scale});
   std::vector<double> got;
   std::vector<Err> want;
   const int group = c.n_head / c.n_head_kv;
@@ -729,29 +788,31 @@ void check_attention(const AttnCase& c, bool bf16_path) {
         want.push_back(r.out[d]);
       }
     }
-  ASSERT_TRUE(within(std::string(bf16_path ? "attention_bf16" : "attention") + " n " +
+  ASSERT_TRUE(within(std::string(bf16_path ? "attention bf16" : "attention") + " n " +
                          std::to_string(c.n) + " p0 " + std::to_string(c.p0),
                      got, want));
 }
 
 TEST_P(BackendConformance, Attention) {
-  for (const AttnCase& c : kAttnCases) check_attention<float>(c, false);
+  const auto be = backend(lk::Compute::kF32);
+  for (const AttnCase& c : kAttnCases) check_attention(*be, c);
 }
 
 TEST_P(BackendConformance, AttentionBf16) {
-  for (const AttnCase& c : kAttnCases) {
-    if (!has_bf16()) {
-      const std::vector<uint16_t> kv(static_cast<size_t>(c.n_head_kv * (c.p0 + c.n) * c.hd));
-      std::vector<float> q(static_cast<size_t>(c.n * c.n_head * c.hd)), out(q.size());
-      const lk::AttentionArgsBf16 a{q.data(),   c.n_head * c.hd, kv.data(),       kv.data(),
-                                    c.p0 + c.n, out.data(),      c.n_head * c.hd, c.n,
-                                    c.p0,       c.n_head,        c.n_head_kv,     c.hd,
-                                    0.125f};
-      expect_needs_bf16([&] { lk::attention_bf16(a); }, "attention_bf16");
-      continue;
-    }
-    check_attention<uint16_t>(c, true);
+  if (!has_bf16()) {
+    // The kernel itself refuses too.
+    const AttnCase& c = kAttnCases[0];
+    const std::vector<uint16_t> kv(static_cast<size_t>(c.n_head_kv * (c.p0 + c.n) * c.hd));
+    std::vector<float> q(static_cast<size_t>(c.n * c.n_head * c.hd)), out(q.size());
+    const lk::AttentionArgsBf16 a{q.data(),   c.n_head * c.hd, kv.data(),       kv.data(),
+                                  c.p0 + c.n, out.data(),      c.n_head * c.hd, c.n,
+                                  c.p0,       c.n_head,        c.n_head_kv,     c.hd,
+                                  0.125f};
+    expect_needs_bf16([&] { lk::attention_bf16(a); }, "attention_bf16");
   }
+  const auto be = backend(lk::Compute::kBF16);
+  if (!be) return;
+  for (const AttnCase& c : kAttnCases) check_attention(*be, c);
 }
 
 // nll = log sum exp(row) - row[target]: FP32 max and exponentials (fast_exp), an FP32 sum per row
@@ -775,7 +836,13 @@ TEST_P(BackendConformance, NllRows) {
   ASSERT_TRUE(within("nll_rows", nll, want));
 }
 
-// ---- Training ops (include/longrope/train_ops.h), float against the model -------------------
+// ---- Training: the forward ops with their backward siblings, float against the model --------
+
+// A dense FP32 matrix as a weight (how training passes its parameters).
+lk::WeightView dense_view(const std::vector<float>& w, int64_t rows, int64_t cols) {
+  return {GgmlType::F32, reinterpret_cast<const uint8_t*>(w.data()), rows, cols,
+          sizeof(float) * size_t(cols)};
+}
 
 TEST_P(BackendConformance, TrainLinear) {
   const int64_t n = 24, in_w = 72, out_w = 40;
@@ -789,16 +856,13 @@ TEST_P(BackendConformance, TrainLinear) {
   for (lk::Compute compute : {lk::Compute::kF32, lk::Compute::kBF16}) {
     const std::string cn = lk::compute_name(compute);
     std::vector<float> Y(static_cast<size_t>(n * out_w)), dX = dX0, dW = dW0, db = db0;
-    auto run = [&] {
-      lt::linear_forward(X.data(), n, in_w, W.data(), out_w, b.data(), Y.data(), compute);
-      lt::linear_backward(X.data(), n, in_w, W.data(), out_w, dY.data(), dX.data(), true, dW.data(),
-                          db.data(), compute);
-    };
-    if (compute == lk::Compute::kBF16 && !has_bf16()) {
-      expect_needs_bf16(run, "linear bf16");
-      continue;
-    }
-    run();
+    const auto be = backend(compute);
+    if (!be) continue;
+    // The forward is the inference projection (matmul_w) on a dense weight, then the bias.
+    const lk::WeightView Wv = dense_view(W, out_w, in_w);
+    be->matmul_w(n, X.data(), in_w, Wv, Y.data(), out_w, 0.0f);
+    be->add_bias(Y.data(), n, out_w, b.data());
+    be->linear_backward(X.data(), n, Wv, dY.data(), dX.data(), true, dW.data(), db.data());
     const bool bf = compute == lk::Compute::kBF16;
     auto op = [bf](float x) { return bf ? bf16(in(x)) : in(x); };
     std::vector<Err> y, dx, dw, dbw;
@@ -836,8 +900,9 @@ TEST_P(BackendConformance, TrainLinear) {
   }
 }
 
-// rmsnorm_forward sums in double; the backward takes the forward's rstd as an input:
-// dx = rs (dy w) - c x with c = rs^3 mean(dy w x) formed in double and rounded once.
+// The forward is the inference RMSNorm (FP32 sums, the Rmsnorm test); the backward recomputes
+// each row's rs = 1 / sqrt(mean(x^2) + eps) with a double sum, rounded once to FP32, then
+// dx = rs (dy w) - c x with c = rs^3 mean(dy w x) formed in double and rounded once, dw += dy x rs.
 TEST_P(BackendConformance, TrainRmsnorm) {
   const int64_t n = 20, d = 64;
   const float eps = 1e-5f;
@@ -845,73 +910,59 @@ TEST_P(BackendConformance, TrainRmsnorm) {
   const auto w = normal(static_cast<size_t>(d), 132);
   const auto dy = normal(static_cast<size_t>(n * d), 133);
   const auto dw0 = normal(static_cast<size_t>(d), 134);
-  std::vector<float> y(static_cast<size_t>(n * d)), rstd(static_cast<size_t>(n)),
-      dx(static_cast<size_t>(n * d)), dw = dw0;
-  lt::rmsnorm_forward(x.data(), w.data(), n, d, eps, y.data(), rstd.data());
-  lt::rmsnorm_backward(x.data(), w.data(), rstd.data(), dy.data(), n, d, dx.data(), false,
-                       dw.data());
-  std::vector<Err> wy, wr, wdx;
-  for (int64_t r = 0; r < n; ++r) {
-    double ss = 0;
-    for (int64_t j = 0; j < d; ++j) ss += double(x[r * d + j]) * x[r * d + j];
-    const Err rs = rounded(in(1.0 / std::sqrt(ss / double(d) + double(eps))));
-    wr.push_back(rs);
-    for (int64_t j = 0; j < d; ++j) wy.push_back(mul(mul(in(x[r * d + j]), rs), in(w[j])));
-    const double rsi = rstd[r];  // the backward's input
-    double dot = 0;
-    for (int64_t j = 0; j < d; ++j) dot += double(dy[r * d + j]) * w[j] * x[r * d + j];
-    const Err c = rounded(in(rsi * rsi * rsi * dot / double(d)));
-    for (int64_t j = 0; j < d; ++j)
-      wdx.push_back(sub(mul(in(rsi), mul(in(dy[r * d + j]), in(w[j]))), mul(c, in(x[r * d + j]))));
+  const auto dx0 = normal(static_cast<size_t>(n * d), 135);
+  for (bool accumulate : {false, true}) {
+    std::vector<float> dx = dx0, dw = dw0;
+    backend(lk::Compute::kF32)
+        ->rmsnorm_backward(x.data(), w.data(), eps, dy.data(), n, d, dx.data(), accumulate,
+                           dw.data());
+    std::vector<Err> wdx;
+    std::vector<float> rstd(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      double ss = 0;
+      for (int64_t j = 0; j < d; ++j) ss += double(x[r * d + j]) * x[r * d + j];
+      rstd[r] = float(1.0 / std::sqrt(ss / double(d) + double(eps)));
+      const Err rs = rounded(in(1.0 / std::sqrt(ss / double(d) + double(eps))));
+      double dot = 0;
+      for (int64_t j = 0; j < d; ++j) dot += double(dy[r * d + j]) * w[j] * x[r * d + j];
+      const double rsv = rstd[r];
+      const Err c = rounded(in(rsv * rsv * rsv * dot / double(d)));
+      for (int64_t j = 0; j < d; ++j) {
+        const Err val = sub(mul(rs, mul(in(dy[r * d + j]), in(w[j]))), mul(c, in(x[r * d + j])));
+        wdx.push_back(accumulate ? add(in(dx0[r * d + j]), val) : val);
+      }
+    }
+    std::vector<Err> wdw;
+    for (int64_t j = 0; j < d; ++j) {
+      Sum sm;
+      sm.add(in(dw0[j]));
+      for (int64_t r = 0; r < n; ++r)
+        sm.add(mul(mul(in(dy[r * d + j]), in(x[r * d + j])), in(rstd[r])));
+      wdw.push_back(sm.result());
+    }
+    const std::string what = accumulate ? " (accumulated)" : "";
+    EXPECT_TRUE(within("rmsnorm_backward dx" + what, as_double(dx), wdx));
+    EXPECT_TRUE(within("rmsnorm_backward dw" + what, as_double(dw), wdw));
   }
-  std::vector<Err> wdw;
-  for (int64_t j = 0; j < d; ++j) {
-    Sum s;
-    s.add(in(dw0[j]));
-    for (int64_t r = 0; r < n; ++r)
-      s.add(mul(mul(in(dy[r * d + j]), in(x[r * d + j])), in(rstd[r])));
-    wdw.push_back(s.result());
-  }
-  EXPECT_TRUE(within("rmsnorm_forward y", as_double(y), wy));
-  EXPECT_TRUE(within("rmsnorm_forward rstd", as_double(rstd), wr));
-  EXPECT_TRUE(within("rmsnorm_backward dx", as_double(dx), wdx));
-  EXPECT_TRUE(within("rmsnorm_backward dw", as_double(dw), wdw));
 }
 
-TEST_P(BackendConformance, TrainRope) {
-  const int64_t n = 40;
-  const int n_heads = 2, hd = 16, n_rot = 16;
-  const int64_t stride = n_heads * hd;
-  const auto x0 = normal(static_cast<size_t>(n * stride), 141);
-  std::vector<float> c(static_cast<size_t>(n * n_rot / 2)), s(c.size());
-  for (size_t i = 0; i < c.size(); ++i) {
-    c[i] = float(std::cos(0.37 * double(i)));
-    s[i] = float(std::sin(0.37 * double(i)));
-  }
-  auto x = x0, dx = x0;
-  lt::rope_forward(x.data(), n, stride, n_heads, hd, n_rot, c.data(), s.data());
-  lt::rope_backward(dx.data(), n, stride, n_heads, hd, n_rot, c.data(), s.data());
-  EXPECT_TRUE(
-      within("rope_forward", as_double(x), rope_ref(x0, n, stride, n_heads, hd, n_rot, c, s, 1.0)));
-  EXPECT_TRUE(within("rope_backward", as_double(dx),
-                     rope_ref(x0, n, stride, n_heads, hd, n_rot, c, s, -1.0)));
-}
-
-// out = g sigmoid(g) u; dg = dout u sg (1 + g (1 - sg)), du = dout g sg with sg = 1 / (1 + e^-g).
+// The forward is the inference SwiGLU (in place, g / (1 + e^-g) u); the backward
+// dg = dout u sg (1 + g (1 - sg)), du = dout g sg with sg = 1 / (1 + e^-g).
 TEST_P(BackendConformance, TrainSwiglu) {
   const int64_t n = 3000;
   const auto g = normal(static_cast<size_t>(n), 151, 3.0f);
   const auto u = normal(static_cast<size_t>(n), 152);
   const auto go = normal(static_cast<size_t>(n), 153);
-  std::vector<float> out(static_cast<size_t>(n)), dg(static_cast<size_t>(n)),
-      du(static_cast<size_t>(n));
-  lt::swiglu_forward(g.data(), u.data(), out.data(), n);
-  lt::swiglu_backward(g.data(), u.data(), go.data(), dg.data(), du.data(), n);
+  std::vector<float> out = g, dg(static_cast<size_t>(n)), du(static_cast<size_t>(n));
+  const auto be = backend(lk::Compute::kF32);
+  be->swiglu(out.data(), u.data(), n);
+  be->swiglu_backward(g.data(), u.data(), go.data(), dg.data(), du.data(), n);
   std::vector<Err> wo, wg, wu;
   for (int64_t i = 0; i < n; ++i) {
     const Err gi = in(g[i]), ui = in(u[i]), gout = in(go[i]);
-    const Err sg = div(in(1.0), add(in(1.0), exp_of(in(-double(g[i])), kExpRel)));
-    wo.push_back(mul(mul(gi, sg), ui));
+    const Err e = exp_of(in(-double(g[i])), kExpRel);
+    const Err sg = div(in(1.0), add(in(1.0), e));
+    wo.push_back(mul(div(gi, add(in(1.0), e)), ui));
     wg.push_back(mul(mul(mul(gout, ui), sg), add(in(1.0), mul(gi, sub(in(1.0), sg)))));
     wu.push_back(mul(mul(gout, gi), sg));
   }
@@ -940,8 +991,9 @@ TEST_P(BackendConformance, TrainAttention) {
   const auto dout = normal(static_cast<size_t>(n * qs), 164);
   std::vector<float> out(static_cast<size_t>(n * qs)), lse(static_cast<size_t>(sh.n_head * n));
   std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
-  lt::attention_forward(sh, q.data(), k.data(), v.data(), out.data(), lse.data());
-  lt::attention_backward(sh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
+  const auto be = backend(lk::Compute::kF32);
+  be->attention_forward(sh, q.data(), k.data(), v.data(), out.data(), lse.data());
+  be->attention_backward(sh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
                          dq.data(), dk.data(), dv.data());
   const float fscale = float(sh.scale);
   const int64_t extra = n / 64 + n / 256 + 2;
@@ -1017,16 +1069,10 @@ TEST_P(BackendConformance, TrainLmHead) {
   for (lk::Compute compute : {lk::Compute::kF32, lk::Compute::kBF16}) {
     const std::string cn = lk::compute_name(compute);
     std::vector<float> dh(static_cast<size_t>(n * d)), dW = dW0;
-    double loss = 0;
-    auto run = [&] {
-      loss = lt::lm_head_cross_entropy(h.data(), n, d, W.data(), V, target.data(), gs, dh.data(),
-                                       dW.data(), 4, compute);
-    };
-    if (compute == lk::Compute::kBF16 && !has_bf16()) {
-      expect_needs_bf16(run, "lm_head_cross_entropy bf16");
-      continue;
-    }
-    run();
+    const auto be = backend(compute);
+    if (!be) continue;
+    const double loss = be->lm_head_cross_entropy(h.data(), n, dense_view(W, V, d), target.data(),
+                                                  gs, dh.data(), dW.data());
     const bool bf = compute == lk::Compute::kBF16;
     auto op = [bf](Err x) { return bf ? bf16(x) : x; };
     Sum total;
@@ -1069,8 +1115,8 @@ TEST_P(BackendConformance, TrainLmHead) {
         s.add(in(dW0[j * d + k]));
         for (int64_t r = 0; r < n; ++r)
           if (target[r] >= 0) s.add(mul(op(dz[r * V + j]), op(in(h[r * d + k]))));
-        // Chunks of 4 rows: each chunk's product is added to dW (one more addition per chunk).
-        wdw.push_back(s.result(kU, n / 4 + 1));
+        // Each chunk's product is added to dW (one more addition per chunk, at most n).
+        wdw.push_back(s.result(kU, n + 1));
       }
     EXPECT_TRUE(within("lm_head_cross_entropy loss " + cn, {loss}, {total.result(kUd)}));
     EXPECT_TRUE(within("lm_head_cross_entropy dh " + cn, as_double(dh), wdh));
@@ -1078,9 +1124,56 @@ TEST_P(BackendConformance, TrainLmHead) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cpu, BackendConformance, ::testing::ValuesIn(lk::cpu_variants_supported()),
-                         [](const ::testing::TestParamInfo<CpuVariant>& info) {
-                           return std::string(lk::cpu_variant_name(info.param));
+// The embedding rows of a table in any encoding (decoded exactly as the loader's dequantize does)
+// and the backward's scatter-add; copy and add_bias.
+TEST_P(BackendConformance, EmbedCopyAndBias) {
+  const auto be = backend(lk::Compute::kF32);
+  const std::vector<int32_t> tokens = {5, 0, 17, 5, 31};
+  const int64_t n = int64_t(tokens.size());
+  for (GgmlType t : kWeightTypes) {
+    const int64_t bs = longrope::ggml_block_size(t), V = 32;
+    const int64_t d = bs == 1 ? 40 : bs == 32 ? 64 : 256;
+    const auto m = longrope::test::random_weights(t, V, d, 181 + int(t));
+    const auto W = longrope::test::weight_view(t, m, V, d);
+    const auto w = decoded(W);
+    std::vector<float> x(static_cast<size_t>(n * d));
+    be->embed(W, tokens.data(), n, x.data());
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < d; ++j)
+        ASSERT_EQ(x[r * d + j], w[tokens[r] * d + j]) << "embed " << type_name(t) << " row " << r;
+    const int32_t bad = int32_t(V);
+    EXPECT_THROW(be->embed(W, &bad, 1, x.data()), longrope::Error);
+  }
+  const int64_t d = 24, V = 40;
+  const auto dx = normal(static_cast<size_t>(n * d), 191);
+  const auto dE0 = normal(static_cast<size_t>(V * d), 192);
+  auto dE = dE0;
+  be->embedding_backward(tokens.data(), n, d, dx.data(), dE.data());
+  std::vector<Err> want;
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t j = 0; j < d; ++j) {
+      Sum sm;
+      sm.add(in(dE0[v * d + j]));
+      for (int64_t r = 0; r < n; ++r)
+        if (tokens[r] == v) sm.add(in(dx[r * d + j]));
+      want.push_back(sm.result());
+    }
+  EXPECT_TRUE(within("embedding_backward", as_double(dE), want));
+  std::vector<float> y(dx.size(), 0.0f);
+  be->copy(dx.data(), y.data(), int64_t(dx.size()));
+  EXPECT_EQ(y, dx);
+  const auto b = normal(static_cast<size_t>(d), 193);
+  be->add_bias(y.data(), n, d, b.data());
+  std::vector<Err> wb;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < d; ++j) wb.push_back(add(in(dx[r * d + j]), in(b[j])));
+  EXPECT_TRUE(within("add_bias", as_double(y), wb));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cpu, BackendConformance, ::testing::ValuesIn(targets()),
+                         [](const ::testing::TestParamInfo<Target>& info) {
+                           return std::string(info.param.backend) + "_" +
+                                  lk::cpu_variant_name(info.param.variant);
                          });
 
 // Runs the whole suite in a child process (ctest runs each test in a process of its own) and
