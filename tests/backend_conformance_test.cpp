@@ -1207,6 +1207,49 @@ TEST(BackendConformanceCoverage, EverySupportedVariantRan) {
   }
 }
 
+// OpenBLAS's fallback to its SSE3 kernels on a CPU it does not know is repaired by the kernels
+// the CPU can run, and nothing else is touched.
+TEST(BlasKernels, RepairNamesTheKernelsOnlyForTheFallback) {
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, true), "Cooperlake");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, false), "SkylakeX");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, false, false), "Haswell");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", false, false, false), "");
+  for (const char* known : {"SkylakeX", "Cooperlake", "Haswell", "Zen", "Sandybridge", ""})
+    EXPECT_EQ(lk::blas_coretype_for(known, true, true, true), "") << known;
+  EXPECT_FALSE(lk::blas_core_name().empty());
+}
+
+// The CLI runs with the repaired kernels where the library fell back (OpenBLAS prints its choice
+// with OPENBLAS_VERBOSE=2), and keeps a choice the user made.
+TEST(BlasKernels, CliRunsTheRepairedKernelsAndKeepsTheUsersChoice) {
+  const std::string cli = longrope::test::cli_path().string();
+  const std::string cmd =
+      " '" + cli + "' rope --head-dim 8 --rope linear --rope-factor 2 --orig-ctx 16 2>&1";
+  auto last_core = [](const std::string& out) {
+    const size_t at = out.rfind("Core: ");
+    return at == std::string::npos ? std::string()
+                                   : out.substr(at + 6, out.find('\n', at) - at - 6);
+  };
+  std::string out;
+  ASSERT_EQ(longrope::test::run_command("env -u OPENBLAS_CORETYPE OPENBLAS_VERBOSE=2" + cmd, &out),
+            0)
+      << out;
+  const std::string repair = lk::blas_coretype_repair();
+  if (!repair.empty()) {
+    std::printf("OpenBLAS fell back to %s here; the CLI runs %s\n", lk::blas_core_name().c_str(),
+                repair.c_str());
+    EXPECT_EQ(last_core(out), repair) << out;
+  } else if (!last_core(out).empty()) {
+    EXPECT_EQ(last_core(out), lk::blas_core_name()) << out;
+  }
+  ASSERT_EQ(
+      longrope::test::run_command("OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2" + cmd, &out), 0)
+      << out;
+  if (!last_core(out).empty()) {
+    EXPECT_EQ(last_core(out), "Prescott") << out;
+  }
+}
+
 // LONGROPE_CPU: an unknown value, or one above this CPU, is one clear error line naming the
 // variable, the value and what the CPU supports; a lower one caps the compute path.
 TEST(BackendConformanceCoverage, LongropeCpuVariable) {

@@ -52,6 +52,24 @@ class CpuVariantForTesting {
   int previous_;
 };
 
+// ---- The BLAS library's kernel choice.
+// OpenBLAS (the FP32 GEMM behind gemm_nt and training's backward products) picks its kernels at
+// load time from the CPU model; releases before 0.3.25 (Debian 12 ships 0.3.21) fall back to
+// their SSE3 "Prescott" kernels on Intel models they do not know (OpenBLAS issue 4267), about 4x
+// slower than their AVX-512 ones on such a Xeon. The library's own name for the kernels it chose
+// ("Prescott", "SkylakeX", "Zen", ...).
+std::string blas_core_name();
+// The OPENBLAS_CORETYPE that repairs that fallback on a CPU with these features, or "" when
+// `core` is not the fallback or the CPU has no AVX2/FMA: "Cooperlake" (AVX512_BF16), "SkylakeX"
+// (AVX-512), "Haswell" (AVX2 + FMA).
+std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512,
+                              bool avx512_bf16);
+// blas_coretype_for(blas_core_name(), this CPU's own features) (not capped by LONGROPE_CPU: the
+// BLAS library reads the CPU itself). OpenBLAS reads OPENBLAS_CORETYPE when it loads, so a
+// program applies it by setting the variable and executing itself again (the CLI does, at
+// start); "" when nothing is to be done.
+std::string blas_coretype_repair();
+
 // CPU features within the variant in effect (each throws cpu_variant()'s Error).
 bool cpu_has_avx512();       // AVX512F + BW + VL + DQ (kAvx512 and above)
 bool cpu_has_avx512_vnni();  // + AVX512_VNNI (kAvx512 and above, where the CPU has it)

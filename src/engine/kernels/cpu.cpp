@@ -1,5 +1,7 @@
 // Run-time CPU feature detection, the CPU variant in effect (LONGROPE_CPU, tests' caps) and the
 // default compute path.
+#include <cblas.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -17,13 +19,14 @@ constexpr CpuVariant kAllVariants[] = {CpuVariant::kPortable, CpuVariant::kAvx51
 
 // What the hardware has, detected once.
 struct Hardware {
-  bool avx512 = false, vnni = false, bf16 = false, amx = false;
+  bool avx2_fma = false, avx512 = false, vnni = false, bf16 = false, amx = false;
 };
 
 const Hardware& hardware() {
   static const Hardware hw = [] {
     Hardware h;
 #if defined(__x86_64__) || defined(__i386__)
+    h.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     h.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     h.vnni = h.avx512 && __builtin_cpu_supports("avx512vnni");
@@ -198,6 +201,25 @@ Compute compute_of_flag(const std::string& value) {
 
 const char* compute_name(Compute c) {
   return c == Compute::kBF16 ? "bf16" : "f32";
+}
+
+std::string blas_core_name() {
+  const char* name = openblas_get_corename();
+  return name ? name : "";
+}
+
+std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512,
+                              bool avx512_bf16) {
+  if (core != "Prescott" && core != "prescott") return "";
+  if (avx512 && avx512_bf16) return "Cooperlake";
+  if (avx512) return "SkylakeX";
+  if (avx2_fma) return "Haswell";
+  return "";
+}
+
+std::string blas_coretype_repair() {
+  const Hardware& h = hardware();
+  return blas_coretype_for(blas_core_name(), h.avx2_fma, h.avx512, h.bf16);
 }
 
 }  // namespace longrope::kernels
