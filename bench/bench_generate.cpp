@@ -12,6 +12,7 @@
 
 #include "longrope/context.h"
 #include "longrope/error.h"
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
 #include "longrope/sampling.h"
@@ -19,6 +20,8 @@
 using namespace longrope;
 
 int main(int argc, char** argv) {
+  // The BLAS kernels the CLI runs (longrope/kernels.h).
+  longrope::kernels::restart_with_blas_repair(argv);
   if (argc < 5) {
     fmt::print(stderr, "usage: {} MODEL TEXT PROMPT NEW [THREADS] [RECOMPUTE_NEW]\n", argv[0]);
     return 2;

@@ -13,10 +13,13 @@
 
 #include "longrope/context.h"
 #include "longrope/error.h"
+#include "longrope/kernels.h"
 #include "longrope/model.h"
 #include "longrope/perplexity.h"
 
 int main(int argc, char** argv) {
+  // The BLAS kernels the CLI runs (longrope/kernels.h).
+  longrope::kernels::restart_with_blas_repair(argv);
   if (argc < 4) {
     fmt::print(stderr, "usage: {} MODEL TEXT CTX [THREADS] [f32|bf16]\n", argv[0]);
     return 2;

@@ -1210,7 +1210,7 @@ TEST(BackendConformanceCoverage, EverySupportedVariantRan) {
 // OpenBLAS's fallback to its SSE3 kernels on a CPU it does not know is repaired by the kernels
 // the CPU can run, and nothing else is touched.
 TEST(BlasKernels, RepairNamesTheKernelsOnlyForTheFallback) {
-  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, true), "Cooperlake");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, true), "SkylakeX");
   EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, false), "SkylakeX");
   EXPECT_EQ(lk::blas_coretype_for("Prescott", true, false, false), "Haswell");
   EXPECT_EQ(lk::blas_coretype_for("Prescott", false, false, false), "");

@@ -60,15 +60,21 @@ class CpuVariantForTesting {
 // ("Prescott", "SkylakeX", "Zen", ...).
 std::string blas_core_name();
 // The OPENBLAS_CORETYPE that repairs that fallback on a CPU with these features, or "" when
-// `core` is not the fallback or the CPU has no AVX2/FMA: "Cooperlake" (AVX512_BF16), "SkylakeX"
-// (AVX-512), "Haswell" (AVX2 + FMA).
+// `core` is not the fallback or the CPU has no AVX2/FMA: "SkylakeX" (AVX-512; also with
+// AVX512_BF16, since OpenBLAS 0.3.21's list of names lacks "Cooperlake" and its Cooper Lake
+// kernels differ only in sbgemm, which Debian's build leaves out), "Haswell" (AVX2 + FMA).
 std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512,
                               bool avx512_bf16);
 // blas_coretype_for(blas_core_name(), this CPU's own features) (not capped by LONGROPE_CPU: the
-// BLAS library reads the CPU itself). OpenBLAS reads OPENBLAS_CORETYPE when it loads, so a
-// program applies it by setting the variable and executing itself again (the CLI does, at
-// start); "" when nothing is to be done.
+// BLAS library reads the CPU itself); "" when nothing is to be done.
 std::string blas_coretype_repair();
+// Applies blas_coretype_repair(): OpenBLAS reads OPENBLAS_CORETYPE only when it loads, so this
+// sets the variable and executes the program again (/proc/self/exe with argv). For the first line
+// of a program's main (the CLI's and the benchmarks' that compare with other tools), before MPI,
+// threads or any work. Does nothing when OPENBLAS_CORETYPE is set (a user's choice is kept, and
+// the new process cannot loop) or nothing is to be done; returns when the exec fails, the library's
+// own kernels then run.
+void restart_with_blas_repair(char** argv);
 
 // CPU features within the variant in effect (each throws cpu_variant()'s Error).
 bool cpu_has_avx512();       // AVX512F + BW + VL + DQ (kAvx512 and above)

@@ -1,10 +1,8 @@
 // longrope: extend the context window of RoPE language models.
 #include <fmt/core.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -119,23 +117,11 @@ int run_reporting(int argc, char** argv) {
   return 1;
 }
 
-// OpenBLAS chose its SSE3 fallback kernels on a CPU it does not know (longrope/kernels.h,
-// blas_coretype_repair): run this program again with OPENBLAS_CORETYPE naming the kernels the CPU
-// can run, before MPI or any work starts. Only while the variable is unset: a user's own setting
-// (OPENBLAS_CORETYPE=Prescott keeps the fallback) is never overridden, and the new process cannot
-// loop. When the exec fails, the library's kernels run.
-void repair_blas_kernels(char** argv) {
-  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
-  const std::string core = longrope::kernels::blas_coretype_repair();
-  if (core.empty()) return;
-  if (setenv("OPENBLAS_CORETYPE", core.c_str(), 1) != 0) return;
-  execv("/proc/self/exe", argv);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  repair_blas_kernels(argv);
+  // Before MPI or any work: the BLAS kernels this CPU can run (longrope/kernels.h).
+  longrope::kernels::restart_with_blas_repair(argv);
   longrope::dist::init(&argc, &argv);
   const int rc = run_reporting(argc, argv);
   longrope::dist::finalize();

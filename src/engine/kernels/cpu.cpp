@@ -1,6 +1,7 @@
 // Run-time CPU feature detection, the CPU variant in effect (LONGROPE_CPU, tests' caps) and the
 // default compute path.
 #include <cblas.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -211,7 +212,7 @@ std::string blas_core_name() {
 std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512,
                               bool avx512_bf16) {
   if (core != "Prescott" && core != "prescott") return "";
-  if (avx512 && avx512_bf16) return "Cooperlake";
+  (void)avx512_bf16;  // OpenBLAS 0.3.21 cannot be forced to its Cooper Lake kernels by name
   if (avx512) return "SkylakeX";
   if (avx2_fma) return "Haswell";
   return "";
@@ -220,6 +221,14 @@ std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx51
 std::string blas_coretype_repair() {
   const Hardware& h = hardware();
   return blas_coretype_for(blas_core_name(), h.avx2_fma, h.avx512, h.bf16);
+}
+
+void restart_with_blas_repair(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  const std::string core = blas_coretype_repair();
+  if (core.empty()) return;
+  if (setenv("OPENBLAS_CORETYPE", core.c_str(), 1) != 0) return;
+  execv("/proc/self/exe", argv);
 }
 
 }  // namespace longrope::kernels
