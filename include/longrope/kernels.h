@@ -74,6 +74,7 @@ std::string blas_coretype_repair();
 // threads or any work. Does nothing when OPENBLAS_CORETYPE is set (a user's choice is kept, and
 // the new process cannot loop) or nothing is to be done; returns when the exec fails, the library's
 // own kernels then run.
+// The new process also has LONGROPE_BLAS_REPAIRED_FROM, naming the kernels it replaced.
 void restart_with_blas_repair(char** argv);
 
 // CPU features within the variant in effect (each throws cpu_variant()'s Error).

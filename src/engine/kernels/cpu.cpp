@@ -228,6 +228,7 @@ void restart_with_blas_repair(char** argv) {
   const std::string core = blas_coretype_repair();
   if (core.empty()) return;
   if (setenv("OPENBLAS_CORETYPE", core.c_str(), 1) != 0) return;
+  setenv("LONGROPE_BLAS_REPAIRED_FROM", blas_core_name().c_str(), 1);  // for tests and reports
   execv("/proc/self/exe", argv);
 }
 
