@@ -213,6 +213,9 @@ TEST(TrainOpsGrad, RmsNorm) {
   };
   Vec y(x.size());
   lt::rmsnorm_forward(x.data(), w.data(), n, d, eps, y.data(), rstd.data());
+  Vec rstd_only(sz(n));
+  lt::rmsnorm_rstd(x.data(), n, d, eps, rstd_only.data());
+  EXPECT_EQ(rstd_only, rstd);  // the backward's recomputation, bit for bit
   Vec dx(x.size()), dw(w.size(), 0.0);
   lt::rmsnorm_backward(x.data(), w.data(), rstd.data(), R.data(), n, d, dx.data(), false,
                        dw.data());

@@ -32,6 +32,10 @@ void linear_backward(const T* X, int64_t n, int64_t in, const T* W, int64_t out,
 // 1 / sqrt(mean(x^2) + eps) (saved for the backward pass).
 template <class T>
 void rmsnorm_forward(const T* x, const T* w, int64_t n, int64_t d, T eps, T* y, T* rstd);
+// rstd alone (the backward's input, recomputed without forming y): the values rmsnorm_forward
+// writes to rstd, bit for bit.
+template <class T>
+void rmsnorm_rstd(const T* x, int64_t n, int64_t d, T eps, T* rstd);
 // dx = d(loss)/dx (or += with accumulate_dx), dw += d(loss)/dw.
 template <class T>
 void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* dy, int64_t n, int64_t d,

@@ -280,10 +280,9 @@ void CpuBackend::linear_backward(const float* X, int64_t n, const kernels::Weigh
 void CpuBackend::rmsnorm_backward(const float* x, const float* w, float eps, const float* dy,
                                   int64_t n, int64_t d, float* dx, bool accumulate_dx,
                                   float* dw) const {
-  thread_local std::vector<float> y, rstd;
-  grow(y, n * d);
+  thread_local std::vector<float> rstd;
   grow(rstd, n);
-  train::rmsnorm_forward(x, w, n, d, eps, y.data(), rstd.data());
+  train::rmsnorm_rstd(x, n, d, eps, rstd.data());
   train::rmsnorm_backward(x, w, rstd.data(), dy, n, d, dx, accumulate_dx, dw);
 }
 

@@ -182,8 +182,8 @@ struct ReferenceOps {
   }
   void rmsnorm_backward(const T* x, const T* w, float eps, const T* dy, int64_t n, int64_t d, T* dx,
                         bool accumulate_dx, T* dw) const {
-    std::vector<T> y(static_cast<size_t>(n * d)), rstd(static_cast<size_t>(n));
-    train::rmsnorm_forward(x, w, n, d, T(eps), y.data(), rstd.data());
+    std::vector<T> rstd(static_cast<size_t>(n));
+    train::rmsnorm_rstd(x, n, d, T(eps), rstd.data());
     train::rmsnorm_backward(x, w, rstd.data(), dy, n, d, dx, accumulate_dx, dw);
   }
   void rope_backward(T* dx, int64_t n, int64_t stride, int heads, int hd, int n_rot, const float* c,

@@ -270,6 +270,16 @@ void linear_backward(const T* X, int64_t n, int64_t in, const T* W, int64_t out,
 
 // ---- RMSNorm
 
+namespace {
+// 1 / sqrt(mean(x^2) + eps) of one row of d values, the sum in double.
+template <class T>
+T row_rstd(const T* xr, int64_t d, T eps) {
+  double ss = 0.0;
+  for (int64_t j = 0; j < d; ++j) ss += double(xr[j]) * xr[j];
+  return T(1.0 / std::sqrt(ss / double(d) + double(eps)));
+}
+}  // namespace
+
 template <class T>
 void rmsnorm_forward(const T* x, const T* w, int64_t n, int64_t d, T eps, T* y, T* rstd) {
   check_rows("rmsnorm_forward", n, d);
@@ -277,13 +287,19 @@ void rmsnorm_forward(const T* x, const T* w, int64_t n, int64_t d, T eps, T* y, 
 #pragma omp parallel for schedule(static) if (n * d > 65536)
   for (int64_t r = 0; r < n; ++r) {
     const T* xr = x + r * d;
-    double ss = 0.0;
-    for (int64_t j = 0; j < d; ++j) ss += double(xr[j]) * xr[j];
-    const T rs = T(1.0 / std::sqrt(ss / double(d) + double(eps)));
+    const T rs = row_rstd(xr, d, eps);
     rstd[r] = rs;
     T* yr = y + r * d;
     for (int64_t j = 0; j < d; ++j) yr[j] = xr[j] * rs * w[j];
   }
+}
+
+template <class T>
+void rmsnorm_rstd(const T* x, int64_t n, int64_t d, T eps, T* rstd) {
+  check_rows("rmsnorm_rstd", n, d);
+  if (d == 0 && n > 0) fail("rmsnorm_rstd", "row width 0");
+#pragma omp parallel for schedule(static) if (n * d > 65536)
+  for (int64_t r = 0; r < n; ++r) rstd[r] = row_rstd(x + r * d, d, eps);
 }
 
 template <class T>
@@ -721,6 +737,7 @@ void embedding_backward(const int32_t* tokens, int64_t n, int64_t d, const T* dx
   template void linear_backward<T>(const T*, int64_t, int64_t, const T*, int64_t, const T*, T*,    \
                                    bool, T*, T*, kernels::Compute);                                \
   template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, T, T*, T*);               \
+  template void rmsnorm_rstd<T>(const T*, int64_t, int64_t, T, T*);                                \
   template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*,  \
                                     bool, T*);                                                     \
   template void rope_forward<T>(T*, int64_t, int64_t, int, int, int, const float*, const float*);  \
