@@ -1210,12 +1210,11 @@ TEST(BackendConformanceCoverage, EverySupportedVariantRan) {
 // OpenBLAS's fallback to its SSE3 kernels on a CPU it does not know is repaired by the kernels
 // the CPU can run, and nothing else is touched.
 TEST(BlasKernels, RepairNamesTheKernelsOnlyForTheFallback) {
-  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, true), "SkylakeX");
-  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true, false), "SkylakeX");
-  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, false, false), "Haswell");
-  EXPECT_EQ(lk::blas_coretype_for("Prescott", false, false, false), "");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, true), "SkylakeX");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", true, false), "Haswell");
+  EXPECT_EQ(lk::blas_coretype_for("Prescott", false, false), "");
   for (const char* known : {"SkylakeX", "Cooperlake", "Haswell", "Zen", "Sandybridge", ""})
-    EXPECT_EQ(lk::blas_coretype_for(known, true, true, true), "") << known;
+    EXPECT_EQ(lk::blas_coretype_for(known, true, true), "") << known;
   EXPECT_FALSE(lk::blas_core_name().empty());
 }
 

@@ -63,8 +63,7 @@ std::string blas_core_name();
 // `core` is not the fallback or the CPU has no AVX2/FMA: "SkylakeX" (AVX-512; also with
 // AVX512_BF16, since OpenBLAS 0.3.21's list of names lacks "Cooperlake" and its Cooper Lake
 // kernels differ only in sbgemm, which Debian's build leaves out), "Haswell" (AVX2 + FMA).
-std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512,
-                              bool avx512_bf16);
+std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512);
 // blas_coretype_for(blas_core_name(), this CPU's own features) (not capped by LONGROPE_CPU: the
 // BLAS library reads the CPU itself); "" when nothing is to be done.
 std::string blas_coretype_repair();

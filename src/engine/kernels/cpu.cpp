@@ -209,10 +209,8 @@ std::string blas_core_name() {
   return name ? name : "";
 }
 
-std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512,
-                              bool avx512_bf16) {
+std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx512) {
   if (core != "Prescott" && core != "prescott") return "";
-  (void)avx512_bf16;  // OpenBLAS 0.3.21 cannot be forced to its Cooper Lake kernels by name
   if (avx512) return "SkylakeX";
   if (avx2_fma) return "Haswell";
   return "";
@@ -220,7 +218,7 @@ std::string blas_coretype_for(const std::string& core, bool avx2_fma, bool avx51
 
 std::string blas_coretype_repair() {
   const Hardware& h = hardware();
-  return blas_coretype_for(blas_core_name(), h.avx2_fma, h.avx512, h.bf16);
+  return blas_coretype_for(blas_core_name(), h.avx2_fma, h.avx512);
 }
 
 void restart_with_blas_repair(char** argv) {
