@@ -464,4 +464,49 @@ TEST(RulerCli, TinyRunWritesRulerLayoutResumesAndRepeats) {
   EXPECT_FALSE(fs::exists(dir / "c" / "results.json"));
 }
 
+// --prepare-only: RULER's data files (the prompts every method would see) without a model run;
+// the same prompts as a full run's prediction files, the same bytes for the same seed, and the
+// output guard on the data folder.
+TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
+  REQUIRE_RULER_INPUTS();
+  const fs::path dir = longrope::test::fresh_temp_dir("ruler_prepare");
+  longrope::test::RemoveOnExit cleanup{dir};
+  const std::string base = cli_path().string() + " ruler -m " +
+                           longrope::test::stories_gguf().string() +
+                           " --lengths 1024 --tasks niah_single_1,niah_multikey_2 --samples 2 "
+                           "--seed 5 -t 1 --no-progress --words " +
+                           kWords + " --haystack " + novels()[0];
+  std::string out;
+  ASSERT_EQ(run_command(base + " --prepare-only -O " + (dir / "p").string(), &out), 0) << out;
+  EXPECT_NE(out.find("| niah_multikey_2 | 1024 | 2 |"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir / "p" / "results.json"));
+  const auto lines = lines_of(dir / "p" / "data" / "1024" / "niah_multikey_2.jsonl");
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].rfind("{\"index\":0,\"input\":", 0), 0u);  // RULER's prepared field order
+  // A full run (method none) predicts on exactly these prompts.
+  ASSERT_EQ(run_command(base + " -O " + (dir / "r").string(), &out), 0) << out;
+  const auto pred = lines_of(dir / "r" / "none" / "1024" / "pred" / "niah_multikey_2.jsonl");
+  ASSERT_EQ(pred.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto d = nlohmann::json::parse(lines[i]);
+    const auto p = nlohmann::json::parse(pred[i]);
+    for (const char* f : {"index", "input", "outputs", "length", "answer_prefix"})
+      EXPECT_EQ(d[f], p[f]) << f;
+    EXPECT_LE(d["length"].get<int64_t>(), 1024);
+    EXPECT_EQ(d["others"]["prompt_tokens"].get<int64_t>() + 128, d["length"].get<int64_t>());
+  }
+  // The folder is refused the second time (one line, exit 2), replaced with --overwrite, and the
+  // same seed writes the same bytes.
+  const std::string before = slurp(dir / "p" / "data" / "1024" / "niah_single_1.jsonl");
+  EXPECT_EQ(run_command(base + " --prepare-only -O " + (dir / "p").string(), &out), 2) << out;
+  EXPECT_NE(out.find("--overwrite"), std::string::npos) << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  ASSERT_EQ(run_command(base + " --prepare-only --overwrite -O " + (dir / "p").string(), &out), 0)
+      << out;
+  EXPECT_EQ(slurp(dir / "p" / "data" / "1024" / "niah_single_1.jsonl"), before);
+  // Without -O: a usage error.
+  EXPECT_EQ(run_command(base + " --prepare-only", &out), 2) << out;
+  EXPECT_NE(out.find("needs -O DIR"), std::string::npos) << out;
+}
+
 }  // namespace

@@ -171,4 +171,12 @@ int64_t ruler_effective_length(const std::vector<int64_t>& lengths,
 std::string write_ruler_outputs(const EvalRun& run, const Model& model, const RulerConfig& cfg,
                                 const RulerPrompts& prompts);
 
+// RULER's data files without running the model (`ruler --prepare-only`): per length and task
+// cfg.out_dir/data/<length>/<task>.jsonl, one line per sample with RULER's prepared fields
+// (index, input, outputs, length = prompt tokens + budget, answer_prefix) and `others` (id, task,
+// seed, prompt_tokens, max_new_tokens, haystack_units, depths); the same seed gives the same bytes.
+// Returns a Markdown table of what was written (prompt tokens and haystack units per task and
+// length). Throws Error without an output folder.
+std::string write_ruler_data(const RulerPrompts& prompts, const RulerConfig& cfg);
+
 }  // namespace longrope

@@ -7,6 +7,8 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/flags.h"
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/ruler.h"
 
@@ -24,6 +26,7 @@ struct RulerArgs {
   double threshold = 85.6;
   ScaleFlags scale;
   bool chat = false;
+  bool prepare_only = false;
 };
 
 // The default essay haystack: the novels of $LONGROPE_SHARED_DIR/data, ../shared/data or
@@ -100,8 +103,22 @@ Runner register_ruler(CLI::App& app) {
                   "qa_1=SQUAD_V2.json,qa_2=HOTPOTQA.json (without: qa_1/qa_2 are not run)")
       ->delimiter(',');
   cmd->add_flag("--chat", a->chat, "wrap the prompts in the ChatML template");
+  cmd->add_flag("--prepare-only", a->prepare_only,
+                "write RULER's data files (DIR/data/<length>/<task>.jsonl: index, input, outputs, "
+                "length, answer_prefix) and stop: no model run, no methods needed");
   add_scale_flags(cmd, a->scale);
   return [a]() {
+    if (a->prepare_only) {
+      if (a->c.out_dir.empty())
+        throw UsageError("ruler", "--prepare-only writes RULER's data files and needs -O DIR");
+      if (a->c.resume) throw UsageError("ruler", "--prepare-only does not resume; drop --resume");
+      const std::string data = a->c.out_dir + "/data";
+      if (!a->c.overwrite && std::filesystem::exists(data))
+        throw OutputRefused(fmt::format(
+            "ruler: {} holds prompts written before; --overwrite replaces them (nothing was "
+            "written)",
+            data));
+    }
     begin_sweep(a->c);
     RulerConfig cfg;
     cfg.model_path = a->c.model;
@@ -122,6 +139,13 @@ Runner register_ruler(CLI::App& app) {
     cfg.n_threads = a->c.threads;
     cfg.compute = a->c.compute_mode;
     std::shared_ptr<const RulerPrompts> prompts;
+    if (a->prepare_only) {
+      const auto model =
+          load_model_verbose(a->c.model, a->c.tokenizer, a->c.threads, a->c.compute_mode);
+      plan_ruler(*model, cfg, &prompts);
+      fmt::print("{}", write_ruler_data(*prompts, cfg));
+      return 0;
+    }
     a->c.json_head = {{"model", a->c.model}, {"samples", a->samples}};
     return run_sweep_command(
         a->c, [&](const Model& m) { return plan_ruler(m, cfg, &prompts); },

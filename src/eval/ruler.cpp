@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 
 #include "greedy.h"
@@ -255,6 +256,24 @@ void write_heatmap(const ResultTable& t, const std::string& title, const std::st
   if (plot_png_supported()) write_heatmap_png(h, path_stem + ".png");
 }
 
+// RULER's `length` of a sample: its prompt tokens plus the generation budget.
+int64_t ruler_length(const RulerSample& s) {
+  return int64_t(s.tokens.size()) + s.max_new;
+}
+
+// The `others` field of a sample's line in RULER's data and prediction files.
+nlohmann::ordered_json sample_others(const RulerSample& s, const std::string& task, uint64_t seed) {
+  nlohmann::ordered_json o;
+  o["id"] = s.index;
+  o["task"] = task;
+  o["seed"] = seed;
+  o["prompt_tokens"] = s.tokens.size();
+  o["max_new_tokens"] = s.max_new;
+  o["haystack_units"] = s.units;
+  o["depths"] = s.depths;
+  return o;
+}
+
 // RULER's prediction files and summary.csv of one method at one length.
 void write_pred_dir(const nlohmann::json& cell, const RulerPrompts& prompts, size_t li,
                     const std::string& dir, uint64_t seed) {
@@ -272,16 +291,10 @@ void write_pred_dir(const nlohmann::json& cell, const RulerPrompts& prompts, siz
       line["pred"] = r.at("pred");
       line["input"] = s.input;
       line["outputs"] = s.outputs;
-      line["others"] = {{"id", s.index},
-                        {"task", task},
-                        {"seed", seed},
-                        {"score", r.at("score")},
-                        {"prompt_tokens", s.tokens.size()},
-                        {"max_new_tokens", s.max_new},
-                        {"haystack_units", s.units},
-                        {"depths", s.depths}};
+      line["others"] = sample_others(s, task, seed);
+      line["others"]["score"] = r.at("score");
       line["truncation"] = -1;
-      line["length"] = int64_t(s.tokens.size()) + s.max_new;  // as RULER: input + budget
+      line["length"] = ruler_length(s);
       line["answer_prefix"] = s.answer_prefix;
       jsonl += line.dump() + "\n";
     }
@@ -391,6 +404,48 @@ std::string write_ruler_outputs(const EvalRun& run, const Model& model, const Ru
     }
   }
   write_file_atomically(cfg.out_dir + "/summary.csv", csv);
+  return md;
+}
+
+std::string write_ruler_data(const RulerPrompts& prompts, const RulerConfig& cfg) {
+  if (cfg.out_dir.empty())
+    throw Error("writing RULER's data files needs an output folder (-O DIR)");
+  std::string md = fmt::format(
+      "RULER prompts (seed {}, {} sample(s) per task and length{}), in "
+      "{}/data/<length>/<task>.jsonl:"
+      "\n\n| task | length | samples | prompt tokens | haystack units "
+      "|\n|---|---:|---:|---:|---:|\n",
+      cfg.seed, cfg.samples, cfg.chat ? ", ChatML" : "", cfg.out_dir);
+  for (size_t li = 0; li < cfg.lengths.size(); ++li) {
+    const std::string dir = fmt::format("{}/data/{}", cfg.out_dir, cfg.lengths[li]);
+    std::filesystem::create_directories(dir);
+    for (size_t ti = 0; ti < prompts.tasks.size(); ++ti) {
+      const std::string& task = prompts.tasks[ti];
+      std::string jsonl;
+      size_t lo = SIZE_MAX, hi = 0;
+      int64_t ulo = INT64_MAX, uhi = 0;
+      for (const RulerSample& s : prompts.samples[li][ti]) {
+        nlohmann::ordered_json line;
+        line["index"] = s.index;
+        line["input"] = s.input;
+        line["outputs"] = s.outputs;
+        line["length"] = ruler_length(s);
+        line["answer_prefix"] = s.answer_prefix;
+        line["others"] = sample_others(s, task, cfg.seed);
+        jsonl += line.dump() + "\n";
+        lo = std::min(lo, s.tokens.size());
+        hi = std::max(hi, s.tokens.size());
+        ulo = std::min(ulo, s.units);
+        uhi = std::max(uhi, s.units);
+      }
+      write_file_atomically(dir + "/" + task + ".jsonl", jsonl);
+      md += fmt::format("| {} | {} | {} | {}-{} | {}-{} |\n", task, cfg.lengths[li],
+                        prompts.samples[li][ti].size(), lo, hi, ulo, uhi);
+    }
+  }
+  if (!prompts.not_run.empty())
+    md += fmt::format("\nNot written: {} (give the data with --qa-data).\n",
+                      fmt::join(prompts.not_run, ", "));
   return md;
 }
 
