@@ -728,16 +728,14 @@ TEST_P(BackendConformance, RopeApply) {
 }
 
 // Attention shapes: decode (one query far into the cache), a short prefill, a grouped prefill
-// that continues a cache, and a long one (oneDNN's AMX path where the variant has it).
+// that continues a cache, a long one (oneDNN's AMX path where the variant has it) and a long one
+// that continues a cache over several key tiles (the FP32 AVX-512 prefill path's masks).
 struct AttnCase {
   int64_t n, p0;
   int n_head, n_head_kv, hd;
 };
-const AttnCase kAttnCases[] = {{1, 1100, 4, 2, 64},
-                               {3, 130, 6, 2, 64},
-                               {70, 0, 2, 1, 32},
-                               {40, 290, 4, 2, 64},
-                               {160, 0, 4, 2, 64}};
+const AttnCase kAttnCases[] = {{1, 1100, 4, 2, 64}, {3, 130, 6, 2, 64}, {70, 0, 2, 1, 32},
+                               {40, 290, 4, 2, 64}, {160, 0, 4, 2, 64}, {100, 300, 6, 2, 64}};
 
 // Keys and values enter the cache through store_kv (rounded to bf16 there when the backend's
 // arithmetic is bf16; the reference sees the cache's values) and the queries of positions

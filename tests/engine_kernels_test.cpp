@@ -1,9 +1,11 @@
 // Each optimised kernel against its plain scalar reference.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <functional>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "engine/kernels/vec_math.h"
@@ -60,6 +62,25 @@ TEST(EngineKernels, AttentionPropagatesNaN) {
     EXPECT_TRUE(nan_at(40, 2));
     EXPECT_TRUE(nan_at(69, 3));
     EXPECT_FALSE(nan_at(69, 1));
+  }
+}
+
+// Every query block is computed by one thread in a fixed order: the same bits with 1 and 2
+// threads, on every path (prefill blocks, sgemm tiles for decoding).
+TEST(EngineKernels, AttentionIndependentOfThreadCount) {
+  const int H = 9, KV = 3, hd = 64;
+  for (const int64_t n : {int64_t(1), int64_t(40), int64_t(300)}) {
+    const int64_t p0 = 700, cap = p0 + n;
+    auto q = rnd(n * H * hd, 31), k = rnd(KV * cap * hd, 32), v = rnd(KV * cap * hd, 33);
+    std::vector<float> o1(size_t(n * H * hd)), o2(o1.size());
+    const int saved = omp_get_max_threads();
+    for (auto [threads, out] : {std::pair{1, &o1}, std::pair{2, &o2}}) {
+      omp_set_num_threads(threads);
+      lk::attention({q.data(), H * hd, k.data(), v.data(), cap, out->data(), H * hd, n, p0, H, KV,
+                     hd, 0.125f});
+    }
+    omp_set_num_threads(saved);
+    EXPECT_EQ(o1, o2) << n;
   }
 }
 
@@ -145,8 +166,11 @@ TEST(EngineKernels, AttentionMatchesScalar) {
     int64_t n, p0;
     int H, KV, hd;
   };
+  // With AVX-512, n >= 64 runs the register-blocked prefill path: several key tiles, the
+  // diagonal's masks after a long cache, partial query blocks, odd and large head_dim.
   for (const Case& cs : {Case{1, 0, 2, 1, 8}, Case{70, 0, 4, 2, 8}, Case{300, 0, 9, 3, 64},
-                         Case{1, 600, 9, 3, 64}, Case{65, 257, 6, 2, 16}}) {
+                         Case{1, 600, 9, 3, 64}, Case{65, 257, 6, 2, 16}, Case{1000, 37, 9, 3, 64},
+                         Case{129, 600, 4, 2, 128}, Case{70, 11, 2, 2, 15}, Case{64, 0, 3, 3, 5}}) {
     const int64_t cap = cs.p0 + cs.n + 3;
     auto q = rnd(cs.n * cs.H * cs.hd, 11), k = rnd(cs.KV * cap * cs.hd, 12),
          v = rnd(cs.KV * cap * cs.hd, 13);

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "engine/kernels/bf16_internal.h"
 #include "engine/kernels/vec_math.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
@@ -43,6 +44,9 @@ template void check_attention_args(const AttentionArgsT<uint16_t>&, const char*)
 
 void attention(const AttentionArgs& a) {
   check_attention_args(a, "attention");
+  // Prefill on AVX-512: register-blocked micro-kernels (attention_avx512.cpp). Below: tiles of
+  // sgemm calls, for decoding, short inputs and CPUs without AVX-512.
+  if (attention_f32_avx512(a)) return;
   const int hd = a.head_dim;
   const int group = a.n_head / a.n_head_kv;
   const int64_t n_qt = (a.n + kTileQ - 1) / kTileQ;

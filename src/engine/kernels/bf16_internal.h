@@ -1,4 +1,4 @@
-// Shared pieces of the bf16 kernels (gemm_bf16.cpp, attention_bf16.cpp).
+// Shared pieces of the AVX-512 kernels (gemm_bf16.cpp, attention_bf16.cpp, attention_avx512.cpp).
 #pragma once
 // GCC 12 reports the _mm512_undefined_*() inside many AVX-512 intrinsics (max, roundscale, scalef,
 // unpack, shuffle) as (maybe-)uninitialized once they are inlined (GCC bug 105593; at -O2 with
@@ -20,11 +20,18 @@
 // and then picked by the linker for callers on CPUs without them.
 #define LONGROPE_BF16_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+// The same for AVX-512 code without bf16 instructions (the FP32 attention, the helpers below):
+// a subset of the bf16 target, so these inline into LONGROPE_BF16_TARGET functions too.
+#define LONGROPE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 namespace longrope::kernels {
 // The project's own AVX512_BF16 GEMM (what gemm_bf16_nt runs when oneDNN is not in the build).
 void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                       const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
+// The FP32 attention's AVX-512 prefill path (attention_avx512.cpp): computes `a` and returns true
+// when it applies (at least 64 new queries, AVX-512 in the variant in effect), else returns false
+// having done nothing. `a` already checked.
+bool attention_f32_avx512(const AttentionArgs& a);
 }  // namespace longrope::kernels
 
 namespace longrope::kernels::bf16_detail {
@@ -84,7 +91,7 @@ inline uint16_t f32_to_bf16_rne(float f) {
 }
 
 // Transposes 16 x 16 32-bit words: out[q] holds word q of in[0..15] (lane c from in[c]).
-LONGROPE_BF16_TARGET inline void transpose16_epi32(const __m512i* in, __m512i* out) {
+LONGROPE_AVX512_TARGET inline void transpose16_epi32(const __m512i* in, __m512i* out) {
   __m512i u[16];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -114,7 +121,7 @@ LONGROPE_BF16_TARGET inline void transpose16_epi32(const __m512i* in, __m512i* o
 }
 
 // 2^x for finite x <= 128 (large negative x give 0).
-LONGROPE_BF16_TARGET inline __m512 exp2_ps(__m512 x) {
+LONGROPE_AVX512_TARGET inline __m512 exp2_ps(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
   // 2^f, degree 5 fitted for relative error: below 2e-7 on [-0.5, 0.5] in FP32.
@@ -129,7 +136,7 @@ LONGROPE_BF16_TARGET inline __m512 exp2_ps(__m512 x) {
 
 // The same for x that may be -inf (gives 2^-127). NaN stays NaN: max_ps returns its second
 // operand when either is NaN, so x goes second.
-LONGROPE_BF16_TARGET inline __m512 exp2_clamped_ps(__m512 x) {
+LONGROPE_AVX512_TARGET inline __m512 exp2_clamped_ps(__m512 x) {
   return exp2_ps(_mm512_max_ps(_mm512_set1_ps(-127.0f), x));
 }
 

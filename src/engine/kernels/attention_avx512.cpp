@@ -1,0 +1,244 @@
+// Causal grouped-query attention, FP32, AVX-512, for prefill (at least kBQ new queries): the
+// products are register-blocked FMA micro-kernels on rows in lanes, in place of the small sgemm
+// calls of attention.cpp (whose packing dominated at head_dim 64).
+//
+// A work block is kBQ = 64 consecutive queries of one head; its rows live in the 16 lanes of 4
+// vectors, so the online softmax is vertical (one row per lane):
+//   S^T[key][row]  = sum over dims: broadcast(K[key][d]) * Qt[d][row]
+//   O^T[dim][row] += sum over keys: broadcast(V[key][dim]) * P^T[key][row]
+// Qt: the block's queries times scale * log2(e) (exponentials are base 2), transposed once per
+// block. K and V are read in place; P^T overwrites S^T. Tiles of keys visible to every row of the
+// block run without masks; only the tiles on the diagonal are masked. The reference maximum of a
+// row moves only when a tile's maximum exceeds it by more than kLazy (probabilities up to 2^kLazy
+// are exact enough in FP32), which saves most rescalings of O. Every block is computed by one
+// thread in a fixed order: results do not depend on the thread count.
+#include <omp.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/kernels/bf16_internal.h"  // first: it includes immintrin.h
+#include "longrope/kernels.h"
+
+namespace longrope::kernels {
+
+namespace {
+
+constexpr int kBQ = 64;       // rows (queries of one head) per block: 4 vectors of 16 lanes
+constexpr int64_t kBK = 128;  // keys per tile
+constexpr int kQKRows = 6;    // keys per QK micro-kernel call (6 x 4 accumulators)
+constexpr int kPVDims = 6;    // dims per PV micro-kernel call (6 x 4 accumulators)
+constexpr float kNegInf = -__builtin_inff();
+constexpr float kLazy = 8.0f;
+
+using bf16_detail::exp2_clamped_ps;
+using bf16_detail::exp2_ps;
+using bf16_detail::imin;
+
+// S^T rows [0, MK) for keys K + r*hd (key index key0 + r); folds the scores of visible keys into
+// the tile maximum mx.
+template <int MK, int NQV>
+LONGROPE_AVX512_TARGET inline void qk_kernel(const float* K, int hd, const float* qt, float* s,
+                                             bool masked, int64_t key0, const int32_t* pos,
+                                             __m512* mx) {
+  __m512 acc[MK][NQV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MK; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int d = 0; d < hd; ++d) {
+    __m512 q[NQV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) q[v] = _mm512_load_ps(qt + d * kBQ + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < MK; ++r) {
+      const __m512 kb = _mm512_set1_ps(K[r * hd + d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_fmadd_ps(kb, q[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MK; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) {
+      _mm512_store_ps(s + r * kBQ + 16 * v, acc[r][v]);
+      if (masked) {
+        const __mmask16 vis = _mm512_cmpge_epi32_mask(_mm512_load_si512(pos + 16 * v),
+                                                      _mm512_set1_epi32(int(key0 + r)));
+        mx[v] = _mm512_mask_max_ps(mx[v], vis, mx[v], acc[r][v]);
+      } else {
+        mx[v] = _mm512_max_ps(mx[v], acc[r][v]);
+      }
+    }
+}
+
+// O^T rows [0, D) (dims of V + d) += sum over the bk keys of V[j][d] * P^T[j][row].
+template <int D, int NQV>
+LONGROPE_AVX512_TARGET inline void pv_kernel(int64_t bk, const float* V, int hd, const float* pt,
+                                             float* ot) {
+  __m512 acc[D][NQV];
+#pragma GCC unroll 8
+  for (int d = 0; d < D; ++d)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_load_ps(ot + d * kBQ + 16 * v);
+  for (int64_t j = 0; j < bk; ++j) {
+    __m512 p[NQV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) p[v] = _mm512_load_ps(pt + j * kBQ + 16 * v);
+#pragma GCC unroll 8
+    for (int d = 0; d < D; ++d) {
+      const __m512 vb = _mm512_set1_ps(V[j * hd + d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_fmadd_ps(vb, p[v], acc[d][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int d = 0; d < D; ++d)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) _mm512_store_ps(ot + d * kBQ + 16 * v, acc[d][v]);
+}
+
+// Online softmax over one tile of bk keys from k0 (scores in s, their row maxima in tmx): updates
+// m, l, rescales O^T and overwrites s with the probabilities. `masked`: key k is visible to row r
+// only when k <= pos[r].
+template <int NQV>
+LONGROPE_AVX512_TARGET void softmax_tile(float* s, float* ot, int64_t k0, int64_t bk, bool masked,
+                                         const int32_t* pos, const __m512* tmx, float* m, float* l,
+                                         int hd) {
+  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
+#pragma GCC unroll 4
+  for (int v = 0; v < NQV; ++v) {
+    const __m512i pv = _mm512_load_si512(pos + 16 * v);
+    __m512 mref = _mm512_load_ps(m + 16 * v);
+    __m512 lsum = _mm512_load_ps(l + 16 * v);
+    if (_mm512_cmp_ps_mask(tmx[v], _mm512_add_ps(mref, _mm512_set1_ps(kLazy)), _CMP_GT_OQ) != 0) {
+      const __m512 m_new = _mm512_max_ps(mref, tmx[v]);
+      // Rows without a visible key so far keep -inf; subtracting 0 keeps them free of NaN.
+      const __m512 ms = _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ),
+                                           _mm512_setzero_ps());
+      const __m512 corr = exp2_clamped_ps(_mm512_sub_ps(mref, ms));
+      lsum = _mm512_mul_ps(lsum, corr);
+      for (int d = 0; d < hd; ++d)
+        _mm512_store_ps(ot + d * kBQ + 16 * v,
+                        _mm512_mul_ps(_mm512_load_ps(ot + d * kBQ + 16 * v), corr));
+      mref = m_new;
+      _mm512_store_ps(m + 16 * v, m_new);
+    }
+    const __m512 ms = _mm512_mask_mov_ps(mref, _mm512_cmp_ps_mask(mref, neg_inf, _CMP_EQ_OQ),
+                                         _mm512_setzero_ps());
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < bk; ++j) {
+      float* sj = s + j * kBQ + 16 * v;
+      __m512 p = exp2_ps(_mm512_sub_ps(_mm512_load_ps(sj), ms));
+      if (masked)
+        p = _mm512_maskz_mov_ps(_mm512_cmpge_epi32_mask(pv, _mm512_set1_epi32(int(k0 + j))), p);
+      if (j & 1)
+        sum1 = _mm512_add_ps(sum1, p);
+      else
+        sum0 = _mm512_add_ps(sum0, p);
+      _mm512_store_ps(sj, p);
+    }
+    _mm512_store_ps(l + 16 * v, _mm512_add_ps(lsum, _mm512_add_ps(sum0, sum1)));
+  }
+}
+
+template <int NQV>
+LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int hd, int64_t k_end,
+                                      int64_t k_full, const int32_t* pos, const float* qt, float* s,
+                                      float* ot, float* m, float* l) {
+  for (int64_t k0 = 0; k0 < k_end;) {
+    // Tiles do not straddle k_full: keys below it are visible to every row of the block.
+    const bool masked = k0 >= k_full;
+    const int64_t bk = imin(kBK, (masked ? k_end : imin(k_end, k_full)) - k0);
+    __m512 tmx[NQV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) tmx[v] = _mm512_set1_ps(kNegInf);
+    const float* Kt = K + k0 * hd;
+    int64_t j = 0;
+    for (; j + kQKRows <= bk; j += kQKRows)
+      qk_kernel<kQKRows, NQV>(Kt + j * hd, hd, qt, s + j * kBQ, masked, k0 + j, pos, tmx);
+    for (; j < bk; ++j)
+      qk_kernel<1, NQV>(Kt + j * hd, hd, qt, s + j * kBQ, masked, k0 + j, pos, tmx);
+    softmax_tile<NQV>(s, ot, k0, bk, masked, pos, tmx, m, l, hd);
+    const float* Vt = V + k0 * hd;
+    int d = 0;
+    for (; d + kPVDims <= hd; d += kPVDims)
+      pv_kernel<kPVDims, NQV>(bk, Vt + d, hd, s, ot + d * kBQ);
+    for (; d < hd; ++d) pv_kernel<1, NQV>(bk, Vt + d, hd, s, ot + d * kBQ);
+    k0 += bk;
+  }
+}
+
+// Block b: queries [i0, i0 + rows) of head h.
+LONGROPE_AVX512_TARGET void attention_block(const AttentionArgs& a, int h, int64_t i0, int rows,
+                                            float* scratch) {
+  const int hd = a.head_dim;
+  const int kvh = h / (a.n_head / a.n_head_kv);
+  float* qt = scratch;                // [hd][kBQ]
+  float* s = qt + int64_t(hd) * kBQ;  // [kBK][kBQ]
+  float* ot = s + kBK * kBQ;          // [hd][kBQ]
+  alignas(64) int32_t pos[kBQ];
+  alignas(64) float m[kBQ], l[kBQ];
+  const int64_t min_pos = a.p0 + i0, max_pos = a.p0 + i0 + rows - 1;
+  for (int r = 0; r < kBQ; ++r) {
+    pos[r] = static_cast<int32_t>(r < rows ? min_pos + r : max_pos);  // padding rows: harmless
+    m[r] = kNegInf;
+    l[r] = 0.0f;
+  }
+  const float qscale = a.scale * 1.4426950408889634f;
+  for (int r = 0; r < kBQ; ++r) {
+    if (r >= rows) {
+      for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = 0.0f;
+      continue;
+    }
+    const float* q = a.q + (i0 + r) * a.q_stride + int64_t(h) * hd;
+    for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = q[d] * qscale;
+  }
+  for (int64_t i = 0; i < int64_t(hd) * kBQ; ++i) ot[i] = 0.0f;
+  const float* K = a.k + int64_t(kvh) * a.kv_cap * hd;
+  const float* V = a.v + int64_t(kvh) * a.kv_cap * hd;
+  switch ((rows + 15) / 16) {
+    case 1:
+      run_tiles<1>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      break;
+    case 2:
+      run_tiles<2>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      break;
+    case 3:
+      run_tiles<3>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      break;
+    default:
+      run_tiles<4>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      break;
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* o = a.out + (i0 + r) * a.out_stride + int64_t(h) * hd;
+    const float inv = 1.0f / l[r];
+    for (int d = 0; d < hd; ++d) o[d] = ot[d * kBQ + r] * inv;
+  }
+}
+
+}  // namespace
+
+bool attention_f32_avx512(const AttentionArgs& a) {
+  if (a.n < kBQ || !cpu_has_avx512()) return false;
+  const int64_t n_qt = (a.n + kBQ - 1) / kBQ;
+  const int64_t items = n_qt * a.n_head;
+  const int64_t per_thread = (2 * int64_t(a.head_dim) + kBK) * kBQ + 16;
+#pragma omp parallel
+  {
+    std::vector<float> buf(static_cast<size_t>(per_thread));
+    float* scratch = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / 4;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < items; ++t) {
+      // Longest (last) query tiles first: better balance under the causal mask.
+      const int64_t tile = n_qt - 1 - t / a.n_head;
+      const int h = static_cast<int>(t % a.n_head);
+      const int64_t i0 = tile * kBQ;
+      attention_block(a, h, i0, static_cast<int>(imin(kBQ, a.n - i0)), scratch);
+    }
+  }
+  return true;
+}
+
+}  // namespace longrope::kernels
