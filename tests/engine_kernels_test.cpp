@@ -84,6 +84,16 @@ TEST(EngineKernels, AttentionIndependentOfThreadCount) {
   }
 }
 
+// --compute auto: bf16 only where it outruns FP32 (docs/design.md, "bf16 or FP32 by default").
+TEST(EngineKernels, AutoComputeIsBf16OnlyWhereItOutrunsF32) {
+  EXPECT_TRUE(
+      lk::bf16_outruns_f32(/*amx=*/true, /*avx512_bf16=*/true, /*amd=*/false));  // Xeon, AMX
+  EXPECT_FALSE(lk::bf16_outruns_f32(false, true, false));  // Xeon without AMX (or hidden by a VM)
+  EXPECT_TRUE(lk::bf16_outruns_f32(false, true, true));    // Zen 4
+  EXPECT_FALSE(lk::bf16_outruns_f32(false, false, true));  // Zen 3
+  EXPECT_FALSE(lk::bf16_outruns_f32(false, false, false));
+}
+
 TEST(EngineKernels, AttentionRefusesBrokenArguments) {
   std::vector<float> q(64), k(64), v(64), out(64);
   const lk::AttentionArgs ok{q.data(), 8, k.data(), v.data(), 4, out.data(), 8,

@@ -85,10 +85,15 @@ bool cpu_has_amx();          // AMX-BF16 tiles usable through oneDNN (kAmx)
 // Arithmetic of the prefill GEMMs and attention. kBF16: bf16 inputs, FP32 accumulation
 // (AVX512_BF16). kF32 is the reference path.
 enum class Compute { kF32, kBF16 };
+// Whether bf16 arithmetic outruns FP32 on a CPU with these features: with AMX tiles (oneDNN), and
+// with AMD's AVX512_BF16 (Zen 4: a vdpbf16ps does twice the FLOPs of an FMA per cycle). Intel's
+// vdpbf16ps without AMX does at most what its FMAs do (161 against 340 GFLOP/s measured on a Xeon
+// model 207), and the FP32 GEMM and attention outrun the bf16 ones there (docs/design.md).
+bool bf16_outruns_f32(bool amx, bool avx512_bf16, bool amd);
 // The fastest arithmetic this CPU runs (what ScoreOptions, ContextParams and the run configs
-// start with, and what --compute auto picks): kBF16 where the CPU (variant in effect) has
-// AVX512_BF16, else kF32. A function of the CPU and LONGROPE_CPU only, decided at each call:
-// there is no process-wide setting; a caller that wants another passes it.
+// start with, and what --compute auto picks): kBF16 where bf16_outruns_f32 (the variant in
+// effect's features, the CPU's vendor), else kF32. A function of the CPU and LONGROPE_CPU only,
+// decided at each call: there is no process-wide setting; a caller that wants another passes it.
 Compute best_compute();
 // --compute's value: "auto" -> best_compute(), "f32"/"bf16" -> parse_compute, checked with
 // require_compute.

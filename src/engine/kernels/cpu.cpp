@@ -174,8 +174,14 @@ bool cpu_has_amx() {
   return cpu_variant() >= CpuVariant::kAmx;
 }
 
+bool bf16_outruns_f32(bool amx, bool avx512_bf16, bool amd) {
+  return amx || (avx512_bf16 && amd);
+}
+
 Compute best_compute() {
-  return cpu_has_avx512_bf16() ? Compute::kBF16 : Compute::kF32;
+  return bf16_outruns_f32(cpu_has_amx(), cpu_has_avx512_bf16(), __builtin_cpu_is("amd"))
+             ? Compute::kBF16
+             : Compute::kF32;
 }
 
 void require_compute(Compute c) {
