@@ -9,8 +9,7 @@
 // Qt: the block's queries times scale * log2(e) (exponentials are base 2), transposed once per
 // block. K and V are read in place; P^T overwrites S^T. Tiles of keys visible to every row of the
 // block run without masks; only the tiles on the diagonal are masked. The reference maximum of a
-// row moves only when a tile's maximum exceeds it by more than kLazy (probabilities up to 2^kLazy
-// are exact enough in FP32), which saves most rescalings of O. Every block is computed by one
+// row moves lazily (attn_detail::settle_reference). Every block is computed by one
 // thread in a fixed order: results do not depend on the thread count.
 #include <omp.h>
 
@@ -24,16 +23,32 @@ namespace longrope::kernels {
 
 namespace {
 
-constexpr int kBQ = 64;       // rows (queries of one head) per block: 4 vectors of 16 lanes
 constexpr int64_t kBK = 128;  // keys per tile
 constexpr int kQKRows = 6;    // keys per QK micro-kernel call (6 x 4 accumulators)
 constexpr int kPVDims = 6;    // dims per PV micro-kernel call (6 x 4 accumulators)
-constexpr float kNegInf = -__builtin_inff();
-constexpr float kLazy = 8.0f;
 
-using bf16_detail::exp2_clamped_ps;
+using attn_detail::kBQ;
+using attn_detail::kNegInf;
 using bf16_detail::exp2_ps;
 using bf16_detail::imin;
+
+// acc[r][v] += sum over t in [0, T) of B[r * rs + t * ts] * A[t][16v..16v+15] (A's rows kBQ apart):
+// the outer-product micro-kernel of both products (QK: B = K, A = Qt; PV: B = V^T, A = P^T).
+template <int R, int NQV>
+LONGROPE_AVX512_TARGET inline void fma_block(__m512 (&acc)[R][NQV], const float* B, int64_t rs,
+                                             int64_t ts, const float* A, int64_t T) {
+  for (int64_t t = 0; t < T; ++t) {
+    __m512 a[NQV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) a[v] = _mm512_load_ps(A + t * kBQ + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 b = _mm512_set1_ps(B[r * rs + t * ts]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_fmadd_ps(b, a[v], acc[r][v]);
+    }
+  }
+}
 
 // S^T rows [0, MK) for keys K + r*hd (key index key0 + r); folds the scores of visible keys into
 // the tile maximum mx.
@@ -46,30 +61,8 @@ LONGROPE_AVX512_TARGET inline void qk_kernel(const float* K, int hd, const float
   for (int r = 0; r < MK; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int d = 0; d < hd; ++d) {
-    __m512 q[NQV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) q[v] = _mm512_load_ps(qt + d * kBQ + 16 * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < MK; ++r) {
-      const __m512 kb = _mm512_set1_ps(K[r * hd + d]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_fmadd_ps(kb, q[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < MK; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) {
-      _mm512_store_ps(s + r * kBQ + 16 * v, acc[r][v]);
-      if (masked) {
-        const __mmask16 vis = _mm512_cmpge_epi32_mask(_mm512_load_si512(pos + 16 * v),
-                                                      _mm512_set1_epi32(int(key0 + r)));
-        mx[v] = _mm512_mask_max_ps(mx[v], vis, mx[v], acc[r][v]);
-      } else {
-        mx[v] = _mm512_max_ps(mx[v], acc[r][v]);
-      }
-    }
+  fma_block<MK, NQV>(acc, K, hd, 1, qt, hd);
+  attn_detail::store_scores<MK, NQV>(acc, s, masked, key0, pos, mx);
 }
 
 // O^T rows [0, D) (dims of V + d) += sum over the bk keys of V[j][d] * P^T[j][row].
@@ -81,17 +74,7 @@ LONGROPE_AVX512_TARGET inline void pv_kernel(int64_t bk, const float* V, int hd,
   for (int d = 0; d < D; ++d)
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_load_ps(ot + d * kBQ + 16 * v);
-  for (int64_t j = 0; j < bk; ++j) {
-    __m512 p[NQV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) p[v] = _mm512_load_ps(pt + j * kBQ + 16 * v);
-#pragma GCC unroll 8
-    for (int d = 0; d < D; ++d) {
-      const __m512 vb = _mm512_set1_ps(V[j * hd + d]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_fmadd_ps(vb, p[v], acc[d][v]);
-    }
-  }
+  fma_block<D, NQV>(acc, V, 1, hd, pt, bk);
 #pragma GCC unroll 8
   for (int d = 0; d < D; ++d)
 #pragma GCC unroll 4
@@ -105,27 +88,11 @@ template <int NQV>
 LONGROPE_AVX512_TARGET void softmax_tile(float* s, float* ot, int64_t k0, int64_t bk, bool masked,
                                          const int32_t* pos, const __m512* tmx, float* m, float* l,
                                          int hd) {
-  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
 #pragma GCC unroll 4
   for (int v = 0; v < NQV; ++v) {
     const __m512i pv = _mm512_load_si512(pos + 16 * v);
-    __m512 mref = _mm512_load_ps(m + 16 * v);
     __m512 lsum = _mm512_load_ps(l + 16 * v);
-    if (_mm512_cmp_ps_mask(tmx[v], _mm512_add_ps(mref, _mm512_set1_ps(kLazy)), _CMP_GT_OQ) != 0) {
-      const __m512 m_new = _mm512_max_ps(mref, tmx[v]);
-      // Rows without a visible key so far keep -inf; subtracting 0 keeps them free of NaN.
-      const __m512 ms = _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ),
-                                           _mm512_setzero_ps());
-      const __m512 corr = exp2_clamped_ps(_mm512_sub_ps(mref, ms));
-      lsum = _mm512_mul_ps(lsum, corr);
-      for (int d = 0; d < hd; ++d)
-        _mm512_store_ps(ot + d * kBQ + 16 * v,
-                        _mm512_mul_ps(_mm512_load_ps(ot + d * kBQ + 16 * v), corr));
-      mref = m_new;
-      _mm512_store_ps(m + 16 * v, m_new);
-    }
-    const __m512 ms = _mm512_mask_mov_ps(mref, _mm512_cmp_ps_mask(mref, neg_inf, _CMP_EQ_OQ),
-                                         _mm512_setzero_ps());
+    const __m512 ms = attn_detail::settle_reference(tmx[v], m + 16 * v, &lsum, ot + 16 * v, hd);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     for (int64_t j = 0; j < bk; ++j) {
       float* sj = s + j * kBQ + 16 * v;

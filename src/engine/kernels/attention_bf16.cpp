@@ -27,14 +27,14 @@ namespace longrope::kernels {
 
 namespace {
 
-constexpr int kBQ = 64;           // rows (query, head) per block: 4 vectors of 16 lanes
+using attn_detail::kBQ;           // rows (query, head) per block: 4 vectors of 16 lanes
 constexpr int64_t kBK = 128;      // keys per tile (multiple of 64)
 constexpr int64_t kChunk = 1024;  // keys per chunk when keys are split (multiple of kBK)
 constexpr int kQKRows = 4;        // keys per QK micro-kernel call
 constexpr int kPVDims = 4;        // dims per PV micro-kernel call
-constexpr float kNegInf = -__builtin_inff();
-constexpr float kLazy = 8.0f;  // see softmax_tile
-constexpr int kDecRows = 6;    // decode path: at most this many rows per key/value head
+using attn_detail::kLazy;         // the decode path's softmax moves its reference as lazily
+using attn_detail::kNegInf;
+constexpr int kDecRows = 6;  // decode path: at most this many rows per key/value head
 
 using bf16_detail::exp2_clamped_ps;
 using bf16_detail::exp2_ps;
@@ -136,19 +136,7 @@ LONGROPE_BF16_TARGET inline void qk_kernel(const uint16_t* K, int hd, const uint
       for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], kb, q[v]);
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < MK; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) {
-      _mm512_store_ps(s + r * kBQ + 16 * v, acc[r][v]);
-      if (masked) {
-        const __mmask16 vis = _mm512_cmpge_epi32_mask(_mm512_load_si512(pos + 16 * v),
-                                                      _mm512_set1_epi32(int(key0 + r)));
-        mx[v] = _mm512_mask_max_ps(mx[v], vis, mx[v], acc[r][v]);
-      } else {
-        mx[v] = _mm512_max_ps(mx[v], acc[r][v]);
-      }
-    }
+  attn_detail::store_scores<MK, NQV>(acc, s, masked, key0, pos, mx);
 }
 
 // O^T rows [0, D) (dims) += sum over njp key pairs of Vi[jp][dim] * Pt[jp][row].
@@ -224,8 +212,7 @@ LONGROPE_BF16_TARGET void pack_v(const uint16_t* V, int64_t bk, int hd, uint32_t
 // Online softmax over one tile of bk keys starting at key k0, whose scores are in S and their
 // maximum per row in tmx: updates m, l, rescales O^T and writes Pt. `masked`: key k is visible to
 // row r only when k <= pos[r]. The reference m of a row moves only when the tile's maximum exceeds
-// it by more than kLazy (probabilities up to 2^kLazy are fine in FP32 and bf16), which saves most
-// rescalings of O.
+// it by more than kLazy (attn_detail::settle_reference), which saves most rescalings of O.
 template <int NQV>
 LONGROPE_BF16_TARGET void softmax_tile(Scratch& sc, int64_t k0, int64_t bk, bool masked,
                                        const int32_t* pos, const __m512* tmx, float* m, float* l,
@@ -233,28 +220,12 @@ LONGROPE_BF16_TARGET void softmax_tile(Scratch& sc, int64_t k0, int64_t bk, bool
   const __m512i interleave =
       _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
   const int64_t njp = (bk + 1) / 2;
 #pragma GCC unroll 4
   for (int v = 0; v < NQV; ++v) {
     const __m512i pv = _mm512_load_si512(pos + 16 * v);
-    __m512 mref = _mm512_load_ps(m + 16 * v);
     __m512 lsum = _mm512_load_ps(l + 16 * v);
-    if (_mm512_cmp_ps_mask(tmx[v], _mm512_add_ps(mref, _mm512_set1_ps(kLazy)), _CMP_GT_OQ) != 0) {
-      const __m512 m_new = _mm512_max_ps(mref, tmx[v]);
-      // Rows without a visible key so far keep -inf; subtracting 0 keeps them free of NaN.
-      const __m512 ms = _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ),
-                                           _mm512_setzero_ps());
-      const __m512 corr = exp2_clamped_ps(_mm512_sub_ps(mref, ms));  // m = -inf: 2^-127 * 0
-      lsum = _mm512_mul_ps(lsum, corr);
-      for (int d = 0; d < hd; ++d)
-        _mm512_store_ps(sc.ot + d * kBQ + 16 * v,
-                        _mm512_mul_ps(_mm512_load_ps(sc.ot + d * kBQ + 16 * v), corr));
-      mref = m_new;
-      _mm512_store_ps(m + 16 * v, m_new);
-    }
-    const __m512 ms = _mm512_mask_mov_ps(mref, _mm512_cmp_ps_mask(mref, neg_inf, _CMP_EQ_OQ),
-                                         _mm512_setzero_ps());
+    const __m512 ms = attn_detail::settle_reference(tmx[v], m + 16 * v, &lsum, sc.ot + 16 * v, hd);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     for (int64_t jp = 0; jp < njp; ++jp) {
       const int64_t j = 2 * jp;

@@ -141,3 +141,60 @@ LONGROPE_AVX512_TARGET inline __m512 exp2_clamped_ps(__m512 x) {
 }
 
 }  // namespace longrope::kernels::bf16_detail
+
+// Pieces of the prefill attentions that keep a block's rows in the lanes (attention_bf16.cpp,
+// attention_avx512.cpp): S^T and O^T are [rows of keys or dims][kBQ] floats.
+namespace longrope::kernels::attn_detail {
+
+constexpr int kBQ = 64;  // rows of a block: 4 vectors of 16 lanes
+constexpr float kNegInf = -__builtin_inff();
+// The reference maximum of a row moves only when a tile's maximum exceeds it by more than this:
+// probabilities up to 2^kLazy are exact enough in FP32 and bf16, and most rescalings of O^T go.
+constexpr float kLazy = 8.0f;
+
+// S^T rows [0, MK) (scores of keys key0..) from acc; folds the scores into the tile maxima mx,
+// only those of visible keys (k <= pos[row]) when `masked`.
+template <int MK, int NQV>
+LONGROPE_AVX512_TARGET inline void store_scores(const __m512 (&acc)[MK][NQV], float* s, bool masked,
+                                                int64_t key0, const int32_t* pos, __m512* mx) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MK; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) {
+      _mm512_store_ps(s + r * kBQ + 16 * v, acc[r][v]);
+      if (masked) {
+        const __mmask16 vis = _mm512_cmpge_epi32_mask(_mm512_load_si512(pos + 16 * v),
+                                                      _mm512_set1_epi32(int(key0 + r)));
+        mx[v] = _mm512_mask_max_ps(mx[v], vis, mx[v], acc[r][v]);
+      } else {
+        mx[v] = _mm512_max_ps(mx[v], acc[r][v]);
+      }
+    }
+}
+
+// The online softmax's reference for the 16 rows of one vector, given the tile's maxima tmx: when
+// tmx exceeds the reference m by more than kLazy, m moves to the maximum and the running sum
+// *lsum and the hd rows of O^T (these 16 lanes, row stride kBQ) are rescaled. Returns what the
+// scores subtract: m, or 0 in rows without a visible key so far (m = -inf), which keeps them free
+// of NaN.
+LONGROPE_AVX512_TARGET inline __m512 settle_reference(__m512 tmx, float* m, __m512* lsum, float* ot,
+                                                      int hd) {
+  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
+  __m512 mref = _mm512_load_ps(m);
+  if (_mm512_cmp_ps_mask(tmx, _mm512_add_ps(mref, _mm512_set1_ps(kLazy)), _CMP_GT_OQ) != 0) {
+    const __m512 m_new = _mm512_max_ps(mref, tmx);
+    const __m512 ms = _mm512_mask_mov_ps(m_new, _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ),
+                                         _mm512_setzero_ps());
+    // m = -inf: 2^-127, times a sum and rows of O^T that are still 0.
+    const __m512 corr = bf16_detail::exp2_clamped_ps(_mm512_sub_ps(mref, ms));
+    *lsum = _mm512_mul_ps(*lsum, corr);
+    for (int d = 0; d < hd; ++d)
+      _mm512_store_ps(ot + d * kBQ, _mm512_mul_ps(_mm512_load_ps(ot + d * kBQ), corr));
+    mref = m_new;
+    _mm512_store_ps(m, m_new);
+  }
+  return _mm512_mask_mov_ps(mref, _mm512_cmp_ps_mask(mref, neg_inf, _CMP_EQ_OQ),
+                            _mm512_setzero_ps());
+}
+
+}  // namespace longrope::kernels::attn_detail
