@@ -65,12 +65,13 @@ TEST(EngineKernels, AttentionPropagatesNaN) {
   }
 }
 
-// Every query block is computed by one thread in a fixed order: the same bits with 1 and 2
-// threads, on every path (prefill blocks, sgemm tiles for decoding).
+// Every block and key chunk is computed by one thread in a fixed order, chunks merged in order:
+// the same bits with 1 and 2 threads (prefill blocks; grouped blocks with and without chunks).
 TEST(EngineKernels, AttentionIndependentOfThreadCount) {
   const int H = 9, KV = 3, hd = 64;
-  for (const int64_t n : {int64_t(1), int64_t(40), int64_t(300)}) {
-    const int64_t p0 = 700, cap = p0 + n;
+  for (const auto& [n, p0] :
+       {std::pair<int64_t, int64_t>{1, 700}, {1, 3000}, {40, 2500}, {300, 700}}) {
+    const int64_t cap = p0 + n;
     auto q = rnd(n * H * hd, 31), k = rnd(KV * cap * hd, 32), v = rnd(KV * cap * hd, 33);
     std::vector<float> o1(size_t(n * H * hd)), o2(o1.size());
     const int saved = omp_get_max_threads();
@@ -176,11 +177,14 @@ TEST(EngineKernels, AttentionMatchesScalar) {
     int64_t n, p0;
     int H, KV, hd;
   };
-  // With AVX-512, n >= 64 runs the register-blocked prefill path: several key tiles, the
-  // diagonal's masks after a long cache, partial query blocks, odd and large head_dim.
-  for (const Case& cs : {Case{1, 0, 2, 1, 8}, Case{70, 0, 4, 2, 8}, Case{300, 0, 9, 3, 64},
-                         Case{1, 600, 9, 3, 64}, Case{65, 257, 6, 2, 16}, Case{1000, 37, 9, 3, 64},
-                         Case{129, 600, 4, 2, 128}, Case{70, 11, 2, 2, 15}, Case{64, 0, 3, 3, 5}}) {
+  // With AVX-512 the register-blocked path: prefill blocks over several key tiles, the
+  // diagonal's masks after a long cache, partial query blocks, odd and large head_dim; grouped
+  // blocks for short inputs, with the keys split into chunks and merged past 1024 keys.
+  for (const Case& cs :
+       {Case{1, 0, 2, 1, 8}, Case{70, 0, 4, 2, 8}, Case{300, 0, 9, 3, 64}, Case{1, 600, 9, 3, 64},
+        Case{65, 257, 6, 2, 16}, Case{1000, 37, 9, 3, 64}, Case{129, 600, 4, 2, 128},
+        Case{70, 11, 2, 2, 15}, Case{64, 0, 3, 3, 5}, Case{1, 3000, 9, 3, 64},
+        Case{20, 1500, 8, 4, 8}, Case{2, 2500, 9, 3, 64}, Case{63, 2000, 4, 4, 64}}) {
     const int64_t cap = cs.p0 + cs.n + 3;
     auto q = rnd(cs.n * cs.H * cs.hd, 11), k = rnd(cs.KV * cap * cs.hd, 12),
          v = rnd(cs.KV * cap * cs.hd, 13);

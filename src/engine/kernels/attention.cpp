@@ -44,8 +44,8 @@ template void check_attention_args(const AttentionArgsT<uint16_t>&, const char*)
 
 void attention(const AttentionArgs& a) {
   check_attention_args(a, "attention");
-  // Prefill on AVX-512: register-blocked micro-kernels (attention_avx512.cpp). Below: tiles of
-  // sgemm calls, for decoding, short inputs and CPUs without AVX-512.
+  // With AVX-512: register-blocked micro-kernels (attention_avx512.cpp). Below: tiles of sgemm
+  // calls, for CPUs without AVX-512 (the portable variant).
   if (attention_f32_avx512(a)) return;
   const int hd = a.head_dim;
   const int group = a.n_head / a.n_head_kv;

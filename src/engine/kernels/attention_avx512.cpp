@@ -1,20 +1,19 @@
-// Causal grouped-query attention, FP32, AVX-512, for prefill (at least kBQ new queries): the
-// products are register-blocked FMA micro-kernels on rows in lanes, in place of the small sgemm
-// calls of attention.cpp (whose packing dominated at head_dim 64).
+// Causal grouped-query attention, FP32, AVX-512: the products are register-blocked FMA
+// micro-kernels on rows in lanes, in place of the small sgemm calls of attention.cpp (whose
+// packing dominated at head_dim 64, and whose per-call cost dominated decoding).
 //
-// A work block is kBQ = 64 consecutive queries of one head; its rows live in the 16 lanes of 4
-// vectors, so the online softmax is vertical (one row per lane):
+// A work block is kBQ = 64 rows: in prefill 64 consecutive queries of one head, for shorter inputs
+// the (query, head) pairs of one key/value head (decoding: the query heads of the group; keys are
+// then split into chunks across threads and merged, attn_detail::run_blocks). The rows live in the
+// 16 lanes of up to 4 vectors, so the online softmax is vertical (one row per lane):
 //   S^T[key][row]  = sum over dims: broadcast(K[key][d]) * Qt[d][row]
 //   O^T[dim][row] += sum over keys: broadcast(V[key][dim]) * P^T[key][row]
 // Qt: the block's queries times scale * log2(e) (exponentials are base 2), transposed once per
 // block. K and V are read in place; P^T overwrites S^T. Tiles of keys visible to every row of the
 // block run without masks; only the tiles on the diagonal are masked. The reference maximum of a
-// row moves lazily (attn_detail::settle_reference). Every block is computed by one
+// row moves lazily (attn_detail::settle_reference). Every block and chunk is computed by one
 // thread in a fixed order: results do not depend on the thread count.
-#include <omp.h>
-
 #include <cstdint>
-#include <vector>
 
 #include "engine/kernels/bf16_internal.h"  // first: it includes immintrin.h
 #include "longrope/kernels.h"
@@ -110,10 +109,10 @@ LONGROPE_AVX512_TARGET void softmax_tile(float* s, float* ot, int64_t k0, int64_
 }
 
 template <int NQV>
-LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int hd, int64_t k_end,
-                                      int64_t k_full, const int32_t* pos, const float* qt, float* s,
-                                      float* ot, float* m, float* l) {
-  for (int64_t k0 = 0; k0 < k_end;) {
+LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int hd, int64_t k_begin,
+                                      int64_t k_end, int64_t k_full, const int32_t* pos,
+                                      const float* qt, float* s, float* ot, float* m, float* l) {
+  for (int64_t k0 = k_begin; k0 < k_end;) {
     // Tiles do not straddle k_full: keys below it are visible to every row of the block.
     const bool masked = k0 >= k_full;
     const int64_t bk = imin(kBK, (masked ? k_end : imin(k_end, k_full)) - k0);
@@ -136,75 +135,64 @@ LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int hd, in
   }
 }
 
-// Block b: queries [i0, i0 + rows) of head h.
-LONGROPE_AVX512_TARGET void attention_block(const AttentionArgs& a, int h, int64_t i0, int rows,
-                                            float* scratch) {
+// Scratch floats per thread: Qt [hd][kBQ], S^T [kBK][kBQ], O^T [hd][kBQ].
+int64_t scratch_floats(int hd) {
+  return (2 * int64_t(hd) + kBK) * kBQ;
+}
+
+// Work item (b, c): block b's rows against chunk c of their keys.
+LONGROPE_AVX512_TARGET void attention_item(const AttentionArgs& a, const attn_detail::Blocks& k,
+                                           int64_t b, int64_t c, float* scratch) {
   const int hd = a.head_dim;
-  const int kvh = h / (a.n_head / a.n_head_kv);
-  float* qt = scratch;                // [hd][kBQ]
-  float* s = qt + int64_t(hd) * kBQ;  // [kBK][kBQ]
-  float* ot = s + kBK * kBQ;          // [hd][kBQ]
+  float* qt = scratch;
+  float* s = qt + int64_t(hd) * kBQ;
+  float* ot = s + kBK * kBQ;
   alignas(64) int32_t pos[kBQ];
   alignas(64) float m[kBQ], l[kBQ];
-  const int64_t min_pos = a.p0 + i0, max_pos = a.p0 + i0 + rows - 1;
-  for (int r = 0; r < kBQ; ++r) {
-    pos[r] = static_cast<int32_t>(r < rows ? min_pos + r : max_pos);  // padding rows: harmless
-    m[r] = kNegInf;
-    l[r] = 0.0f;
-  }
+  int64_t qi[kBQ];
+  int hh[kBQ];
+  int64_t min_pos, k_begin, k_end;
+  const int rows = attn_detail::block_setup(k, b, c, qi, hh, pos, &min_pos, &k_begin, &k_end);
   const float qscale = a.scale * 1.4426950408889634f;
   for (int r = 0; r < kBQ; ++r) {
+    m[r] = kNegInf;
+    l[r] = 0.0f;
     if (r >= rows) {
       for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = 0.0f;
       continue;
     }
-    const float* q = a.q + (i0 + r) * a.q_stride + int64_t(h) * hd;
+    const float* q = a.q + qi[r] * a.q_stride + int64_t(hh[r]) * hd;
     for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = q[d] * qscale;
   }
   for (int64_t i = 0; i < int64_t(hd) * kBQ; ++i) ot[i] = 0.0f;
+  const int kvh = hh[0] / (a.n_head / a.n_head_kv);
   const float* K = a.k + int64_t(kvh) * a.kv_cap * hd;
   const float* V = a.v + int64_t(kvh) * a.kv_cap * hd;
   switch ((rows + 15) / 16) {
     case 1:
-      run_tiles<1>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<1>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
     case 2:
-      run_tiles<2>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<2>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
     case 3:
-      run_tiles<3>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<3>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
     default:
-      run_tiles<4>(K, V, hd, max_pos + 1, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<4>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
   }
-  for (int r = 0; r < rows; ++r) {
-    float* o = a.out + (i0 + r) * a.out_stride + int64_t(h) * hd;
-    const float inv = 1.0f / l[r];
-    for (int d = 0; d < hd; ++d) o[d] = ot[d * kBQ + r] * inv;
-  }
+  attn_detail::finish_item(k, b, c, ot, m, l, rows, qi, hh, a.out, a.out_stride);
 }
 
 }  // namespace
 
 bool attention_f32_avx512(const AttentionArgs& a) {
-  if (a.n < kBQ || !cpu_has_avx512()) return false;
-  const int64_t n_qt = (a.n + kBQ - 1) / kBQ;
-  const int64_t items = n_qt * a.n_head;
-  const int64_t per_thread = (2 * int64_t(a.head_dim) + kBK) * kBQ + 16;
-#pragma omp parallel
-  {
-    std::vector<float> buf(static_cast<size_t>(per_thread));
-    float* scratch = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / 4;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < items; ++t) {
-      // Longest (last) query tiles first: better balance under the causal mask.
-      const int64_t tile = n_qt - 1 - t / a.n_head;
-      const int h = static_cast<int>(t % a.n_head);
-      const int64_t i0 = tile * kBQ;
-      attention_block(a, h, i0, static_cast<int>(imin(kBQ, a.n - i0)), scratch);
-    }
-  }
+  if (a.n == 0 || !cpu_has_avx512()) return false;
+  attn_detail::Blocks k = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
+  attn_detail::run_blocks(
+      k, scratch_floats(a.head_dim), a.out, a.out_stride,
+      [&](int64_t b, int64_t c, float* scratch) { attention_item(a, k, b, c, scratch); });
   return true;
 }
 

@@ -27,29 +27,24 @@ namespace longrope::kernels {
 
 namespace {
 
-using attn_detail::kBQ;           // rows (query, head) per block: 4 vectors of 16 lanes
-constexpr int64_t kBK = 128;      // keys per tile (multiple of 64)
-constexpr int64_t kChunk = 1024;  // keys per chunk when keys are split (multiple of kBK)
-constexpr int kQKRows = 4;        // keys per QK micro-kernel call
-constexpr int kPVDims = 4;        // dims per PV micro-kernel call
-using attn_detail::kLazy;         // the decode path's softmax moves its reference as lazily
+using attn_detail::kBQ;       // rows (query, head) per block: 4 vectors of 16 lanes
+constexpr int64_t kBK = 128;  // keys per tile (multiple of 64)
+using attn_detail::kChunk;    // keys per chunk when keys are split (a multiple of kBK)
+constexpr int kQKRows = 4;    // keys per QK micro-kernel call
+constexpr int kPVDims = 4;    // dims per PV micro-kernel call
+using attn_detail::kLazy;     // the decode path's softmax moves its reference as lazily
 using attn_detail::kNegInf;
 constexpr int kDecRows = 6;  // decode path: at most this many rows per key/value head
 
 using bf16_detail::exp2_clamped_ps;
 using bf16_detail::exp2_ps;
-using bf16_detail::imax;
 using bf16_detail::imin;
 using bf16_detail::load_u32;
 
 struct AttnJob {
   const AttentionArgsBf16* a;
-  bool grouped;      // blocks of (query, head) pairs of one kv head; else 64 queries of one head
-  bool decode;       // grouped with at most kDecRows rows per block: keys in the lanes
-  int64_t n_blocks;  // row blocks
-  int64_t n_chunks;  // key chunks per block (1: no split)
-  float* partial;    // n_blocks * n_chunks partial results when n_chunks > 1
-  int64_t partial_stride;
+  attn_detail::Blocks blocks;
+  bool decode;  // grouped with at most kDecRows rows per block: keys in the lanes
 };
 
 // Per-thread scratch, 64-byte aligned pieces of one buffer.
@@ -406,34 +401,6 @@ LONGROPE_BF16_TARGET void run_decode_tiles(const AttentionArgsBf16& a, Scratch& 
   }
 }
 
-// Row r of block b: query *qi, head *h.
-inline void block_row(const AttnJob& job, int64_t b, int r, int64_t* qi, int* h) {
-  const AttentionArgsBf16& a = *job.a;
-  if (job.grouped) {
-    const int group = a.n_head / a.n_head_kv;
-    const int64_t per_kv = (a.n * group + kBQ - 1) / kBQ;
-    const int kvh = static_cast<int>(b / per_kv);
-    const int64_t idx = (b % per_kv) * kBQ + r;
-    *qi = idx / group;
-    *h = kvh * group + static_cast<int>(idx % group);
-  } else {
-    const int64_t n_qt = (a.n + kBQ - 1) / kBQ;
-    *h = static_cast<int>(b / n_qt);
-    *qi = (b % n_qt) * kBQ + r;
-  }
-}
-
-inline int block_rows(const AttnJob& job, int64_t b) {
-  const AttentionArgsBf16& a = *job.a;
-  if (job.grouped) {
-    const int64_t total = a.n * (a.n_head / a.n_head_kv);
-    const int64_t per_kv = (total + kBQ - 1) / kBQ;
-    return static_cast<int>(imin(kBQ, total - (b % per_kv) * kBQ));
-  }
-  const int64_t n_qt = (a.n + kBQ - 1) / kBQ;
-  return static_cast<int>(imin(kBQ, a.n - (b % n_qt) * kBQ));
-}
-
 // One work item: block b, key chunk c. Writes the output rows, or the chunk's partial result.
 LONGROPE_BF16_TARGET void attention_item(const AttnJob& job, int64_t b, int64_t c, float* scratch) {
   const AttentionArgsBf16& a = *job.a;
@@ -441,28 +408,19 @@ LONGROPE_BF16_TARGET void attention_item(const AttnJob& job, int64_t b, int64_t 
   const int group = a.n_head / a.n_head_kv;
   Scratch sc;
   carve(scratch, hd, &sc);
-  const int rows = block_rows(job, b);
-  const int nqv = (rows + 15) / 16;
-
   alignas(64) int32_t pos[kBQ];
   alignas(64) float m[kBQ], l[kBQ];
   int64_t qi[kBQ];
   int hh[kBQ];
-  int64_t min_pos = INT64_MAX, max_pos = -1;
-  for (int r = 0; r < rows; ++r) {
-    block_row(job, b, r, &qi[r], &hh[r]);
-    const int64_t p = a.p0 + qi[r];
-    min_pos = imin(min_pos, p);
-    max_pos = imax(max_pos, p);
-  }
+  int64_t min_pos, k_begin, k_end;
+  const int rows =
+      attn_detail::block_setup(job.blocks, b, c, qi, hh, pos, &min_pos, &k_begin, &k_end);
+  const int nqv = (rows + 15) / 16;
   for (int r = 0; r < kBQ; ++r) {
-    pos[r] = static_cast<int32_t>(r < rows ? a.p0 + qi[r] : max_pos);  // padding rows: harmless
     m[r] = kNegInf;
     l[r] = 0.0f;
   }
   const int kvh = hh[0] / group;
-  const int64_t k_begin = c * kChunk;
-  const int64_t k_end = imin(job.n_chunks > 1 ? k_begin + kChunk : max_pos + 1, max_pos + 1);
 
   const float qscale = a.scale * 1.4426950408889634f;
   // bf16 pair of q[2dp], q[2dp+1] of row r, times scale*log2(e); zero for padding rows.
@@ -543,51 +501,7 @@ LONGROPE_BF16_TARGET void attention_item(const AttnJob& job, int64_t b, int64_t 
     }
   }
 
-  if (job.n_chunks > 1) {
-    float* dst = job.partial + (b * job.n_chunks + c) * job.partial_stride;
-    for (int64_t i = 0; i < int64_t(hd) * kBQ; ++i) dst[i] = sc.ot[i];
-    for (int r = 0; r < kBQ; ++r) {
-      dst[int64_t(hd) * kBQ + r] = m[r];
-      dst[int64_t(hd) * kBQ + kBQ + r] = l[r];
-    }
-    return;
-  }
-  for (int r = 0; r < rows; ++r) {
-    float* o = a.out + qi[r] * a.out_stride + int64_t(hh[r]) * hd;
-    const float inv = 1.0f / l[r];
-    for (int d = 0; d < hd; ++d) o[d] = sc.ot[d * kBQ + r] * inv;
-  }
-}
-
-// Combines the chunks of block b in chunk order and writes its output rows.
-LONGROPE_BF16_TARGET void attention_merge(const AttnJob& job, int64_t b) {
-  const AttentionArgsBf16& a = *job.a;
-  const int hd = a.head_dim;
-  const int rows = block_rows(job, b);
-  const float* part = job.partial + b * job.n_chunks * job.partial_stride;
-  const int64_t mo = int64_t(hd) * kBQ, lo = mo + kBQ;
-  for (int r = 0; r < rows; ++r) {
-    float mx = kNegInf;
-    for (int64_t c = 0; c < job.n_chunks; ++c) {
-      const float mc = part[c * job.partial_stride + mo + r];
-      mx = mc > mx ? mc : mx;
-    }
-    float lsum = 0.0f;
-    int64_t qi;
-    int h;
-    block_row(job, b, r, &qi, &h);
-    float* o = a.out + qi * a.out_stride + int64_t(h) * hd;
-    for (int d = 0; d < hd; ++d) o[d] = 0.0f;
-    for (int64_t c = 0; c < job.n_chunks; ++c) {
-      const float* pc = part + c * job.partial_stride;
-      if (pc[mo + r] == kNegInf) continue;
-      const float w = _mm512_cvtss_f32(exp2_clamped_ps(_mm512_set1_ps(pc[mo + r] - mx)));
-      lsum += w * pc[lo + r];
-      for (int d = 0; d < hd; ++d) o[d] += w * pc[d * kBQ + r];
-    }
-    const float inv = 1.0f / lsum;
-    for (int d = 0; d < hd; ++d) o[d] *= inv;
-  }
+  attn_detail::finish_item(job.blocks, b, c, sc.ot, m, l, rows, qi, hh, a.out, a.out_stride);
 }
 
 }  // namespace
@@ -598,42 +512,13 @@ void attention_bf16(const AttentionArgsBf16& a) {
   if (a.n == 0) return;
   // Long prefill: both products on oneDNN matmuls (AMX) where the build and the CPU allow.
   if (bf16_detail::attention_bf16_onednn(a)) return;
-  const int group = a.n_head / a.n_head_kv;
   AttnJob job{};
   job.a = &a;
-  job.grouped = a.n < kBQ;
-  job.decode = a.n * group <= kDecRows && a.head_dim % 64 == 0;
-  job.n_blocks = job.grouped ? a.n_head_kv * ((a.n * group + kBQ - 1) / kBQ)
-                             : a.n_head * ((a.n + kBQ - 1) / kBQ);
-  // Few blocks (decode): split the keys into chunks. Depends on the shape only.
-  const int64_t n_keys = a.p0 + a.n;
-  job.n_chunks = job.n_blocks < 16 ? (n_keys + kChunk - 1) / kChunk : 1;
-  std::vector<float> partial;
-  if (job.n_chunks > 1) {
-    job.partial_stride = round64(int64_t(a.head_dim) * kBQ + 2 * kBQ);
-    partial.resize(size_t(job.n_blocks * job.n_chunks * job.partial_stride));
-    job.partial = partial.data();
-  }
-  const int64_t items = job.n_blocks * job.n_chunks;
-  const int64_t per_thread = carve(nullptr, a.head_dim, nullptr);
-#pragma omp parallel if (items > 1)
-  {
-    std::vector<float> scratch(static_cast<size_t>(per_thread));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < items; ++t) {
-      int64_t b = t / job.n_chunks;
-      if (!job.grouped) {
-        // Prefill: last (longest) query tiles first, for balance under the causal mask.
-        const int64_t n_qt = job.n_blocks / a.n_head;
-        b = int64_t(b % a.n_head) * n_qt + (n_qt - 1 - b / a.n_head);
-      }
-      attention_item(job, b, t % job.n_chunks, scratch.data());
-    }
-    if (job.n_chunks > 1) {
-#pragma omp for schedule(static)
-      for (int64_t b = 0; b < job.n_blocks; ++b) attention_merge(job, b);
-    }
-  }
+  job.blocks = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
+  job.decode = a.n * (a.n_head / a.n_head_kv) <= kDecRows && a.head_dim % 64 == 0;
+  attn_detail::run_blocks(
+      job.blocks, carve(nullptr, a.head_dim, nullptr), a.out, a.out_stride,
+      [&](int64_t b, int64_t c, float* scratch) { attention_item(job, b, c, scratch); });
 }
 
 }  // namespace longrope::kernels

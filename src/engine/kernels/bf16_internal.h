@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "longrope/error.h"
 #include "longrope/kernels.h"
@@ -28,9 +29,9 @@ namespace longrope::kernels {
 // The project's own AVX512_BF16 GEMM (what gemm_bf16_nt runs when oneDNN is not in the build).
 void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                       const uint16_t* B, int64_t ldb, float* C, int64_t ldc, float beta);
-// The FP32 attention's AVX-512 prefill path (attention_avx512.cpp): computes `a` and returns true
-// when it applies (at least 64 new queries, AVX-512 in the variant in effect), else returns false
-// having done nothing. `a` already checked.
+// The FP32 attention's AVX-512 path (attention_avx512.cpp): computes `a` and returns true when it
+// applies (AVX-512 in the variant in effect, at least one query), else returns false having done
+// nothing. `a` already checked.
 bool attention_f32_avx512(const AttentionArgs& a);
 }  // namespace longrope::kernels
 
@@ -195,6 +196,172 @@ LONGROPE_AVX512_TARGET inline __m512 settle_reference(__m512 tmx, float* m, __m5
   }
   return _mm512_mask_mov_ps(mref, _mm512_cmp_ps_mask(mref, neg_inf, _CMP_EQ_OQ),
                             _mm512_setzero_ps());
+}
+
+// How an attention call's (query, head) rows are cut into blocks of at most kBQ rows, and each
+// block's keys into chunks. Prefill (n >= kBQ): kBQ consecutive queries of one head. Shorter
+// inputs (decoding): every (query, head) pair of one key/value head, query-major. With few blocks
+// the keys are split into chunks of kChunk, each chunk's partial result (O^T, m, l) kept in
+// `partial` and merged in chunk order afterwards.
+constexpr int64_t kChunk = 1024;  // keys per chunk when keys are split
+struct Blocks {
+  int64_t n = 0, p0 = 0;
+  int n_head = 1, n_head_kv = 1, head_dim = 1;
+  bool grouped = false;
+  int64_t n_blocks = 0, n_chunks = 1;
+  float* partial = nullptr;    // n_blocks * n_chunks partial results when n_chunks > 1
+  int64_t partial_stride = 0;  // floats per partial result: O^T [hd][kBQ], m [kBQ], l [kBQ]
+};
+
+inline Blocks plan_blocks(int64_t n, int64_t p0, int n_head, int n_head_kv, int head_dim) {
+  Blocks k;
+  k.n = n;
+  k.p0 = p0;
+  k.n_head = n_head;
+  k.n_head_kv = n_head_kv;
+  k.head_dim = head_dim;
+  k.grouped = n < kBQ;
+  const int64_t group = n_head / n_head_kv;
+  k.n_blocks =
+      k.grouped ? n_head_kv * ((n * group + kBQ - 1) / kBQ) : n_head * ((n + kBQ - 1) / kBQ);
+  // Few blocks (decoding): split the keys. Depends on the shape only.
+  k.n_chunks = k.n_blocks < 16 ? (p0 + n + kChunk - 1) / kChunk : 1;
+  k.partial_stride = (int64_t(head_dim) * kBQ + 2 * kBQ + 15) / 16 * 16;
+  return k;
+}
+
+// Row r of block b: query *qi, head *h.
+inline void block_row(const Blocks& k, int64_t b, int r, int64_t* qi, int* h) {
+  if (k.grouped) {
+    const int group = k.n_head / k.n_head_kv;
+    const int64_t per_kv = (k.n * group + kBQ - 1) / kBQ;
+    const int kvh = static_cast<int>(b / per_kv);
+    const int64_t idx = (b % per_kv) * kBQ + r;
+    *qi = idx / group;
+    *h = kvh * group + static_cast<int>(idx % group);
+  } else {
+    const int64_t n_qt = (k.n + kBQ - 1) / kBQ;
+    *h = static_cast<int>(b / n_qt);
+    *qi = (b % n_qt) * kBQ + r;
+  }
+}
+
+inline int block_rows(const Blocks& k, int64_t b) {
+  if (k.grouped) {
+    const int64_t total = k.n * (k.n_head / k.n_head_kv);
+    const int64_t per_kv = (total + kBQ - 1) / kBQ;
+    return static_cast<int>(bf16_detail::imin(kBQ, total - (b % per_kv) * kBQ));
+  }
+  const int64_t n_qt = (k.n + kBQ - 1) / kBQ;
+  return static_cast<int>(bf16_detail::imin(kBQ, k.n - (b % n_qt) * kBQ));
+}
+
+// The rows of block b (their queries qi, heads hh, positions pos, padded to kBQ with the last
+// position) and the block's key range [*k_begin, *k_end) for chunk c; *min_pos: keys below it are
+// visible to every row. Returns the number of rows.
+inline int block_setup(const Blocks& k, int64_t b, int64_t c, int64_t* qi, int* hh, int32_t* pos,
+                       int64_t* min_pos, int64_t* k_begin, int64_t* k_end) {
+  const int rows = block_rows(k, b);
+  int64_t lo = INT64_MAX, hi = -1;
+  for (int r = 0; r < rows; ++r) {
+    block_row(k, b, r, &qi[r], &hh[r]);
+    const int64_t p = k.p0 + qi[r];
+    lo = bf16_detail::imin(lo, p);
+    hi = bf16_detail::imax(hi, p);
+  }
+  for (int r = 0; r < kBQ; ++r)
+    pos[r] = static_cast<int32_t>(r < rows ? k.p0 + qi[r] : hi);  // padding rows: harmless
+  *min_pos = lo;
+  *k_begin = c * kChunk;
+  *k_end = bf16_detail::imin(k.n_chunks > 1 ? *k_begin + kChunk : hi + 1, hi + 1);
+  return rows;
+}
+
+// The end of work item (b, c) whose rows hold O^T (ot), m and l: the output rows (O / l), or the
+// chunk's partial result when the keys are split.
+inline void finish_item(const Blocks& k, int64_t b, int64_t c, const float* ot, const float* m,
+                        const float* l, int rows, const int64_t* qi, const int* hh, float* out,
+                        int64_t out_stride) {
+  const int hd = k.head_dim;
+  if (k.n_chunks > 1) {
+    float* dst = k.partial + (b * k.n_chunks + c) * k.partial_stride;
+    for (int64_t i = 0; i < int64_t(hd) * kBQ; ++i) dst[i] = ot[i];
+    for (int r = 0; r < kBQ; ++r) {
+      dst[int64_t(hd) * kBQ + r] = m[r];
+      dst[int64_t(hd) * kBQ + kBQ + r] = l[r];
+    }
+    return;
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* o = out + qi[r] * out_stride + int64_t(hh[r]) * hd;
+    const float inv = 1.0f / l[r];
+    for (int d = 0; d < hd; ++d) o[d] = ot[d * kBQ + r] * inv;
+  }
+}
+
+// Combines the chunks of block b in chunk order and writes its output rows.
+LONGROPE_AVX512_TARGET inline void merge_chunks(const Blocks& k, int64_t b, float* out,
+                                                int64_t out_stride) {
+  const int hd = k.head_dim;
+  const int rows = block_rows(k, b);
+  const float* part = k.partial + b * k.n_chunks * k.partial_stride;
+  const int64_t mo = int64_t(hd) * kBQ, lo = mo + kBQ;
+  for (int r = 0; r < rows; ++r) {
+    float mx = kNegInf;
+    for (int64_t c = 0; c < k.n_chunks; ++c) {
+      const float mc = part[c * k.partial_stride + mo + r];
+      mx = mc > mx ? mc : mx;
+    }
+    float lsum = 0.0f;
+    int64_t qi;
+    int h;
+    block_row(k, b, r, &qi, &h);
+    float* o = out + qi * out_stride + int64_t(h) * hd;
+    for (int d = 0; d < hd; ++d) o[d] = 0.0f;
+    for (int64_t c = 0; c < k.n_chunks; ++c) {
+      const float* pc = part + c * k.partial_stride;
+      if (pc[mo + r] == kNegInf) continue;
+      const float w =
+          _mm512_cvtss_f32(bf16_detail::exp2_clamped_ps(_mm512_set1_ps(pc[mo + r] - mx)));
+      lsum += w * pc[lo + r];
+      for (int d = 0; d < hd; ++d) o[d] += w * pc[d * kBQ + r];
+    }
+    const float inv = 1.0f / lsum;
+    for (int d = 0; d < hd; ++d) o[d] *= inv;
+  }
+}
+
+// Runs item(b, c, scratch) for every block b and chunk c on the OpenMP threads (prefill: the last,
+// longest, query tiles first, for balance under the causal mask), then merges the blocks whose keys
+// were split. Each item is one thread's work in a fixed order and the merge goes in chunk order,
+// so results do not depend on the thread count. `scratch_floats`: per thread.
+template <class Item>
+void run_blocks(Blocks& k, int64_t scratch_floats, float* out, int64_t out_stride, Item&& item) {
+  std::vector<float> partial;
+  if (k.n_chunks > 1) {
+    partial.resize(size_t(k.n_blocks * k.n_chunks * k.partial_stride));
+    k.partial = partial.data();
+  }
+  const int64_t items = k.n_blocks * k.n_chunks;
+#pragma omp parallel if (items > 1)
+  {
+    std::vector<float> buf(static_cast<size_t>(scratch_floats + 16));
+    float* scratch = buf.data() + ((64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64) / 4;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < items; ++t) {
+      int64_t b = t / k.n_chunks;
+      if (!k.grouped) {
+        const int64_t n_qt = k.n_blocks / k.n_head;
+        b = int64_t(b % k.n_head) * n_qt + (n_qt - 1 - b / k.n_head);
+      }
+      item(b, t % k.n_chunks, scratch);
+    }
+    if (k.n_chunks > 1) {
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < k.n_blocks; ++b) merge_chunks(k, b, out, out_stride);
+    }
+  }
+  k.partial = nullptr;
 }
 
 }  // namespace longrope::kernels::attn_detail
