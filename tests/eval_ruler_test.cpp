@@ -471,11 +471,11 @@ TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
   REQUIRE_RULER_INPUTS();
   const fs::path dir = longrope::test::fresh_temp_dir("ruler_prepare");
   longrope::test::RemoveOnExit cleanup{dir};
-  const std::string base = cli_path().string() + " ruler -m " +
+  const std::string head = cli_path().string() + " ruler -m " +
                            longrope::test::stories_gguf().string() +
-                           " --lengths 1024 --tasks niah_single_1,niah_multikey_2 --samples 2 "
-                           "--seed 5 -t 1 --no-progress --words " +
-                           kWords + " --haystack " + novels()[0];
+                           " --lengths 1024 --seed 5 -t 1 --no-progress --words " + kWords +
+                           " --haystack " + novels()[0];
+  const std::string base = head + " --tasks niah_single_1,niah_multikey_2 --samples 2";
   std::string out;
   ASSERT_EQ(run_command(base + " --prepare-only -O " + (dir / "p").string(), &out), 0) << out;
   EXPECT_NE(out.find("| niah_multikey_2 | 1024 | 2 |"), std::string::npos) << out;
@@ -495,6 +495,36 @@ TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
     EXPECT_LE(d["length"].get<int64_t>(), 1024);
     EXPECT_EQ(d["others"]["prompt_tokens"].get<int64_t>() + 128, d["length"].get<int64_t>());
   }
+  // --data scores the prepared files: the same prompts, the same predictions as generating them.
+  ASSERT_EQ(
+      run_command(base + " --data " + (dir / "p").string() + " -O " + (dir / "d").string(), &out),
+      0)
+      << out;
+  const auto from_data = lines_of(dir / "d" / "none" / "1024" / "pred" / "niah_multikey_2.jsonl");
+  ASSERT_EQ(from_data.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto d = nlohmann::json::parse(from_data[i]);
+    const auto p = nlohmann::json::parse(pred[i]);
+    for (const char* f : {"index", "pred", "input", "outputs", "length", "answer_prefix"})
+      EXPECT_EQ(d[f], p[f]) << f;
+  }
+  // A malformed line names its file and line; too few samples and a missing file say so.
+  const fs::path bad = dir / "bad" / "data" / "1024";
+  fs::create_directories(bad);
+  { std::ofstream(bad / "niah_single_1.jsonl") << "{\"input\": \"x\"}\n"; }
+  {
+    std::ofstream(bad / "niah_multikey_2.jsonl")
+        << slurp(dir / "p" / "data" / "1024" / "niah_multikey_2.jsonl");
+  }
+  EXPECT_NE(run_command(base + " --data " + (dir / "bad").string(), &out), 0);
+  EXPECT_NE(out.find("niah_single_1.jsonl:1: a sample needs"), std::string::npos) << out;
+  EXPECT_NE(
+      run_command(head + " --samples 3 --tasks niah_multikey_2 --data " + (dir / "bad").string(),
+                  &out),
+      0);
+  EXPECT_NE(out.find("holds 2 sample(s); --samples asks for 3"), std::string::npos) << out;
+  EXPECT_NE(run_command(head + " --tasks vt --data " + (dir / "bad").string(), &out), 0);
+  EXPECT_NE(out.find("no RULER data for vt at 1024"), std::string::npos) << out;
   // The folder is refused the second time (one line, exit 2), replaced with --overwrite, and the
   // same seed writes the same bytes.
   const std::string before = slurp(dir / "p" / "data" / "1024" / "niah_single_1.jsonl");

@@ -118,6 +118,14 @@ double ruler_score(const std::string& task, const std::string& pred,
 // is conservative for fractional scores and exact Wilson for 0/1 ones).
 std::pair<double, double> ruler_interval(double mean, int64_t n);
 
+// The first `samples` prepared samples of `task` at `length` from `dir` (RulerConfig::data_dir):
+// `input`, `outputs` and `answer_prefix` (or lm-eval-harness's `gen_prefix`) of each JSON line,
+// tokenized as ruler_prompt_tokens does, with the task's budget. Throws Error (file and line) on a
+// missing file, a malformed line or too few samples.
+std::vector<RulerSample> read_ruler_data(const Model& model, const std::string& dir,
+                                         const std::string& task, int64_t length, int64_t samples,
+                                         bool chat);
+
 struct RulerConfig {
   std::string model_path;
   std::vector<int64_t> lengths;
@@ -130,6 +138,10 @@ struct RulerConfig {
   std::string words_path = "/usr/share/dict/words";
   std::vector<std::string> haystack_paths;  // essay haystack (novels)
   std::string squad_path, hotpot_path;      // --qa-data
+  // Prepared prompts (--data DIR): the first `samples` lines of DIR/data/<length>/<task>.jsonl
+  // (what --prepare-only writes) or of RULER's DIR/<length>/data/<task>/validation.jsonl, in place
+  // of generating them; words, haystack and QA files are then not read.
+  std::string data_dir;
   ScaleOptions scale;
   int n_threads = 0;
   kernels::Compute compute = kernels::best_compute();

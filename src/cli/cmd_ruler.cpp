@@ -20,6 +20,7 @@ struct RulerArgs {
   std::string lengths, tasks = "all";
   std::vector<std::string> haystack, qa_data;
   std::string words = "/usr/share/dict/words";
+  std::string data;
   std::vector<std::string> methods;
   int64_t samples = 20;
   uint64_t seed = 42;
@@ -103,6 +104,10 @@ Runner register_ruler(CLI::App& app) {
                   "qa_1=SQUAD_V2.json,qa_2=HOTPOTQA.json (without: qa_1/qa_2 are not run)")
       ->delimiter(',');
   cmd->add_flag("--chat", a->chat, "wrap the prompts in the ChatML template");
+  cmd->add_option(
+      "--data", a->data,
+      "score prepared prompts instead of generating them: DIR/data/<length>/<task>.jsonl "
+      "(--prepare-only's files) or RULER's DIR/<length>/data/<task>/validation.jsonl");
   cmd->add_flag("--prepare-only", a->prepare_only,
                 "write RULER's data files (DIR/data/<length>/<task>.jsonl: index, input, outputs, "
                 "length, answer_prefix) and stop: no model run, no methods needed");
@@ -131,6 +136,9 @@ Runner register_ruler(CLI::App& app) {
     cfg.threshold = a->threshold;
     cfg.chat = a->chat;
     cfg.words_path = a->words;
+    cfg.data_dir = a->data;
+    if (a->prepare_only && !a->data.empty())
+      throw UsageError("ruler", "--prepare-only generates prompts; --data reads them: give one");
     cfg.haystack_paths = a->haystack.empty() ? default_haystack() : a->haystack;
     cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->c.out_dir;

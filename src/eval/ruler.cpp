@@ -10,12 +10,14 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <sstream>
 
 #include "greedy.h"
 #include "longrope/atomic_file.h"
 #include "longrope/error.h"
 #include "longrope/fingerprint.h"
 #include "longrope/model_file.h"
+#include "longrope/perplexity.h"
 #include "longrope/plot.h"
 
 namespace longrope {
@@ -54,6 +56,55 @@ const nlohmann::json* task_cell(const nlohmann::json& cell, const std::string& t
 
 }  // namespace
 
+std::vector<RulerSample> read_ruler_data(const Model& model, const std::string& dir,
+                                         const std::string& task, int64_t length, int64_t samples,
+                                         bool chat) {
+  const std::string ours = fmt::format("{}/data/{}/{}.jsonl", dir, length, task);
+  const std::string ruler = fmt::format("{}/{}/data/{}/validation.jsonl", dir, length, task);
+  const std::string path = std::filesystem::exists(ours) ? ours : ruler;
+  if (!std::filesystem::exists(path))
+    throw Error(fmt::format("no RULER data for {} at {}: neither {} nor {} exists", task, length,
+                            ours, ruler));
+  std::istringstream in(read_text_file(path));
+  std::vector<RulerSample> out;
+  std::string line;
+  for (int64_t no = 1; int64_t(out.size()) < samples && std::getline(in, line); ++no) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto bad = [&](const std::string& why) {
+      return Error(fmt::format("{}:{}: {}", path, no, why));
+    };
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      throw bad("not a JSON line");
+    }
+    if (!j.is_object() || !j.contains("input") || !j["input"].is_string() ||
+        !j.contains("outputs") || !j["outputs"].is_array() || j["outputs"].empty())
+      throw bad("a sample needs \"input\" (text) and \"outputs\" (a non-empty list of text)");
+    RulerSample s;
+    s.task = task;
+    s.index = j.value("index", int64_t(out.size()));
+    s.input = j["input"].get<std::string>();
+    for (const auto& o : j["outputs"]) {
+      if (!o.is_string()) throw bad("\"outputs\" holds something other than text");
+      s.outputs.push_back(o.get<std::string>());
+    }
+    // RULER's files name it answer_prefix; lm-eval-harness's port gen_prefix (without the space).
+    if (j.contains("answer_prefix") && j["answer_prefix"].is_string())
+      s.answer_prefix = j["answer_prefix"].get<std::string>();
+    else if (j.contains("gen_prefix") && j["gen_prefix"].is_string())
+      s.answer_prefix = " " + j["gen_prefix"].get<std::string>();
+    s.max_new = ruler_max_new(task);
+    s.tokens = ruler_prompt_tokens(model, s, chat);
+    out.push_back(std::move(s));
+  }
+  if (int64_t(out.size()) < samples)
+    throw Error(
+        fmt::format("{} holds {} sample(s); --samples asks for {}", path, out.size(), samples));
+  return out;
+}
+
 SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
                      std::shared_ptr<const RulerPrompts>* prompts_out) {
   if (cfg.samples < 1) throw Error("--samples must be at least 1");
@@ -75,18 +126,27 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
     throw Error(fmt::format("none of the tasks {} can run (qa_1/qa_2 need --qa-data)",
                             fmt::join(cfg.tasks, ",")));
   const bool essay = std::any_of(prompts->tasks.begin(), prompts->tasks.end(), ruler_uses_essay);
-  if (essay && cfg.haystack_paths.empty())
+  if (!cfg.data_dir.empty()) {
+    // Prepared prompts: nothing is generated, so neither word list nor haystack is read.
+    for (int64_t len : cfg.lengths) {
+      std::vector<std::vector<RulerSample>> per_task;
+      for (const std::string& t : prompts->tasks)
+        per_task.push_back(read_ruler_data(model, cfg.data_dir, t, len, cfg.samples, cfg.chat));
+      prompts->samples.push_back(std::move(per_task));
+    }
+  } else if (essay && cfg.haystack_paths.empty())
     throw Error(
         "the essay tasks (niah_single_2/3, niah_multikey_1, niah_multivalue, "
         "niah_multiquery) need a haystack text: --haystack FILE[,FILE...]");
-  RulerResources res = load_ruler_resources(cfg.words_path, cfg.haystack_paths);
+  RulerResources res;
+  if (cfg.data_dir.empty()) res = load_ruler_resources(cfg.words_path, cfg.haystack_paths);
   auto wants = [&](const char* t) {
     return std::find(prompts->tasks.begin(), prompts->tasks.end(), t) != prompts->tasks.end();
   };
-  if (wants("qa_1")) res.qa_1 = read_squad(cfg.squad_path);
-  if (wants("qa_2")) res.qa_2 = read_hotpotqa(cfg.hotpot_path);
+  if (cfg.data_dir.empty() && wants("qa_1")) res.qa_1 = read_squad(cfg.squad_path);
+  if (cfg.data_dir.empty() && wants("qa_2")) res.qa_2 = read_hotpotqa(cfg.hotpot_path);
   // Every prompt, sized once per task and length from sample 0 (as the reference sizes them).
-  for (int64_t len : cfg.lengths) {
+  for (int64_t len : cfg.data_dir.empty() ? cfg.lengths : std::vector<int64_t>{}) {
     std::vector<std::vector<RulerSample>> per_task;
     for (const std::string& t : prompts->tasks) {
       const int64_t units = ruler_haystack_units(model, res, t, len, cfg.seed, cfg.chat);
@@ -110,6 +170,7 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
                              {"seed", cfg.seed},
                              {"chat", cfg.chat},
                              {"tasks", prompts->tasks}};
+  if (!cfg.data_dir.empty()) base_key["data"] = path_name(cfg.data_dir);
   add_scale_key(base_key, cfg.scale);
   key_plan_by_prompts(plan, model, base_key, prompt_tokens, cfg.samples, "samples");
 
