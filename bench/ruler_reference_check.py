@@ -144,7 +144,7 @@ def reference_samples(entry, task: str, length: int, n: int) -> list[dict]:
     out = []
     for i in range(min(n, len(rows))):
         r = dict(rows[i])
-        out.append({"input": r["input"], "outputs": list(r["outputs"]),
+        out.append({"index": i, "input": r["input"], "outputs": list(r["outputs"]),
                     "answer_prefix": " " + r["gen_prefix"].strip(), "length": r["length"]})
     return out
 
@@ -245,6 +245,41 @@ def describe(task: str, rows: list[dict], tok, length: int) -> dict:
     }
 
 
+def score_both(a, lengths, tasks, refs, lr_dir) -> list[str]:
+    """Scores the first a.score prompts of both sides with `longrope ruler --data` (the reference's
+    written in the layout --prepare-only uses) and tabulates the scores side by side."""
+    ref_dir = os.path.join(a.out_dir, "reference")
+    for (task, length), rows in refs.items():
+        d = os.path.join(ref_dir, "data", str(length))
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, task + ".jsonl"), "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({"index": r["index"], "input": r["input"],
+                                    "outputs": r["outputs"],
+                                    "answer_prefix": r["answer_prefix"]}) + "\n")
+    scores = {}
+    for side, data in (("reference", ref_dir), ("longrope", lr_dir)):
+        out = os.path.join(a.out_dir, "scores-" + side)
+        subprocess.run([a.longrope, "ruler", "-m", a.model, "--lengths", a.lengths, "--tasks",
+                        ",".join(tasks), "--samples", str(a.score), "--methods", "none", "--chat",
+                        "--data", data, "--no-progress", "--overwrite", "-O", out], check=True,
+                       stdout=subprocess.DEVNULL)
+        cells = json.load(open(os.path.join(out, "results.json"), encoding="utf-8"))["cells"]
+        for c in cells:
+            for task, t in c["tasks"].items():
+                scores[(side, task, c["length"])] = t["score"]
+    md = ["", f"Scores of SmolLM2 (method none, --chat, greedy) on the first {a.score} prompts of "
+          "each side (reference / longrope):", "",
+          "| task | " + " | ".join(str(n) for n in lengths) + " |",
+          "|---|" + "---|" * len(lengths)]
+    for task in tasks:
+        md.append(f"| {task} | " + " | ".join(
+            f"{scores[('reference', task, n)]:.0f} / {scores[('longrope', task, n)]:.0f}"
+            for n in lengths) + " |")
+    print("\n".join(md), flush=True)
+    return md
+
+
 def over(d: dict) -> str:
     return f" ({d['over']} over)" if d["over"] else ""
 
@@ -258,6 +293,9 @@ def main() -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--haystack", default="../shared/data/moby-dick.txt,"
                     "../shared/data/pride_and_prejudice.txt,../shared/data/ulysses.txt")
+    ap.add_argument("--score", type=int, default=0, metavar="N",
+                    help="also score the first N prompts of each side with the model "
+                         "(longrope ruler --data, method none, --chat) and compare the scores")
     ap.add_argument("-O", "--out-dir", required=True)
     a = ap.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
@@ -283,10 +321,12 @@ def main() -> int:
           "| task | length | tokens (ref / longrope) | haystack units (ref / longrope) | template "
           "| answers (ref / longrope) | derivable (ref / longrope) | longrope count = ref count |",
           "|---|---:|---|---|---|---|---|---:|"]
+    refs = {}
     for length in lengths:
         for task in tasks:
             t0 = time.time()
             ref = reference_samples(entry, task, length, a.samples)
+            refs[(task, length)] = ref
             t_ref = time.time() - t0
             mine = ours(lr_dir, task, length)
             R, L = describe(task, ref, tok, length), describe(task, mine, tok, length)
@@ -304,6 +344,8 @@ def main() -> int:
                                     "token_count_agreement": agree,
                                     "reference_seconds": round(t_ref, 1)})
             print(md[-1], flush=True)
+    if a.score > 0:
+        md += score_both(a, lengths, tasks, refs, lr_dir)
     with open(os.path.join(a.out_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(a.out_dir, "report.md"), "w", encoding="utf-8") as f:
