@@ -13,10 +13,12 @@
 // block run without masks; only the tiles on the diagonal are masked. The reference maximum of a
 // row moves lazily (attn_detail::settle_reference). Every block and chunk is computed by one
 // thread in a fixed order: results do not depend on the thread count.
+#include <cmath>
 #include <cstdint>
 
 #include "engine/kernels/bf16_internal.h"  // first: it includes immintrin.h
 #include "longrope/kernels.h"
+#include "longrope/train_ops.h"
 
 namespace longrope::kernels {
 
@@ -49,31 +51,31 @@ LONGROPE_AVX512_TARGET inline void fma_block(__m512 (&acc)[R][NQV], const float*
   }
 }
 
-// S^T rows [0, MK) for keys K + r*hd (key index key0 + r); folds the scores of visible keys into
+// S^T rows [0, MK) for keys K + r*ks (key index key0 + r); folds the scores of visible keys into
 // the tile maximum mx.
 template <int MK, int NQV>
-LONGROPE_AVX512_TARGET inline void qk_kernel(const float* K, int hd, const float* qt, float* s,
-                                             bool masked, int64_t key0, const int32_t* pos,
-                                             __m512* mx) {
+LONGROPE_AVX512_TARGET inline void qk_kernel(const float* K, int64_t ks, int hd, const float* qt,
+                                             float* s, bool masked, int64_t key0,
+                                             const int32_t* pos, __m512* mx) {
   __m512 acc[MK][NQV];
 #pragma GCC unroll 8
   for (int r = 0; r < MK; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
-  fma_block<MK, NQV>(acc, K, hd, 1, qt, hd);
+  fma_block<MK, NQV>(acc, K, ks, 1, qt, hd);
   attn_detail::store_scores<MK, NQV>(acc, s, masked, key0, pos, mx);
 }
 
-// O^T rows [0, D) (dims of V + d) += sum over the bk keys of V[j][d] * P^T[j][row].
+// O^T rows [0, D) (dims of V + d) += sum over the bk keys (rows ks apart) of V[j][d] * P^T[j][row].
 template <int D, int NQV>
-LONGROPE_AVX512_TARGET inline void pv_kernel(int64_t bk, const float* V, int hd, const float* pt,
-                                             float* ot) {
+LONGROPE_AVX512_TARGET inline void pv_kernel(int64_t bk, const float* V, int64_t ks,
+                                             const float* pt, float* ot) {
   __m512 acc[D][NQV];
 #pragma GCC unroll 8
   for (int d = 0; d < D; ++d)
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_load_ps(ot + d * kBQ + 16 * v);
-  fma_block<D, NQV>(acc, V, 1, hd, pt, bk);
+  fma_block<D, NQV>(acc, V, 1, ks, pt, bk);
 #pragma GCC unroll 8
   for (int d = 0; d < D; ++d)
 #pragma GCC unroll 4
@@ -109,9 +111,10 @@ LONGROPE_AVX512_TARGET void softmax_tile(float* s, float* ot, int64_t k0, int64_
 }
 
 template <int NQV>
-LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int hd, int64_t k_begin,
-                                      int64_t k_end, int64_t k_full, const int32_t* pos,
-                                      const float* qt, float* s, float* ot, float* m, float* l) {
+LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int64_t ks, int hd,
+                                      int64_t k_begin, int64_t k_end, int64_t k_full,
+                                      const int32_t* pos, const float* qt, float* s, float* ot,
+                                      float* m, float* l) {
   for (int64_t k0 = k_begin; k0 < k_end;) {
     // Tiles do not straddle k_full: keys below it are visible to every row of the block.
     const bool masked = k0 >= k_full;
@@ -119,18 +122,18 @@ LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int hd, in
     __m512 tmx[NQV];
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) tmx[v] = _mm512_set1_ps(kNegInf);
-    const float* Kt = K + k0 * hd;
+    const float* Kt = K + k0 * ks;
     int64_t j = 0;
     for (; j + kQKRows <= bk; j += kQKRows)
-      qk_kernel<kQKRows, NQV>(Kt + j * hd, hd, qt, s + j * kBQ, masked, k0 + j, pos, tmx);
+      qk_kernel<kQKRows, NQV>(Kt + j * ks, ks, hd, qt, s + j * kBQ, masked, k0 + j, pos, tmx);
     for (; j < bk; ++j)
-      qk_kernel<1, NQV>(Kt + j * hd, hd, qt, s + j * kBQ, masked, k0 + j, pos, tmx);
+      qk_kernel<1, NQV>(Kt + j * ks, ks, hd, qt, s + j * kBQ, masked, k0 + j, pos, tmx);
     softmax_tile<NQV>(s, ot, k0, bk, masked, pos, tmx, m, l, hd);
-    const float* Vt = V + k0 * hd;
+    const float* Vt = V + k0 * ks;
     int d = 0;
     for (; d + kPVDims <= hd; d += kPVDims)
-      pv_kernel<kPVDims, NQV>(bk, Vt + d, hd, s, ot + d * kBQ);
-    for (; d < hd; ++d) pv_kernel<1, NQV>(bk, Vt + d, hd, s, ot + d * kBQ);
+      pv_kernel<kPVDims, NQV>(bk, Vt + d, ks, s, ot + d * kBQ);
+    for (; d < hd; ++d) pv_kernel<1, NQV>(bk, Vt + d, ks, s, ot + d * kBQ);
     k0 += bk;
   }
 }
@@ -140,8 +143,25 @@ int64_t scratch_floats(int hd) {
   return (2 * int64_t(hd) + kBK) * kBQ;
 }
 
+// What the kernel reads and writes: queries q (rows q_stride apart); the keys and values of kv
+// head h at k + h * kv_head_stride (and v + ...), key rows kv_row_stride apart; outputs (rows
+// out_stride apart); where lse is given, each (head, query)'s natural log-sum-exp of its scaled
+// scores at lse[h * n + i] (training's layout).
+struct F32Attn {
+  const float* q;
+  int64_t q_stride;
+  const float *k, *v;
+  int64_t kv_head_stride, kv_row_stride;
+  float* out;
+  int64_t out_stride;
+  float* lse;
+  int64_t n, p0;
+  int n_head, n_head_kv, head_dim;
+  float scale;
+};
+
 // Work item (b, c): block b's rows against chunk c of their keys.
-LONGROPE_AVX512_TARGET void attention_item(const AttentionArgs& a, const attn_detail::Blocks& k,
+LONGROPE_AVX512_TARGET void attention_item(const F32Attn& a, const attn_detail::Blocks& k,
                                            int64_t b, int64_t c, float* scratch) {
   const int hd = a.head_dim;
   float* qt = scratch;
@@ -166,34 +186,54 @@ LONGROPE_AVX512_TARGET void attention_item(const AttentionArgs& a, const attn_de
   }
   for (int64_t i = 0; i < int64_t(hd) * kBQ; ++i) ot[i] = 0.0f;
   const int kvh = hh[0] / (a.n_head / a.n_head_kv);
-  const float* K = a.k + int64_t(kvh) * a.kv_cap * hd;
-  const float* V = a.v + int64_t(kvh) * a.kv_cap * hd;
+  const float* K = a.k + int64_t(kvh) * a.kv_head_stride;
+  const float* V = a.v + int64_t(kvh) * a.kv_head_stride;
+  const int64_t ks = a.kv_row_stride;
   switch ((rows + 15) / 16) {
     case 1:
-      run_tiles<1>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<1>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
     case 2:
-      run_tiles<2>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<2>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
     case 3:
-      run_tiles<3>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<3>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
     default:
-      run_tiles<4>(K, V, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
+      run_tiles<4>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
       break;
   }
   attn_detail::finish_item(k, b, c, ot, m, l, rows, qi, hh, a.out, a.out_stride);
+  // Scores were scaled by log2(e) and summed as powers of 2 from the reference m: the natural
+  // log-sum-exp is (m + log2 l) ln 2. Only for unsplit keys (training calls have p0 = 0).
+  if (a.lse)
+    for (int r = 0; r < rows; ++r)
+      a.lse[int64_t(hh[r]) * a.n + qi[r]] =
+          static_cast<float>(double(m[r]) * 0.6931471805599453 + std::log(double(l[r])));
+}
+
+bool run(const F32Attn& a) {
+  if (a.n == 0 || !cpu_has_avx512()) return false;
+  attn_detail::Blocks k = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
+  if (a.lse && k.n_chunks > 1) return false;
+  attn_detail::run_blocks(
+      k, scratch_floats(a.head_dim), a.out, a.out_stride,
+      [&](int64_t b, int64_t c, float* scratch) { attention_item(a, k, b, c, scratch); });
+  return true;
 }
 
 }  // namespace
 
 bool attention_f32_avx512(const AttentionArgs& a) {
-  if (a.n == 0 || !cpu_has_avx512()) return false;
-  attn_detail::Blocks k = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
-  attn_detail::run_blocks(
-      k, scratch_floats(a.head_dim), a.out, a.out_stride,
-      [&](int64_t b, int64_t c, float* scratch) { attention_item(a, k, b, c, scratch); });
-  return true;
+  return run({a.q, a.q_stride, a.k, a.v, a.kv_cap * a.head_dim, a.head_dim, a.out, a.out_stride,
+              nullptr, a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim, a.scale});
+}
+
+bool attention_forward_f32_avx512(const train::AttentionShape& s, const float* q, const float* k,
+                                  const float* v, float* out, float* lse) {
+  const int64_t qs = int64_t(s.n_head) * s.head_dim, ks = int64_t(s.n_head_kv) * s.head_dim;
+  return run({q, qs, k, v, s.head_dim, ks, out, qs, lse, s.n, 0, s.n_head, s.n_head_kv, s.head_dim,
+              float(s.scale)});
 }
 
 }  // namespace longrope::kernels

@@ -15,6 +15,7 @@
 
 #include "longrope/error.h"
 #include "longrope/kernels.h"
+#include "longrope/train_ops.h"
 
 // Function attribute of every AVX512_BF16 code path. Functions carrying it use intrinsics and plain
 // loops only: an std template instantiated inside one could be emitted with AVX-512 instructions
@@ -33,6 +34,11 @@ void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 // applies (AVX-512 in the variant in effect, at least one query), else returns false having done
 // nothing. `a` already checked.
 bool attention_f32_avx512(const AttentionArgs& a);
+// The same kernel for training's forward attention (train::attention_forward<float>: keys and
+// values as rows of every kv head, the natural log-sum-exp of each (head, query) into lse):
+// returns false, having done nothing, where it does not apply.
+bool attention_forward_f32_avx512(const train::AttentionShape& s, const float* q, const float* k,
+                                  const float* v, float* out, float* lse);
 }  // namespace longrope::kernels
 
 namespace longrope::kernels::bf16_detail {

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "engine/kernels/bf16_internal.h"
 #include "engine/kernels/vec_math.h"
 #include "longrope/error.h"
 #include "longrope/kernels.h"
@@ -402,6 +403,9 @@ template <class T>
 void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* out,
                        T* lse) {
   check_shape(s, "attention_forward");
+  // FP32 with AVX-512: the engine's register-blocked kernel (attention_avx512.cpp).
+  if constexpr (std::is_same_v<T, float>)
+    if (kernels::attention_forward_f32_avx512(s, q, k, v, out, lse)) return;
   const Attn<T> a(s, q, k, v);
   const int hd = a.hd;
   const int64_t n = s.n;
