@@ -58,10 +58,7 @@ LONGROPE_AVX512_TARGET inline void qk_kernel(const float* K, int64_t ks, int hd,
                                              float* s, bool masked, int64_t key0,
                                              const int32_t* pos, __m512* mx) {
   __m512 acc[MK][NQV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MK; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
+  attn_detail::zero_rows<MK, NQV>(acc);
   fma_block<MK, NQV>(acc, K, ks, 1, qt, hd);
   attn_detail::store_scores<MK, NQV>(acc, s, masked, key0, pos, mx);
 }
@@ -71,15 +68,9 @@ template <int D, int NQV>
 LONGROPE_AVX512_TARGET inline void pv_kernel(int64_t bk, const float* V, int64_t ks,
                                              const float* pt, float* ot) {
   __m512 acc[D][NQV];
-#pragma GCC unroll 8
-  for (int d = 0; d < D; ++d)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_load_ps(ot + d * kBQ + 16 * v);
+  attn_detail::load_rows<D, NQV>(acc, ot);
   fma_block<D, NQV>(acc, V, 1, ks, pt, bk);
-#pragma GCC unroll 8
-  for (int d = 0; d < D; ++d)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) _mm512_store_ps(ot + d * kBQ + 16 * v, acc[d][v]);
+  attn_detail::store_rows<D, NQV>(acc, ot);
 }
 
 // Online softmax over one tile of bk keys from k0 (scores in s, their row maxima in tmx): updates

@@ -103,10 +103,7 @@ LONGROPE_BF16_TARGET inline void qk_kernel(const uint16_t* K, int hd, const uint
                                            bool masked, int64_t key0, const int32_t* pos,
                                            __m512* mx) {
   __m512 acc[MK][NQV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MK; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
+  attn_detail::zero_rows<MK, NQV>(acc);
   const int full = hd / 2;
   for (int dp = 0; dp < full; ++dp) {
     __m512bh q[NQV];
@@ -139,10 +136,7 @@ template <int D, int NQV>
 LONGROPE_BF16_TARGET inline void pv_kernel(int64_t njp, const uint32_t* vi, int hd,
                                            const uint32_t* pt, float* ot) {
   __m512 acc[D][NQV];
-#pragma GCC unroll 8
-  for (int d = 0; d < D; ++d)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_load_ps(ot + d * kBQ + 16 * v);
+  attn_detail::load_rows<D, NQV>(acc, ot);
   for (int64_t jp = 0; jp < njp; ++jp) {
     __m512bh p[NQV];
 #pragma GCC unroll 4
@@ -154,10 +148,7 @@ LONGROPE_BF16_TARGET inline void pv_kernel(int64_t njp, const uint32_t* vi, int 
       for (int v = 0; v < NQV; ++v) acc[d][v] = _mm512_dpbf16_ps(acc[d][v], vb, p[v]);
     }
   }
-#pragma GCC unroll 8
-  for (int d = 0; d < D; ++d)
-#pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) _mm512_store_ps(ot + d * kBQ + 16 * v, acc[d][v]);
+  attn_detail::store_rows<D, NQV>(acc, ot);
 }
 
 template <int NQV>

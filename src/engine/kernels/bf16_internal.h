@@ -159,6 +159,30 @@ constexpr float kNegInf = -__builtin_inff();
 // probabilities up to 2^kLazy are exact enough in FP32 and bf16, and most rescalings of O^T go.
 constexpr float kLazy = 8.0f;
 
+// Accumulators for R rows of S^T or O^T (rows kBQ floats apart, NQV vectors each): set to 0,
+// loaded from rows, stored to rows.
+template <int R, int NQV>
+LONGROPE_AVX512_TARGET inline void zero_rows(__m512 (&acc)[R][NQV]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
+}
+template <int R, int NQV>
+LONGROPE_AVX512_TARGET inline void load_rows(__m512 (&acc)[R][NQV], const float* rows) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_load_ps(rows + r * kBQ + 16 * v);
+}
+template <int R, int NQV>
+LONGROPE_AVX512_TARGET inline void store_rows(const __m512 (&acc)[R][NQV], float* rows) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NQV; ++v) _mm512_store_ps(rows + r * kBQ + 16 * v, acc[r][v]);
+}
+
 // S^T rows [0, MK) (scores of keys key0..) from acc; folds the scores into the tile maxima mx,
 // only those of visible keys (k <= pos[row]) when `masked`.
 template <int MK, int NQV>
