@@ -144,5 +144,3 @@ BENCHMARK(BM_attention_bf16)->Apply(attention_shapes)->Unit(benchmark::kMillisec
 BENCHMARK(BM_attention_f32)->Apply(attention_shapes)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
-
-BENCHMARK_MAIN();

@@ -61,5 +61,3 @@ BENCHMARK(BM_attention)
     ->UseRealTime();
 
 }  // namespace
-
-BENCHMARK_MAIN();

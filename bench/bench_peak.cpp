@@ -105,5 +105,3 @@ BENCHMARK(BM_peak_fma512)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_peak_dpbf16)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
-
-BENCHMARK_MAIN();

@@ -210,5 +210,3 @@ void BM_token(benchmark::State& st) {
 BENCHMARK(BM_token)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
-
-BENCHMARK_MAIN();

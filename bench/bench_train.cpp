@@ -82,5 +82,3 @@ void BM_lm_head_cross_entropy(benchmark::State& st) {
 BENCHMARK(BM_lm_head_cross_entropy)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
-
-BENCHMARK_MAIN();
