@@ -513,11 +513,20 @@ TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
   fs::create_directories(bad);
   { std::ofstream(bad / "niah_single_1.jsonl") << "{\"input\": \"x\"}\n"; }
   {
+    std::ofstream(bad / "niah_single_3.jsonl")
+        << "{\"index\": \"one\", \"input\": \"x\", \"outputs\": [\"y\"]}\n";
+  }
+  {
     std::ofstream(bad / "niah_multikey_2.jsonl")
         << slurp(dir / "p" / "data" / "1024" / "niah_multikey_2.jsonl");
   }
   EXPECT_NE(run_command(base + " --data " + (dir / "bad").string(), &out), 0);
   EXPECT_NE(out.find("niah_single_1.jsonl:1: a sample needs"), std::string::npos) << out;
+  EXPECT_NE(run_command(
+                head + " --samples 1 --tasks niah_single_3 --data " + (dir / "bad").string(), &out),
+            0);
+  EXPECT_NE(out.find("niah_single_3.jsonl:1: \"index\" is not an integer"), std::string::npos)
+      << out;
   EXPECT_NE(
       run_command(head + " --samples 3 --tasks niah_multikey_2 --data " + (dir / "bad").string(),
                   &out),

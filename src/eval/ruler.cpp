@@ -84,7 +84,11 @@ std::vector<RulerSample> read_ruler_data(const Model& model, const std::string& 
       throw bad("a sample needs \"input\" (text) and \"outputs\" (a non-empty list of text)");
     RulerSample s;
     s.task = task;
-    s.index = j.value("index", int64_t(out.size()));
+    s.index = int64_t(out.size());
+    if (j.contains("index")) {
+      if (!j["index"].is_number_integer()) throw bad("\"index\" is not an integer");
+      s.index = j["index"].get<int64_t>();
+    }
     s.input = j["input"].get<std::string>();
     for (const auto& o : j["outputs"]) {
       if (!o.is_string()) throw bad("\"outputs\" holds something other than text");
