@@ -117,6 +117,8 @@ Runner register_ruler(CLI::App& app) {
       if (a->c.out_dir.empty())
         throw UsageError("ruler", "--prepare-only writes RULER's data files and needs -O DIR");
       if (a->c.resume) throw UsageError("ruler", "--prepare-only does not resume; drop --resume");
+      if (!a->data.empty())
+        throw UsageError("ruler", "--prepare-only generates prompts; --data reads them: give one");
       const std::string data = a->c.out_dir + "/data";
       if (!a->c.overwrite && std::filesystem::exists(data))
         throw OutputRefused(fmt::format(
@@ -137,8 +139,6 @@ Runner register_ruler(CLI::App& app) {
     cfg.chat = a->chat;
     cfg.words_path = a->words;
     cfg.data_dir = a->data;
-    if (a->prepare_only && !a->data.empty())
-      throw UsageError("ruler", "--prepare-only generates prompts; --data reads them: give one");
     cfg.haystack_paths = a->haystack.empty() ? default_haystack() : a->haystack;
     cfg.scale = scale_options(a->scale);
     cfg.out_dir = a->c.out_dir;
