@@ -120,7 +120,8 @@ void add_threads_option(CLI::App* cmd, int& threads) {
 void add_compute_flag(CLI::App* cmd, std::string& value) {
   cmd->add_option("--compute", value,
                   "arithmetic of prompt processing and attention: bf16 (bf16 products, FP32 "
-                  "sums; needs AVX512_BF16), f32, or auto = bf16 where the CPU has it")
+                  "sums; needs AVX512_BF16), f32, or auto = bf16 where it outruns f32 (AMX, or "
+                  "AVX512_BF16 on AMD), else f32")
       ->default_str("auto")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}));
 }
