@@ -179,12 +179,16 @@ TEST(EngineKernels, AttentionMatchesScalar) {
   };
   // With AVX-512 the register-blocked path: prefill blocks over several key tiles, the
   // diagonal's masks after a long cache, partial query blocks, odd and large head_dim; grouped
-  // blocks for short inputs, with the keys split into chunks and merged past 1024 keys.
+  // blocks for short inputs, with the keys split into chunks and merged past 1024 keys; the
+  // keys-in-lanes decode path (at most 6 rows of one kv head, head_dim a multiple of 64): one key,
+  // rows at different positions, a partial last tile, head_dim 128, no grouping.
   for (const Case& cs :
        {Case{1, 0, 2, 1, 8}, Case{70, 0, 4, 2, 8}, Case{300, 0, 9, 3, 64}, Case{1, 600, 9, 3, 64},
         Case{65, 257, 6, 2, 16}, Case{1000, 37, 9, 3, 64}, Case{129, 600, 4, 2, 128},
         Case{70, 11, 2, 2, 15}, Case{64, 0, 3, 3, 5}, Case{1, 3000, 9, 3, 64},
-        Case{20, 1500, 8, 4, 8}, Case{2, 2500, 9, 3, 64}, Case{63, 2000, 4, 4, 64}}) {
+        Case{20, 1500, 8, 4, 8}, Case{2, 2500, 9, 3, 64}, Case{63, 2000, 4, 4, 64},
+        Case{1, 0, 9, 3, 64}, Case{5, 1, 2, 2, 64}, Case{3, 100, 8, 4, 128}, Case{1, 200, 4, 4, 64},
+        Case{6, 1100, 3, 3, 64}}) {
     const int64_t cap = cs.p0 + cs.n + 3;
     auto q = rnd(cs.n * cs.H * cs.hd, 11), k = rnd(cs.KV * cap * cs.hd, 12),
          v = rnd(cs.KV * cap * cs.hd, 13);

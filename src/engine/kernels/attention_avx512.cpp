@@ -11,8 +11,10 @@
 // Qt: the block's queries times scale * log2(e) (exponentials are base 2), transposed once per
 // block. K and V are read in place; P^T overwrites S^T. Tiles of keys visible to every row of the
 // block run without masks; only the tiles on the diagonal are masked. The reference maximum of a
-// row moves lazily (attn_detail::settle_reference). Every block and chunk is computed by one
-// thread in a fixed order: results do not depend on the thread count.
+// row moves lazily (attn_detail::settle_reference). Blocks of at most kDecRows rows (decoding: the
+// query heads of one group) waste most lanes in that layout and take the keys-in-lanes path below
+// instead, as the bf16 kernel does. Every block and chunk is computed by one thread in a fixed
+// order: results do not depend on the thread count.
 #include <cmath>
 #include <cstdint>
 
@@ -27,6 +29,8 @@ namespace {
 constexpr int64_t kBK = 128;  // keys per tile
 constexpr int kQKRows = 6;    // keys per QK micro-kernel call (6 x 4 accumulators)
 constexpr int kPVDims = 6;    // dims per PV micro-kernel call (6 x 4 accumulators)
+constexpr int kDecRows = 6;   // decode path: at most this many rows per block (head_dim % 64 == 0)
+static_assert(kBK <= 16 * attn_detail::kDecVecs);
 
 using attn_detail::kBQ;
 using attn_detail::kNegInf;
@@ -129,9 +133,142 @@ LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int64_t ks
   }
 }
 
-// Scratch floats per thread: Qt [hd][kBQ], S^T [kBK][kBQ], O^T [hd][kBQ].
-int64_t scratch_floats(int hd) {
-  return (2 * int64_t(hd) + kBK) * kBQ;
+// ---- Decode path: at most kDecRows rows, keys in the lanes.
+//   S[r][key]   = sum over dims: broadcast(Qd[r][d]) * Kt[d][key]
+//   O[r][dims] += sum over keys: broadcast(Pd[r][key]) * V[key][dims]
+// Kt: the key tile transposed (dims x keys) in 16 x 16 blocks; V is read in place.
+
+// Kt for keys [0, bk) of K (rows ks apart, hd a multiple of 16); keys up to the next multiple of 64
+// are zero.
+LONGROPE_AVX512_TARGET void pack_kt(const float* K, int64_t ks, int64_t bk, int hd, float* kt) {
+  const int64_t nkb = (bk + 63) / 64 * 4;  // blocks of 16 keys
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    for (int t = 0; t < hd / 16; ++t) {
+      __m512i r[16], o[16];
+#pragma GCC unroll 16
+      for (int c = 0; c < 16; ++c)
+        r[c] = 16 * kb + c < bk
+                   ? _mm512_castps_si512(_mm512_loadu_ps(K + (16 * kb + c) * ks + 16 * t))
+                   : _mm512_setzero_si512();
+      bf16_detail::transpose16_epi32(r, o);
+#pragma GCC unroll 16
+      for (int q = 0; q < 16; ++q) _mm512_store_si512(kt + (16 * t + q) * kBK + 16 * kb, o[q]);
+    }
+  }
+}
+
+// S rows [0, R) for the 64 keys of Kt starting at kt.
+template <int R>
+LONGROPE_AVX512_TARGET inline void qk_dec_kernel(const float* kt, int hd, const float* qd,
+                                                 float* sd) {
+  __m512 acc[R][4];
+  attn_detail::zero_rows<R, 4>(acc);
+  for (int d = 0; d < hd; ++d) {
+    __m512 k[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) k[v] = _mm512_load_ps(kt + d * kBK + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 q = _mm512_set1_ps(qd[r * hd + d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(q, k[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) _mm512_store_ps(sd + r * kBK + 16 * v, acc[r][v]);
+}
+
+// O rows [0, R), dims [0, 64) of od (rows hd apart) += the bk keys of Pd times V (rows ks apart).
+template <int R>
+LONGROPE_AVX512_TARGET inline void pv_dec_kernel(int64_t bk, const float* V, int64_t ks, int hd,
+                                                 const float* pd, float* od) {
+  __m512 acc[R][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_loadu_ps(od + r * hd + 16 * v);
+  for (int64_t j = 0; j < bk; ++j) {
+    __m512 x[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) x[v] = _mm512_loadu_ps(V + j * ks + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 p = _mm512_set1_ps(pd[r * kBK + j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(p, x[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(od + r * hd + 16 * v, acc[r][v]);
+}
+
+// Per-thread scratch (64-byte aligned pieces; every size a multiple of 16 floats when hd is).
+struct Scratch {
+  float* qt;  // [hd][kBQ]
+  float* s;   // [kBK][kBQ]
+  float* ot;  // [hd][kBQ]
+  // Decode path.
+  float* kt;  // [hd][kBK]
+  float* qd;  // [kDecRows][hd]
+  float* sd;  // [kDecRows][kBK]: scores, then probabilities
+  float* od;  // [kDecRows][hd]
+};
+
+// Floats per thread; carves the pieces out of base when sc is given.
+int64_t carve(float* base, int hd, Scratch* sc) {
+  const int64_t h = hd;
+  const int64_t sizes[] = {h * kBQ,      kBK * kBQ,      h * kBQ,     h * kBK,
+                           kDecRows * h, kDecRows * kBK, kDecRows * h};
+  float* piece[7];
+  int64_t total = 0;
+  for (int i = 0; i < 7; ++i) {
+    piece[i] = base ? base + total : nullptr;
+    total += (sizes[i] + 15) / 16 * 16;
+  }
+  if (sc) *sc = {piece[0], piece[1], piece[2], piece[3], piece[4], piece[5], piece[6]};
+  return total;
+}
+
+// Online softmax of decode row r over one tile: the probabilities overwrite its scores.
+LONGROPE_AVX512_TARGET void softmax_dec_row(const Scratch& sc, int r, int64_t k0, int64_t bk,
+                                            bool masked, int32_t pos, float* m, float* l, int hd) {
+  float* s = sc.sd + r * kBK;
+  const int64_t nv = (bk + 15) / 16;
+  __mmask16 vis[kBK / 16];
+  const __m512 ms =
+      attn_detail::dec_row_reference(s, k0, bk, masked, pos, &m[r], &l[r], sc.od + r * hd, hd, vis);
+  __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+  for (int64_t v = 0; v < nv; ++v) {
+    const __m512 p =
+        _mm512_maskz_mov_ps(vis[v], exp2_ps(_mm512_sub_ps(_mm512_load_ps(s + 16 * v), ms)));
+    if (v & 1)
+      sum1 = _mm512_add_ps(sum1, p);
+    else
+      sum0 = _mm512_add_ps(sum0, p);
+    _mm512_store_ps(s + 16 * v, p);
+  }
+  l[r] += attn_detail::sum_lanes(_mm512_add_ps(sum0, sum1));
+}
+
+template <int R>
+LONGROPE_AVX512_TARGET void run_decode_tiles(const Scratch& sc, const float* K, const float* V,
+                                             int64_t ks, int hd, int64_t k_begin, int64_t k_end,
+                                             int64_t k_full, const int32_t* pos, float* m,
+                                             float* l) {
+  for (int64_t k0 = k_begin; k0 < k_end;) {
+    const bool masked = k0 >= k_full;
+    const int64_t bk = imin(kBK, (masked ? k_end : imin(k_end, k_full)) - k0);
+    pack_kt(K + k0 * ks, ks, bk, hd, sc.kt);
+    for (int64_t j = 0; j < bk; j += 64) qk_dec_kernel<R>(sc.kt + j, hd, sc.qd, sc.sd + j);
+    for (int r = 0; r < R; ++r) softmax_dec_row(sc, r, k0, bk, masked, pos[r], m, l, hd);
+    for (int d = 0; d < hd; d += 64)
+      pv_dec_kernel<R>(bk, V + k0 * ks + d, ks, hd, sc.sd, sc.od + d);
+    k0 += bk;
+  }
 }
 
 // What the kernel reads and writes: queries q (rows q_stride apart); the keys and values of kv
@@ -153,11 +290,11 @@ struct F32Attn {
 
 // Work item (b, c): block b's rows against chunk c of their keys.
 LONGROPE_AVX512_TARGET void attention_item(const F32Attn& a, const attn_detail::Blocks& k,
-                                           int64_t b, int64_t c, float* scratch) {
+                                           bool decode, int64_t b, int64_t c, float* scratch) {
   const int hd = a.head_dim;
-  float* qt = scratch;
-  float* s = qt + int64_t(hd) * kBQ;
-  float* ot = s + kBK * kBQ;
+  Scratch sc;
+  carve(scratch, hd, &sc);
+  float* const ot = sc.ot;
   alignas(64) int32_t pos[kBQ];
   alignas(64) float m[kBQ], l[kBQ];
   int64_t qi[kBQ];
@@ -168,31 +305,64 @@ LONGROPE_AVX512_TARGET void attention_item(const F32Attn& a, const attn_detail::
   for (int r = 0; r < kBQ; ++r) {
     m[r] = kNegInf;
     l[r] = 0.0f;
-    if (r >= rows) {
-      for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = 0.0f;
-      continue;
-    }
-    const float* q = a.q + qi[r] * a.q_stride + int64_t(hh[r]) * hd;
-    for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = q[d] * qscale;
   }
   for (int64_t i = 0; i < int64_t(hd) * kBQ; ++i) ot[i] = 0.0f;
   const int kvh = hh[0] / (a.n_head / a.n_head_kv);
   const float* K = a.k + int64_t(kvh) * a.kv_head_stride;
   const float* V = a.v + int64_t(kvh) * a.kv_head_stride;
   const int64_t ks = a.kv_row_stride;
-  switch ((rows + 15) / 16) {
-    case 1:
-      run_tiles<1>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
-      break;
-    case 2:
-      run_tiles<2>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
-      break;
-    case 3:
-      run_tiles<3>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
-      break;
-    default:
-      run_tiles<4>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, s, ot, m, l);
-      break;
+  if (decode) {
+    for (int r = 0; r < rows; ++r) {
+      const float* q = a.q + qi[r] * a.q_stride + int64_t(hh[r]) * hd;
+      for (int d = 0; d < hd; ++d) sc.qd[r * hd + d] = q[d] * qscale;
+    }
+    for (int64_t i = 0; i < int64_t(rows) * hd; ++i) sc.od[i] = 0.0f;
+    switch (rows) {
+      case 1:
+        run_decode_tiles<1>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+        break;
+      case 2:
+        run_decode_tiles<2>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+        break;
+      case 3:
+        run_decode_tiles<3>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+        break;
+      case 4:
+        run_decode_tiles<4>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+        break;
+      case 5:
+        run_decode_tiles<5>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+        break;
+      default:
+        run_decode_tiles<kDecRows>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+        break;
+    }
+    for (int r = 0; r < rows; ++r)
+      for (int d = 0; d < hd; ++d) ot[d * kBQ + r] = sc.od[r * hd + d];
+  } else {
+    float* qt = sc.qt;
+    for (int r = 0; r < kBQ; ++r) {
+      if (r >= rows) {
+        for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = 0.0f;
+        continue;
+      }
+      const float* q = a.q + qi[r] * a.q_stride + int64_t(hh[r]) * hd;
+      for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = q[d] * qscale;
+    }
+    switch ((rows + 15) / 16) {
+      case 1:
+        run_tiles<1>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
+        break;
+      case 2:
+        run_tiles<2>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
+        break;
+      case 3:
+        run_tiles<3>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
+        break;
+      default:
+        run_tiles<4>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
+        break;
+    }
   }
   attn_detail::finish_item(k, b, c, ot, m, l, rows, qi, hh, a.out, a.out_stride);
   // Scores were scaled by log2(e) and summed as powers of 2 from the reference m: the natural
@@ -207,9 +377,11 @@ bool run(const F32Attn& a) {
   if (a.n == 0 || !cpu_has_avx512()) return false;
   attn_detail::Blocks k = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
   if (a.lse && k.n_chunks > 1) return false;
+  const bool decode =
+      k.grouped && a.n * (a.n_head / a.n_head_kv) <= kDecRows && a.head_dim % 64 == 0;
   attn_detail::run_blocks(
-      k, scratch_floats(a.head_dim), a.out, a.out_stride,
-      [&](int64_t b, int64_t c, float* scratch) { attention_item(a, k, b, c, scratch); });
+      k, carve(nullptr, a.head_dim, nullptr), a.out, a.out_stride,
+      [&](int64_t b, int64_t c, float* scratch) { attention_item(a, k, decode, b, c, scratch); });
   return true;
 }
 

@@ -29,10 +29,11 @@ namespace {
 
 using attn_detail::kBQ;       // rows (query, head) per block: 4 vectors of 16 lanes
 constexpr int64_t kBK = 128;  // keys per tile (multiple of 64)
-using attn_detail::kChunk;    // keys per chunk when keys are split (a multiple of kBK)
-constexpr int kQKRows = 4;    // keys per QK micro-kernel call
-constexpr int kPVDims = 4;    // dims per PV micro-kernel call
-using attn_detail::kLazy;     // the decode path's softmax moves its reference as lazily
+static_assert(kBK <= 16 * attn_detail::kDecVecs);
+using attn_detail::kChunk;  // keys per chunk when keys are split (a multiple of kBK)
+constexpr int kQKRows = 4;  // keys per QK micro-kernel call
+constexpr int kPVDims = 4;  // dims per PV micro-kernel call
+using attn_detail::kLazy;   // the decode path's softmax moves its reference as lazily
 using attn_detail::kNegInf;
 constexpr int kDecRows = 6;  // decode path: at most this many rows per key/value head
 
@@ -332,30 +333,11 @@ LONGROPE_BF16_TARGET inline void pv_dec_kernel(int64_t njp, const uint32_t* vi, 
 // Online softmax of row r over one tile (keys k0 + [0, bk)): the same rules as softmax_tile.
 LONGROPE_BF16_TARGET void softmax_dec_row(Scratch& sc, int r, int64_t k0, int64_t bk, bool masked,
                                           int32_t pos, float* m, float* l, int hd) {
-  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const float* s = sc.sd + r * kBK;
   const int64_t nv = (bk + 15) / 16;
-  const int64_t last = masked ? imin(k0 + bk - 1, pos) : k0 + bk - 1;  // last visible key
   __mmask16 vis[kBK / 16];
-  __m512 mx = _mm512_set1_ps(kNegInf);
-  for (int64_t v = 0; v < nv; ++v) {
-    const __m512i key = _mm512_add_epi32(iota, _mm512_set1_epi32(int(k0 + 16 * v)));
-    vis[v] = _mm512_cmple_epi32_mask(key, _mm512_set1_epi32(int(last)));
-    mx = _mm512_mask_max_ps(mx, vis[v], mx, _mm512_load_ps(s + 16 * v));
-  }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, mx);
-  float tmax = kNegInf;
-  for (int i = 0; i < 16; ++i) tmax = lanes[i] > tmax ? lanes[i] : tmax;
-  float mref = m[r];
-  if (tmax > mref + kLazy) {
-    const float m_new = tmax > mref ? tmax : mref;
-    const float corr = _mm512_cvtss_f32(exp2_clamped_ps(_mm512_set1_ps(mref - m_new)));
-    l[r] *= corr;
-    for (int d = 0; d < hd; ++d) sc.od[r * hd + d] *= corr;
-    m[r] = mref = m_new;
-  }
-  const __m512 ms = _mm512_set1_ps(mref == kNegInf ? 0.0f : mref);
+  const __m512 ms =
+      attn_detail::dec_row_reference(s, k0, bk, masked, pos, &m[r], &l[r], sc.od + r * hd, hd, vis);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t v = 0; v < nv; v += 2) {
     const __m512 p0 =
@@ -367,10 +349,7 @@ LONGROPE_BF16_TARGET void softmax_dec_row(Scratch& sc, int r, int64_t k0, int64_
     sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
     _mm512_store_si512(sc.pd + r * kBK + 16 * v, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
   }
-  _mm512_store_ps(lanes, sum);
-  float lsum = 0.0f;
-  for (int i = 0; i < 16; ++i) lsum += lanes[i];
-  l[r] += lsum;
+  l[r] += attn_detail::sum_lanes(sum);
 }
 
 template <int R>

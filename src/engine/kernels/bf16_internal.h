@@ -228,6 +228,47 @@ LONGROPE_AVX512_TARGET inline __m512 settle_reference(__m512 tmx, float* m, __m5
                             _mm512_setzero_ps());
 }
 
+// The decode paths' online softmax for one row r (keys in the lanes): of the tile's scores s
+// (keys k0 + [0, bk), bk <= 16 * kDecVecs), marks the visible keys in vis (keys up to pos when
+// `masked`), moves the row's reference m[r] as settle_reference does (rescaling l[r] and the row's
+// hd outputs od) and returns what the scores subtract (0 while m[r] = -inf).
+constexpr int kDecVecs = 8;  // vectors of 16 keys per decode tile, at most
+LONGROPE_AVX512_TARGET inline __m512 dec_row_reference(const float* s, int64_t k0, int64_t bk,
+                                                       bool masked, int32_t pos, float* m, float* l,
+                                                       float* od, int hd, __mmask16* vis) {
+  const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const int64_t nv = (bk + 15) / 16;
+  const int64_t last = masked ? bf16_detail::imin(k0 + bk - 1, pos) : k0 + bk - 1;
+  __m512 mx = _mm512_set1_ps(kNegInf);
+  for (int64_t v = 0; v < nv; ++v) {
+    const __m512i key = _mm512_add_epi32(iota, _mm512_set1_epi32(int(k0 + 16 * v)));
+    vis[v] = _mm512_cmple_epi32_mask(key, _mm512_set1_epi32(int(last)));
+    mx = _mm512_mask_max_ps(mx, vis[v], mx, _mm512_load_ps(s + 16 * v));
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, mx);
+  float tmax = kNegInf;
+  for (int i = 0; i < 16; ++i) tmax = lanes[i] > tmax ? lanes[i] : tmax;
+  float mref = *m;
+  if (tmax > mref + kLazy) {
+    const float m_new = tmax > mref ? tmax : mref;
+    const float corr = _mm512_cvtss_f32(bf16_detail::exp2_clamped_ps(_mm512_set1_ps(mref - m_new)));
+    *l *= corr;
+    for (int d = 0; d < hd; ++d) od[d] *= corr;
+    *m = mref = m_new;
+  }
+  return _mm512_set1_ps(mref == kNegInf ? 0.0f : mref);
+}
+
+// The sum of a vector's lanes in lane order (the decode paths' running sums).
+LONGROPE_AVX512_TARGET inline float sum_lanes(__m512 x) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, x);
+  float sum = 0.0f;
+  for (int i = 0; i < 16; ++i) sum += lanes[i];
+  return sum;
+}
+
 // How an attention call's (query, head) rows are cut into blocks of at most kBQ rows, and each
 // block's keys into chunks. Prefill (n >= kBQ): kBQ consecutive queries of one head. Shorter
 // inputs (decoding): every (query, head) pair of one key/value head, query-major. With few blocks
