@@ -37,15 +37,16 @@ using attn_detail::kNegInf;
 using bf16_detail::exp2_ps;
 using bf16_detail::imin;
 
-// acc[r][v] += sum over t in [0, T) of B[r * rs + t * ts] * A[t][16v..16v+15] (A's rows kBQ apart):
-// the outer-product micro-kernel of both products (QK: B = K, A = Qt; PV: B = V^T, A = P^T).
+// acc[r][v] += sum over t in [0, T) of B[r * rs + t * ts] * A[t][16v..16v+15] (A's rows `as`
+// apart): the outer-product micro-kernel of every product (prefill QK: B = K, A = Qt; PV: B = V^T,
+// A = P^T; decode QK: B = Qd, A = Kt; PV: B = Pd, A = V).
 template <int R, int NQV>
 LONGROPE_AVX512_TARGET inline void fma_block(__m512 (&acc)[R][NQV], const float* B, int64_t rs,
-                                             int64_t ts, const float* A, int64_t T) {
+                                             int64_t ts, const float* A, int64_t as, int64_t T) {
   for (int64_t t = 0; t < T; ++t) {
     __m512 a[NQV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) a[v] = _mm512_load_ps(A + t * kBQ + 16 * v);
+    for (int v = 0; v < NQV; ++v) a[v] = _mm512_loadu_ps(A + t * as + 16 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 b = _mm512_set1_ps(B[r * rs + t * ts]);
@@ -63,7 +64,7 @@ LONGROPE_AVX512_TARGET inline void qk_kernel(const float* K, int64_t ks, int hd,
                                              const int32_t* pos, __m512* mx) {
   __m512 acc[MK][NQV];
   attn_detail::zero_rows<MK, NQV>(acc);
-  fma_block<MK, NQV>(acc, K, ks, 1, qt, hd);
+  fma_block<MK, NQV>(acc, K, ks, 1, qt, kBQ, hd);
   attn_detail::store_scores<MK, NQV>(acc, s, masked, key0, pos, mx);
 }
 
@@ -73,7 +74,7 @@ LONGROPE_AVX512_TARGET inline void pv_kernel(int64_t bk, const float* V, int64_t
                                              const float* pt, float* ot) {
   __m512 acc[D][NQV];
   attn_detail::load_rows<D, NQV>(acc, ot);
-  fma_block<D, NQV>(acc, V, 1, ks, pt, bk);
+  fma_block<D, NQV>(acc, V, 1, ks, pt, kBQ, bk);
   attn_detail::store_rows<D, NQV>(acc, ot);
 }
 
@@ -138,46 +139,14 @@ LONGROPE_AVX512_TARGET void run_tiles(const float* K, const float* V, int64_t ks
 //   O[r][dims] += sum over keys: broadcast(Pd[r][key]) * V[key][dims]
 // Kt: the key tile transposed (dims x keys) in 16 x 16 blocks; V is read in place.
 
-// Kt for keys [0, bk) of K (rows ks apart, hd a multiple of 16); keys up to the next multiple of 64
-// are zero.
-LONGROPE_AVX512_TARGET void pack_kt(const float* K, int64_t ks, int64_t bk, int hd, float* kt) {
-  const int64_t nkb = (bk + 63) / 64 * 4;  // blocks of 16 keys
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    for (int t = 0; t < hd / 16; ++t) {
-      __m512i r[16], o[16];
-#pragma GCC unroll 16
-      for (int c = 0; c < 16; ++c)
-        r[c] = 16 * kb + c < bk
-                   ? _mm512_castps_si512(_mm512_loadu_ps(K + (16 * kb + c) * ks + 16 * t))
-                   : _mm512_setzero_si512();
-      bf16_detail::transpose16_epi32(r, o);
-#pragma GCC unroll 16
-      for (int q = 0; q < 16; ++q) _mm512_store_si512(kt + (16 * t + q) * kBK + 16 * kb, o[q]);
-    }
-  }
-}
-
-// S rows [0, R) for the 64 keys of Kt starting at kt.
+// S rows [0, R) (rows kBK apart) for the 64 keys of Kt starting at kt.
 template <int R>
 LONGROPE_AVX512_TARGET inline void qk_dec_kernel(const float* kt, int hd, const float* qd,
                                                  float* sd) {
   __m512 acc[R][4];
   attn_detail::zero_rows<R, 4>(acc);
-  for (int d = 0; d < hd; ++d) {
-    __m512 k[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) k[v] = _mm512_load_ps(kt + d * kBK + 16 * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 q = _mm512_set1_ps(qd[r * hd + d]);
-#pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(q, k[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) _mm512_store_ps(sd + r * kBK + 16 * v, acc[r][v]);
+  fma_block<R, 4>(acc, qd, hd, 1, kt, kBK, hd);
+  attn_detail::store_rows<R, 4>(acc, sd, kBK);
 }
 
 // O rows [0, R), dims [0, 64) of od (rows hd apart) += the bk keys of Pd times V (rows ks apart).
@@ -185,25 +154,9 @@ template <int R>
 LONGROPE_AVX512_TARGET inline void pv_dec_kernel(int64_t bk, const float* V, int64_t ks, int hd,
                                                  const float* pd, float* od) {
   __m512 acc[R][4];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_loadu_ps(od + r * hd + 16 * v);
-  for (int64_t j = 0; j < bk; ++j) {
-    __m512 x[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) x[v] = _mm512_loadu_ps(V + j * ks + 16 * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 p = _mm512_set1_ps(pd[r * kBK + j]);
-#pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(p, x[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(od + r * hd + 16 * v, acc[r][v]);
+  attn_detail::load_rows<R, 4>(acc, od, hd);
+  fma_block<R, 4>(acc, pd, kBK, 1, V, ks, bk);
+  attn_detail::store_rows<R, 4>(acc, od, hd);
 }
 
 // Per-thread scratch (64-byte aligned pieces; every size a multiple of 16 floats when hd is).
@@ -262,7 +215,8 @@ LONGROPE_AVX512_TARGET void run_decode_tiles(const Scratch& sc, const float* K, 
   for (int64_t k0 = k_begin; k0 < k_end;) {
     const bool masked = k0 >= k_full;
     const int64_t bk = imin(kBK, (masked ? k_end : imin(k_end, k_full)) - k0);
-    pack_kt(K + k0 * ks, ks, bk, hd, sc.kt);
+    attn_detail::transpose_key_tile(K + k0 * ks, ks * int64_t(sizeof(float)), bk, hd,
+                                    reinterpret_cast<uint32_t*>(sc.kt), kBK);
     for (int64_t j = 0; j < bk; j += 64) qk_dec_kernel<R>(sc.kt + j, hd, sc.qd, sc.sd + j);
     for (int r = 0; r < R; ++r) softmax_dec_row(sc, r, k0, bk, masked, pos[r], m, l, hd);
     for (int d = 0; d < hd; d += 64)
@@ -317,26 +271,9 @@ LONGROPE_AVX512_TARGET void attention_item(const F32Attn& a, const attn_detail::
       for (int d = 0; d < hd; ++d) sc.qd[r * hd + d] = q[d] * qscale;
     }
     for (int64_t i = 0; i < int64_t(rows) * hd; ++i) sc.od[i] = 0.0f;
-    switch (rows) {
-      case 1:
-        run_decode_tiles<1>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 2:
-        run_decode_tiles<2>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 3:
-        run_decode_tiles<3>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 4:
-        run_decode_tiles<4>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 5:
-        run_decode_tiles<5>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      default:
-        run_decode_tiles<kDecRows>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
-        break;
-    }
+    attn_detail::with_count<kDecRows>(rows, [&](auto R) {
+      run_decode_tiles<R()>(sc, K, V, ks, hd, k_begin, k_end, min_pos, pos, m, l);
+    });
     for (int r = 0; r < rows; ++r)
       for (int d = 0; d < hd; ++d) ot[d * kBQ + r] = sc.od[r * hd + d];
   } else {
@@ -349,20 +286,9 @@ LONGROPE_AVX512_TARGET void attention_item(const F32Attn& a, const attn_detail::
       const float* q = a.q + qi[r] * a.q_stride + int64_t(hh[r]) * hd;
       for (int d = 0; d < hd; ++d) qt[d * kBQ + r] = q[d] * qscale;
     }
-    switch ((rows + 15) / 16) {
-      case 1:
-        run_tiles<1>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
-        break;
-      case 2:
-        run_tiles<2>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
-        break;
-      case 3:
-        run_tiles<3>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
-        break;
-      default:
-        run_tiles<4>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
-        break;
-    }
+    attn_detail::with_count<4>((rows + 15) / 16, [&](auto NQV) {
+      run_tiles<NQV()>(K, V, ks, hd, k_begin, k_end, min_pos, pos, qt, sc.s, ot, m, l);
+    });
   }
   attn_detail::finish_item(k, b, c, ot, m, l, rows, qi, hh, a.out, a.out_stride);
   // Scores were scaled by log2(e) and summed as powers of 2 from the reference m: the natural

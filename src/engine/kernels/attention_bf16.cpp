@@ -262,20 +262,7 @@ LONGROPE_BF16_TARGET void run_tiles(const AttentionArgsBf16& a, Scratch& sc, con
 // Kt for keys [0, bk) of K (row stride hd, hd a multiple of 32); keys up to the next multiple of
 // 64 are zero.
 LONGROPE_BF16_TARGET void pack_kt(const uint16_t* K, int64_t bk, int hd, uint32_t* kt) {
-  const int hdp = hd / 2;
-  const int64_t nkb = (bk + 63) / 64 * 4;  // blocks of 16 keys
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    for (int t = 0; t < hdp / 16; ++t) {
-      __m512i r[16], o[16];
-#pragma GCC unroll 16
-      for (int c = 0; c < 16; ++c)
-        r[c] = 16 * kb + c < bk ? _mm512_loadu_si512(K + (16 * kb + c) * hd + 32 * t)
-                                : _mm512_setzero_si512();
-      bf16_detail::transpose16_epi32(r, o);
-#pragma GCC unroll 16
-      for (int q = 0; q < 16; ++q) _mm512_store_si512(kt + (16 * t + q) * kBK + 16 * kb, o[q]);
-    }
-  }
+  attn_detail::transpose_key_tile(K, int64_t(hd) * 2, bk, hd / 2, kt, kBK);
 }
 
 // S rows [0, R) for the 64 keys of Kt starting at kt.
@@ -408,26 +395,9 @@ LONGROPE_BF16_TARGET void attention_item(const AttnJob& job, int64_t b, int64_t 
     for (int r = 0; r < rows; ++r)
       for (int dp = 0; dp < hdp; ++dp) sc.qd[r * hdp + dp] = q_pair(r, dp);
     for (int64_t i = 0; i < int64_t(rows) * hd; ++i) sc.od[i] = 0.0f;
-    switch (rows) {
-      case 1:
-        run_decode_tiles<1>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 2:
-        run_decode_tiles<2>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 3:
-        run_decode_tiles<3>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 4:
-        run_decode_tiles<4>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 5:
-        run_decode_tiles<5>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      default:
-        run_decode_tiles<kDecRows>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-    }
+    attn_detail::with_count<kDecRows>(rows, [&](auto R) {
+      run_decode_tiles<R()>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
+    });
     for (int r = 0; r < rows; ++r)
       for (int d = 0; d < hd; ++d) sc.ot[d * kBQ + r] = sc.od[r * hd + d];
   } else if (k_begin < k_end) {
@@ -455,20 +425,8 @@ LONGROPE_BF16_TARGET void attention_item(const AttnJob& job, int64_t b, int64_t 
       for (int r = 0; r < kBQ; ++r)
         for (int dp = 0; dp < hdp; ++dp) sc.qt[dp * kBQ + r] = q_pair(r, dp);
     }
-    switch (nqv) {
-      case 1:
-        run_tiles<1>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 2:
-        run_tiles<2>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      case 3:
-        run_tiles<3>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-      default:
-        run_tiles<4>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l);
-        break;
-    }
+    attn_detail::with_count<4>(
+        nqv, [&](auto NQV) { run_tiles<NQV()>(a, sc, K, V, k_begin, k_end, min_pos, pos, m, l); });
   }
 
   attn_detail::finish_item(job.blocks, b, c, sc.ot, m, l, rows, qi, hh, a.out, a.out_stride);

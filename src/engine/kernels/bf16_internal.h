@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "longrope/error.h"
@@ -159,8 +160,8 @@ constexpr float kNegInf = -__builtin_inff();
 // probabilities up to 2^kLazy are exact enough in FP32 and bf16, and most rescalings of O^T go.
 constexpr float kLazy = 8.0f;
 
-// Accumulators for R rows of S^T or O^T (rows kBQ floats apart, NQV vectors each): set to 0,
-// loaded from rows, stored to rows.
+// Accumulators for R rows of S^T or O^T (NQV vectors each): set to 0, loaded from rows, stored to
+// rows
 template <int R, int NQV>
 LONGROPE_AVX512_TARGET inline void zero_rows(__m512 (&acc)[R][NQV]) {
 #pragma GCC unroll 8
@@ -168,19 +169,22 @@ LONGROPE_AVX512_TARGET inline void zero_rows(__m512 (&acc)[R][NQV]) {
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
 }
+// (rows `stride` floats apart, 64-byte aligned).
 template <int R, int NQV>
-LONGROPE_AVX512_TARGET inline void load_rows(__m512 (&acc)[R][NQV], const float* rows) {
+LONGROPE_AVX512_TARGET inline void load_rows(__m512 (&acc)[R][NQV], const float* rows,
+                                             int64_t stride = kBQ) {
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_load_ps(rows + r * kBQ + 16 * v);
+    for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_load_ps(rows + r * stride + 16 * v);
 }
 template <int R, int NQV>
-LONGROPE_AVX512_TARGET inline void store_rows(const __m512 (&acc)[R][NQV], float* rows) {
+LONGROPE_AVX512_TARGET inline void store_rows(const __m512 (&acc)[R][NQV], float* rows,
+                                              int64_t stride = kBQ) {
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NQV; ++v) _mm512_store_ps(rows + r * kBQ + 16 * v, acc[r][v]);
+    for (int v = 0; v < NQV; ++v) _mm512_store_ps(rows + r * stride + 16 * v, acc[r][v]);
 }
 
 // S^T rows [0, MK) (scores of keys key0..) from acc; folds the scores into the tile maxima mx,
@@ -228,6 +232,29 @@ LONGROPE_AVX512_TARGET inline __m512 settle_reference(__m512 tmx, float* m, __m5
                             _mm512_setzero_ps());
 }
 
+// The decode paths' key tiles with the keys in the lanes: for keys [0, bk) of src (rows
+// row_bytes apart) and `words` 32-bit words of each (a multiple of 16: FP32 dims or bf16 pairs of
+// dims), dst[w * dst_stride + key] = word w of key; keys up to the next multiple of 64 are 0.
+LONGROPE_AVX512_TARGET inline void transpose_key_tile(const void* src, int64_t row_bytes,
+                                                      int64_t bk, int words, uint32_t* dst,
+                                                      int64_t dst_stride) {
+  const char* base = static_cast<const char*>(src);
+  const int64_t nkb = (bk + 63) / 64 * 4;  // blocks of 16 keys
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    for (int t = 0; t < words / 16; ++t) {
+      __m512i r[16], o[16];
+#pragma GCC unroll 16
+      for (int c = 0; c < 16; ++c)
+        r[c] = 16 * kb + c < bk ? _mm512_loadu_si512(base + (16 * kb + c) * row_bytes + 64 * t)
+                                : _mm512_setzero_si512();
+      bf16_detail::transpose16_epi32(r, o);
+#pragma GCC unroll 16
+      for (int q = 0; q < 16; ++q)
+        _mm512_store_si512(dst + (16 * t + q) * dst_stride + 16 * kb, o[q]);
+    }
+  }
+}
+
 // The decode paths' online softmax for one row r (keys in the lanes): of the tile's scores s
 // (keys k0 + [0, bk), bk <= 16 * kDecVecs), marks the visible keys in vis (keys up to pos when
 // `masked`), moves the row's reference m[r] as settle_reference does (rescaling l[r] and the row's
@@ -267,6 +294,19 @@ LONGROPE_AVX512_TARGET inline float sum_lanes(__m512 x) {
   float sum = 0.0f;
   for (int i = 0; i < 16; ++i) sum += lanes[i];
   return sum;
+}
+
+// Calls f(std::integral_constant<int, R>{}) with R = min(n, Max) (n >= 1): a block's row count
+// or vector count as the template argument of the kernel that runs it.
+template <int Max, class F>
+inline void with_count(int n, F&& f) {
+  if constexpr (Max > 1) {
+    if (n < Max) {
+      with_count<Max - 1>(n, f);
+      return;
+    }
+  }
+  f(std::integral_constant<int, Max>{});
 }
 
 // How an attention call's (query, head) rows are cut into blocks of at most kBQ rows, and each
