@@ -550,3 +550,18 @@ TEST(SearchRunLib, BadSettingsFailAtConstruction) {
 
 }  // namespace
 }  // namespace longrope
+
+// The front plot's seed labels: ".json" and the seed files' shared prefix dropped, rule seeds kept.
+TEST(SearchRunLib, FrontPlotLabelsAreShort) {
+  const std::vector<std::string> names = {
+      "yarn", "smollm2-32k-ppl.json", "smollm2-32k-needle.json",
+      "blend(smollm2-32k-ppl.json, smollm2-32k-needle.json, 0.5)", "dynamic"};
+  EXPECT_EQ(
+      longrope::front_plot_labels(names),
+      (std::vector<std::string>{"yarn", "ppl", "needle", "blend(ppl, needle, 0.5)", "dynamic"}));
+  // One seed file: only its extension goes; no shared prefix before a separator: names kept.
+  EXPECT_EQ(longrope::front_plot_labels({"ntk", "dir/a-b.json"}),
+            (std::vector<std::string>{"ntk", "dir/a-b"}));
+  EXPECT_EQ(longrope::front_plot_labels({"abc.json", "abd.json"}),
+            (std::vector<std::string>{"abc", "abd"}));
+}

@@ -117,6 +117,12 @@ struct SearchRunResult {
   std::vector<std::string> warnings;  // found while running (e.g. how a checkpoint continues)
 };
 
+// Labels of the seeds in the front plot: the seed names with ".json" and the prefix shared by the
+// seed files' names (up to its last '-', '_' or '/') removed, so that e.g.
+// "blend(smollm2-32k-ppl.json, smollm2-32k-needle.json, 0.5)" reads "blend(ppl, needle, 0.5)".
+// Rule seeds ("yarn") are unchanged. The factors file keeps the full names.
+std::vector<std::string> front_plot_labels(const std::vector<std::string>& seed_names);
+
 class SearchRun {
  public:
   // Reads and tokenizes the texts, makes the fitness windows (long and short), the search space

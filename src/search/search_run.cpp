@@ -171,6 +171,14 @@ EvalResult decode_result(const std::string& m) {
   return r;
 }
 
+// Every occurrence of `what` in s removed.
+std::string erase_all(std::string s, const std::string& what) {
+  if (what.empty()) return s;
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at))
+    s.erase(at, what.size());
+  return s;
+}
+
 // The front of a two-objective search as a picture (OUTPUT.front.svg, and .png with PLplot): the
 // sets on the front as a line of points in order of the first objective, the picked set, and each
 // rule seed that was evaluated as a point of its own. Seeds far outside the front (beyond twice
@@ -204,14 +212,19 @@ std::vector<std::string> write_front_plot(const std::string& stem, const nlohman
   spec.series.push_back(line);
   if (!picked.x.empty()) spec.series.push_back(picked);
   std::string off;
+  std::vector<std::string> names;
+  for (const auto& [name, v] : seeds.items()) names.push_back(name);
+  const std::vector<std::string> labels = front_plot_labels(names);
+  size_t i = 0;
   for (const auto& [name, v] : seeds.items()) {
+    const std::string& label = labels[i++];
     if (!v.is_object() || !v.contains(o0) || !v.contains(o1)) continue;
     const double x = v[o0].get<double>(), y = v[o1].get<double>();
     if (x > 2 * max0 || y > 2 * max1) {
-      off += (off.empty() ? "" : ", ") + name;
+      off += (off.empty() ? "" : ", ") + label;
       continue;
     }
-    spec.series.push_back(PlotSeries{name, {x}, {y}, {}, {}});
+    spec.series.push_back(PlotSeries{label, {x}, {y}, {}, {}});
   }
   spec.title = fmt::format("Pareto front at {} tokens: {} sets{}", target_ctx, front.size(),
                            off.empty() ? "" : " (off the axes: " + off + ")");
@@ -225,6 +238,34 @@ std::vector<std::string> write_front_plot(const std::string& stem, const nlohman
 }
 
 }  // namespace
+
+std::vector<std::string> front_plot_labels(const std::vector<std::string>& seed_names) {
+  const std::string ext = ".json";
+  std::vector<std::string> files;
+  for (const std::string& n : seed_names)
+    if (n.rfind("blend(", 0) != 0 && n.size() > ext.size() &&
+        n.compare(n.size() - ext.size(), ext.size(), ext) == 0)
+      files.push_back(n);
+  std::string prefix;
+  if (files.size() >= 2) {
+    prefix = files[0];
+    for (const std::string& f : files) {
+      size_t k = 0;
+      while (k < prefix.size() && k < f.size() && prefix[k] == f[k]) ++k;
+      prefix.resize(k);
+    }
+    const size_t cut = prefix.find_last_of("-_/");
+    prefix = cut == std::string::npos ? "" : prefix.substr(0, cut + 1);
+  }
+  std::vector<std::string> out;
+  for (const std::string& n : seed_names) {
+    std::string label = erase_all(n, ext);
+    // Only the files' own prefix: a rule seed's name is left alone.
+    if (label != n) label = erase_all(label, prefix);
+    out.push_back(label);
+  }
+  return out;
+}
 
 bool reproducible_outputs() {
   return std::getenv("SOURCE_DATE_EPOCH") != nullptr;
