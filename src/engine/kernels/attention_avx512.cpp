@@ -29,10 +29,9 @@ namespace {
 constexpr int64_t kBK = 128;  // keys per tile
 constexpr int kQKRows = 6;    // keys per QK micro-kernel call (6 x 4 accumulators)
 constexpr int kPVDims = 6;    // dims per PV micro-kernel call (6 x 4 accumulators)
-constexpr int kDecRows = 6;   // decode path: at most this many rows per block (head_dim % 64 == 0)
-static_assert(kBK <= 16 * attn_detail::kDecVecs);
 
 using attn_detail::kBQ;
+using attn_detail::kDecRows;
 using attn_detail::kNegInf;
 using bf16_detail::exp2_ps;
 using bf16_detail::imin;
@@ -303,8 +302,7 @@ bool run(const F32Attn& a) {
   if (a.n == 0 || !cpu_has_avx512()) return false;
   attn_detail::Blocks k = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
   if (a.lse && k.n_chunks > 1) return false;
-  const bool decode =
-      k.grouped && a.n * (a.n_head / a.n_head_kv) <= kDecRows && a.head_dim % 64 == 0;
+  const bool decode = attn_detail::keys_in_lanes(k);
   attn_detail::run_blocks(
       k, carve(nullptr, a.head_dim, nullptr), a.out, a.out_stride,
       [&](int64_t b, int64_t c, float* scratch) { attention_item(a, k, decode, b, c, scratch); });

@@ -29,13 +29,12 @@ namespace {
 
 using attn_detail::kBQ;       // rows (query, head) per block: 4 vectors of 16 lanes
 constexpr int64_t kBK = 128;  // keys per tile (multiple of 64)
-static_assert(kBK <= 16 * attn_detail::kDecVecs);
-using attn_detail::kChunk;  // keys per chunk when keys are split (a multiple of kBK)
-constexpr int kQKRows = 4;  // keys per QK micro-kernel call
-constexpr int kPVDims = 4;  // dims per PV micro-kernel call
-using attn_detail::kLazy;   // the decode path's softmax moves its reference as lazily
+using attn_detail::kChunk;    // keys per chunk when keys are split (a multiple of kBK)
+constexpr int kQKRows = 4;    // keys per QK micro-kernel call
+constexpr int kPVDims = 4;    // dims per PV micro-kernel call
+using attn_detail::kDecRows;  // decode path: at most this many rows per key/value head
+using attn_detail::kLazy;     // the decode path's softmax moves its reference as lazily
 using attn_detail::kNegInf;
-constexpr int kDecRows = 6;  // decode path: at most this many rows per key/value head
 
 using bf16_detail::exp2_clamped_ps;
 using bf16_detail::exp2_ps;
@@ -443,7 +442,7 @@ void attention_bf16(const AttentionArgsBf16& a) {
   AttnJob job{};
   job.a = &a;
   job.blocks = attn_detail::plan_blocks(a.n, a.p0, a.n_head, a.n_head_kv, a.head_dim);
-  job.decode = a.n * (a.n_head / a.n_head_kv) <= kDecRows && a.head_dim % 64 == 0;
+  job.decode = attn_detail::keys_in_lanes(job.blocks);
   attn_detail::run_blocks(
       job.blocks, carve(nullptr, a.head_dim, nullptr), a.out, a.out_stride,
       [&](int64_t b, int64_t c, float* scratch) { attention_item(job, b, c, scratch); });

@@ -161,7 +161,7 @@ constexpr float kNegInf = -__builtin_inff();
 constexpr float kLazy = 8.0f;
 
 // Accumulators for R rows of S^T or O^T (NQV vectors each): set to 0, loaded from rows, stored to
-// rows
+// rows (rows `stride` floats apart, 64-byte aligned).
 template <int R, int NQV>
 LONGROPE_AVX512_TARGET inline void zero_rows(__m512 (&acc)[R][NQV]) {
 #pragma GCC unroll 8
@@ -169,7 +169,6 @@ LONGROPE_AVX512_TARGET inline void zero_rows(__m512 (&acc)[R][NQV]) {
 #pragma GCC unroll 4
     for (int v = 0; v < NQV; ++v) acc[r][v] = _mm512_setzero_ps();
 }
-// (rows `stride` floats apart, 64-byte aligned).
 template <int R, int NQV>
 LONGROPE_AVX512_TARGET inline void load_rows(__m512 (&acc)[R][NQV], const float* rows,
                                              int64_t stride = kBQ) {
@@ -256,10 +255,9 @@ LONGROPE_AVX512_TARGET inline void transpose_key_tile(const void* src, int64_t r
 }
 
 // The decode paths' online softmax for one row r (keys in the lanes): of the tile's scores s
-// (keys k0 + [0, bk), bk <= 16 * kDecVecs), marks the visible keys in vis (keys up to pos when
-// `masked`), moves the row's reference m[r] as settle_reference does (rescaling l[r] and the row's
-// hd outputs od) and returns what the scores subtract (0 while m[r] = -inf).
-constexpr int kDecVecs = 8;  // vectors of 16 keys per decode tile, at most
+// (keys k0 + [0, bk)), marks the visible keys in vis (room for (bk + 15) / 16 masks; keys up to pos
+// when `masked`), moves the row's reference m[r] as settle_reference does (rescaling l[r] and the
+// row's hd outputs od) and returns what the scores subtract (0 while m[r] = -inf).
 LONGROPE_AVX512_TARGET inline __m512 dec_row_reference(const float* s, int64_t k0, int64_t bk,
                                                        bool masked, int32_t pos, float* m, float* l,
                                                        float* od, int hd, __mmask16* vis) {
@@ -339,6 +337,13 @@ inline Blocks plan_blocks(int64_t n, int64_t p0, int n_head, int n_head_kv, int 
   k.n_chunks = k.n_blocks < 16 ? (p0 + n + kChunk - 1) / kChunk : 1;
   k.partial_stride = (int64_t(head_dim) * kBQ + 2 * kBQ + 15) / 16 * 16;
   return k;
+}
+
+// Blocks of at most kDecRows rows (decoding: the query heads of one group) waste most lanes in the
+// rows-in-lanes layout; with head_dim a multiple of 64 both kernels run them keys-in-lanes.
+constexpr int kDecRows = 6;
+inline bool keys_in_lanes(const Blocks& k) {
+  return k.n * (k.n_head / k.n_head_kv) <= kDecRows && k.head_dim % 64 == 0;
 }
 
 // Row r of block b: query *qi, head *h.
