@@ -213,4 +213,62 @@ TEST(EvalPasskey, ResumeWithMoreTrialsExtendsTheStoredRun) {
   fs::remove_all(fresh);
 }
 
+// Methods whose RoPE tables are the same for every prompt of a length share one computation:
+// within the trained context (512) yarn and linear at s = 1 are the plain model; past it they
+// differ and each is computed. A copied cell names the cell it repeats and holds what a run of
+// that method alone computes.
+TEST(EvalPasskey, MethodsWithTheSameTablesAreComputedOnce) {
+  LONGROPE_REQUIRE_FILE(stories());
+  const fs::path dir =
+      fs::temp_directory_path() / ("longrope_pksame_" + std::to_string(::getpid()));
+  const fs::path alone = dir.string() + "_alone";
+  fs::remove_all(dir);
+  fs::remove_all(alone);
+  const std::string base =
+      cli_path().string() + " passkey -m " + stories() + " --trials 2 --seed 5 -t 1 --no-progress";
+  std::string out;
+  ASSERT_EQ(
+      run_command(base + " --lengths 512,1024 --methods none,yarn,linear -O " + dir.string(), &out),
+      0)
+      << out;
+  EXPECT_NE(out.find("4 cell(s) computed, 2 copied from a method with the same RoPE tables, 0 "
+                     "reused"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("yarn @ 512 = none; linear @ 512 = none"), std::string::npos) << out;
+  ASSERT_EQ(run_command(base + " --lengths 512 --methods yarn -O " + alone.string(), &out), 0)
+      << out;
+  const auto j = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"));
+  const auto a = nlohmann::json::parse(longrope::test::slurp(alone / "results.json"));
+  ASSERT_EQ(j["cells"].size(), 6u);
+  ASSERT_EQ(a["cells"].size(), 1u);
+  int copies = 0;
+  for (const auto& c : j["cells"]) {
+    const bool short_len = c["length"] == 512;
+    const bool copy = c.contains("same_as");
+    EXPECT_EQ(copy, short_len && c["label"] != "none") << c.dump();
+    if (!copy) continue;
+    ++copies;
+    EXPECT_EQ(c["same_as"], "none");
+    EXPECT_EQ(c["seconds"], 0.0);
+    if (c["label"] != "yarn") continue;
+    const auto& own = a["cells"][0];
+    EXPECT_EQ(c["rope"], own["rope"]);
+    EXPECT_EQ(c["correct"], own["correct"]);
+    ASSERT_EQ(c["results"].size(), own["results"].size());
+    for (size_t t = 0; t < own["results"].size(); ++t)
+      EXPECT_EQ(c["results"][t]["output"], own["results"][t]["output"]);
+  }
+  EXPECT_EQ(copies, 2);
+  // Resumed, every cell (copies too) is found in results.json.
+  ASSERT_EQ(run_command(
+                base + " --lengths 512,1024 --methods none,yarn,linear --resume -O " + dir.string(),
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("0 cell(s) computed, 6 reused"), std::string::npos) << out;
+  fs::remove_all(dir);
+  fs::remove_all(alone);
+}
+
 }  // namespace

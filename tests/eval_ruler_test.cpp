@@ -548,4 +548,32 @@ TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
   EXPECT_NE(out.find("needs -O DIR"), std::string::npos) << out;
 }
 
+// Within the trained context (512) YaRN at s = 1 runs every prompt under the plain model's
+// tables: its cell is a copy of none's, and its RULER prediction files are written all the same.
+TEST(RulerCli, MethodWithTheSameTablesIsCopied) {
+  REQUIRE_RULER_INPUTS();
+  const fs::path dir = longrope::test::fresh_temp_dir("ruler_same");
+  longrope::test::RemoveOnExit cleanup{dir};
+  const std::string run = cli_path().string() + " ruler -m " +
+                          longrope::test::stories_gguf().string() +
+                          " --lengths 512 --methods none,yarn --tasks niah_single_1 --samples 2 "
+                          "--seed 5 -t 1 --no-progress --words " +
+                          kWords + " -O " + dir.string();
+  std::string out;
+  ASSERT_EQ(run_command(run, &out), 0) << out;
+  EXPECT_NE(out.find("1 cell(s) computed, 1 copied from a method with the same RoPE tables"),
+            std::string::npos)
+      << out;
+  const fs::path none = dir / "none" / "512" / "pred" / "niah_single_1.jsonl";
+  const fs::path yarn = dir / "yarn" / "512" / "pred" / "niah_single_1.jsonl";
+  ASSERT_TRUE(fs::exists(yarn)) << out;
+  EXPECT_EQ(slurp(yarn), slurp(none));
+  const auto j = nlohmann::json::parse(slurp(dir / "results.json"));
+  ASSERT_EQ(j["cells"].size(), 2u);
+  EXPECT_FALSE(j["cells"][0].contains("same_as"));
+  EXPECT_EQ(j["cells"][1]["same_as"], "none");
+  EXPECT_EQ(j["cells"][1]["label"], "yarn");
+  EXPECT_EQ(j["cells"][1]["tasks"], j["cells"][0]["tasks"]);
+}
+
 }  // namespace

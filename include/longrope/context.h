@@ -55,6 +55,10 @@ struct SwitchStats {
   double seconds = 0.0;
 };
 
+// The RoPE tables a sequence of len tokens runs under with this model and scaling (what a
+// Context chooses at its first decode, and score_window for a window of len tokens).
+RopeTables rope_tables(const Model& model, const RopeScaling& scaling, int64_t len);
+
 class Context {
  public:
   Context(std::shared_ptr<const Model> model, ContextParams params, RopeScaling scaling = {});

@@ -172,6 +172,7 @@ struct EvalRun {
   std::vector<int64_t> lengths;
   nlohmann::json cells;  // every finished cell (loaded or computed), in order
   int64_t computed = 0;  // cells computed by this run (others came from --resume)
+  int64_t repeated = 0;  // cells of this run copied from another method's (SweepPlan::same_as)
 };
 
 // Writes the outputs of a sweep into out_dir: results.md, results.csv, STEM.svg and STEM.png (PNG
@@ -215,6 +216,12 @@ struct SweepPlan {
   std::string units;
   std::function<nlohmann::json(size_t mi, int64_t n)> key_for_units;
   std::function<int64_t(int64_t length)> work;  // work units of one cell, for the ETA
+  // same_as[mi][li]: an earlier method whose cell at lengths[li] this one repeats exactly (every
+  // prompt of the length runs under the same RoPE tables: share_identical_cells), or -1; empty
+  // when no cell repeats another. A repeating cell is not computed: execute_sweep copies the
+  // other's results under its own method, label and key (alias_cell).
+  std::vector<std::vector<int>> same_as;
+  std::function<nlohmann::json(size_t mi, size_t li, const nlohmann::json& source)> alias_cell;
   // What every rank must share before its cells can be mixed: model, tokens, cell keys, compute
   // (sweep_fingerprint). Computed on demand: only a job over several MPI ranks needs it.
   std::function<nlohmann::json()> fingerprint;
@@ -234,6 +241,18 @@ std::shared_ptr<const std::vector<std::vector<RopeScaling>>> start_prompt_plan(
     SweepPlan& plan, const std::string& kind, const Model& model,
     const std::vector<std::string>& methods, const std::vector<int64_t>& lengths,
     const ScaleOptions& scale, int n_threads);
+
+// Fills plan.same_as and plan.alias_cell for a prompt plan (passkey, ruler), whose cells differ
+// between methods only in the scaling: a method's cell at a length repeats an earlier method's
+// when every prompt of that length runs under the same RoPE tables (rope_tables at the prompt's
+// length: a generation keeps the tables chosen at the prompt, SwitchPolicy::kKeep). Yarn or
+// linear at s = 1 and a LongRoPE file's short set within the trained context are the plain
+// model there, so `--methods none,yarn,searched=F.json` computes such lengths once. A copy
+// carries `same_as` (the label it repeats) and seconds 0; prompt_lengths(li) gives the token
+// counts of the prompts at lengths[li].
+void share_identical_cells(SweepPlan& plan, const Model& model,
+                           std::shared_ptr<const std::vector<std::vector<RopeScaling>>> scalings,
+                           const std::function<std::vector<int64_t>(size_t li)>& prompt_lengths);
 
 // The keys of a sweep over n prompts per cell (passkey trials, ruler samples) in which a run of
 // fewer prompts holds this run's first ones, so that --resume with more extends a stored cell:

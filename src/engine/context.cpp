@@ -16,18 +16,14 @@ namespace longrope {
 namespace {
 thread_local PhaseStats g_last_stats;
 
-int64_t model_ctx(const Model& m) {
-  return m.hp().n_ctx_train;
-}
-
-RopeTables tables_for(const Model& m, const RopeScaling& s, int64_t len) {
-  return s.tables(len, m.hp().n_rot, m.hp().rope_base, model_ctx(m));
-}
-
 void set_threads(int n) {
   if (n > 0) omp_set_num_threads(n);
 }
 }  // namespace
+
+RopeTables rope_tables(const Model& model, const RopeScaling& scaling, int64_t len) {
+  return scaling.tables(len, model.hp().n_rot, model.hp().rope_base, model.hp().n_ctx_train);
+}
 
 const PhaseStats& last_phase_stats() {
   return g_last_stats;
@@ -113,7 +109,7 @@ std::vector<double> score_window(const Model& model, std::span<const int32_t> to
   set_threads(opts.n_threads);
   const int64_t n = static_cast<int64_t>(tokens.size());
   const std::vector<int64_t> pos = scored_positions(opts, n);
-  const RopeTables tables = tables_for(model, scaling, n);
+  const RopeTables tables = rope_tables(model, scaling, n);
   const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
   PhaseStats st;
   const std::vector<float> h = normed_rows(*be, model, tokens, tables, opts, pos, st);
@@ -135,7 +131,7 @@ std::vector<double> score_window_staged(
                             n, n - 2));
   // The tables of the whole window in both steps: the first step is the start of the same
   // computation, not a shorter window.
-  const RopeTables tables = tables_for(model, scaling, n);
+  const RopeTables tables = rope_tables(model, scaling, n);
   const HParams& hp = model.hp();
   const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
   const std::unique_ptr<KvStorage> kv = be->make_kv(hp, n, hp.n_layer);  // every layer's K, V
@@ -170,7 +166,7 @@ std::vector<float> window_states(const Model& model, std::span<const int32_t> to
   const std::vector<int64_t> pos = scored_positions(opts, n);
   PhaseStats st;
   return normed_rows(*backend_or_cpu(opts.backend, opts.compute), model, tokens,
-                     tables_for(model, scaling, n), opts, pos, st);
+                     rope_tables(model, scaling, n), opts, pos, st);
 }
 
 WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
@@ -183,7 +179,7 @@ WindowKl score_window_kl(const Model& model, std::span<const int32_t> tokens,
   if (static_cast<int64_t>(reference_states.size()) != m * d)
     throw Error(fmt::format("the reference states hold {} values, expected {} positions x {}",
                             reference_states.size(), m, d));
-  const RopeTables tables = tables_for(model, scaling, n);
+  const RopeTables tables = rope_tables(model, scaling, n);
   const std::shared_ptr<const Backend> be = backend_or_cpu(opts.backend, opts.compute);
   PhaseStats st;
   const std::vector<float> h = normed_rows(*be, model, tokens, tables, opts, pos, st);
@@ -301,7 +297,7 @@ void Context::advance(std::span<const int32_t> tokens,
                                                      : SwitchPolicy::kRecompute;
   RopeTables tables = (policy == SwitchPolicy::kKeep && impl_->have_tables)
                           ? impl_->tables
-                          : tables_for(*model_, scaling_, n_past_ + n);
+                          : rope_tables(*model_, scaling_, n_past_ + n);
   history_.insert(history_.end(), tokens.begin(), tokens.end());
   std::span<const int32_t> run = tokens;
   int64_t p0 = n_past_;

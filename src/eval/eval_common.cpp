@@ -1,6 +1,7 @@
 // Shared pieces of the evaluation sweeps: method specs, scalings per length, the memory check,
 // the results store and tables.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cctype>
@@ -394,6 +395,16 @@ std::string write_sweep_outputs(const EvalRun& run, const std::string& out_dir, 
   const ResultTable t =
       make_table(run.cells, run.methods, run.lengths, out.field, out.lo_field, out.hi_field);
   std::string md = out.md_head + table_markdown(t, "method \\ length", out.decimals);
+  // Cells that repeat another method's (the same RoPE tables for every prompt), computed once.
+  std::vector<std::string> repeats;
+  for (const nlohmann::json& c : run.cells)
+    if (c.is_object() && c.contains("same_as"))
+      repeats.push_back(fmt::format("{} @ {} = {}", c.value("label", ""),
+                                    c.value("length", int64_t(0)), c.value("same_as", "")));
+  if (!repeats.empty())
+    md += fmt::format(
+        "\nThe same RoPE tables for every prompt, so computed once and shown for both: {}.\n",
+        fmt::join(repeats, "; "));
   if (out_dir.empty()) return md;
   write_file_atomically(out_dir + "/results.md", md);
   write_file_atomically(out_dir + "/results.csv", table_csv(t, out.decimals + 3));

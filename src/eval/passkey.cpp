@@ -202,6 +202,11 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                              {"max_new", cfg.max_new}};
   add_scale_key(base_key, cfg.scale);
   key_plan_by_prompts(plan, model, base_key, prompt_tokens, cfg.trials, "trials");
+  share_identical_cells(plan, model, scalings, [prompts](size_t li) {
+    std::vector<int64_t> lens;
+    for (const PasskeyPrompt& p : (*prompts)[li]) lens.push_back(int64_t(p.tokens.size()));
+    return lens;
+  });
 
   const int64_t trials = cfg.trials;
   plan.work = [trials](int64_t len) {

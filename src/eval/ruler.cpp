@@ -177,6 +177,12 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
   if (!cfg.data_dir.empty()) base_key["data"] = path_name(cfg.data_dir);
   add_scale_key(base_key, cfg.scale);
   key_plan_by_prompts(plan, model, base_key, prompt_tokens, cfg.samples, "samples");
+  share_identical_cells(plan, model, scalings, [prompts](size_t li) {
+    std::vector<int64_t> lens;
+    for (const auto& row : prompts->samples[li])
+      for (const RulerSample& s : row) lens.push_back(int64_t(s.tokens.size()));
+    return lens;
+  });
 
   const int64_t per_cell = cfg.samples * int64_t(prompts->tasks.size());
   plan.work = [per_cell](int64_t len) {

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "longrope/atomic_file.h"
+#include "longrope/context.h"
 #include "longrope/dist.h"
 #include "longrope/error.h"
 #include "longrope/eval.h"
@@ -67,6 +68,40 @@ std::shared_ptr<const std::vector<std::vector<RopeScaling>>> start_prompt_plan(
   return scalings;
 }
 
+void share_identical_cells(SweepPlan& plan, const Model& model,
+                           std::shared_ptr<const std::vector<std::vector<RopeScaling>>> scalings,
+                           const std::function<std::vector<int64_t>(size_t li)>& prompt_lengths) {
+  const size_t n_methods = plan.methods.size(), n_lengths = plan.lengths.size();
+  std::vector<std::vector<int>> same(n_methods, std::vector<int>(n_lengths, -1));
+  bool any = false;
+  for (size_t li = 0; li < n_lengths; ++li) {
+    const std::vector<int64_t> lens = prompt_lengths(li);
+    // Each method's tables at every prompt length of this column.
+    std::vector<std::vector<RopeTables>> tables(n_methods);
+    for (size_t mi = 0; mi < n_methods; ++mi)
+      for (int64_t n : lens) tables[mi].push_back(rope_tables(model, (*scalings)[mi][li], n));
+    for (size_t mi = 1; mi < n_methods; ++mi)
+      for (size_t mj = 0; mj < mi && same[mi][li] < 0; ++mj)
+        if (same[mj][li] < 0 && tables[mj] == tables[mi]) {
+          same[mi][li] = int(mj);
+          any = true;
+        }
+  }
+  if (!any) return;
+  plan.same_as = std::move(same);
+  plan.alias_cell = [scalings, methods = plan.methods, keys = plan.keys](
+                        size_t mi, size_t li, const nlohmann::json& source) {
+    nlohmann::json cell = source;
+    cell["method"] = methods[mi].spec;
+    cell["label"] = methods[mi].label;
+    cell["key"] = keys[mi];
+    cell["rope"] = (*scalings)[mi][li].describe();
+    cell["same_as"] = source.at("label");
+    cell["seconds"] = 0.0;
+    return cell;
+  };
+}
+
 void key_plan_by_prompts(SweepPlan& plan, const Model& model, const nlohmann::json& base_key,
                          std::function<std::vector<std::vector<int32_t>>(int64_t)> prompt_tokens,
                          int64_t n, const std::string& units) {
@@ -114,6 +149,14 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
   int64_t total_work = 0, done_work = 0, done_cells = 0;
   std::vector<size_t> todo;  // indices into slots
   std::vector<std::string> tasks;
+  // The slot of each cell, and the cells that repeat another's (filled in once it is known).
+  std::vector<std::vector<size_t>> slot_of(plan.methods.size(),
+                                           std::vector<size_t>(plan.lengths.size()));
+  for (size_t i = 0; i < slots.size(); ++i) slot_of[slots[i].mi][slots[i].li] = i;
+  auto source_of = [&](const Slot& s) {
+    return plan.same_as.empty() ? -1 : plan.same_as[s.mi][s.li];
+  };
+  std::vector<size_t> aliases;
   for (size_t i = 0; i < slots.size(); ++i) {
     Slot& s = slots[i];
     if (resume)
@@ -123,6 +166,10 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
         ++done_cells;
         continue;
       }
+    if (source_of(s) >= 0) {
+      aliases.push_back(i);
+      continue;
+    }
     nlohmann::json prefix;
     if (resume && plan.key_for_units)
       if (const nlohmann::json* c =
@@ -134,6 +181,19 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
     tasks.push_back(cell_task(s.mi, s.li, prefix));
     total_work += plan.work(plan.lengths[s.li]);
   }
+  // Copies the cells whose source is known and stores them.
+  auto fill_aliases = [&] {
+    for (size_t i : aliases) {
+      Slot& s = slots[i];
+      const Slot& src = slots[slot_of[size_t(source_of(s))][s.li]];
+      if (!s.cell.is_null() || src.cell.is_null()) continue;
+      s.cell = plan.alias_cell(s.mi, s.li, src.cell);
+      store.put(s.cell);
+      ++done_cells;
+      ++run.repeated;
+    }
+  };
+  fill_aliases();
   if (progress && done_cells) progress(done_cells, n_cells, done_work, total_work, "resumed");
 
   auto label = [&](size_t t) {
@@ -160,6 +220,7 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
     ++done_cells;
     done_work += plan.work(plan.lengths[s.li]);
     current = t + 1;
+    fill_aliases();
     if (progress) progress(done_cells, n_cells, done_work, total_work, label(t));
   };
   std::function<void(double, const std::string&)> cell_progress;
