@@ -365,15 +365,19 @@ std::vector<std::string> lines_of(const fs::path& p) {
   return out;
 }
 
+// The command of a tiny run on stories260K (seed 5, one thread, the word list and one novel as
+// the haystack), followed by `flags`.
+std::string tiny_ruler(const std::string& flags) {
+  return cli_path().string() + " ruler -m " + longrope::test::stories_gguf().string() +
+         " --seed 5 -t 1 --no-progress --words " + kWords + " --haystack " + novels()[0] + " " +
+         flags;
+}
+
 TEST(RulerCli, TinyRunWritesRulerLayoutResumesAndRepeats) {
   REQUIRE_RULER_INPUTS();
   const fs::path dir = longrope::test::fresh_temp_dir("ruler_cli");
   longrope::test::RemoveOnExit cleanup{dir};
-  const std::string base = cli_path().string() + " ruler -m " +
-                           longrope::test::stories_gguf().string() +
-                           " --lengths 1024,2048 --methods none,yarn "
-                           "--seed 5 -t 1 --no-progress --words " +
-                           kWords + " --haystack " + novels()[0];
+  const std::string base = tiny_ruler("--lengths 1024,2048 --methods none,yarn");
   const std::string run = base + " --tasks niah_multikey_2,niah_single_1 --samples 2";
   std::string out;
   ASSERT_EQ(run_command(run + " -O " + (dir / "a").string(), &out), 0) << out;
@@ -471,10 +475,7 @@ TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
   REQUIRE_RULER_INPUTS();
   const fs::path dir = longrope::test::fresh_temp_dir("ruler_prepare");
   longrope::test::RemoveOnExit cleanup{dir};
-  const std::string head = cli_path().string() + " ruler -m " +
-                           longrope::test::stories_gguf().string() +
-                           " --lengths 1024 --seed 5 -t 1 --no-progress --words " + kWords +
-                           " --haystack " + novels()[0];
+  const std::string head = tiny_ruler("--lengths 1024");
   const std::string base = head + " --tasks niah_single_1,niah_multikey_2 --samples 2";
   std::string out;
   ASSERT_EQ(run_command(base + " --prepare-only -O " + (dir / "p").string(), &out), 0) << out;
@@ -554,11 +555,8 @@ TEST(RulerCli, MethodWithTheSameTablesIsCopied) {
   REQUIRE_RULER_INPUTS();
   const fs::path dir = longrope::test::fresh_temp_dir("ruler_same");
   longrope::test::RemoveOnExit cleanup{dir};
-  const std::string run = cli_path().string() + " ruler -m " +
-                          longrope::test::stories_gguf().string() +
-                          " --lengths 512 --methods none,yarn --tasks niah_single_1 --samples 2 "
-                          "--seed 5 -t 1 --no-progress --words " +
-                          kWords + " -O " + dir.string();
+  const std::string run = tiny_ruler(
+      "--lengths 512 --methods none,yarn --tasks niah_single_1 --samples 2 -O " + dir.string());
   std::string out;
   ASSERT_EQ(run_command(run, &out), 0) << out;
   EXPECT_NE(out.find("1 cell(s) computed, 1 copied from a method with the same RoPE tables"),
