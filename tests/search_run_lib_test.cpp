@@ -533,6 +533,42 @@ TEST(SearchRunLib, BudgetInsideTheInitialPopulationGivesTheBestEvaluated) {
   fs::remove_all(d);
 }
 
+// Progressive extension: a seed file for a shorter target joins as it is and stretched to the
+// new target; with seed_stretched_only only stretched (its factors times 2048 / 1024).
+TEST(SearchRunLib, SeedStretchedOnlyLeavesOutTheShorterSetAsItIs) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));
+  const fs::path d = test::fresh_temp_dir("searchstretch");
+  auto model = Model::load(test::stories_gguf().string());
+  SearchRunConfig first = tiny(d / "f1024.json", 0);
+  first.short_ctx.reset();
+  SearchRun(model, first).run();
+  const auto prev = nlohmann::json::parse(test::slurp(d / "f1024.json"));
+  auto seeds_of = [&](bool stretched_only, const std::string& out) {
+    SearchRunConfig c = tiny(d / out, 0);
+    c.short_ctx.reset();
+    c.target_ctx = 2048;
+    c.settings.population = 6;
+    c.seed_factors = {(d / "f1024.json").string()};
+    c.seed_stretched_only = stretched_only;
+    SearchRun(model, c).run();
+    return nlohmann::json::parse(
+        test::slurp(d / (out + ".ckpt.json")))["settings"]["space"]["seeds"];
+  };
+  const auto both = seeds_of(false, "both.json");
+  ASSERT_EQ(both.size(), 2u);
+  EXPECT_EQ(both[0]["name"], "f1024.json");
+  EXPECT_EQ(both[1]["name"], "f1024.json x 2");
+  const auto only = seeds_of(true, "only.json");
+  ASSERT_EQ(only.size(), 1u);
+  EXPECT_EQ(only[0]["name"], "f1024.json x 2");
+  const auto& lam = prev.at("long_factor");
+  ASSERT_EQ(only[0]["lambda"].size(), lam.size());
+  for (size_t j = 0; j < lam.size(); ++j)
+    EXPECT_DOUBLE_EQ(only[0]["lambda"][j].get<double>(), 2 * lam[j].get<double>()) << j;
+  fs::remove_all(d);
+}
+
 TEST(SearchRunLib, BadSettingsFailAtConstruction) {
   LONGROPE_REQUIRE_FILE(test::stories_gguf());
   LONGROPE_REQUIRE_FILE(test::shared_text("pride_and_prejudice.txt"));

@@ -60,6 +60,11 @@ struct SearchRunConfig {
   // factors), each twice: as it is, and with every factor times target_ctx / its own target
   // (position interpolation on top, the previous stage stretched to this length).
   std::vector<std::string> seed_factors;
+  // Only the stretched version of a seed file whose target is shorter than target_ctx (as it
+  // is, it leaves every position beyond its own target out of distribution: at the next stage
+  // of a progressive extension that costs an evaluation at the longest length for a set that
+  // is almost never on the front). Files at target_ctx are added as they are either way.
+  bool seed_stretched_only = false;
   // Blends of every two seed sets at each t (SearchSpace::seed_blends), after them.
   std::vector<double> seed_blends;
   // The runtime the factors are for (DeployTarget): other than longrope, the search keeps to what

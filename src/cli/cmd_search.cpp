@@ -248,6 +248,9 @@ Runner register_search(CLI::App& app) {
                   "factors file(s) added to the initial population, each as it is and stretched "
                   "by target / its target (progressive extension: the previous stage's factors)")
       ->delimiter(',');
+  cmd->add_flag("--seed-stretched-only", a->cfg.seed_stretched_only,
+                "add a --seed-factors set whose target is shorter only stretched, not also as it "
+                "is (the next stage of a progressive extension)");
   cmd->add_option("--seed-blends", a->cfg.seed_blends,
                   "t values in (0, 1), comma separated: the geometric blend a^(1-t) b^t of every "
                   "two --seed-factors sets joins the initial population too")

@@ -587,8 +587,9 @@ SearchRun::SearchRun(std::shared_ptr<const Model> model, SearchRunConfig cfg)
         prev.tables(prev.target_ctx > 0 ? prev.target_ctx : L, hp.n_rot, hp.rope_base, p.orig)
             .attn_factor;
     std::vector<double> lam = prev.sets.back().factors;
-    sp.extra_seeds.push_back({name, lam, prev.n_hat, attn});
-    if (prev.target_ctx > 0 && prev.target_ctx < L) {
+    const bool shorter = prev.target_ctx > 0 && prev.target_ctx < L;
+    if (!shorter || !c.seed_stretched_only) sp.extra_seeds.push_back({name, lam, prev.n_hat, attn});
+    if (shorter) {
       const double r = double(L) / double(prev.target_ctx);
       for (double& x : lam) x *= r;
       sp.extra_seeds.push_back({fmt::format("{} x {:g}", name, r), lam, prev.n_hat, attn});
