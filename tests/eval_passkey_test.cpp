@@ -8,9 +8,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
+#include "longrope/atomic_file.h"
 #include "longrope/error.h"
+#include "longrope/model.h"
 #include "longrope/passkey.h"
 #include "test_paths.h"
 
@@ -269,6 +272,62 @@ TEST(EvalPasskey, MethodsWithTheSameTablesAreComputedOnce) {
   EXPECT_NE(out.find("0 cell(s) computed, 6 reused"), std::string::npos) << out;
   fs::remove_all(dir);
   fs::remove_all(alone);
+}
+
+// A run stopped inside a cell keeps the trials done in OUTDIR/partial.json; --resume continues
+// the cell from them (an edited stored output shows that they are reused, not recomputed) and the
+// finished cell equals a run that never stopped; without --resume the unfinished cell is never
+// overwritten.
+TEST(EvalPasskey, StoppedCellResumesFromItsLastTrial) {
+  LONGROPE_REQUIRE_FILE(stories());
+  const fs::path dir =
+      fs::temp_directory_path() / ("longrope_pkpartial_" + std::to_string(::getpid()));
+  const fs::path whole = dir.string() + "_whole";
+  fs::remove_all(dir);
+  fs::remove_all(whole);
+  const auto model = longrope::Model::load(stories());
+  longrope::PasskeyConfig cfg;
+  cfg.model_path = stories();
+  cfg.lengths = {256};
+  cfg.methods = {"yarn"};
+  cfg.trials = 4;
+  cfg.seed = 3;
+  cfg.n_threads = 1;
+  cfg.out_dir = dir.string();
+  EXPECT_THROW(longrope::run_passkey(*model, cfg,
+                                     [](int64_t, int64_t, int64_t, int64_t, const std::string& m) {
+                                       if (m.find("trial 4/4") != std::string::npos)
+                                         throw std::runtime_error("stop");
+                                     }),
+               std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir / "results.json"));
+  auto p = nlohmann::json::parse(longrope::test::slurp(dir / "partial.json"));
+  ASSERT_EQ(p["cells"].size(), 1u);
+  ASSERT_EQ(p["cells"][0]["results"].size(), 3u);
+  p["cells"][0]["results"][1]["output"] = "EDITED";
+  { std::ofstream(dir / "partial.json") << p.dump(); }
+  EXPECT_THROW(longrope::run_passkey(*model, cfg), longrope::OutputRefused);
+
+  cfg.resume = true;
+  std::vector<std::string> trials_run;
+  longrope::run_passkey(*model, cfg, [&](int64_t, int64_t, int64_t, int64_t, const std::string& m) {
+    if (m.find(" trial ") != std::string::npos) trials_run.push_back(m);
+  });
+  EXPECT_EQ(trials_run, std::vector<std::string>{"yarn @ 256 trial 4/4"});
+  EXPECT_FALSE(fs::exists(dir / "partial.json"));  // the cell is finished
+  cfg.resume = false;
+  cfg.out_dir = whole.string();
+  longrope::run_passkey(*model, cfg);
+  const auto got = nlohmann::json::parse(longrope::test::slurp(dir / "results.json"))["cells"][0];
+  const auto ref = nlohmann::json::parse(longrope::test::slurp(whole / "results.json"))["cells"][0];
+  EXPECT_EQ(got["key"], ref["key"]);
+  ASSERT_EQ(got["results"].size(), 4u);
+  for (size_t t = 0; t < 4; ++t) {
+    EXPECT_EQ(got["results"][t]["key"], ref["results"][t]["key"]);
+    EXPECT_EQ(got["results"][t]["output"], t == 1 ? "EDITED" : ref["results"][t]["output"]) << t;
+  }
+  fs::remove_all(dir);
+  fs::remove_all(whole);
 }
 
 }  // namespace

@@ -11,9 +11,11 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include "longrope/error.h"
+#include "longrope/model.h"
 #include "longrope/ruler.h"
 #include "test_paths.h"
 
@@ -551,6 +553,64 @@ TEST(RulerCli, PrepareOnlyWritesTheRunsPromptsAndNothingElse) {
 
 // Within the trained context (512) YaRN at s = 1 runs every prompt under the plain model's
 // tables: its cell is a copy of none's, and its RULER prediction files are written all the same.
+// A run stopped inside a cell keeps the tasks and samples done in OUTDIR/partial.json; --resume
+// computes only the rest (an edited stored prediction shows the others are reused) and finishes
+// the cell a run that never stopped writes.
+TEST(RulerRun, StoppedCellResumesFromItsLastSample) {
+  REQUIRE_RULER_INPUTS();
+  const fs::path dir = longrope::test::fresh_temp_dir("ruler_partial");
+  longrope::test::RemoveOnExit cleanup{dir};
+  const auto model = longrope::Model::load(longrope::test::stories_gguf().string());
+  longrope::RulerConfig cfg;
+  cfg.model_path = longrope::test::stories_gguf().string();
+  cfg.lengths = {1024};
+  cfg.methods = {"yarn"};
+  cfg.tasks = {"niah_single_1", "niah_multikey_2"};
+  cfg.samples = 2;
+  cfg.seed = 5;
+  cfg.words_path = kWords;
+  cfg.haystack_paths = {novels()[0]};
+  cfg.n_threads = 1;
+  cfg.out_dir = (dir / "a").string();
+  std::vector<std::string> run;
+  auto note = [&run](int64_t, int64_t, int64_t, int64_t, const std::string& m) {
+    if (m.find(" sample ") != std::string::npos) run.push_back(m);
+    if (m == "yarn @ 1024 niah_multikey_2 sample 2/2") throw std::runtime_error("stop");
+  };
+  EXPECT_THROW(longrope::run_ruler(*model, cfg, nullptr, note), std::runtime_error);
+  EXPECT_EQ(run.size(), 4u);
+  auto p = nlohmann::json::parse(slurp(dir / "a" / "partial.json"));
+  ASSERT_EQ(p["cells"].size(), 1u);
+  const auto& tasks = p["cells"][0]["tasks"];
+  ASSERT_EQ(tasks["niah_single_1"]["results"].size(), 2u);
+  ASSERT_EQ(tasks["niah_multikey_2"]["results"].size(), 1u);
+  p["cells"][0]["tasks"]["niah_single_1"]["results"][0]["pred"] = "EDITED";
+  { std::ofstream(dir / "a" / "partial.json") << p.dump(); }
+
+  cfg.resume = true;
+  run.clear();
+  longrope::run_ruler(*model, cfg, nullptr,
+                      [&run](int64_t, int64_t, int64_t, int64_t, const std::string& m) {
+                        if (m.find(" sample ") != std::string::npos) run.push_back(m);
+                      });
+  EXPECT_EQ(run, std::vector<std::string>{"yarn @ 1024 niah_multikey_2 sample 2/2"});
+  EXPECT_FALSE(fs::exists(dir / "a" / "partial.json"));
+  cfg.resume = false;
+  cfg.out_dir = (dir / "b").string();
+  longrope::run_ruler(*model, cfg);
+  const auto got = nlohmann::json::parse(slurp(dir / "a" / "results.json"))["cells"][0];
+  const auto ref = nlohmann::json::parse(slurp(dir / "b" / "results.json"))["cells"][0];
+  EXPECT_EQ(got["key"], ref["key"]);
+  for (const std::string t : {"niah_single_1", "niah_multikey_2"})
+    for (size_t i = 0; i < 2; ++i) {
+      const bool edited = t == "niah_single_1" && i == 0;
+      EXPECT_EQ(got["tasks"][t]["results"][i]["pred"],
+                edited ? "EDITED" : ref["tasks"][t]["results"][i]["pred"])
+          << t << " " << i;
+      EXPECT_EQ(got["tasks"][t]["results"][i]["outputs"], ref["tasks"][t]["results"][i]["outputs"]);
+    }
+}
+
 TEST(RulerCli, MethodWithTheSameTablesIsCopied) {
   REQUIRE_RULER_INPUTS();
   const fs::path dir = longrope::test::fresh_temp_dir("ruler_same");

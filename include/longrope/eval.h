@@ -92,6 +92,9 @@ class ResultsStore {
   // Adds (or replaces) a cell (which must carry method, length and key) and rewrites the file
   // atomically (temp file + rename) when a path is set.
   void put(const nlohmann::json& cell);
+  // Removes the cell of method spec + length + key, if stored; the file is rewritten, or removed
+  // when no cell is left.
+  void erase(const std::string& method_spec, int64_t length, const nlohmann::json& key);
   const nlohmann::json& doc() const { return doc_; }
   void save() const;
 
@@ -205,10 +208,14 @@ struct SweepPlan {
   bool length_major = false;  // order of the cells: all methods at a length, then the next
   // The cell of methods[mi] at lengths[li] (with method, label, length and key). `progress`, when
   // set, is called with the fraction of the cell done and a message. `prefix` is null, or a stored
-  // cell of a shorter run (see units) whose units the cell reuses.
-  std::function<nlohmann::json(size_t mi, size_t li,
-                               const std::function<void(double, const std::string&)>& progress,
-                               const nlohmann::json& prefix)>
+  // cell of a shorter run (see units) or an unfinished cell of this run (save_partial) whose units
+  // the cell reuses. `save_partial`, when set, may be called after each unit with the cell so far
+  // (method, length, key and the units done, in the layout `prefix` is read in): execute_sweep
+  // keeps it in OUTDIR/partial.json, so that a run stopped inside a long cell resumes from its
+  // last unit.
+  std::function<nlohmann::json(
+      size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
+      const nlohmann::json& prefix, const std::function<void(const nlohmann::json&)>& save_partial)>
       compute_cell;
   // Cells made of independent units (passkey: trials, the first K of a run identical to a run of
   // K): the cell field that counts them, and the key a run of only the first n units stores for

@@ -229,12 +229,18 @@ ResultsStore::ResultsStore(std::string path, std::string kind, bool resume)
   if (j.contains("runs")) doc_["runs"] = j["runs"];
 }
 
+namespace {
+bool is_cell(const nlohmann::json& c, const std::string& method_spec, int64_t length,
+             const nlohmann::json& key) {
+  return c.value("method", "") == method_spec && c.value("length", int64_t(0)) == length &&
+         c.contains("key") && c["key"] == key;
+}
+}  // namespace
+
 const nlohmann::json* ResultsStore::find(const std::string& method_spec, int64_t length,
                                          const nlohmann::json& key) const {
   for (const nlohmann::json& c : doc_["cells"])
-    if (c.value("method", "") == method_spec && c.value("length", int64_t(0)) == length &&
-        c.contains("key") && c["key"] == key)
-      return &c;
+    if (is_cell(c, method_spec, length, key)) return &c;
   return nullptr;
 }
 
@@ -259,14 +265,26 @@ void ResultsStore::put(const nlohmann::json& cell) {
   nlohmann::json& cells = doc_["cells"];
   bool replaced = false;
   for (nlohmann::json& c : cells)
-    if (c.value("method", "") == cell.value("method", "") &&
-        c.value("length", int64_t(0)) == cell.value("length", int64_t(0)) && c.contains("key") &&
-        c["key"] == cell["key"]) {
+    if (is_cell(c, cell.value("method", ""), cell.value("length", int64_t(0)), cell.at("key"))) {
       c = cell;
       replaced = true;
     }
   if (!replaced) cells.push_back(cell);
   save();
+}
+
+void ResultsStore::erase(const std::string& method_spec, int64_t length,
+                         const nlohmann::json& key) {
+  nlohmann::json& cells = doc_["cells"];
+  const size_t before = cells.size();
+  nlohmann::json kept = nlohmann::json::array();
+  for (nlohmann::json& c : cells)
+    if (!is_cell(c, method_spec, length, key)) kept.push_back(std::move(c));
+  cells = std::move(kept);
+  if (cells.size() == before || path_.empty()) return;
+  if (!cells.empty()) return save();
+  std::error_code ec;
+  std::filesystem::remove(path_, ec);
 }
 
 void ResultsStore::save() const {

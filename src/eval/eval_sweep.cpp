@@ -151,7 +151,8 @@ SweepPlan plan_eval(const Model& model, const EvalConfig& cfg) {
                        lengths = plan.lengths, keys = plan.keys, fitness = cfg.fitness](
                           size_t mi, size_t li,
                           const std::function<void(double, const std::string&)>& progress,
-                          const nlohmann::json& /*prefix: perplexity cells have no units*/) {
+                          const nlohmann::json& /*prefix: perplexity cells have no units*/,
+                          const std::function<void(const nlohmann::json&)>& /*save_partial*/) {
     const bool mix = fitness == "mix", needle = mix || fitness == "needle";
     const EvalMethod& m = methods[mi];
     const int64_t len = lengths[li];

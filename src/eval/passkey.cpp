@@ -216,13 +216,15 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
       [&model, scalings, prompts, trials, n_threads = cfg.n_threads, compute = cfg.compute,
        max_new = cfg.max_new, methods = plan.methods, lengths = plan.lengths, keys = plan.keys](
           size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
-          const nlohmann::json& prefix) {
+          const nlohmann::json& prefix,
+          const std::function<void(const nlohmann::json&)>& save_partial) {
         const EvalMethod& m = methods[mi];
         const int64_t len = lengths[li];
         nlohmann::json results = nlohmann::json::array();
         int64_t correct = 0;
         double seconds = 0;
-        // The trials of a shorter stored run (its key matched this run's first trials).
+        // The trials of a shorter stored run (its key matched this run's first trials), or of
+        // this run's unfinished cell.
         if (!prefix.is_null())
           for (const nlohmann::json& r : prefix.at("results")) {
             const PasskeyPrompt& p = (*prompts)[li][results.size()];
@@ -251,6 +253,9 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                              {"output", a.output},
                              {"correct", a.correct},
                              {"seconds", a.seconds}});
+          if (save_partial && t + 1 < trials)
+            save_partial(
+                {{"method", m.spec}, {"length", len}, {"key", keys[mi]}, {"results", results}});
         }
         return nlohmann::json{{"method", m.spec},
                               {"label", m.label},

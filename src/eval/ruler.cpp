@@ -193,7 +193,8 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
                        keys = plan.keys](
                           size_t mi, size_t li,
                           const std::function<void(double, const std::string&)>& progress,
-                          const nlohmann::json& prefix) {
+                          const nlohmann::json& prefix,
+                          const std::function<void(const nlohmann::json&)>& save_partial) {
     const EvalMethod& m = methods[mi];
     const int64_t len = lengths[li];
     nlohmann::json tasks = nlohmann::json::object();
@@ -204,7 +205,8 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
       const std::string& task = prompts->tasks[ti];
       const std::vector<RulerSample>& row = prompts->samples[li][ti];
       nlohmann::json results = nlohmann::json::array();
-      // The samples of a shorter stored run (its key matched this run's first samples).
+      // The samples of a shorter stored run (its key matched this run's first samples), or of
+      // this run's unfinished cell (the tasks before and the samples done of the current one).
       if (const nlohmann::json* stored = task_cell(prefix, task))
         for (const nlohmann::json& r : stored->at("results")) {
           if (results.size() >= size_t(samples) ||
@@ -229,6 +231,13 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
                            {"prompt_tokens", s.tokens.size()},
                            {"depths", s.depths},
                            {"seconds", g.seconds}});
+        if (save_partial && (i + 1 < samples || ti + 1 < n_tasks)) {
+          nlohmann::json so_far = {{"method", m.spec}, {"length", len}, {"key", keys[mi]}};
+          for (size_t tj = 0; tj < ti; ++tj)
+            so_far["tasks"][prompts->tasks[tj]]["results"] = tasks[prompts->tasks[tj]]["results"];
+          so_far["tasks"][task]["results"] = results;
+          save_partial(so_far);
+        }
       }
       std::vector<double> scores;
       double task_seconds = 0;

@@ -22,7 +22,8 @@ std::string cell_task(size_t mi, size_t li, const nlohmann::json& prefix = nullp
 }
 
 nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
-                            const std::function<void(double, const std::string&)>& progress) {
+                            const std::function<void(double, const std::string&)>& progress,
+                            const std::function<void(const nlohmann::json&)>& save_partial) {
   std::istringstream in(task);
   size_t mi = 0, li = 0;
   if (!(in >> mi >> li) || mi >= plan.methods.size() || li >= plan.lengths.size())
@@ -33,7 +34,7 @@ nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
   std::string rest;
   std::getline(in >> std::ws, rest, '\0');
   const nlohmann::json prefix = rest.empty() ? nlohmann::json() : nlohmann::json::parse(rest);
-  return plan.compute_cell(mi, li, progress, prefix);
+  return plan.compute_cell(mi, li, progress, prefix, save_partial);
 }
 
 }  // namespace
@@ -125,11 +126,14 @@ void key_plan_by_prompts(SweepPlan& plan, const Model& model, const nlohmann::js
 
 EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool resume,
                       bool overwrite, const SweepProgress& progress) {
+  const std::string command = plan.kind == "perplexity" ? "eval" : plan.kind;
   if (!out_dir.empty())
-    refuse_existing_state(plan.kind == "perplexity" ? "eval" : plan.kind, out_dir + "/results.json",
-                          resume, overwrite);
+    for (const char* state : {"/results.json", "/partial.json"})
+      refuse_existing_state(command, out_dir + state, resume, overwrite);
   make_output_dir(out_dir);
   ResultsStore store(out_dir.empty() ? "" : out_dir + "/results.json", plan.kind, resume);
+  // The cells begun and not finished (compute_cell's save_partial), which --resume continues.
+  ResultsStore partial(out_dir.empty() ? "" : out_dir + "/partial.json", plan.kind, resume);
   EvalRun run;
   run.methods = plan.methods;
   run.lengths = plan.lengths;
@@ -171,7 +175,11 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
       continue;
     }
     nlohmann::json prefix;
-    if (resume && plan.key_for_units)
+    if (resume)
+      if (const nlohmann::json* c =
+              partial.find(plan.methods[s.mi].spec, plan.lengths[s.li], plan.keys[s.mi]))
+        prefix = *c;
+    if (resume && prefix.is_null() && plan.key_for_units)
       if (const nlohmann::json* c =
               store.find_prefix(plan.methods[s.mi].spec, plan.lengths[s.li], plan.units,
                                 plan.keys[s.mi].value(plan.units, int64_t(0)),
@@ -216,6 +224,7 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
     Slot& s = slots[todo[t]];
     s.cell = nlohmann::json::parse(result);
     store.put(s.cell);
+    partial.erase(plan.methods[s.mi].spec, plan.lengths[s.li], plan.keys[s.mi]);
     ++run.computed;
     ++done_cells;
     done_work += plan.work(plan.lengths[s.li]);
@@ -224,10 +233,19 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
     if (progress) progress(done_cells, n_cells, done_work, total_work, label(t));
   };
   std::function<void(double, const std::string&)> cell_progress;
-  if (here) cell_progress = in_cell;
+  // Unfinished cells are kept where this process computes them (spread over ranks, a cell is
+  // stored when it is done).
+  std::function<void(const nlohmann::json&)> save_partial;
+  if (here) {
+    cell_progress = in_cell;
+    if (!out_dir.empty()) save_partial = [&partial](const nlohmann::json& c) { partial.put(c); };
+  }
   dist::farm(
       tasks,
-      [&](const std::string& task) { return compute_task(plan, task, cell_progress).dump(); }, opt);
+      [&](const std::string& task) {
+        return compute_task(plan, task, cell_progress, save_partial).dump();
+      },
+      opt);
 
   run.cells = nlohmann::json::array();
   for (const Slot& s : slots) run.cells.push_back(s.cell);
@@ -235,7 +253,8 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
 }
 
 void serve_sweep(const SweepPlan& plan) {
-  dist::serve([&](const std::string& task) { return compute_task(plan, task, nullptr).dump(); });
+  dist::serve(
+      [&](const std::string& task) { return compute_task(plan, task, nullptr, nullptr).dump(); });
 }
 
 }  // namespace longrope
