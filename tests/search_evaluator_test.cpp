@@ -121,5 +121,71 @@ TEST(SearchEvaluator, MultiObjectiveCutStopsTheStagedPartAtItsStage) {
   EXPECT_EQ(cut.tokens, 768 + needle_whole.tokens);
 }
 
+// Progress inside an evaluation (Evaluator::set_on_fraction): one call per layer of every model
+// pass, non-decreasing, 1 at the end of a complete evaluation and the stage's share at a cut; the
+// values are those of an evaluation without it. A multi-objective evaluator weighs its parts
+// alike.
+TEST(SearchEvaluator, ProgressWithinAnEvaluationFollowsItsPasses) {
+  LONGROPE_REQUIRE_FILE(test::stories_gguf());
+  LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
+  auto model = Model::load(test::stories_gguf().string());
+  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
+  const auto ids = model->tokenizer().encode(text.substr(0, 80000));
+  const int64_t L = 1024;
+  const int layers = model->hp().n_layer;
+  auto make_ppl = [&] {
+    return std::make_unique<PerplexityEvaluator>(
+        model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
+  };
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.orig_ctx = 512;
+  s.target_ctx = L;
+  s.attn_factor = 1.0;
+  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  const EvalResult plain = make_ppl()->evaluate(s, RejectBound{});
+
+  auto ppl = make_ppl();
+  std::vector<double> seen;
+  ppl->set_on_fraction([&](double x) { seen.push_back(x); });
+  auto expect_rising = [&seen] {
+    for (size_t i = 1; i < seen.size(); ++i) EXPECT_GE(seen[i], seen[i - 1]) << i;
+  };
+  // The stage (768 tokens) and its continuation (256): two passes.
+  const EvalResult staged = ppl->evaluate(s, RejectBound{plain.stage_ppl * 2});
+  EXPECT_EQ(staged.ppl, plain.ppl);
+  ASSERT_EQ(seen.size(), size_t(2 * layers));
+  expect_rising();
+  EXPECT_DOUBLE_EQ(seen[size_t(layers) - 1], 768.0 / 1024.0);
+  EXPECT_DOUBLE_EQ(seen.back(), 1.0);
+  seen.clear();
+  const EvalResult cut = ppl->evaluate(s, RejectBound{plain.stage_ppl / 2});
+  ASSERT_TRUE(cut.rejected);
+  ASSERT_EQ(seen.size(), size_t(layers));
+  EXPECT_DOUBLE_EQ(seen.back(), 768.0 / 1024.0);
+  seen.clear();
+  ppl->set_on_fraction({});
+  EXPECT_EQ(ppl->evaluate(s, RejectBound{}).ppl, plain.ppl);
+  EXPECT_TRUE(seen.empty());
+
+  NeedleWindows nw = make_needle_windows(model->tokenizer(), ids, L, 1, 2, 3);
+  std::vector<std::unique_ptr<Evaluator>> parts;
+  parts.push_back(make_ppl());
+  parts.push_back(std::make_unique<PerplexityEvaluator>(model, nw.tokens, nw.positions, 1, 512));
+  MultiObjectiveEvaluator multi(std::move(parts));
+  const EvalResult both = multi.evaluate(s, RejectBound{});
+  multi.set_on_fraction([&](double x) { seen.push_back(x); });
+  for (int run = 0; run < 2; ++run) {  // the shares start again at 0 for each evaluation
+    seen.clear();
+    EXPECT_EQ(multi.evaluate(s, RejectBound{}).objectives, both.objectives);
+    // Perplexity in two passes (its stage and the rest, bound or not), then the needle window.
+    ASSERT_EQ(seen.size(), size_t(3 * layers));
+    expect_rising();
+    EXPECT_DOUBLE_EQ(seen[size_t(layers) - 1], 0.75 / 2);
+    EXPECT_DOUBLE_EQ(seen[size_t(2 * layers) - 1], 0.5);
+    EXPECT_DOUBLE_EQ(seen.back(), 1.0);
+  }
+}
+
 }  // namespace
 }  // namespace longrope

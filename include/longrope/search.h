@@ -99,6 +99,14 @@ class Evaluator {
   virtual void submit(size_t id, const RopeScaling& scaling, const RejectBound& reject_above);
   virtual std::pair<size_t, EvalResult> next();
 
+  // Progress inside one evaluation, for a progress bar only: when set, the evaluator calls it on
+  // the evaluating thread, layer by layer, with the share of the evaluation's model passes done
+  // (by tokens, in [0, 1]; a cut candidate stops short of 1). Never changes a result.
+  virtual void set_on_fraction(std::function<void(double)> f) { on_fraction_ = std::move(f); }
+
+ protected:
+  std::function<void(double)> on_fraction_;
+
  private:
   struct Queued {
     size_t id;
@@ -178,9 +186,12 @@ class MultiObjectiveEvaluator : public Evaluator {
  public:
   explicit MultiObjectiveEvaluator(std::vector<std::unique_ptr<Evaluator>> parts);
   EvalResult evaluate(const RopeScaling& scaling, const RejectBound& reject_above) override;
+  // The parts' shares, each weighing 1 / parts (they score windows of one length).
+  void set_on_fraction(std::function<void(double)> f) override;
 
  private:
   std::vector<std::unique_ptr<Evaluator>> parts_;
+  std::vector<double> part_fraction_;  // of the evaluation running
 };
 
 // ---- Pareto fronts (NSGA-II, Deb et al. 2002) ---------------------------------------------------

@@ -165,6 +165,24 @@ EvalResult PerplexityEvaluator::run(const RopeScaling& scaling,
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return res;
   };
+  // The model passes of a complete evaluation, in tokens and in order (the stage's prefix and
+  // its continuation count as two): on_fraction_ follows them layer by layer.
+  std::vector<int64_t> model_passes;
+  if (stage_.on() && fs < n) model_passes = {fs, n - fs};
+  for (size_t k = model_passes.empty() ? 0 : 1; k < windows_.size(); ++k)
+    model_passes.push_back(static_cast<int64_t>(windows_[k].size()));
+  int64_t all = 0;
+  for (int64_t t : model_passes) all += t;
+  size_t pass = 0;
+  int last_layer = 0;
+  double before = 0;  // tokens of the passes finished
+  if (on_fraction_)
+    opts.on_layer = [&](int layer, int layers) {
+      if (layer <= last_layer && pass + 1 < model_passes.size())
+        before += double(model_passes[pass++]);
+      last_layer = layer;
+      on_fraction_((before + double(model_passes[pass]) * layer / layers) / double(all));
+    };
   std::vector<double> first;  // NLLs of window 0 when the first stage scored all of it
   // The stage decides whether the rest is scored; NaN stops (finish throws).
   auto passes = [&](const std::vector<double>& nll) {
@@ -218,10 +236,28 @@ MultiObjectiveEvaluator::MultiObjectiveEvaluator(std::vector<std::unique_ptr<Eva
                             parts_.size()));
 }
 
+void MultiObjectiveEvaluator::set_on_fraction(std::function<void(double)> f) {
+  on_fraction_ = std::move(f);
+  part_fraction_.assign(parts_.size(), 0.0);
+  for (size_t k = 0; k < parts_.size(); ++k) {
+    if (!on_fraction_) {
+      parts_[k]->set_on_fraction({});
+      continue;
+    }
+    parts_[k]->set_on_fraction([this, k](double x) {
+      part_fraction_[k] = x;
+      double sum = 0;
+      for (double y : part_fraction_) sum += y;
+      on_fraction_(sum / double(part_fraction_.size()));
+    });
+  }
+}
+
 EvalResult MultiObjectiveEvaluator::evaluate(const RopeScaling& scaling,
                                              const RejectBound& reject_above) {
   constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
   const size_t n = parts_.size();
+  std::fill(part_fraction_.begin(), part_fraction_.end(), 0.0);
   std::vector<EvalResult> res(n);
   std::vector<bool> staged(n, false);
   std::vector<size_t> stage_parts;

@@ -814,9 +814,11 @@ struct SearchRun::Impl::Run {
   // Writes the checkpoint (with phase pending_phase's finished evaluations of an interrupted
   // iteration: 0 long, 1 short) and the log.
   void save(int pending_phase = -1);
-  // Reports a phase's progress (done of total evaluations of its iteration), when asked for.
+  // Reports a phase's progress (done of total evaluations of its iteration), when asked for;
+  // `running`: the share done of the evaluation in progress in this process (Evaluator::
+  // set_on_fraction), which moves the tokens done (never backwards) and left.
   void report(SearchProgress& pr, const EvolutionSearch& srch, const FarmEvaluator& ev, int phase,
-              int done, int total) const;
+              int done, int total, double running = 0) const;
   // Runs a phase's iterations until its last or the budget, saving as it goes (state: the
   // search's state after its last finished iteration).
   void run_phase(EvolutionSearch& srch, FarmEvaluator& ev, const char* label, nlohmann::json& state,
@@ -938,7 +940,8 @@ void SearchRun::Impl::Run::save(int pending_phase) {
 }
 
 void SearchRun::Impl::Run::report(SearchProgress& pr, const EvolutionSearch& srch,
-                                  const FarmEvaluator& ev, int phase, int done, int total) const {
+                                  const FarmEvaluator& ev, int phase, int done, int total,
+                                  double running) const {
   if (!progress) return;
   pr.iteration = srch.iterations_done();
   pr.evals_done = done;
@@ -958,9 +961,10 @@ void SearchRun::Impl::Run::report(SearchProgress& pr, const EvolutionSearch& src
   const int64_t left = std::max<int64_t>(0, per_phase - (pr.full_evals + pr.partial_evals + done));
   const double mean = ev.evals_computed > 0 ? double(ev.tokens_computed) / double(ev.evals_computed)
                                             : double(phase == 0 ? long_tokens : short_tokens);
-  pr.tokens_done = ev.tokens_computed;
-  pr.tokens_left =
-      double(left) * mean + (phase == 0 ? double(per_phase) * double(short_tokens) : 0.0);
+  const double in_flight = running * mean;
+  pr.tokens_done = std::max(pr.tokens_done, ev.tokens_computed + static_cast<int64_t>(in_flight));
+  pr.tokens_left = std::max(0.0, double(left) * mean - in_flight) +
+                   (phase == 0 ? double(per_phase) * double(short_tokens) : 0.0);
   progress(pr);
 }
 
@@ -977,6 +981,18 @@ void SearchRun::Impl::Run::run_phase(EvolutionSearch& srch, FarmEvaluator& ev, c
     if (done > 0) save(phase);
     report(pr, srch, ev, phase, done, total);
   };
+  // In a one-rank world the candidates are evaluated on this thread: their progress shows layer
+  // by layer (a candidate at 8x takes minutes).
+  Evaluator* local = phase == 0 ? p.long_ev.get() : p.short_ev.get();
+  struct Unset {
+    Evaluator* e;
+    ~Unset() {
+      if (e) e->set_on_fraction({});
+    }
+  } unset{progress && dist::world().size == 1 ? local : nullptr};
+  if (unset.e)
+    unset.e->set_on_fraction(
+        [&](double x) { report(pr, srch, ev, phase, pr.evals_done, pr.evals_total, x); });
   while (!srch.finished(T)) {
     ev.iteration = srch.iterations_done();
     if (ev.budget_spent()) {
