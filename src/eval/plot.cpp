@@ -554,9 +554,21 @@ void write_plot_svg(const PlotSpec& spec, const std::string& path) {
   write_file_atomically(path, o);
 }
 
+namespace {
+// Characters of the longest row label: the left margin grows with it (RULER's task names).
+double longest_row_label(const HeatmapSpec& h) {
+  size_t n = 0;
+  for (const std::string& r : h.rows) n = std::max(n, r.size());
+  return double(n);
+}
+}  // namespace
+
 void write_heatmap_svg(const HeatmapSpec& h, const std::string& path) {
   check_heatmap(h);
-  const double left = 110, right = 30, top = 50, bottom = 70;
+  // Row labels in 12 px sans-serif (about 7 px a character), right-aligned 8 px from the cells,
+  // after the rotated y label.
+  const double left = std::max(110.0, 7.0 * longest_row_label(h) + 40), right = 30, top = 50,
+               bottom = 70;
   const double cw = (h.width - left - right) / double(h.columns.size());
   const double ch = (h.height - top - bottom) / double(h.rows.size());
   std::string o = fmt::format(
@@ -806,7 +818,8 @@ void write_heatmap_png(const HeatmapSpec& h, const std::string& path) {
   pladv(0);
   plschr(0, 0.85);
   const PLFLT nc = PLFLT(h.columns.size()), nr = PLFLT(h.rows.size());
-  plvpor(0.17, 0.96, 0.13, 0.90);
+  // Row labels at this character size take about 9.5 px a character.
+  plvpor(std::max(0.17, (9.5 * longest_row_label(h) + 40) / double(h.width)), 0.96, 0.13, 0.90);
   plwind(0, nc, 0, nr);
   for (size_t r = 0; r < h.rows.size(); ++r) {
     const PLFLT y0 = nr - PLFLT(r) - 1;  // row 0 at the top
