@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -278,7 +279,23 @@ TEST(SearchRunLib, MultiObjectiveRunWritesTheFrontAndThePick) {
     c.pick = "ppl:needle<=yarn";
     return c;
   };
-  const SearchRunResult r = SearchRun(model, cfg(d / "a.json", 2)).run();
+  std::vector<SearchProgress> seen;
+  const SearchRunResult r =
+      SearchRun(model, cfg(d / "a.json", 2)).run([&](const SearchProgress& p) {
+        seen.push_back(p);
+      });
+  // Progress shows the front and the best value as the candidates finish, before their
+  // generation ends (the search records a generation at its end), and ends at the written front.
+  bool in_first_generation = false;
+  for (const SearchProgress& p : seen)
+    if (p.iteration == 0 && p.evals_done >= 1) {
+      in_first_generation = true;
+      EXPECT_GE(p.front_size, 1) << p.evals_done;
+      EXPECT_TRUE(std::isfinite(p.best_ppl)) << p.evals_done;
+    }
+  EXPECT_TRUE(in_first_generation);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(size_t(seen.back().front_size), r.front.size());
   SearchRun(model, cfg(d / "b.json", 1)).run();
   SearchRunConfig more = cfg(d / "b.json", 2);
   more.resume = true;

@@ -322,10 +322,12 @@ class FarmEvaluator : public Evaluator {
     next_id_ += batch.size();
     std::vector<EvalResult> out(batch.size());
     size_t in_pool = 0;
+    batch_done.clear();
     for (size_t i = 0; i < batch.size(); ++i) {
       std::string msg = encode_task(phase_, batch[i], bound);
       if (auto it = cache.find(msg); it != cache.end()) {
         out[i] = decode_result(it->second);
+        batch_done.push_back(out[i]);
         finished[msg] = it->second;
         if (done) done(i);
         continue;
@@ -343,6 +345,7 @@ class FarmEvaluator : public Evaluator {
     for (size_t k = 0; k < in_pool; ++k) {
       auto [id, m] = pool_->next();
       out[id - base] = decode_result(m);
+      batch_done.push_back(out[id - base]);
       computed(out[id - base]);
       arrived(id, m);
       if (done) done(id - base);
@@ -383,6 +386,9 @@ class FarmEvaluator : public Evaluator {
   // Evaluations computed by this run (not read back from a checkpoint) and the tokens they
   // scored, first stages and cut candidates included: the measured cost behind the ETA.
   int64_t evals_computed = 0, tokens_computed = 0;
+  // The results of the running generation so far, in the order they came: the search records
+  // them (in candidate order) only when the generation ends, and progress shows them before.
+  std::vector<EvalResult> batch_done;
 
  private:
   int phase_;
@@ -948,8 +954,20 @@ void SearchRun::Impl::Run::report(SearchProgress& pr, const EvolutionSearch& src
   pr.evals_total = total;
   pr.full_evals = srch.full_evals();
   pr.partial_evals = srch.partial_evals();
+  // The recorded search and the running generation's results so far (for display only: the
+  // search takes them in candidate order when the generation ends).
   pr.best_ppl = srch.best_ppl();
-  pr.front_size = static_cast<int>(srch.front().size());
+  std::vector<std::vector<double>> points;
+  for (const Individual& m : srch.front()) points.push_back(srch.memo().at(m.key()).obj);
+  for (const EvalResult& r : ev.batch_done) {
+    if (r.rejected || r.left_out) continue;
+    if (!std::isfinite(pr.best_ppl) || r.ppl < pr.best_ppl) pr.best_ppl = r.ppl;
+    if (!r.objectives.empty()) points.push_back(r.objectives);
+  }
+  std::sort(points.begin(), points.end());
+  points.erase(std::unique(points.begin(), points.end()), points.end());
+  const std::vector<int> ranks = pareto_ranks(points);
+  pr.front_size = static_cast<int>(std::count(ranks.begin(), ranks.end(), 0));
   // The tokens of one complete evaluation: every objective's windows (the short set: its first
   // objective's, 0 when there is no short search).
   const int64_t long_tokens = c.docs * c.target_ctx * static_cast<int64_t>(p.objectives.size());
