@@ -310,9 +310,12 @@ TEST(EvalPasskey, StoppedCellResumesFromItsLastTrial) {
 
   cfg.resume = true;
   std::vector<std::string> trials_run;
-  longrope::run_passkey(*model, cfg, [&](int64_t, int64_t, int64_t, int64_t, const std::string& m) {
-    if (m.find(" trial ") != std::string::npos) trials_run.push_back(m);
-  });
+  const longrope::EvalRun resumed = longrope::run_passkey(
+      *model, cfg, [&](int64_t, int64_t, int64_t, int64_t, const std::string& m) {
+        if (m.find(" trial ") != std::string::npos) trials_run.push_back(m);
+      });
+  EXPECT_EQ(resumed.computed, 1);
+  EXPECT_EQ(resumed.continued, 1);
   EXPECT_EQ(trials_run, std::vector<std::string>{"yarn @ 256 trial 4/4"});
   EXPECT_FALSE(fs::exists(dir / "partial.json"));  // the cell is finished
   cfg.resume = false;

@@ -173,9 +173,10 @@ struct EvalConfig {
 struct EvalRun {
   std::vector<EvalMethod> methods;
   std::vector<int64_t> lengths;
-  nlohmann::json cells;  // every finished cell (loaded or computed), in order
-  int64_t computed = 0;  // cells computed by this run (others came from --resume)
-  int64_t repeated = 0;  // cells of this run copied from another method's (SweepPlan::same_as)
+  nlohmann::json cells;   // every finished cell (loaded or computed), in order
+  int64_t computed = 0;   // cells computed by this run (others came from --resume)
+  int64_t repeated = 0;   // cells of this run copied from another method's (SweepPlan::same_as)
+  int64_t continued = 0;  // of the computed: begun by an earlier run (OUTDIR/partial.json)
 };
 
 // Writes the outputs of a sweep into out_dir: results.md, results.csv, STEM.svg and STEM.png (PNG

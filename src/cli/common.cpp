@@ -130,13 +130,14 @@ int run_sweep_command(const SweepCommand& c, const std::function<SweepPlan(const
         });
     bar.finish();
     const std::string md = write(r, *model);
-    fmt::print(stderr, "{} cell(s) computed, {}{} reused{}\n", r.computed,
-               r.repeated
-                   ? fmt::format("{} copied from a method with the same RoPE tables, ", r.repeated)
+    fmt::print(
+        stderr, "{} cell(s) computed{}, {}{} reused{}\n", r.computed,
+        r.continued ? fmt::format(" ({} continued from partial.json)", r.continued) : std::string(),
+        r.repeated ? fmt::format("{} copied from a method with the same RoPE tables, ", r.repeated)
                    : std::string(),
-               int64_t(r.cells.size()) - r.computed - r.repeated,
-               c.out_dir.empty() ? "; nothing written (-O DIR keeps the results and plots)"
-                                 : fmt::format("; results in {}/", c.out_dir));
+        int64_t(r.cells.size()) - r.computed - r.repeated,
+        c.out_dir.empty() ? "; nothing written (-O DIR keeps the results and plots)"
+                          : fmt::format("; results in {}/", c.out_dir));
     if (c.json) {
       nlohmann::json j = c.json_head;
       j["cells"] = r.cells;

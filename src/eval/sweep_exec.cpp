@@ -177,8 +177,10 @@ EvalRun execute_sweep(const SweepPlan& plan, const std::string& out_dir, bool re
     nlohmann::json prefix;
     if (resume)
       if (const nlohmann::json* c =
-              partial.find(plan.methods[s.mi].spec, plan.lengths[s.li], plan.keys[s.mi]))
+              partial.find(plan.methods[s.mi].spec, plan.lengths[s.li], plan.keys[s.mi])) {
         prefix = *c;
+        ++run.continued;
+      }
     if (resume && prefix.is_null() && plan.key_for_units)
       if (const nlohmann::json* c =
               store.find_prefix(plan.methods[s.mi].spec, plan.lengths[s.li], plan.units,
