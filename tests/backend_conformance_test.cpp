@@ -732,13 +732,18 @@ TEST_P(BackendConformance, RopeApply) {
 
 // Attention shapes: decode (one query far into the cache), a short prefill, a grouped prefill
 // that continues a cache, a long one (oneDNN's AMX path where the variant has it) and a long one
-// that continues a cache over several key tiles (the FP32 AVX-512 prefill path's masks).
+// that continues a cache over several key tiles (the FP32 AVX-512 prefill path's masks); then two
+// with 16 or more blocks of 64 queries, which the FP32 AVX2 prefill takes in the portable variant
+// (fewer blocks split their keys and take the sgemm tiles there): a partial last block continuing
+// a cache over masked and unmasked tiles, and a head_dim whose dims leave a remainder after the
+// micro-kernels' 6.
 struct AttnCase {
   int64_t n, p0;
   int n_head, n_head_kv, hd;
 };
 const AttnCase kAttnCases[] = {{1, 1100, 4, 2, 64}, {3, 130, 6, 2, 64}, {70, 0, 2, 1, 32},
-                               {40, 290, 4, 2, 64}, {160, 0, 4, 2, 64}, {100, 300, 6, 2, 64}};
+                               {40, 290, 4, 2, 64}, {160, 0, 4, 2, 64}, {100, 300, 6, 2, 64},
+                               {200, 70, 8, 2, 64}, {130, 0, 16, 4, 40}};
 
 // Keys and values enter the cache through store_kv (rounded to bf16 there when the backend's
 // arithmetic is bf16; the reference sees the cache's values) and the queries of positions

@@ -81,6 +81,7 @@ bool cpu_has_avx512();       // AVX512F + BW + VL + DQ (kAvx512 and above)
 bool cpu_has_avx512_vnni();  // + AVX512_VNNI (kAvx512 and above, where the CPU has it)
 bool cpu_has_avx512_bf16();  // + AVX512_BF16 (kAvx512Bf16 and above)
 bool cpu_has_amx();          // AMX-BF16 tiles usable through oneDNN (kAmx)
+bool cpu_has_avx2_fma();     // AVX2 + FMA in the hardware (every variant: kPortable runs them)
 
 // Arithmetic of the prefill GEMMs and attention. kBF16: bf16 inputs, FP32 accumulation
 // (AVX512_BF16). kF32 is the reference path.

@@ -44,9 +44,11 @@ template void check_attention_args(const AttentionArgsT<uint16_t>&, const char*)
 
 void attention(const AttentionArgs& a) {
   check_attention_args(a, "attention");
-  // With AVX-512: register-blocked micro-kernels (attention_avx512.cpp). Below: tiles of sgemm
-  // calls, for CPUs without AVX-512 (the portable variant).
+  // With AVX-512: register-blocked micro-kernels (attention_avx512.cpp); without, the same
+  // design on AVX2 for prefill (attention_avx2.cpp). Below: tiles of sgemm calls, for decoding on
+  // CPUs without AVX-512 and for CPUs without AVX2.
   if (attention_f32_avx512(a)) return;
+  if (attention_f32_avx2(a)) return;
   const int hd = a.head_dim;
   const int group = a.n_head / a.n_head_kv;
   const int64_t n_qt = (a.n + kTileQ - 1) / kTileQ;

@@ -35,6 +35,9 @@ void gemm_bf16_nt_own(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
 // applies (AVX-512 in the variant in effect, at least one query), else returns false having done
 // nothing. `a` already checked.
 bool attention_f32_avx512(const AttentionArgs& a);
+// The same design on AVX2 + FMA (attention_avx2.cpp), for CPUs without AVX-512: prefill only (64
+// or more queries whose blocks need no key split); returns false, having done nothing, elsewhere.
+bool attention_f32_avx2(const AttentionArgs& a);
 // The same kernel for training's forward attention (train::attention_forward<float>: keys and
 // values as rows of every kv head, the natural log-sum-exp of each (head, query) into lse):
 // returns false, having done nothing, where it does not apply.

@@ -173,6 +173,9 @@ bool cpu_has_avx512_bf16() {
 bool cpu_has_amx() {
   return cpu_variant() >= CpuVariant::kAmx;
 }
+bool cpu_has_avx2_fma() {
+  return hardware().avx2_fma;
+}
 
 bool bf16_outruns_f32(bool amx, bool avx512_bf16, bool amd) {
   return amx || (avx512_bf16 && amd);
