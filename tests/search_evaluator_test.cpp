@@ -16,12 +16,28 @@
 namespace longrope {
 namespace {
 
+// The first `chars` characters of Moby-Dick in the model's tokens.
+std::vector<int32_t> moby_ids(const Model& model, size_t chars) {
+  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
+  return model.tokenizer().encode(text.substr(0, chars));
+}
+
+// The candidate the tests score: stories260K (trained at 512) at 1024.
+RopeScaling candidate_1024() {
+  RopeScaling s;
+  s.method = RopeMethod::kLongrope;
+  s.orig_ctx = 512;
+  s.target_ctx = 1024;
+  s.attn_factor = 1.0;
+  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  return s;
+}
+
 TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
   LONGROPE_REQUIRE_FILE(test::stories_gguf());
   LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
   auto model = Model::load(test::stories_gguf().string());
-  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
-  const auto ids = model->tokenizer().encode(text.substr(0, 40000));
+  const auto ids = moby_ids(*model, 40000);
   const int64_t L = 1024;
   PerplexityEvaluator ev(model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
   // One window of 1024 on a model trained at 512: the stage is its first 768 tokens, scored over
@@ -30,12 +46,7 @@ TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
   EXPECT_EQ(ev.stage().tokens, 768);
   EXPECT_EQ(ev.stage().first_scored, 511);
 
-  RopeScaling s;
-  s.method = RopeMethod::kLongrope;
-  s.orig_ctx = 512;
-  s.target_ctx = L;
-  s.attn_factor = 1.0;
-  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  const RopeScaling s = candidate_1024();
 
   const double inf = std::numeric_limits<double>::infinity();
   const EvalResult whole = ev.evaluate(s, inf);  // no stage run: stage from window 0's scores
@@ -68,8 +79,7 @@ TEST(SearchEvaluator, MultiObjectiveCutStopsTheStagedPartAtItsStage) {
   LONGROPE_REQUIRE_FILE(test::stories_gguf());
   LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
   auto model = Model::load(test::stories_gguf().string());
-  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
-  const auto ids = model->tokenizer().encode(text.substr(0, 80000));
+  const auto ids = moby_ids(*model, 80000);
   const int64_t L = 1024;
   auto ppl = std::make_unique<PerplexityEvaluator>(
       model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
@@ -78,12 +88,7 @@ TEST(SearchEvaluator, MultiObjectiveCutStopsTheStagedPartAtItsStage) {
   ASSERT_TRUE(ppl->has_stage());
   ASSERT_FALSE(needle->has_stage());  // its answers are at the window's end
 
-  RopeScaling s;
-  s.method = RopeMethod::kLongrope;
-  s.orig_ctx = 512;
-  s.target_ctx = L;
-  s.attn_factor = 1.0;
-  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  const RopeScaling s = candidate_1024();
   const EvalResult whole = ppl->evaluate(s, RejectBound{});
   const EvalResult needle_whole = needle->evaluate(s, RejectBound{});
   double seen = 0;
@@ -129,20 +134,14 @@ TEST(SearchEvaluator, ProgressWithinAnEvaluationFollowsItsPasses) {
   LONGROPE_REQUIRE_FILE(test::stories_gguf());
   LONGROPE_REQUIRE_FILE(test::shared_text("moby-dick.txt"));
   auto model = Model::load(test::stories_gguf().string());
-  const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
-  const auto ids = model->tokenizer().encode(text.substr(0, 80000));
+  const auto ids = moby_ids(*model, 80000);
   const int64_t L = 1024;
   const int layers = model->hp().n_layer;
   auto make_ppl = [&] {
     return std::make_unique<PerplexityEvaluator>(
         model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
   };
-  RopeScaling s;
-  s.method = RopeMethod::kLongrope;
-  s.orig_ctx = 512;
-  s.target_ctx = L;
-  s.attn_factor = 1.0;
-  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  const RopeScaling s = candidate_1024();
   const EvalResult plain = make_ppl()->evaluate(s, RejectBound{});
 
   auto ppl = make_ppl();

@@ -42,12 +42,9 @@ LONGROPE_AVX2_TARGET inline __m256 exp2_clamped(__m256 x) {
   x = _mm256_max_ps(_mm256_set1_ps(-125.0f), x);  // x second: a NaN passes through
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(1.326472731307149e-3f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.671512991189957e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550733581185341e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242426872253e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931470036506653e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256 p = _mm256_set1_ps(bf16_detail::kExp2Poly[0]);
+#pragma GCC unroll 6
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(bf16_detail::kExp2Poly[i]));
   const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }
