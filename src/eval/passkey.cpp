@@ -232,7 +232,7 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                 r.at("prompt_tokens") != p.tokens.size())
               throw Error(
                   fmt::format("the stored passkey trials of {} @ {} do not match this run's "
-                              "prompts (results.json edited?)",
+                              "prompts (results.json or partial.json edited?)",
                               m.label, len));
             correct += r.at("correct").get<bool>() ? 1 : 0;
             seconds += r.at("seconds").get<double>();

@@ -213,7 +213,7 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
               r.at("prompt_tokens") != row[results.size()].tokens.size())
             throw Error(fmt::format(
                 "the stored RULER samples of {} @ {} ({}) do not match this run's prompts "
-                "(results.json edited?)",
+                "(results.json or partial.json edited?)",
                 m.label, len, task));
           results.push_back(r);
         }
