@@ -13,6 +13,7 @@
 #include "longrope/needle.h"
 #include "longrope/perplexity.h"
 #include "longrope/search.h"
+#include "search_fixtures.h"
 #include "test_paths.h"
 
 namespace longrope {
@@ -66,12 +67,7 @@ TEST(EvalNeedle, WindowsHoldTheFactsAndScoreTheAnswers) {
   const int64_t answers = int64_t(positions[0].size() + positions[1].size());
   PerplexityEvaluator ev(model, windows, positions, 1, 512);
   EXPECT_TRUE(ev.stage().on());
-  RopeScaling s;
-  s.method = RopeMethod::kLongrope;
-  s.orig_ctx = 512;
-  s.target_ctx = 1024;
-  s.attn_factor = 1.0;
-  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
+  const RopeScaling s = test::stories_candidate_1024();
   const EvalResult r = ev.evaluate(s, std::numeric_limits<double>::infinity());
   EXPECT_EQ(r.tokens, answers);
   // The same NLLs as scoring the whole windows and picking the answers out (tolerance: the LM

@@ -11,6 +11,7 @@
 #include "longrope/needle.h"
 #include "longrope/perplexity.h"
 #include "longrope/search.h"
+#include "search_fixtures.h"
 #include "test_paths.h"
 
 namespace longrope {
@@ -20,17 +21,6 @@ namespace {
 std::vector<int32_t> moby_ids(const Model& model, size_t chars) {
   const auto text = normalize_newlines(test::slurp(test::shared_text("moby-dick.txt")));
   return model.tokenizer().encode(text.substr(0, chars));
-}
-
-// The candidate the tests score: stories260K (trained at 512) at 1024.
-RopeScaling candidate_1024() {
-  RopeScaling s;
-  s.method = RopeMethod::kLongrope;
-  s.orig_ctx = 512;
-  s.target_ctx = 1024;
-  s.attn_factor = 1.0;
-  s.sets.push_back(FactorSet{{1.0, 1.5, 2.0, 2.0}, 0});
-  return s;
 }
 
 TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
@@ -46,7 +36,7 @@ TEST(SearchEvaluator, StagePerplexityIsTheSameEitherWayAndCutsThere) {
   EXPECT_EQ(ev.stage().tokens, 768);
   EXPECT_EQ(ev.stage().first_scored, 511);
 
-  const RopeScaling s = candidate_1024();
+  const RopeScaling s = test::stories_candidate_1024();
 
   const double inf = std::numeric_limits<double>::infinity();
   const EvalResult whole = ev.evaluate(s, inf);  // no stage run: stage from window 0's scores
@@ -88,7 +78,7 @@ TEST(SearchEvaluator, MultiObjectiveCutStopsTheStagedPartAtItsStage) {
   ASSERT_TRUE(ppl->has_stage());
   ASSERT_FALSE(needle->has_stage());  // its answers are at the window's end
 
-  const RopeScaling s = candidate_1024();
+  const RopeScaling s = test::stories_candidate_1024();
   const EvalResult whole = ppl->evaluate(s, RejectBound{});
   const EvalResult needle_whole = needle->evaluate(s, RejectBound{});
   double seen = 0;
@@ -141,7 +131,7 @@ TEST(SearchEvaluator, ProgressWithinAnEvaluationFollowsItsPasses) {
     return std::make_unique<PerplexityEvaluator>(
         model, make_windows(ids, model->tokenizer().bos(), L, 1), 1, 512);
   };
-  const RopeScaling s = candidate_1024();
+  const RopeScaling s = test::stories_candidate_1024();
   const EvalResult plain = make_ppl()->evaluate(s, RejectBound{});
 
   auto ppl = make_ppl();
