@@ -210,10 +210,10 @@ struct SweepPlan {
   // The cell of methods[mi] at lengths[li] (with method, label, length and key). `progress`, when
   // set, is called with the fraction of the cell done and a message. `prefix` is null, or a stored
   // cell of a shorter run (see units) or an unfinished cell of this run (save_partial) whose units
-  // the cell reuses. `save_partial`, when set, may be called after each unit with the cell so far
-  // (method, length, key and the units done, in the layout `prefix` is read in): execute_sweep
-  // keeps it in OUTDIR/partial.json, so that a run stopped inside a long cell resumes from its
-  // last unit.
+  // the cell reuses. `save_partial`, when set, may be called after each unit with the units done
+  // so far, in the layout `prefix` is read in: execute_sweep adds the cell's method, length and
+  // key and keeps it in OUTDIR/partial.json, so that a run stopped inside a long cell resumes
+  // from its last unit.
   std::function<nlohmann::json(
       size_t mi, size_t li, const std::function<void(double, const std::string&)>& progress,
       const nlohmann::json& prefix, const std::function<void(const nlohmann::json&)>& save_partial)>

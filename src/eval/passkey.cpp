@@ -253,9 +253,7 @@ SweepPlan plan_passkey(const Model& model, const PasskeyConfig& cfg) {
                              {"output", a.output},
                              {"correct", a.correct},
                              {"seconds", a.seconds}});
-          if (save_partial && t + 1 < trials)
-            save_partial(
-                {{"method", m.spec}, {"length", len}, {"key", keys[mi]}, {"results", results}});
+          if (save_partial && t + 1 < trials) save_partial({{"results", results}});
         }
         return nlohmann::json{{"method", m.spec},
                               {"label", m.label},

@@ -232,9 +232,8 @@ SweepPlan plan_ruler(const Model& model, const RulerConfig& cfg,
                            {"depths", s.depths},
                            {"seconds", g.seconds}});
         if (save_partial && (i + 1 < samples || ti + 1 < n_tasks)) {
-          nlohmann::json so_far = {{"method", m.spec}, {"length", len}, {"key", keys[mi]}};
-          for (size_t tj = 0; tj < ti; ++tj)
-            so_far["tasks"][prompts->tasks[tj]]["results"] = tasks[prompts->tasks[tj]]["results"];
+          // The finished tasks as they are, and this one's samples so far.
+          nlohmann::json so_far = {{"tasks", tasks}};
           so_far["tasks"][task]["results"] = results;
           save_partial(so_far);
         }

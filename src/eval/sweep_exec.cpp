@@ -34,7 +34,17 @@ nlohmann::json compute_task(const SweepPlan& plan, const std::string& task,
   std::string rest;
   std::getline(in >> std::ws, rest, '\0');
   const nlohmann::json prefix = rest.empty() ? nlohmann::json() : nlohmann::json::parse(rest);
-  return plan.compute_cell(mi, li, progress, prefix, save_partial);
+  // The cell builder hands over its units; the cell's identity is the plan's.
+  std::function<void(const nlohmann::json&)> save;
+  if (save_partial)
+    save = [&](const nlohmann::json& units) {
+      nlohmann::json cell = units;
+      cell["method"] = plan.methods[mi].spec;
+      cell["length"] = plan.lengths[li];
+      cell["key"] = plan.keys[mi];
+      save_partial(cell);
+    };
+  return plan.compute_cell(mi, li, progress, prefix, save);
 }
 
 }  // namespace

@@ -131,13 +131,13 @@ LONGROPE_AVX512_TARGET inline void transpose16_epi32(const __m512i* in, __m512i*
   }
 }
 
-// 2^x for finite x <= 128 (large negative x give 0).
 // 2^f on [-0.5, 0.5], degree 5 fitted for relative error (below 2e-7 in FP32), highest power
 // first: the exponentials of every vector width (this file, attention_avx2.cpp).
 inline constexpr float kExp2Poly[6] = {1.326472731307149e-3f, 9.671512991189957e-3f,
                                        5.550733581185341e-2f, 2.4022242426872253e-1f,
                                        6.931470036506653e-1f, 1.0f};
 
+// 2^x for finite x <= 128 (large negative x give 0).
 LONGROPE_AVX512_TARGET inline __m512 exp2_ps(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);  // [-0.5, 0.5]
